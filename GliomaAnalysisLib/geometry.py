@@ -1,0 +1,109 @@
+"""Image grid geometry in physical (LPS, mm) space and resampling between grids."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+_ORIGIN_TOL_MM = 1e-3
+_SPACING_RTOL = 1e-5
+_DIRECTION_TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A voxel grid: size (x, y, z voxels), spacing (mm), origin (mm, LPS), direction (row-major 3x3)."""
+
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(int(n) for n in image.GetSize()), tuple(float(s) for s in image.GetSpacing()),
+                   tuple(float(o) for o in image.GetOrigin()), tuple(float(d) for d in image.GetDirection()))
+
+    def differences(self, other: "Geometry") -> List[str]:
+        """Names of the properties (size, spacing, origin, direction) in which ``other`` differs."""
+        diffs = []
+        if self.size != other.size:
+            diffs.append("size")
+        if not np.allclose(self.spacing, other.spacing, rtol=_SPACING_RTOL, atol=0):
+            diffs.append("spacing")
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=_ORIGIN_TOL_MM):
+            diffs.append("origin")
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=_DIRECTION_TOL):
+            diffs.append("direction")
+        return diffs
+
+    def matches(self, other: "Geometry") -> bool:
+        return not self.differences(other)
+
+    def empty_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        """A zero image on this grid."""
+        image = sitk.Image(list(self.size), pixel_type)
+        self.apply_to(image)
+        return image
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry on ``image`` (sizes must agree); returns the same image."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image size {image.GetSize()} does not match geometry size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def image_from_array(self, array: np.ndarray) -> sitk.Image:
+        """An image on this grid from an array shaped (z, y, x)."""
+        return self.apply_to(sitk.GetImageFromArray(array))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (1 mL = 1000 mm^3)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def physical_corners(self) -> np.ndarray:
+        """The 8 corner voxel centres in physical space, shape (8, 3), mm."""
+        image = self.empty_image(sitk.sitkUInt8)
+        idx = [(i, j, k) for i in (0, self.size[0] - 1) for j in (0, self.size[1] - 1) for k in (0, self.size[2] - 1)]
+        return np.array([image.TransformIndexToPhysicalPoint(p) for p in idx])
+
+    def bounds(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned physical bounding box (min, max) of the voxel centres, mm."""
+        corners = self.physical_corners()
+        return corners.min(axis=0), corners.max(axis=0)
+
+
+def overlaps(a: Geometry, b: Geometry) -> bool:
+    """Whether the physical bounding boxes of two grids intersect."""
+    amin, amax = a.bounds()
+    bmin, bmax = b.bounds()
+    return bool(np.all(amin <= bmax) and np.all(bmin <= amax))
+
+
+def resample_to(image: sitk.Image, target: Geometry, interpolator: int = sitk.sitkLinear,
+                default_value: float = 0.0, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """Resample ``image`` onto the ``target`` grid through physical space (identity transform)."""
+    return sitk.Resample(image, list(target.size), sitk.Transform(), interpolator, target.origin,
+                         target.spacing, target.direction, default_value, pixel_type)
+
+
+def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:
+    """A grid over the same physical extent with a new spacing (same direction, same first-voxel corner).
+
+    The field of view is kept: new size = ceil(old extent / new spacing); the origin moves so the
+    outer voxel corners stay where they were.
+    """
+    old_spacing = np.asarray(geometry.spacing)
+    new_spacing = np.asarray(spacing, dtype=float)
+    extent = np.asarray(geometry.size) * old_spacing
+    new_size = np.maximum(1, np.ceil(extent / new_spacing - 1e-6)).astype(int)
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    corner = np.asarray(geometry.origin) - direction @ (old_spacing / 2)
+    origin = corner + direction @ (new_spacing / 2)
+    return Geometry(tuple(int(n) for n in new_size), tuple(float(s) for s in new_spacing),
+                    tuple(float(o) for o in origin), geometry.direction)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic phantoms written to disk, and the real-data folder when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+
+SMALL_SIZE = (96, 96, 62)  # the BraTS field of view at 2.5 mm: same anatomy, ~0.3 s per phantom
+SMALL_SPACING = (2.5, 2.5, 2.5)
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats18"
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """An HGG-like phantom at 2.5 mm (arrays in memory)."""
+    return make_phantom(7, SMALL_SIZE, SMALL_SPACING, case_id="Small_0007")
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory, small_phantom) -> Path:
+    """The small phantom written in BraTS 2021 layout; returns its case folder. Treat as read-only."""
+    root = tmp_path_factory.mktemp("phantom")
+    return write_phantom(small_phantom, root)
+
+
+def write(image: sitk.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def random_image(size=(20, 22, 18), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), seed=0, pixel=np.int16) -> sitk.Image:
+    """A smooth positive test image with a zero border (a 'brain' in the middle)."""
+    rng = np.random.default_rng(seed)
+    array = (rng.random(size[::-1]) * 500 + 100).astype(pixel)
+    array[:2], array[-2:], array[:, :2], array[:, -2:], array[:, :, :2], array[:, :, -2:] = 0, 0, 0, 0, 0, 0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image

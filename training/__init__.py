@@ -1,0 +1,1 @@
+"""Training code that produces every weight file GliomaAnalysisLib ships. Imports the library, never the reverse."""
