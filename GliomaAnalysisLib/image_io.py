@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Union
@@ -124,18 +123,3 @@ def validate_image(image: sitk.Image, name: str) -> np.ndarray:
                 f"{name}: looks like a segmentation (only labels {listed}), not an MR image")
     return values
 
-
-def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True) -> None:
-    """Write ``image`` to a temporary file beside ``path`` then rename it, so no half-written file remains."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

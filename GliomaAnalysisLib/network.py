@@ -1,0 +1,174 @@
+"""GMMAS-style segmentation network (seed 001, section III.C), compact enough for a laptop CPU.
+
+    x (B, 4, Z, Y, X), presence (B, 4)
+      -> one convolutional stem per modality, fused by a learnable weighted average over present modalities
+      -> residual 3D encoder (stride-2 downsampling, channels doubling)
+      -> transformer bottleneck over the 3D tokens of the deepest feature map (convolutional position encoding,
+         so any input size works)
+      -> decoder: 1x1x1 channel reduction, trilinear x2 upsampling, additive skip connection, residual block
+      -> logits (B, 4, Z, Y, X) over background, NCR, ED, ET (softmax, not sigmoid regions: sigmoid region
+         outputs let ET collapse onto TC in an earlier run)
+
+Differences from the paper, and why: instance norm instead of batch norm (batches of 1-2 crops on a CPU), a
+transformer over bottleneck voxels (1x1x1 patches of a map already downsampled 8x) instead of 16^3 patches, widths
+16-128 and two transformer layers instead of 512-wide embeddings (CPU speed). Spatial sizes must be divisible by
+2**(levels-1) (8 by default); ``preprocess(divisible_by=8)`` pads for that. Dropout3d sits in the bottleneck and
+every decoder block, so MC-dropout at inference samples the decoding of every scale.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_MODALITIES = 4
+N_CLASSES = 4
+
+
+@dataclass
+class NetworkConfig:
+    """Width, depth and transformer of the network (stored in the model card)."""
+
+    widths: Tuple[int, ...] = (16, 32, 64, 128)
+    encoder_blocks: Tuple[int, ...] = (1, 1, 2, 2)
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    transformer_mlp_ratio: float = 2.0
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.encoder_blocks = tuple(int(b) for b in self.encoder_blocks)
+        if len(self.widths) != len(self.encoder_blocks):
+            raise ValueError("widths and encoder_blocks need one entry per level")
+        if self.widths[-1] % self.transformer_heads:
+            raise ValueError("the deepest width must be divisible by transformer_heads")
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size must be a multiple of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> Dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "NetworkConfig":
+        return cls(**data)
+
+
+def _norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3x3 convolutions with instance norm and LeakyReLU, plus the identity."""
+
+    def __init__(self, channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False), _norm(channels), nn.LeakyReLU(0.01, inplace=True),
+            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False), _norm(channels))
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class ModalityFusionStem(nn.Module):
+    """One stem per modality; a learnable weighted average over the modalities present (seed 001, eq. 1)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.stems = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(1, width, 3, padding=1, bias=False), _norm(width), nn.LeakyReLU(0.01, inplace=True))
+            for _ in range(N_MODALITIES))
+        self.weight_logits = nn.Parameter(torch.zeros(N_MODALITIES))
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """x (B, 4, Z, Y, X), presence (B, 4) in {0, 1} -> fused features (B, width, Z, Y, X)."""
+        weights = F.softplus(self.weight_logits)[None, :] * presence  # (B, 4)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        fused = None
+        for m, stem in enumerate(self.stems):
+            if not bool(presence[:, m].any()):
+                continue  # absent in the whole batch: skip the work
+            term = stem(x[:, m:m + 1]) * weights[:, m].view(-1, 1, 1, 1, 1)
+            fused = term if fused is None else fused + term
+        if fused is None:
+            raise ValueError("at least one modality must be present")
+        return fused
+
+
+class TransformerBottleneck(nn.Module):
+    """Self-attention over the voxels of the deepest feature map, with a depthwise-conv position encoding."""
+
+    def __init__(self, channels: int, layers: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.position = nn.Conv3d(channels, channels, 3, padding=1, groups=channels)
+        layer = nn.TransformerEncoderLayer(channels, heads, int(channels * mlp_ratio), dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers > 0 else None
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            return x
+        b, c, z, y, w = x.shape
+        tokens = (x + self.position(x)).flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = self.norm(self.encoder(tokens))
+        return x + tokens.transpose(1, 2).reshape(b, c, z, y, w)
+
+
+class GliomaSegNet(nn.Module):
+    """The segmentation network; ``forward(x, presence) -> logits (B, 4, Z, Y, X)``."""
+
+    def __init__(self, config: Optional[NetworkConfig] = None) -> None:
+        super().__init__()
+        self.config = config = config or NetworkConfig()
+        widths = config.widths
+        self.stem = ModalityFusionStem(widths[0])
+        self.encoder = nn.ModuleList()
+        self.down = nn.ModuleList()
+        for level, (width, blocks) in enumerate(zip(widths, config.encoder_blocks)):
+            if level > 0:
+                self.down.append(nn.Sequential(nn.Conv3d(widths[level - 1], width, 3, stride=2, padding=1, bias=False),
+                                               _norm(width), nn.LeakyReLU(0.01, inplace=True)))
+            self.encoder.append(nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)]))
+        self.bottleneck_dropout = nn.Dropout3d(config.dropout)
+        self.transformer = TransformerBottleneck(widths[-1], config.transformer_layers, config.transformer_heads,
+                                                 config.transformer_mlp_ratio, config.dropout)
+        self.reduce = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in range(len(widths) - 2, -1, -1):
+            self.reduce.append(nn.Conv3d(widths[level + 1], widths[level], 1, bias=False))
+            self.decoder.append(ResidualBlock(widths[level], dropout=config.dropout))
+        self.head = nn.Conv3d(widths[0], N_CLASSES, 1)
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        divisor = self.config.divisor
+        if any(n % divisor for n in x.shape[2:]):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
+        features = self.stem(x, presence)
+        skips: List[torch.Tensor] = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                features = self.down[level - 1](features)
+            features = block(features)
+            skips.append(features)
+        features = self.transformer(self.bottleneck_dropout(skips.pop()))
+        for reduce, block in zip(self.reduce, self.decoder):
+            features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
+            features = block(features + skips.pop())
+        return self.head(features)
+
+    def enable_mc_dropout(self) -> None:
+        """Eval mode everywhere except dropout layers (for MC-dropout sampling)."""
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, (nn.Dropout, nn.Dropout3d)):
+                module.train()
