@@ -13,8 +13,21 @@ from .geometry import Geometry
 from .modalities import MODALITIES, classify_name
 from .preprocess import PreprocessedCase, preprocess
 
+
+
+def __getattr__(name: str):
+    """``analyze`` and ``AnalysisResult`` import torch: loaded on first use, so importing the package stays light."""
+    if name == "analyze":
+        from .analysis import analyze
+        return analyze
+    if name == "AnalysisResult":
+        from .result import AnalysisResult
+        return AnalysisResult
+    raise AttributeError(f"module 'GliomaAnalysisLib' has no attribute {name!r}")
+
+
 __all__ = [
-    "Case", "load_case", "Geometry", "MODALITIES", "classify_name", "PreprocessedCase", "preprocess",
+    "analyze", "AnalysisResult", "Case", "load_case", "Geometry", "MODALITIES", "classify_name", "PreprocessedCase", "preprocess",
     "GliomaAnalysisError", "ImageReadError", "InvalidImageError", "SegmentationAsImageError",
     "ModalityConflictError", "NoModalityError", "GeometryError", "__version__",
 ]

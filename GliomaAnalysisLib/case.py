@@ -42,6 +42,8 @@ class Case:
     segmentation: Optional[sitk.Image] = None
     segmentation_convention: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
+    dicom_files: Dict[str, List[str]] = field(default_factory=dict)
+    """Source DICOM files per modality when the inputs were DICOM series (for DICOM SEG references)."""
 
     @property
     def present(self) -> List[str]:
@@ -114,7 +116,10 @@ def load_case(source: Union[str, "os.PathLike[str]", Mapping[str, Optional[Image
         default_id = case_id or _case_id_from_paths(inputs)
     else:
         folder = Path(source)
-        found = find_modality_files(folder)
+        try:
+            found = find_modality_files(folder)
+        except NoModalityError as no_files:
+            found = _dicom_modalities(folder, no_files)
         inputs = {k: v for k, v in found.items() if k in MODALITIES}
         if segmentation is None:
             segmentation = found.get(SEGMENTATION)
@@ -125,7 +130,7 @@ def load_case(source: Union[str, "os.PathLike[str]", Mapping[str, Optional[Image
 
 def _case_id_from_paths(inputs: Mapping[str, ImageSource]) -> str:
     for value in inputs.values():
-        if not isinstance(value, sitk.Image):
+        if isinstance(value, (str, os.PathLike)):
             return Path(value).resolve().parent.name or "case"
     return "case"
 
@@ -133,6 +138,8 @@ def _case_id_from_paths(inputs: Mapping[str, ImageSource]) -> str:
 def _refuse_shared_files(inputs: Mapping[str, ImageSource]) -> None:
     seen: Dict[str, str] = {}
     for modality, value in inputs.items():
+        if not isinstance(value, (str, os.PathLike, sitk.Image)):
+            continue  # DICOM series found by description: distinct by construction
         key = str(Path(value).resolve()) if not isinstance(value, sitk.Image) else f"image@{id(value)}"
         if key in seen:
             raise ModalityConflictError(
@@ -141,23 +148,47 @@ def _refuse_shared_files(inputs: Mapping[str, ImageSource]) -> None:
         seen[key] = modality
 
 
-def _read(value: ImageSource, modality: str) -> "tuple[sitk.Image, str]":
+def _dicom_modalities(folder: Path, no_files: NoModalityError) -> Dict[str, object]:
+    """Modality -> DICOM series in ``folder``, by SeriesDescription; re-raise ``no_files`` when there are none."""
+    from .dicom_io import modality_series
+
+    series = modality_series(folder)
+    if not series:
+        raise no_files
+    return dict(series)
+
+
+def _read(value: ImageSource, modality: str) -> "tuple[sitk.Image, str, List[str]]":
+    """(image, name for messages, source DICOM files or [])."""
     if isinstance(value, sitk.Image):
-        return value, f"<in-memory {modality}>"
+        return value, f"<in-memory {modality}>", []
+    from .dicom_io import DicomSeries, find_series, read_series
+
+    if isinstance(value, DicomSeries):
+        folder = str(Path(value.files[0]).parent)
+        return read_series(value.files, f"{folder} ({value.description})"), folder, list(value.files)
     path = Path(value)
+    if path.is_dir():  # an explicit DICOM series folder
+        series = find_series(path)
+        if len(series) != 1:
+            raise ImageReadError(f"{path}: expected one DICOM series for {modality}, found {len(series)}")
+        return read_series(series[0].files, str(path)), str(path), list(series[0].files)
     if classify_name(path.name) == SEGMENTATION:
         raise SegmentationAsImageError(f"{path}: is named as a segmentation, not an MR image ({modality})")
-    return read_image(path), str(path)
+    return read_image(path), str(path), []
 
 
 def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
               segmentation: Optional[ImageSource], case_id: str) -> Case:
     raw: Dict[str, sitk.Image] = {}
     sources: Dict[str, str] = {}
+    dicom_files: Dict[str, List[str]] = {}
     for modality in MODALITIES:
         if modality not in inputs:
             continue
-        image, name = _read(inputs[modality], modality)
+        image, name, dicom = _read(inputs[modality], modality)
+        if dicom:
+            dicom_files[modality] = dicom
         values = validate_image(image, name)
         as_float = sitk.GetImageFromArray(values)
         as_float.CopyInformation(image)
@@ -189,7 +220,7 @@ def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
     seg_image, convention = None, None
     if segmentation is not None:
         seg_image, convention, sources[SEGMENTATION] = _read_segmentation(segmentation, geometry, warnings)
-    return Case(case_id, images, reference, geometry, sources, seg_image, convention, warnings)
+    return Case(case_id, images, reference, geometry, sources, seg_image, convention, warnings, dicom_files)
 
 
 def _read_segmentation(value: ImageSource, geometry: Geometry,

@@ -34,6 +34,12 @@ def _add_case_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modality whose grid the outputs use (default: t1ce, else t1, flair, t2)")
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when present, else CPU (default)")
+    parser.add_argument("--fast", action="store_true", help="one network pass instead of four (no TTA / MC-dropout)")
+
+
 def _load_from_args(args: argparse.Namespace):
     from .case import load_case
     from .modalities import MODALITIES, SEGMENTATION
@@ -116,13 +122,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .writers import write_outputs
+
+    case = _load_from_args(args)
+    for warning in case.warnings:
+        _progress(f"warning: {warning}")
+    _progress(f"case {case.case_id}: {', '.join(case.present)} present"
+              + (f", missing {', '.join(case.missing)}" if case.missing else ""))
+    result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast,
+                     uncertainty=not args.no_uncertainty, progress=_progress)
+    write_outputs(result, args.out, convention=args.labels, dicom_seg=args.dicom_seg)
+    volumes = result.volumes_ml
+    _progress(f"done in {result.timings_s['total']:.1f} s: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
+              f"ET {volumes['et']:.1f} mL -> {args.out}")
+    print(json.dumps({"case_id": result.case_id, "out": str(args.out), "volumes_ml": volumes}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Phantom -> load -> preprocess -> back to the reference grid; writes demo_summary.json into --out."""
+    """Embedded phantom case -> full analysis with the shipped model -> contract files + ground-truth Dice."""
     import SimpleITK as sitk
+    from .analysis import analyze
     from .case import load_case
-    from .labels import to_contiguous
+    from .labels import regions, to_contiguous
     from .phantom import write_cohort
-    from .preprocess import preprocess
+    from .writers import write_outputs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,20 +157,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _progress("generating the embedded phantom case (synthetic, not real data)")
         write_cohort(staging / "input", 1, seed=DEMO_SEED)
         case_dir = next(p for p in (staging / "input").iterdir() if p.is_dir())
-        _progress(f"loading {case_dir.name}")
         case = load_case(case_dir)
-        _progress("preprocessing (brain crop, 2 mm grid, z-score)")
-        summary = describe_case(case)
-        pre = preprocess(case, spacing=(2.0, 2.0, 2.0), divisible_by=8)
-        back = sitk.GetArrayFromImage(pre.to_reference(pre.labels, "label"))  # contiguous labels
-        truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation))
-        summary["round_trip_dice_2mm"] = {
-            name: round(_dice(truth == k, back == k), 4) for k, name in ((1, "ncr"), (2, "ed"), (3, "et"))}
-        summary["note"] = ("Segmentation and classification models are not part of this build yet; this demo runs "
-                           "the phantom, loading and preprocessing path. " + RESEARCH_USE)
-        summary["inputs"] = {m: str(Path("input") / case_dir.name / Path(p).name) for m, p in summary["inputs"].items()}
-        with open(staging / "demo_summary.json", "w") as handle:
-            json.dump(summary, handle, indent=2)
+        result = analyze(case, device=args.device, fast=args.fast, progress=_progress)
+        truth = regions(to_contiguous(sitk.GetArrayFromImage(case.segmentation)))
+        predicted = regions(sitk.GetArrayFromImage(result.labels))
+        summary = {
+            "case_id": result.case_id,
+            "note": "synthetic phantom, not real data. " + RESEARCH_USE,
+            "volumes_ml": result.volumes_ml,
+            "ground_truth_volumes_ml": _label_volumes(case),
+            "dice_vs_phantom_truth": {r: round(_dice(predicted[r], truth[r]), 4) for r in ("wt", "tc", "et")},
+            "seconds": round(result.timings_s["total"], 2),
+        }
+        write_outputs(result, staging / "output")
+        (staging / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for item in staging.iterdir():
             target = out / item.name
             if target.is_dir():
@@ -153,7 +179,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps(summary, indent=2))
-    _progress(f"wrote {out / 'demo_summary.json'} and the phantom case under {out / 'input'}")
+    _progress(f"wrote {out / 'output'} (segmentation, probabilities, uncertainty, report.json, report.html) "
+              f"and the phantom input under {out / 'input'}")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import signal
+
+    from .batch import analyze_folder
+
+    if args.jobs < 1:
+        raise GliomaAnalysisError(f"--jobs must be at least 1, got {args.jobs}")
+
+    def terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: the running case's staging folder is removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    outcomes = analyze_folder(args.root, args.out, resume=args.resume, jobs=args.jobs, progress=_progress,
+                              device=args.device, fast=args.fast, model_dir=args.model_dir)
+    failed = [o for o in outcomes if o.status == "failed"]
+    _progress(f"{len(outcomes) - len(failed)} of {len(outcomes)} case(s) ok, {len(failed)} failed; "
+              f"summary in {Path(args.out) / 'summary.csv'}")
+    return 1 if failed else 0
+
+
+def cmd_install_model(args: argparse.Namespace) -> int:
+    from .model_store import download_model
+
+    card = download_model(args.name, args.card_url, args.weights_url)
+    _progress(f"installed model '{args.name}' into {card.parent} (sha256 checked)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .longitudinal import compare, comparison_figure, comparison_text
+
+    result = compare(Path(args.out_a), Path(args.out_b))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".compare-", dir=out))
+    try:
+        (staging / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (staging / "compare.txt").write_text(comparison_text(result) + "\n")
+        (staging / "compare.png").write_bytes(comparison_figure(result))
+        for name in ("compare.json", "compare.txt", "compare.png"):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(comparison_text(result))
+    _progress(f"wrote compare.json, compare.txt and compare.png to {out}")
     return 0
 
 
@@ -166,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioma-analysis", description=f"Glioma analysis from multimodal MRI. "
                                      f"{RESEARCH_USE}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{analyze,batch,compare,demo,phantom,inspect,install-model}")
 
     phantom = sub.add_parser("phantom", help="write synthetic glioma phantoms (BraTS 2021 layout + labels.csv)")
     phantom.add_argument("--out", required=True, help="output folder")
@@ -182,8 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_case_arguments(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
+    analyze = sub.add_parser("analyze", help="segment a case and write the output contract files")
+    _add_case_arguments(analyze)
+    analyze.add_argument("--out", required=True, help="output folder")
+    _add_run_arguments(analyze)
+    analyze.add_argument("--labels", choices=("brats2021", "brats2023"), default="brats2021",
+                         help="label values written: brats2021 (ET=4, default) or brats2023 (ET=3)")
+    analyze.add_argument("--no-uncertainty", action="store_true", help="no MC-dropout (flip TTA only)")
+    analyze.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
+    analyze.add_argument("--dicom-seg", action="store_true",
+                         help="also write segmentation.seg.dcm (DICOM SEG; with dicom_source/ for non-DICOM input)")
+    analyze.set_defaults(func=cmd_analyze)
+
+    batch = sub.add_parser("batch", help="analyse every case under a folder into OUT/<case>/ with summary.csv")
+    batch.add_argument("root", help="folder holding case folders (searched recursively)")
+    batch.add_argument("--out", required=True, help="output folder")
+    batch.add_argument("--resume", action="store_true", help="skip cases completed by an earlier run")
+    batch.add_argument("--jobs", type=int, default=1, help="cases analysed in parallel (default 1)")
+    batch.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
+    _add_run_arguments(batch)
+    batch.set_defaults(func=cmd_batch)
+
+    install = sub.add_parser("install-model", help="download a model (https only) into the user cache")
+    install.add_argument("name", help="model name, e.g. glioma_seg")
+    install.add_argument("--card-url", required=True, help="https URL of the model card (JSON, holds the sha256)")
+    install.add_argument("--weights-url", required=True, help="https URL of the safetensors weights")
+    install.set_defaults(func=cmd_install_model)
+
+    comparison = sub.add_parser("compare", help="volume change and ET bidimensional product between two analyses")
+    comparison.add_argument("out_a", help="output folder of the earlier analysis")
+    comparison.add_argument("out_b", help="output folder of the later analysis")
+    comparison.add_argument("--out", default="glioma-compare", help="where to write compare.* (default ./glioma-compare)")
+    comparison.set_defaults(func=cmd_compare)
+
     demo = sub.add_parser("demo", help="run the main job on an embedded phantom case")
     demo.add_argument("--out", default="glioma-demo", help="output folder (default ./glioma-demo)")
+    _add_run_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 

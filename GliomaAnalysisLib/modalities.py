@@ -57,7 +57,12 @@ def classify_name(path: "str | Path") -> Optional[str]:
     stem = strip_image_suffix(Path(path).name)
     if stem is None:
         return None
-    norm = _normalise(stem)
+    return classify_text(stem)
+
+
+def classify_text(text: str) -> Optional[str]:
+    """Classify a free-text name (a file stem, a DICOM SeriesDescription): modality key, ``"seg"`` or None."""
+    norm = _normalise(text)
     if _SEG_PATTERN.search(norm):
         return SEGMENTATION
     for modality, pattern in _PATTERNS:

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,12 +34,65 @@ def sha256_of(path: Union[str, "os.PathLike[str]"]) -> str:
     return digest.hexdigest()
 
 
+def user_cache() -> Path:
+    """Where downloaded models live: $GLIOMA_ANALYSIS_CACHE, else ~/.cache/glioma-analysis/models."""
+    return Path(os.environ.get("GLIOMA_ANALYSIS_CACHE", Path.home() / ".cache" / "glioma-analysis" / "models"))
+
+
 def model_paths(name: str, folder: Optional[Union[str, "os.PathLike[str]"]] = None) -> Tuple[Path, Path]:
-    """(weights, card) paths of model ``name`` in ``folder`` (default: the bundled Resources/models)."""
+    """(weights, card) paths of model ``name`` in ``folder``; by default the bundled Resources/models, else the
+    user cache when the model was downloaded there."""
     if not _SAFE_NAME.match(name) or ".." in name:
         raise ModelError(f"{name}: invalid model name (letters, digits, '_', '-', '.' only; no path separators)")
-    root = Path(folder) if folder is not None else RESOURCES
+    if folder is not None:
+        root = Path(folder)
+    else:
+        root = RESOURCES if (RESOURCES / f"{name}.json").is_file() or not (user_cache() / f"{name}.json").is_file() \
+            else user_cache()
     return root / f"{name}.safetensors", root / f"{name}.json"
+
+
+def download_model(name: str, card_url: str, weights_url: str, folder: Optional[Union[str, "os.PathLike[str]"]] = None,
+                   opener: Callable = None) -> Path:
+    """Install model ``name`` from https URLs into the user cache (or ``folder``); returns the card path.
+
+    The card is fetched first; the weights stream into a temporary file beside the target, their sha256 is checked
+    against the card, and only then are both renamed into place. Nothing is left behind on failure.
+    """
+    for url in (card_url, weights_url):
+        if urllib.parse.urlparse(url).scheme != "https":
+            raise ModelError(f"{url}: only https URLs are allowed for model downloads")
+    opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
+    target = Path(folder) if folder is not None else user_cache()
+    weights, card_path = model_paths(name, target)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with opener(card_url) as response:
+            card = json.loads(response.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{card_url}: cannot fetch the model card of '{name}' ({exc})") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", str(card.get("sha256", ""))):
+        raise ModelError(f"{card_url}: the model card of '{name}' has no valid sha256")
+    fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".safetensors", dir=target)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as handle, opener(weights_url) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                handle.write(chunk)
+        if digest.hexdigest() != card["sha256"]:
+            raise ModelError(f"{weights_url}: downloaded weights of '{name}' do not match the sha256 of its card")
+        card_tmp = Path(tmp).with_suffix(".json")
+        card_tmp.write_text(json.dumps(card, indent=2))
+        os.replace(tmp, weights)
+        os.replace(card_tmp, card_path)
+    except OSError as exc:
+        raise ModelError(f"{weights_url}: download of '{name}' failed ({exc})") from None
+    finally:
+        for leftover in (Path(tmp), Path(tmp).with_suffix(".json")):
+            if leftover.exists():
+                leftover.unlink()
+    return card_path
 
 
 def save_model(model: GliomaSegNet, card: Dict, folder: Union[str, "os.PathLike[str]"], name: str) -> Path:

@@ -69,22 +69,21 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
     margin_mm: margin around the brain bounding box. divisible_by: pad each axis up to a multiple of it.
     """
     present = case.present
-    oriented = {m: sitk.DICOMOrient(case.images[m], "LPS") for m in present}
-    first = oriented[present[0]]
-    arrays = {m: sitk.GetArrayFromImage(img) for m, img in oriented.items()}
-    mask = brain_mask(np.stack([arrays[m] for m in present]))
-
-    box = _bounding_box(mask, np.asarray(first.GetSpacing())[::-1], margin_mm)
+    # Crop in the input's own index space first (no copy of the full volume), then orient the small crop.
+    mask = brain_mask([sitk.GetArrayViewFromImage(case.images[m]) for m in present])
+    box = _bounding_box(mask, np.asarray(case.geometry.spacing)[::-1], margin_mm)
     index_slices = tuple(slice(lo, hi) for lo, hi in box)  # (z, y, x)
     sitk_slices = tuple(reversed(index_slices))  # (x, y, z)
-    cropped = {m: oriented[m][sitk_slices] for m in present}
+    cropped = {m: sitk.DICOMOrient(case.images[m][sitk_slices], "LPS") for m in present}
+    mask_image = sitk.GetImageFromArray(mask[index_slices].astype(np.uint8))
+    mask_image.CopyInformation(case.images[present[0]][sitk_slices])
+    mask = sitk.GetArrayFromImage(sitk.DICOMOrient(mask_image, "LPS")).astype(bool)
     working = Geometry.of(cropped[present[0]])
-    mask = mask[index_slices]
 
     labels = None
     label_image = None
     if include_labels and case.segmentation is not None:
-        label_image = sitk.DICOMOrient(case.segmentation, "LPS")[sitk_slices]
+        label_image = sitk.DICOMOrient(case.segmentation[sitk_slices], "LPS")
 
     if spacing is not None and not np.allclose(spacing, working.spacing):
         target = regrid(working, tuple(float(s) for s in spacing))
@@ -116,18 +115,23 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
     return PreprocessedCase(image, presence, mask, working, case.geometry, labels)
 
 
-def brain_mask(channels: np.ndarray) -> np.ndarray:
-    """Brain mask (Z, Y, X) from present channels (C, Z, Y, X).
+def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
+    """Brain mask (Z, Y, X) from the present channels (each (Z, Y, X)), without stacking them.
 
     Skull-stripped input (zero background): voxels where any channel is non-zero. Otherwise (the non-zero
     region fills most of the volume) an Otsu threshold of the channel mean, holes filled, largest component.
     """
-    nonzero = np.any(channels != 0, axis=0)
+    nonzero = np.zeros(channels[0].shape, dtype=bool)
+    for channel in channels:
+        nonzero |= channel != 0
     if nonzero.mean() < _NOT_SKULL_STRIPPED_FRACTION:
         return nonzero
     from skimage.filters import threshold_otsu
 
-    mean = channels.mean(axis=0)
+    mean = np.zeros(channels[0].shape, dtype=np.float32)
+    for channel in channels:
+        mean += channel
+    mean /= len(channels)
     mask = mean > threshold_otsu(mean)
     components, count = ndimage.label(mask)
     if count > 1:

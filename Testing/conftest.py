@@ -21,6 +21,22 @@ def small_phantom():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small random-weight model stored like a shipped one: exercises the pipeline, not accuracy."""
+    import torch
+
+    from GliomaAnalysisLib.model_store import save_model
+    from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16, 32), encoder_blocks=(1, 1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2))
+    save_model(net, {"version": "test", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, "glioma_seg")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory, small_phantom) -> Path:
     """The small phantom written in BraTS 2021 layout; returns its case folder. Treat as read-only."""
     root = tmp_path_factory.mktemp("phantom")

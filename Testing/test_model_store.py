@@ -66,3 +66,51 @@ def test_unsafe_model_names_are_refused(name):
     with pytest.raises(ModelError, match="invalid model name"):
         model_paths(name)
 
+
+
+class _Response:
+    def __init__(self, data: bytes):
+        import io
+        self._stream = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self._stream.read(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _served(folder, name):
+    weights, card = model_paths(name, folder)
+    files = {"https://models.example/card.json": card.read_bytes(),
+             "https://models.example/w.safetensors": weights.read_bytes()}
+    return files, lambda url: _Response(files[url])
+
+
+def test_download_checks_the_sha256_and_installs_atomically(stored, tmp_path, monkeypatch):
+    model, folder = stored
+    files, opener = _served(folder, "tiny")
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    from GliomaAnalysisLib.model_store import download_model
+    card = download_model("tiny", "https://models.example/card.json", "https://models.example/w.safetensors",
+                          opener=opener)
+    assert card.parent == tmp_path / "cache"
+    loaded, _ = load_model("tiny")  # found in the user cache
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny.json", "tiny.safetensors"]
+    files["https://models.example/w.safetensors"] = files["https://models.example/w.safetensors"][:-10] + b"x" * 10
+    with pytest.raises(ModelError, match="do not match the sha256"):
+        download_model("tiny2", "https://models.example/card.json", "https://models.example/w.safetensors",
+                       opener=opener)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny.json", "tiny.safetensors"]
+
+
+@pytest.mark.parametrize("url", ["http://models.example/card.json", "file:///etc/passwd", "ftp://x/y"])
+def test_download_refuses_anything_but_https(url, tmp_path):
+    from GliomaAnalysisLib.model_store import download_model
+    with pytest.raises(ModelError, match="only https"):
+        download_model("tiny", url, "https://models.example/w.safetensors", folder=tmp_path)
+    with pytest.raises(ModelError, match="invalid model name"):
+        download_model("../../etc/x", "https://a/b.json", "https://a/b.safetensors", folder=tmp_path)

@@ -59,9 +59,12 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert main(common + ["--steps", "2"]) == 0
     first = torch.load(run / "checkpoint.pt", weights_only=True)
     assert first["step"] == 2
+    with open(run / "log.jsonl", "a") as log:  # a step logged after the last checkpoint, then a crash
+        log.write(json.dumps({"step": 3, "loss": 1.0, "lr": 0.1, "seconds": 99.0}) + "\n")
     assert main(common + ["--steps", "3", "--resume"]) == 0
-    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[2]["seconds"] >= records[1]["seconds"] and records[2]["loss"] != 1.0
     second = torch.load(run / "checkpoint.pt", weights_only=True)
     assert second["step"] == 3
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])

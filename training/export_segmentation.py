@@ -27,8 +27,19 @@ from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
 
 from .datasets import discover_cases
 from .evaluate import evaluate_pair
+from .train_segmentation import git_commit
 
 MODEL_VERSION = "0.1.0"
+
+
+def training_seconds(log: List[Dict]) -> float:
+    """Total training time from a log whose clock may restart at each resume."""
+    total, last = 0.0, 0.0
+    for record in log:
+        if record["seconds"] < last:
+            total += last
+        last = record["seconds"]
+    return total + last
 
 
 def base_card(run_config: Dict, training_log: List[Dict]) -> Dict:
@@ -55,8 +66,9 @@ def base_card(run_config: Dict, training_log: List[Dict]) -> Dict:
                      "optimizer": "AdamW", "peak_lr": args["lr"], "schedule": "50-step warm-up, cosine",
                      "loss": "cross-entropy + soft Dice over WT/TC/ET", "modality_dropout": args["modality_dropout"],
                      "augmentation": "tumor-protect crop, flips on 3 axes, intensity scale/shift, modality dropout",
-                     "phantom_probability": args["phantom_probability"], "git_commit": run_config["git_commit"],
-                     "wall_time_minutes": round(training_log[-1]["seconds"] / 60, 1) if training_log else None},
+                     "phantom_probability": args["phantom_probability"],
+                     "git_commit_at_start": run_config["git_commit"], "git_commit_at_export": git_commit(),
+                     "wall_time_minutes": round(training_seconds(training_log) / 60, 1)},
     }
 
 
@@ -78,6 +90,30 @@ def evaluate_model(model_dir: Path, name: str, gt_root: Path, cases: List[str],
             f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("dice")), file=sys.stderr, flush=True)
     keys = [k for k in rows[0] if k != "case"]
     return {"mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}, "cases": rows}
+
+
+def card_markdown(card: Dict) -> str:
+    """A human-readable model card from the JSON card."""
+    metrics = card["validation"]["metrics"]
+    lines = [f"# Model card: {card['name']} {card['version']}", "",
+             f"{card['task']}. {card['disclaimer']}", "",
+             f"- Network: GMMAS-style CNN-transformer, {card['network']}",
+             f"- Inputs: any subset of {', '.join(card['inputs']['modalities'])}; {card['inputs']['expects']}",
+             f"- Preprocessing: {card['preprocessing']}",
+             f"- Training data: {len(card['training_data']['real_cases'])} real BraTS 2018 cases + "
+             f"{card['training_data']['synthetic_phantoms']} synthetic phantoms",
+             f"- Training: {card['training']}",
+             f"- Validation split ({card['validation']['cases']} real cases): {', '.join(card['validation_split'])}",
+             f"- Evaluation: {card['validation']['how']}",
+             f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", "",
+             "| inputs | Dice WT | Dice TC | Dice ET | Dice ED | HD95 WT (mm) | HD95 TC | HD95 ET |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for setting, values in metrics.items():
+        m = values["mean"]
+        lines.append(f"| {setting} | {m['dice_wt']:.3f} | {m['dice_tc']:.3f} | {m['dice_et']:.3f} | "
+                     f"{m['dice_ed']:.3f} | {m['hd95_wt']:.1f} | {m['hd95_tc']:.1f} | {m['hd95_et']:.1f} |")
+    lines += ["", f"Caveat: {card['validation']['caveat']}.", ""]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -113,7 +149,8 @@ def main(argv=None) -> int:
         "caveat": "one fixed split of 24 cases (6 validation); expect lower and different figures on other data",
     }
     card["training_curve"] = [r for r in log if "val_dice" in r]
-    save_model(model, card, out, args.name)
+    card_path = save_model(model, card, out, args.name)
+    card_path.with_suffix(".md").write_text(card_markdown(json.loads(card_path.read_text())))
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0

@@ -125,7 +125,13 @@ def main(argv=None) -> int:
         print(f"resumed at step {step}", file=sys.stderr)
     rng = np.random.default_rng([args.seed, step])
 
-    log = open(run / "log.jsonl", "a")
+    log_path = run / "log.jsonl"
+    previous = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.is_file() else []
+    previous = [r for r in previous if r["step"] <= step]  # drop entries after the checkpoint we resume from
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in previous))
+    elapsed_before = previous[-1]["seconds"] if previous else 0.0
+    log = open(log_path, "a")
     model.train()
     started = time.perf_counter()
     while step < args.steps:
@@ -145,7 +151,7 @@ def main(argv=None) -> int:
         optimizer.step()
         step += 1
         record = {"step": step, "loss": round(loss.item(), 5), "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": round(time.perf_counter() - started, 1)}
+                  "seconds": round(elapsed_before + time.perf_counter() - started, 1)}
         if validation and (step % args.val_every == 0 or step == args.steps):
             record["val_dice"] = validate(model, validation)
             print(f"step {step}: loss {loss.item():.4f} val {record['val_dice']}", file=sys.stderr, flush=True)

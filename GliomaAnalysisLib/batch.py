@@ -1,0 +1,181 @@
+"""Batch analysis of a cohort: every case under a root folder into ``OUT/<case>/``, one bad case never stopping
+the rest, a ``summary.csv`` kept current after every case, ``resume`` skipping completed cases, and no half-written
+case folder after a failure, Ctrl-C or SIGTERM (each case is written in a hidden staging folder and renamed into
+place with its completion marker already inside)."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+from .case import find_modality_files
+from .errors import GliomaAnalysisError
+from .modalities import MODALITIES
+
+COMPLETE_MARKER = ".complete"
+SUMMARY_FIELDS = ["case", "status", "error", "ncr_ml", "ed_ml", "et_ml", "tc_ml", "wt_ml", "grade", "idh",
+                  "codeletion_1p19q", "mgmt", "seconds"]
+
+
+@dataclass
+class CaseOutcome:
+    """What happened to one case of a batch."""
+
+    case: str
+    status: str  # "ok" | "failed" | "skipped"
+    error: str = ""
+    volumes_ml: Dict[str, float] = field(default_factory=dict)
+    predictions: Dict[str, Optional[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def row(self) -> Dict[str, object]:
+        row: Dict[str, object] = {"case": self.case, "status": self.status, "error": self.error,
+                                  "seconds": round(self.seconds, 2)}
+        row.update({f"{k}_ml": v for k, v in self.volumes_ml.items()})
+        row.update(self.predictions)
+        return row
+
+
+def discover_cases(root: "str | os.PathLike[str]") -> List[Path]:
+    """Folders under ``root`` (itself included, recursively) holding at least one recognisable modality file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GliomaAnalysisError(f"{root}: folder not found")
+    cases = []
+    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+        if any(part.startswith(".") for part in folder.relative_to(root).parts):
+            continue
+        try:
+            found = find_modality_files(folder)
+        except GliomaAnalysisError as exc:
+            if "two files claim" in str(exc):
+                cases.append(folder)  # a broken case: analysed (and reported as failed), not silently skipped
+            continue
+        if any(m in found for m in MODALITIES):
+            cases.append(folder)
+    return cases
+
+
+def _case_name(folder: Path, root: Path) -> str:
+    relative = folder.relative_to(root)
+    return "__".join(relative.parts) if relative.parts else folder.resolve().name
+
+
+def _analyse_one(folder: str, target: str, options: Dict) -> CaseOutcome:
+    """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
+    from .analysis import analyze
+    from .writers import write_outputs
+
+    target_path = Path(target)
+    name = target_path.name
+    start = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target_path.parent))
+    try:
+        result = analyze(folder, **options)
+        write_outputs(result, staging)
+        (staging / COMPLETE_MARKER).write_text("ok\n")
+        if target_path.exists():
+            shutil.rmtree(target_path)
+        os.replace(staging, target_path)
+        predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
+        return CaseOutcome(name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - start)
+    except GliomaAnalysisError as exc:
+        return CaseOutcome(name, "failed", str(exc), seconds=time.perf_counter() - start)
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:  # unexpected, but one case must not stop a batch
+        return CaseOutcome(name, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                           seconds=time.perf_counter() - start)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_summary(outcomes: List[CaseOutcome], out: Path) -> Path:
+    """Write ``summary.csv`` atomically."""
+    path = out / "summary.csv"
+    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".csv", dir=out)
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for outcome in sorted(outcomes, key=lambda o: o.case):
+            writer.writerow(outcome.row())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def _previous_outcomes(out: Path) -> Dict[str, CaseOutcome]:
+    path = out / "summary.csv"
+    if not path.is_file():
+        return {}
+    outcomes = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            volumes = {k[:-3]: float(v) for k, v in row.items() if k.endswith("_ml") and v not in ("", None)}
+            predictions = {k: (row.get(k) or None) for k in ("grade", "idh", "codeletion_1p19q", "mgmt")}
+            outcomes[row["case"]] = CaseOutcome(row["case"], row["status"], row.get("error", ""), volumes,
+                                                predictions, float(row.get("seconds") or 0))
+    return outcomes
+
+
+def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]", resume: bool = False,
+                   jobs: int = 1, progress: Optional[Callable[[str], None]] = None, **options) -> List[CaseOutcome]:
+    """Analyse every case under ``root`` into ``out/<case>/`` and write ``out/summary.csv``.
+
+    resume: skip cases whose folder holds the completion marker. jobs: cases analysed in parallel (processes; the
+    CPU threads are shared between them). ``options`` go to :func:`analyze` (device, fast, uncertainty, ...).
+    """
+    root, out = Path(root), Path(out)
+    cases = discover_cases(root)
+    if not cases:
+        raise GliomaAnalysisError(f"{root}: no case folder with recognisable modality files found")
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_outcomes(out) if resume else {}
+    outcomes: Dict[str, CaseOutcome] = {}
+    todo = []
+    for folder in cases:
+        name = _case_name(folder, root)
+        if resume and (out / name / COMPLETE_MARKER).is_file():
+            outcomes[name] = previous.get(name) or CaseOutcome(name, "ok", "completed in an earlier run")
+        else:
+            todo.append((str(folder), str(out / name)))
+    say = progress or (lambda message: None)
+    say(f"{len(cases)} case(s), {len(cases) - len(todo)} already complete, {len(todo)} to analyse")
+    started, done = time.perf_counter(), 0
+    for outcome in _run(todo, jobs, options):
+        outcomes[outcome.case] = outcome
+        done += 1
+        write_summary(list(outcomes.values()), out)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * (len(todo) - done)
+        bar = "#" * int(20 * done / len(todo))
+        say(f"[{bar:<20}] {done}/{len(todo)} {outcome.case}: {outcome.status}"
+            f"{' (' + outcome.error + ')' if outcome.error else ''}, ETA {eta:.0f} s")
+    write_summary(list(outcomes.values()), out)
+    return sorted(outcomes.values(), key=lambda o: o.case)
+
+
+def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
+    if jobs <= 1 or len(todo) <= 1:
+        for folder, target in todo:
+            yield _analyse_one(folder, target, options)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(_analyse_one, folder, target, options) for folder, target in todo]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
