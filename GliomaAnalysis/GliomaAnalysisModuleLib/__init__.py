@@ -1,0 +1,1 @@
+"""Pure helpers of the GliomaAnalysis Slicer module (no slicer, qt or vtk imports: tested with pytest)."""
