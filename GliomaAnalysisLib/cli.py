@@ -105,13 +105,11 @@ def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) ->
 
 def _label_volumes(case) -> Dict[str, float]:
     import SimpleITK as sitk
-    from .labels import regions, to_contiguous
+    from .labels import to_contiguous
+    from .measures import volumes_ml
 
     labels = to_contiguous(sitk.GetArrayViewFromImage(case.segmentation), case.segmentation_convention)
-    voxel_ml = case.geometry.voxel_volume_ml
-    masks = regions(labels)
-    masks["ncr"] = labels == 1
-    return {name: round(float(masks[name].sum()) * voxel_ml, 2) for name in ("ncr", "ed", "et", "tc", "wt")}
+    return volumes_ml(labels, case.geometry.voxel_volume_ml)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -147,6 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .case import load_case
     from .labels import regions, to_contiguous
+    from .measures import dice
     from .phantom import write_cohort
     from .writers import write_outputs
 
@@ -166,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "note": "synthetic phantom, not real data. " + RESEARCH_USE,
             "volumes_ml": result.volumes_ml,
             "ground_truth_volumes_ml": _label_volumes(case),
-            "dice_vs_phantom_truth": {r: round(_dice(predicted[r], truth[r]), 4) for r in ("wt", "tc", "et")},
+            "dice_vs_phantom_truth": {r: round(dice(predicted[r], truth[r]), 4) for r in ("wt", "tc", "et")},
             "seconds": round(result.timings_s["total"], 2),
         }
         write_outputs(result, staging / "output")
@@ -230,11 +229,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(comparison_text(result))
     _progress(f"wrote compare.json, compare.txt and compare.png to {out}")
     return 0
-
-
-def _dice(a, b) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def build_parser() -> argparse.ArgumentParser:

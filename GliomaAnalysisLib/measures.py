@@ -8,6 +8,12 @@ import numpy as np
 from .labels import ED, ET, NCR
 
 
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    total = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
+
+
 def volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> Dict[str, float]:
     """Volumes of NCR, ED, ET, TC (NCR+ET) and WT (all) in mL, rounded to 0.01 mL."""
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=4)

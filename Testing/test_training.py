@@ -71,3 +71,21 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert (run / "final.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["validation_split"] and len(config["train_cases"]) == 2
+
+
+def test_validation_scores_a_perfect_and_an_empty_prediction():
+    from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
+    from training.train_segmentation import validate
+
+    torch.manual_seed(0)
+    model = GliomaSegNet(NetworkConfig(widths=(4, 8), encoder_blocks=(1, 1), transformer_layers=1, transformer_heads=2))
+    labels = np.zeros((10, 12, 9), dtype=np.uint8)
+    labels[3:6, 3:7, 2:5] = 2
+    case = TrainingCase("c", np.random.default_rng(0).normal(size=(4, 10, 12, 9)).astype(np.float32), labels)
+    scores = validate(model, [case])
+    assert set(scores) == {"wt", "tc", "et"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert model.training  # back in training mode
+    with torch.no_grad():  # a model that always answers background: ET and TC are empty in both -> Dice 1, WT 0
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    assert validate(model, [case]) == {"wt": 0.0, "tc": 1.0, "et": 1.0}

@@ -23,16 +23,12 @@ from GliomaAnalysisLib.errors import GliomaAnalysisError
 from GliomaAnalysisLib.geometry import Geometry
 from GliomaAnalysisLib.image_io import read_image
 from GliomaAnalysisLib.labels import guess_convention, regions, to_contiguous
+from GliomaAnalysisLib.measures import dice
 
 from .datasets import discover_cases
 
 REGIONS = ("wt", "tc", "et", "ed")
 HD95_EMPTY_MM = 373.13
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:

@@ -21,42 +21,26 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from GliomaAnalysisLib.inference import predict
 from GliomaAnalysisLib.labels import regions
+from GliomaAnalysisLib.measures import dice
 from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
 
 from .losses import dice_ce_loss
 from .segmentation_data import VALIDATION_CASES, TrainingCase, load_split, sample_crop
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def region_dice(prediction: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
-    p, t = regions(prediction), regions(truth)
-    return {name: dice(p[name], t[name]) for name in ("wt", "tc", "et")}
-
-
-@torch.inference_mode()
-def predict_working_grid(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray) -> np.ndarray:
-    """Softmax probabilities (4, Z, Y, X) of one whole working-grid volume (padded internally to the divisor)."""
-    divisor = model.config.divisor
-    shape = image.shape[1:]
-    pad = [(0, (-n) % divisor) for n in shape]
-    x = torch.from_numpy(np.pad(image, [(0, 0)] + pad))[None]
-    logits = model(x, torch.from_numpy(presence)[None])
-    probabilities = torch.softmax(logits, dim=1)[0]
-    return probabilities[:, :shape[0], :shape[1], :shape[2]].numpy()
-
-
 def validate(model: GliomaSegNet, cases: List[TrainingCase]) -> Dict[str, float]:
-    """Mean Dice (WT, TC, ET) over ``cases`` on the working grid, all modalities present."""
-    model.eval()
+    """Mean Dice (WT, TC, ET) over ``cases`` on the working grid, all modalities present, one plain pass."""
     scores = []
     for case in cases:
-        probabilities = predict_working_grid(model, case.image, np.ones(4, dtype=np.float32))
-        scores.append(region_dice(probabilities.argmax(0), case.labels))
+        shape = case.labels.shape
+        pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
+        probabilities, _, _ = predict(model, np.pad(case.image, pad), np.ones(4, dtype=np.float32),
+                                      torch.device("cpu"))
+        prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
+        truth = regions(case.labels)
+        scores.append({name: dice(prediction[name], truth[name]) for name in ("wt", "tc", "et")})
     model.train()
     return {k: float(np.mean([s[k] for s in scores])) for k in ("wt", "tc", "et")}
 
