@@ -5,6 +5,7 @@ The analysis runs out of process: the input volumes are written to a temporary f
 QTimer so the GUI stays responsive, Cancel kills the process tree, and the results are loaded into the scene only when
 the run succeeded. Research use only; not a medical device.
 """
+import importlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bundled GliomaAnalysisLib and helpers
-from GliomaAnalysisModuleLib.helpers import (PROGRESS_PREFIX, SEGMENTS, assign_nodes, build_command,  # noqa: E402
+from GliomaAnalysisModuleLib.helpers import (SEGMENTS, assign_nodes, build_command,  # noqa: E402
                                              parse_progress, table_rows, terminology_entry)
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -246,12 +247,10 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
         missing = self.missingRequirements()
         if not missing:
             return True
-        try:
-            import slicer.pydeps  # Slicer 5.11+: asks the user itself, checks versions, installs
+        try:  # Slicer 5.11+: asks the user itself, checks versions, installs
+            pydeps = importlib.import_module("slicer.pydeps")  # not "import slicer.pydeps": would rebind slicer here
         except ImportError:
             pydeps = None
-        else:
-            pydeps = slicer.pydeps
         if pydeps is not None:
             from packaging.requirements import Requirement
             try:

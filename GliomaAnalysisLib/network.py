@@ -17,7 +17,7 @@ every decoder block, so MC-dropout at inference samples the decoding of every sc
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import SimpleITK as sitk

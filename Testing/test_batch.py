@@ -12,7 +12,6 @@ import pytest
 import SimpleITK as sitk
 
 from GliomaAnalysisLib.batch import COMPLETE_MARKER, analyze_folder, discover_cases
-from GliomaAnalysisLib.cli import main
 from GliomaAnalysisLib.phantom import make_phantom, write_phantom
 
 from conftest import SMALL_SIZE, SMALL_SPACING, random_image, write

@@ -16,7 +16,6 @@ from GliomaAnalysisLib import load_case
 from GliomaAnalysisLib.analysis import analyze
 from GliomaAnalysisLib.cli import main
 from GliomaAnalysisLib.dicom_io import synthetic_source
-from GliomaAnalysisLib.labels import to_contiguous
 from GliomaAnalysisLib.longitudinal import bidimensional_product
 from GliomaAnalysisLib.writers import write_outputs
 

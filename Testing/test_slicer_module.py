@@ -33,6 +33,14 @@ def test_every_slicer_util_name_used_exists_in_slicers_api():
     assert used - _known_util_names() == set()
 
 
+def test_no_function_rebinds_the_slicer_name():
+    """``import slicer.x`` inside a function makes ``slicer`` local there (UnboundLocalError on earlier uses)."""
+    for function in (n for n in ast.walk(_tree()) if isinstance(n, ast.FunctionDef)):
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "slicer" and not a.asname for a in node.names), function.name
+
+
 def test_every_ui_widget_the_code_uses_exists():
     widgets = {w.get("name") for w in ET.parse(UI).getroot().iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
