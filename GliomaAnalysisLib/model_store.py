@@ -95,8 +95,9 @@ def download_model(name: str, card_url: str, weights_url: str, folder: Optional[
     return card_path
 
 
-def save_model(model: GliomaSegNet, card: Dict, folder: Union[str, "os.PathLike[str]"], name: str) -> Path:
-    """Write ``name.safetensors`` and ``name.json`` (the card, completed with config and sha256) atomically."""
+def save_model(model: torch.nn.Module, card: Dict, folder: Union[str, "os.PathLike[str]"], name: str) -> Path:
+    """Write ``name.safetensors`` and ``name.json`` (the card, completed with ``model.config.to_dict()`` and sha256)
+    atomically."""
     weights, card_path = model_paths(name, folder)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # float16 on disk halves the file (6 MB instead of 12); loading casts back to float32.
@@ -128,9 +129,15 @@ def load_card(name: str = DEFAULT_SEGMENTATION_MODEL, folder: Optional[Union[str
         raise ModelError(f"{card_path}: unreadable model card ({exc})") from None
 
 
+def _build_segmentation_net(card: Dict) -> GliomaSegNet:
+    return GliomaSegNet(NetworkConfig.from_dict(card["network"]))
+
+
 def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
-               folder: Optional[Union[str, "os.PathLike[str]"]] = None) -> Tuple[GliomaSegNet, Dict]:
-    """Build the network from the card and load its weights after checking their sha256; returns (model, card)."""
+               folder: Optional[Union[str, "os.PathLike[str]"]] = None,
+               build: Callable[[Dict], torch.nn.Module] = _build_segmentation_net) -> Tuple[torch.nn.Module, Dict]:
+    """Build the network from the card (``build(card)``, the segmentation network by default) and load its weights
+    after checking their sha256; returns (model in eval mode, card)."""
     card = load_card(name, folder)
     weights, _ = model_paths(name, folder)
     if not weights.is_file():
@@ -141,7 +148,7 @@ def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
                          f"({str(card.get('sha256'))[:12]}...): corrupt or replaced file")
     try:
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
-        model = GliomaSegNet(NetworkConfig.from_dict(card["network"]))
+        model = build(card)
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{weights}: weights do not fit model '{name}' ({str(exc).splitlines()[0][:160]})") from None

@@ -149,18 +149,25 @@ class GliomaSegNet(nn.Module):
             self.decoder.append(ResidualBlock(widths[level], dropout=config.dropout))
         self.head = nn.Conv3d(widths[0], N_CLASSES, 1)
 
-    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, presence: torch.Tensor) -> List[torch.Tensor]:
+        """Encoder features, one per level: (B, widths[l], Z/2^l, Y/2^l, X/2^l); the last one after the
+        transformer bottleneck. Used by ``forward`` and by the classifiers that read these features."""
         divisor = self.config.divisor
         if any(n % divisor for n in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
         features = self.stem(x, presence)
-        skips: List[torch.Tensor] = []
+        levels: List[torch.Tensor] = []
         for level, block in enumerate(self.encoder):
             if level > 0:
                 features = self.down[level - 1](features)
             features = block(features)
-            skips.append(features)
-        features = self.transformer(self.bottleneck_dropout(skips.pop()))
+            levels.append(features)
+        levels[-1] = self.transformer(self.bottleneck_dropout(levels[-1]))
+        return levels
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        skips = self.encode(x, presence)
+        features = skips.pop()
         for reduce, block in zip(self.reduce, self.decoder):
             features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
             features = block(features + skips.pop())

@@ -1,4 +1,5 @@
-"""Segmentation loss: cross-entropy over the 4 classes plus soft Dice over the BraTS regions (WT, TC, ET)."""
+"""Training losses: segmentation (CE + soft region Dice), masked class-weighted task losses and the
+aleatoric-uncertainty task weighting of seed 001 (eq. 7)."""
 from __future__ import annotations
 
 import torch
@@ -26,3 +27,37 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1.0
     denominator = regions.sum(dims) + targets.sum(dims)
     dice = (2 * intersection + smooth) / (denominator + smooth)
     return ce + (1 - dice).mean()
+
+
+def masked_task_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor,
+                     class_weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted soft-target cross-entropy of one classification task over the samples that have its label.
+
+    logits (B, 2); targets (B, 2) soft class probabilities (rows of unknown samples are ignored); known (B,) 0/1;
+    class_weights (2,). Samples without the label contribute nothing (no loss, no gradient); a batch with no label
+    for the task gives 0.
+    """
+    per_sample = -(targets * class_weights[None] * F.log_softmax(logits, dim=1)).sum(dim=1)
+    known = known.float()
+    return (per_sample * known).sum() / known.sum().clamp_min(1.0)
+
+
+class UncertaintyWeighting(torch.nn.Module):
+    """Aleatoric-uncertainty task weighting (seed 001, eq. 7): sum_i L_i / (2 sigma_i^2) + log sigma_i, with a
+    learnable log sigma_i per task (initialised to 0, i.e. sigma = 1)."""
+
+    def __init__(self, tasks) -> None:
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.log_sigma = torch.nn.Parameter(torch.zeros(len(self.tasks)))
+
+    def forward(self, losses: "dict[str, torch.Tensor]") -> torch.Tensor:
+        total = self.log_sigma.new_zeros(())
+        for index, task in enumerate(self.tasks):
+            if task in losses:
+                log_sigma = self.log_sigma[index]
+                total = total + 0.5 * torch.exp(-2 * log_sigma) * losses[task] + log_sigma
+        return total
+
+    def sigmas(self) -> "dict[str, float]":
+        return {task: float(torch.exp(s)) for task, s in zip(self.tasks, self.log_sigma.detach())}
