@@ -187,5 +187,6 @@ def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
     model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True))
     logits = train.mc_probabilities(model, train.pooled_features(model, split.test), samples=10)
     auc = {task: roc_auc(*_task_arrays(split.test, logits, task)) for task in ("grade", "idh")}
-    assert auc["grade"] > 0.80, auc
-    assert auc["idh"] > 0.65, auc
+    print("held-out phantom AUC", auc)  # measured: grade 0.84, IDH 0.82 (1 thread); chance is 0.5
+    assert auc["grade"] > 0.75, auc
+    assert auc["idh"] > 0.70, auc

@@ -36,15 +36,14 @@ def _task_arrays(samples: List[ClassificationSample], logits: Dict[str, np.ndarr
     return logits[task][keep], labels
 
 
-def evaluate(model: MultiTaskNet, groups: Dict[str, List[ClassificationSample]], temperatures: Dict[str, float],
-             ) -> Dict[str, Dict[str, Dict]]:
+def evaluate(logits: Dict[str, Dict[str, np.ndarray]], groups: Dict[str, List[ClassificationSample]],
+             temperatures: Dict[str, float]) -> Dict[str, Dict[str, Dict]]:
     """{group: {task: binary_report}} with calibrated probabilities (and uncalibrated ECE for comparison)."""
     out: Dict[str, Dict[str, Dict]] = {}
     for group, samples in groups.items():
-        logits = mc_probabilities(model, pooled_features(model, samples), MC_SAMPLES)
         out[group] = {}
         for task in TASKS:
-            z, y = _task_arrays(samples, logits, task)
+            z, y = _task_arrays(samples, logits[group], task)
             report = binary_report(apply_temperature(z, temperatures[task]), y)
             report["ece_uncalibrated"] = binary_report(apply_temperature(z, 1.0), y)["ece"]
             out[group][task] = report
@@ -75,13 +74,14 @@ def main(argv=None) -> int:
         temperatures[task] = fit_temperature(z, y)
     groups = {"test_phantoms": split.test,
               "real_validation": [s for s in split.validation if s.source == "real"]}
-    metrics = evaluate(model, groups, temperatures)
+    logits = {group: mc_probabilities(model, pooled_features(model, samples), MC_SAMPLES)
+              for group, samples in groups.items()}
+    metrics = evaluate(logits, groups, temperatures)
 
     for task in TASKS:
         curves = {}
         for group, samples in groups.items():
-            logits = mc_probabilities(model, pooled_features(model, samples), MC_SAMPLES)
-            z, y = _task_arrays(samples, logits, task)
+            z, y = _task_arrays(samples, logits[group], task)
             if len(y) and 0 < y.sum() < len(y):
                 curves[group.replace("_", " ")] = (apply_temperature(z, temperatures[task]), y)
         if curves:

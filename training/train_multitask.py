@@ -25,6 +25,7 @@ from GliomaAnalysisLib.model_store import load_model
 from GliomaAnalysisLib.multitask import TASKS, MultiTaskConfig, MultiTaskNet
 
 from .classification_data import ClassificationSample, class_weights, load_classification_split
+from .config import parse_args as parse_with_config
 from .losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
 from .multitask_data import evaluation_example, training_example
 from .segmentation_data import sample_crop
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "log.jsonl"
