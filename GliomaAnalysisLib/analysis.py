@@ -15,6 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .case import Case, load_case
+from .classify import Classification, classify_case
+from .clinical import prepare as prepare_clinical
 from .inference import predict, select_device
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
@@ -48,11 +50,14 @@ def _cached_model(name: str, folder: Optional[str]) -> Tuple[GliomaSegNet, Dict]
 
 def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DEFAULT_SEGMENTATION_MODEL,
             model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", fast: bool = False,
-            uncertainty: bool = True, postprocess: bool = True, progress: Progress = None) -> AnalysisResult:
+            uncertainty: bool = True, postprocess: bool = True, progress: Progress = None,
+            preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True) -> AnalysisResult:
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
     fast: one plain network pass. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
     ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
+    preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
+    (native-space, skull-on input; see :mod:`GliomaAnalysisLib.clinical`).
     """
     timings: Dict[str, float] = {}
     log: List[str] = []
@@ -76,13 +81,16 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     say(f"case {case.case_id}: {', '.join(case.present)} present; reference grid {case.reference} "
         f"{'x'.join(map(str, case.geometry.size))} at {'x'.join(f'{s:g}' for s in case.geometry.spacing)} mm")
     lap("load")
+    prepared = prepare_clinical(case, preprocessing, clinical_backend, device, progress=say)
+    model_case = prepared.case  # co-registered (BrainLes: skull-stripped, atlas space); outputs go back to case
+    lap("clinical_preprocessing")
     net, card = _cached_model(model, None if model_dir is None else str(model_dir))
     torch_device, warnings = select_device(device)
-    warnings = list(case.warnings) + warnings
+    warnings = list(prepared.warnings) + warnings
     lap("model")
 
     say("preprocessing")
-    pre = preprocess(case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=net.config.divisor,
+    pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=net.config.divisor,
                      include_labels=False)
     needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
                           net.config.widths[0])
@@ -96,15 +104,23 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     warnings += run_warnings
     lap("network")
 
+    classification = Classification()
+    if classify:
+        working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        classification = classify_case(pre.image, pre.presence, working_labels,
+                                       None if model_dir is None else str(model_dir), uncertainty, say)
+        warnings += classification.warnings
+        lap("classify")
+
     say("mapping results back to the input grid")
     # 3 decimals are plenty for a probability and make the files compress ~10x better
     reference_probs = []
     for p in probabilities:
-        array = sitk.GetArrayFromImage(pre.to_reference(p, "probability"))
+        array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
         reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
     labels = argmax_uint8(reference_probs)
     del reference_probs[0]  # background: only needed for the argmax
-    uncertainty_map = np.round(sitk.GetArrayFromImage(pre.to_reference(entropy, "probability")),
+    uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
                                PROBABILITY_DECIMALS)
     lap("resample")
 
@@ -131,13 +147,17 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         volumes_ml=volumes,
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
-        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
-        settings={"device": torch_device.type, "fast": fast, "passes": passes,
+        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}]
+        + classification.models,
+        predictions=classification.predictions,
+        mgmt_late_fusion=classification.mgmt_late_fusion,
+        slice_grade=classification.slice_grade,
+        settings={"device": torch_device.type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
-                  "working_spacing_mm": list(pre.working.spacing)},
+                  "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
         timings_s=timings,
         warnings=warnings,
-        images=dict(case.images),
+        images=dict(prepared.registered),
         dicom_sources=list(case.dicom_files.get(case.reference, [])),
         log=log,
     )

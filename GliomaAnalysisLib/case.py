@@ -44,6 +44,9 @@ class Case:
     warnings: List[str] = field(default_factory=list)
     dicom_files: Dict[str, List[str]] = field(default_factory=dict)
     """Source DICOM files per modality when the inputs were DICOM series (for DICOM SEG references)."""
+    originals: Dict[str, sitk.Image] = field(default_factory=dict)
+    """float32 images in their own (native) geometry, for the modalities that were resampled onto the reference
+    grid (what co-registration starts from; see :mod:`GliomaAnalysisLib.clinical`)."""
 
     @property
     def present(self) -> List[str]:
@@ -203,6 +206,7 @@ def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
 
     warnings: List[str] = []
     images: Dict[str, sitk.Image] = {}
+    originals: Dict[str, sitk.Image] = {}
     for modality, image in raw.items():
         own = Geometry.of(image)
         diffs = geometry.differences(own)
@@ -216,11 +220,13 @@ def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
         warnings.append(f"{modality}: {', '.join(diffs)} differ from the reference {reference}; "
                         f"resampled onto the {reference} grid")
         images[modality] = resample_to(image, geometry, sitk.sitkLinear)
+        originals[modality] = image
 
     seg_image, convention = None, None
     if segmentation is not None:
         seg_image, convention, sources[SEGMENTATION] = _read_segmentation(segmentation, geometry, warnings)
-    return Case(case_id, images, reference, geometry, sources, seg_image, convention, warnings, dicom_files)
+    return Case(case_id, images, reference, geometry, sources, seg_image, convention, warnings, dicom_files,
+                originals)
 
 
 def _read_segmentation(value: ImageSource, geometry: Geometry,

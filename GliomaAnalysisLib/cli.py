@@ -38,6 +38,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when present, else CPU (default)")
     parser.add_argument("--fast", action="store_true", help="one network pass instead of four (no TTA / MC-dropout)")
+    parser.add_argument("--no-classify", action="store_true",
+                        help="segmentation only: skip the grade / IDH / 1p19q / MGMT classifiers")
+
+
+def _add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preprocess", choices=("auto", "none", "brats"), default="auto",
+                        help="clinical input: auto (default) runs co-registration / brain extraction only when the "
+                             "inputs do not look BraTS-preprocessed; none uses them as they are; brats always runs it")
+    parser.add_argument("--clinical-backend", choices=("auto", "brainles", "simpleitk"), default="auto",
+                        help="auto (default): BrainLes when installed with its models (extra [clinical]), else "
+                             "SimpleITK rigid co-registration without brain extraction")
 
 
 def _load_from_args(args: argparse.Namespace):
@@ -80,6 +91,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) -> dict:
     """A JSON-ready summary of a loaded case and its preprocessed working grid."""
+    from .clinical import detect
     from .preprocess import preprocess
 
     start = time.perf_counter()
@@ -97,6 +109,7 @@ def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) ->
         "brain_volume_ml": round(float(pre.brain_mask.sum()) * pre.working.voxel_volume_ml, 1),
         "preprocess_seconds": round(seconds, 2),
         "warnings": case.warnings,
+        "clinical_input": detect(case).as_dict(),  # what --preprocess auto would decide
     }
     if case.segmentation is not None:
         summary["ground_truth_volumes_ml"] = _label_volumes(case)
@@ -129,9 +142,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _progress(f"warning: {warning}")
     _progress(f"case {case.case_id}: {', '.join(case.present)} present"
               + (f", missing {', '.join(case.missing)}" if case.missing else ""))
-    result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast,
-                     uncertainty=not args.no_uncertainty, progress=_progress)
+    result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast, classify=not args.no_classify,
+                     uncertainty=not args.no_uncertainty, progress=_progress, preprocessing=args.preprocess,
+                     clinical_backend=args.clinical_backend)
     write_outputs(result, args.out, convention=args.labels, dicom_seg=args.dicom_seg)
+    if args.save_registered:
+        from .clinical import write_registered
+        write_registered(result.images, args.out)
     volumes = result.volumes_ml
     _progress(f"done in {result.timings_s['total']:.1f} s: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
               f"ET {volumes['et']:.1f} mL -> {args.out}")
@@ -157,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         write_cohort(staging / "input", 1, seed=DEMO_SEED)
         case_dir = next(p for p in (staging / "input").iterdir() if p.is_dir())
         case = load_case(case_dir)
-        result = analyze(case, device=args.device, fast=args.fast, progress=_progress)
+        result = analyze(case, device=args.device, fast=args.fast, classify=not args.no_classify, progress=_progress)
         truth = regions(to_contiguous(sitk.GetArrayFromImage(case.segmentation)))
         predicted = regions(sitk.GetArrayFromImage(result.labels))
         summary = {
@@ -196,7 +213,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     outcomes = analyze_folder(args.root, args.out, resume=args.resume, jobs=args.jobs, progress=_progress,
-                              device=args.device, fast=args.fast, model_dir=args.model_dir)
+                              device=args.device, fast=args.fast, model_dir=args.model_dir,
+                              preprocessing=args.preprocess, clinical_backend=args.clinical_backend,
+                              classify=not args.no_classify)
     failed = [o for o in outcomes if o.status == "failed"]
     _progress(f"{len(outcomes) - len(failed)} of {len(outcomes)} case(s) ok, {len(failed)} failed; "
               f"summary in {Path(args.out) / 'summary.csv'}")
@@ -208,6 +227,14 @@ def cmd_install_model(args: argparse.Namespace) -> int:
 
     card = download_model(args.name, args.card_url, args.weights_url)
     _progress(f"installed model '{args.name}' into {card.parent} (sha256 checked)")
+    return 0
+
+
+def cmd_fetch_clinical_models(args: argparse.Namespace) -> int:
+    from .brainles_backend import fetch_models
+
+    where = fetch_models(progress=_progress)
+    _progress(f"installed the BrainLes atlases ({where['atlases']}) and HD-BET weights ({where['hd_bet']})")
     return 0
 
 
@@ -235,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioma-analysis", description=f"Glioma analysis from multimodal MRI. "
                                      f"{RESEARCH_USE}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{analyze,batch,compare,demo,phantom,inspect,install-model}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{analyze,batch,compare,demo,phantom,inspect,install-model,fetch-clinical-models}")
 
     phantom = sub.add_parser("phantom", help="write synthetic glioma phantoms (BraTS 2021 layout + labels.csv)")
     phantom.add_argument("--out", required=True, help="output folder")
@@ -259,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="label values written: brats2021 (ET=4, default) or brats2023 (ET=3)")
     analyze.add_argument("--no-uncertainty", action="store_true", help="no MC-dropout (flip TTA only)")
     analyze.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
+    _add_preprocess_arguments(analyze)
+    analyze.add_argument("--save-registered", action="store_true",
+                         help="also write registered/<modality>.nii.gz: every input on the reference grid, "
+                              "co-registered when the clinical pipeline ran (for inspection)")
     analyze.add_argument("--dicom-seg", action="store_true",
                          help="also write segmentation.seg.dcm (DICOM SEG; with dicom_source/ for non-DICOM input)")
     analyze.set_defaults(func=cmd_analyze)
@@ -270,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--jobs", type=int, default=1, help="cases analysed in parallel (default 1)")
     batch.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
     _add_run_arguments(batch)
+    _add_preprocess_arguments(batch)
     batch.set_defaults(func=cmd_batch)
 
     install = sub.add_parser("install-model", help="download a model (https only) into the user cache")
@@ -277,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--card-url", required=True, help="https URL of the model card (JSON, holds the sha256)")
     install.add_argument("--weights-url", required=True, help="https URL of the safetensors weights")
     install.set_defaults(func=cmd_install_model)
+
+    fetch = sub.add_parser("fetch-clinical-models", help="download the SRI24 atlas and HD-BET weights BrainLes needs "
+                           "(extra [clinical]; the one step of the clinical pipeline that uses the network)")
+    fetch.set_defaults(func=cmd_fetch_clinical_models)
 
     comparison = sub.add_parser("compare", help="volume change and ET bidimensional product between two analyses")
     comparison.add_argument("out_a", help="output folder of the earlier analysis")

@@ -32,3 +32,11 @@ class NoModalityError(GliomaAnalysisError):
 
 class GeometryError(GliomaAnalysisError):
     """Inputs cannot be placed on a common grid (e.g. they do not overlap in physical space)."""
+
+
+class RegistrationError(GliomaAnalysisError):
+    """Co-registration of a series to the reference failed or gave an implausible result."""
+
+
+class ClinicalBackendError(GliomaAnalysisError):
+    """The clinical-input toolkit (BrainLes) or one of its model weights / atlases is missing or failed."""

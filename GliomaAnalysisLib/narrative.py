@@ -71,15 +71,27 @@ def build_narrative(report: Dict) -> List[Statement]:
     slice_grade = report.get("slice_grade")
     if grade:
         statements.append(_prediction_statement("grade", grade, "predictions.grade"))
+    if grade and slice_grade and slice_grade.get("attention") is not None:
+        agrees = (slice_grade["attention"] >= 0.5) == (grade["label"] == "HGG")
+        statements.append(Statement(
+            "grade", f"The slice-based classifier {'agrees' if agrees else 'disagrees'}: probability of high grade "
+                     f"{slice_grade['attention']:.2f} over {slice_grade['n_slices']} tumor slices"
+                     f"{'' if agrees else '; treat the grade estimate as uncertain'}.",
+            {"slice_grade.attention": slice_grade["attention"], "slice_grade.n_slices": slice_grade["n_slices"]}))
     elif slice_grade and slice_grade.get("attention") is not None:
         statements.append(Statement(
             "grade", f"Slice-based grade estimate: probability of high grade {slice_grade['attention']:.2f} "
                      f"(attention aggregation over {slice_grade['n_slices']} slices).",
             {"slice_grade.attention": slice_grade["attention"], "slice_grade.n_slices": slice_grade["n_slices"]}))
-    else:
+    elif not grade:
         statements.append(Statement("grade", "No grade prediction is available from this version.", {}))
     markers = [_prediction_statement(task, predictions[task], f"predictions.{task}")
                for task in ("idh", "codeletion_1p19q", "mgmt") if predictions.get(task)]
+    fusion = report.get("mgmt_late_fusion")
+    if fusion and fusion.get("fused") is not None:
+        markers.append(Statement(
+            "molecular", f"MGMT late fusion of the per-modality models: probability of methylation "
+                         f"{fusion['fused']:.2f}.", {"mgmt_late_fusion.fused": fusion["fused"]}))
     statements += markers or [Statement("molecular", "No molecular marker prediction is available from this "
                                         "version.", {})]
     statements.append(_impression(report))

@@ -90,7 +90,8 @@ def _prediction_section(report: Dict) -> str:
         out += ["<h3>MGMT late fusion (per-modality CNN + LSTM)</h3><table>",
                 *[f"<tr><th>{m}</th>{_num(p, f'mgmt_late_fusion.per_modality.{m}')}</tr>" for m, p in per.items()],
                 f"<tr><th>fused</th>{_num(fusion['fused'], 'mgmt_late_fusion.fused')}</tr></table>",
-                _img(probability_bars([(m, p, None) for m, p in per.items()] + [("fused", fusion["fused"], None)],
+                _img(probability_bars([(m, p, None) for m, p in per.items() if p is not None]
+                                      + [("fused", fusion["fused"], fusion.get("uncertainty"))],
                                       "MGMT methylation probability"), "MGMT late fusion", "fig-mgmt")]
     grade = report.get("slice_grade")
     if grade:

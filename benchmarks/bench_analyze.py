@@ -4,6 +4,8 @@ sliding window 128^3, overlap 0.5, random weights) on the same case, each in its
 
     python benchmarks/bench_analyze.py [--case DIR] [--repeats 3] [--monai-repeats 1] [--threads 2]
 
+Our runs include the classifiers (grade, IDH, 1p/19q, MGMT; their own time is printed) except the --no-classify row.
+
 Without --case a 240x240x155 phantom is generated. Prints medians and the ratio.
 """
 from __future__ import annotations
@@ -25,8 +27,10 @@ mode, case_dir, out = sys.argv[1], sys.argv[2], sys.argv[4]
 if mode == "ours":
     from GliomaAnalysisLib.analysis import analyze
     from GliomaAnalysisLib.writers import write_outputs
-    fast = len(sys.argv) > 5 and sys.argv[5] == "fast"
-    write_outputs(analyze(case_dir, device="cpu", fast=fast), out)
+    flags = sys.argv[5].split(",") if len(sys.argv) > 5 else []
+    result = analyze(case_dir, device="cpu", fast="fast" in flags, classify="noclassify" not in flags)
+    write_outputs(result, out)
+    classify_seconds = result.timings_s.get("classify", 0.0)
 else:
     import numpy as np, SimpleITK as sitk
     from monai.inferers import sliding_window_inference
@@ -45,7 +49,7 @@ else:
     labels = (torch.sigmoid(y[0]) > 0.5).numpy().astype(np.uint8).sum(0)
     image = sitk.GetImageFromArray(labels); image.CopyInformation(case.images["t1ce"])
     sitk.WriteImage(image, out + "/segmentation.nii.gz", True)
-print(json.dumps({"seconds": time.perf_counter() - start,
+print(json.dumps({"seconds": time.perf_counter() - start, "classify_seconds": locals().get("classify_seconds", 0.0),
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
@@ -73,14 +77,17 @@ def main() -> None:
         rows = {}
         for label, mode, extra, repeats in (("GliomaAnalysis analyze (quality, 4 passes)", "ours", "", args.repeats),
                                             ("GliomaAnalysis analyze --fast (1 pass)", "ours", "fast", args.repeats),
+                                            ("GliomaAnalysis analyze --fast --no-classify", "ours", "fast,noclassify",
+                                             args.repeats),
                                             ("MONAI SegResNet-16 sliding window 128^3/0.5", "monai", "",
                                              args.monai_repeats)):
             runs = [run(mode, case_dir, args.threads, extra) for _ in range(repeats)]
             rows[label] = (statistics.median(r["seconds"] for r in runs), max(r["peak_mb"] for r in runs))
-            print(f"{label:<46} {rows[label][0]:7.1f} s  peak {rows[label][1]:6.0f} MB  ({repeats} run(s))",
-                  flush=True)
+            classify = statistics.median(r["classify_seconds"] for r in runs)
+            print(f"{label:<46} {rows[label][0]:7.1f} s  peak {rows[label][1]:6.0f} MB  classifiers {classify:4.1f} s"
+                  f"  ({repeats} run(s))", flush=True)
     monai_seconds = rows["MONAI SegResNet-16 sliding window 128^3/0.5"][0]
-    for label in list(rows)[:2]:
+    for label in list(rows)[:3]:
         print(f"speed-up of '{label}' over MONAI: {monai_seconds / rows[label][0]:.1f}x")
     print(f"case: {Path(case_dir).name}, threads: {args.threads}")
 
