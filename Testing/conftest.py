@@ -60,3 +60,24 @@ def random_image(size=(20, 22, 18), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0
     image.SetOrigin(origin)
     image.SetDirection(direction)
     return image
+
+
+def small_phantom_samples(n: int, seed: int):
+    """Phantoms at 2.5 mm as in-memory classification samples (z-scored inside the brain, ground-truth labels)."""
+    from GliomaAnalysisLib.labels import to_contiguous
+    from GliomaAnalysisLib.modalities import MODALITIES
+    from GliomaAnalysisLib.phantom import iter_phantoms
+    from training.classification_data import ClassificationSample
+
+    samples = []
+    for phantom in iter_phantoms(n, seed, size=(96, 96, 62), spacing=(2.5, 2.5, 2.5)):
+        image = np.stack([phantom.images[m].astype(np.float32) for m in MODALITIES])
+        brain = image.any(axis=0)
+        for channel in image:
+            values = channel[brain]
+            channel[brain] = (values - values.mean()) / values.std()
+        m = phantom.markers
+        targets = {"grade": int(m.grade == "HGG"), "idh": int(m.idh == "mutant"),
+                   "codeletion_1p19q": int(m.codeletion_1p19q == "codeleted"), "mgmt": int(m.mgmt == "methylated")}
+        samples.append(ClassificationSample(phantom.case_id, "phantom", image, to_contiguous(phantom.labels), targets))
+    return samples

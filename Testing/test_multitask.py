@@ -10,6 +10,8 @@ from GliomaAnalysisLib.network import NetworkConfig
 from training.losses import UncertaintyWeighting, masked_task_loss
 from training.multitask_data import mixed_targets, tumor_cutmix
 
+from conftest import small_phantom_samples
+
 TINY_BACKBONE = NetworkConfig(widths=(4, 8, 8, 16), encoder_blocks=(1, 1, 1, 1), transformer_layers=1,
                               transformer_heads=2).to_dict()
 
@@ -149,27 +151,6 @@ def test_temperature_softens_probability():
     assert float(probability_of_positive(logits, 1.0)) > float(probability_of_positive(logits, 3.0)) > 0.5
 
 
-def _small_phantom_samples(n: int, seed: int):
-    """Phantoms at 2.5 mm as in-memory classification samples (z-scored inside the brain, ground-truth labels)."""
-    from GliomaAnalysisLib.labels import to_contiguous
-    from GliomaAnalysisLib.modalities import MODALITIES
-    from GliomaAnalysisLib.phantom import iter_phantoms
-    from training.classification_data import ClassificationSample
-
-    samples = []
-    for phantom in iter_phantoms(n, seed, size=(96, 96, 62), spacing=(2.5, 2.5, 2.5)):
-        image = np.stack([phantom.images[m].astype(np.float32) for m in MODALITIES])
-        brain = image.any(axis=0)
-        for channel in image:
-            values = channel[brain]
-            channel[brain] = (values - values.mean()) / values.std()
-        m = phantom.markers
-        targets = {"grade": int(m.grade == "HGG"), "idh": int(m.idh == "mutant"),
-                   "codeletion_1p19q": int(m.codeletion_1p19q == "codeleted"), "mgmt": int(m.mgmt == "methylated")}
-        samples.append(ClassificationSample(phantom.case_id, "phantom", image, to_contiguous(phantom.labels), targets))
-    return samples
-
-
 def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
     """Train the heads (shipped frozen backbone, small crops) on 72 small phantoms and score 40 held-out ones."""
     import training.train_multitask as train
@@ -177,7 +158,7 @@ def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
     from training.export_multitask import _task_arrays
     from training.metrics import roc_auc
 
-    samples = _small_phantom_samples(112, seed=11)
+    samples = small_phantom_samples(112, seed=11)
     split = ClassificationSplit(samples[:60], samples[60:72], samples[72:])
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
     train.main(["--out", str(tmp_path), "--no-real", "--local-crop", "32", "--global-downsample", "4",

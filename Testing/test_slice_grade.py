@@ -15,6 +15,8 @@ from GliomaAnalysisLib.slice_grade import (SliceGradeConfig, SliceGradeNet, aggr
                                            majority_vote, minmax_normalise, predict_slice_grade, prepare_slices,
                                            select_slices, soft_vote)
 
+from conftest import small_phantom_samples
+
 TINY = SliceGradeConfig(widths=(4, 8), hidden=16, crop=24, max_slices=6, min_tumor_voxels=4)
 
 
@@ -239,30 +241,12 @@ def test_training_batch_without_augmentation_equals_inference_input():
     assert not np.allclose(augmented, batch)
 
 
-def _small_phantom_samples(n: int, seed: int):
-    """Phantoms at 2.5 mm as classification samples (z-scored inside the brain, ground-truth labels)."""
-    from GliomaAnalysisLib.labels import to_contiguous
-    from GliomaAnalysisLib.modalities import MODALITIES
-    from GliomaAnalysisLib.phantom import iter_phantoms
-    from training.classification_data import ClassificationSample
-
-    samples = []
-    for phantom in iter_phantoms(n, seed, size=(96, 96, 62), spacing=(2.5, 2.5, 2.5)):
-        image = np.stack([phantom.images[m].astype(np.float32) for m in MODALITIES])
-        brain = image.any(axis=0)
-        for channel in image:
-            channel[brain] = (channel[brain] - channel[brain].mean()) / channel[brain].std()
-        samples.append(ClassificationSample(phantom.case_id, "phantom", image, to_contiguous(phantom.labels),
-                                            {"grade": int(phantom.markers.grade == "HGG")}))
-    return samples
-
-
 def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     """Tiny network (32-pixel crops = 80 mm at 2.5 mm), 6 epochs on 50 small phantoms, scored on 35 held out."""
     import training.train_slice_grade as train
     from training.classification_data import ClassificationSplit
 
-    samples = _small_phantom_samples(100, seed=11)
+    samples = small_phantom_samples(100, seed=11)
     split = ClassificationSplit(samples[:50], samples[50:65], samples[65:])
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
     out = train.main(["--out", str(tmp_path), "--no-real", "--export-dir", str(tmp_path / "models"),

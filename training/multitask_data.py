@@ -9,6 +9,7 @@ from GliomaAnalysisLib.cropping import tumor_box, tumor_centre
 from GliomaAnalysisLib.multitask import TASKS, MultiTaskConfig, network_inputs
 
 from .classification_data import ClassificationSample
+from .segmentation_data import augment_volume
 
 
 def tumor_cutmix(image_a: np.ndarray, labels_a: np.ndarray, image_b: np.ndarray, labels_b: np.ndarray,
@@ -77,24 +78,7 @@ def training_example(sample: ClassificationSample, config: MultiTaskConfig, rng:
     if partner is not None:
         image, labels, lam = tumor_cutmix(image, labels, partner.image, partner.labels, rng)
     targets, known = mixed_targets(sample.targets, partner.targets if partner is not None else None, lam)
-    image = image.copy() if image is sample.image else image
-    for axis in (1, 2, 3):
-        if rng.random() < 0.5:
-            image = np.flip(image, axis)
-            labels = np.flip(labels, axis - 1)
-    presence = np.ones(4, dtype=np.float32)
-    if rng.random() < modality_dropout:
-        keep = rng.random(4) < 0.5
-        if not keep.any():
-            keep[rng.integers(4)] = True
-        presence = keep.astype(np.float32)
-    brain = np.any(image != 0, axis=0)
-    image = np.array(image, dtype=np.float32)
-    for channel in range(4):
-        if presence[channel]:
-            image[channel] = np.where(brain, image[channel] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1), 0)
-        else:
-            image[channel] = 0
+    image, labels, presence = augment_volume(image, labels, rng, modality_dropout)
     box = tumor_box(labels, config.local_crop, jitter=6, rng=rng)
     local, global_ = network_inputs(image, np.ascontiguousarray(labels), config, box=box)
     return {"local": local, "global": global_, "presence": presence, "targets": targets, "known": known}

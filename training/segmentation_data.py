@@ -101,7 +101,16 @@ def sample_crop(case: TrainingCase, size: int, rng: np.random.Generator, modalit
     if any(p[1] for p in pad):
         image = np.pad(image, [(0, 0)] + pad)
         labels = np.pad(labels, pad)
-    image = image.copy()
+    image, labels, presence = augment_volume(image, labels, rng, modality_dropout)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), presence
+
+
+def augment_volume(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, modality_dropout: float,
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random flips on each axis, modality dropout (with probability ``modality_dropout`` a random non-empty
+    subset of the channels is kept; the others are zeroed) and per-channel intensity scale (0.9-1.1) and shift
+    (+-0.1 SD) inside the brain. image (4, Z, Y, X), labels (Z, Y, X) -> (image float32 copy, labels, presence (4,))."""
+    image = np.array(image, dtype=np.float32)
     for axis in (1, 2, 3):
         if rng.random() < 0.5:
             image = np.flip(image, axis)
@@ -113,10 +122,11 @@ def sample_crop(case: TrainingCase, size: int, rng: np.random.Generator, modalit
             keep[rng.integers(4)] = True
         presence = keep.astype(np.float32)
     brain = np.any(image != 0, axis=0)
+    image = np.ascontiguousarray(image)
     for channel in range(4):
         if presence[channel]:
             scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)
             image[channel] = np.where(brain, image[channel] * scale + shift, 0.0)
         else:
             image[channel] = 0.0
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), presence
+    return image, labels, presence
