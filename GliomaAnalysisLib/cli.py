@@ -262,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioma-analysis", description=f"Glioma analysis from multimodal MRI. "
                                      f"{RESEARCH_USE}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{analyze,batch,compare,demo,phantom,inspect,install-model,fetch-clinical-models}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{analyze,batch,compare,demo,phantom,inspect,install-model,"
+                                        "fetch-clinical-models}")
 
     phantom = sub.add_parser("phantom", help="write synthetic glioma phantoms (BraTS 2021 layout + labels.csv)")
     phantom.add_argument("--out", required=True, help="output folder")

@@ -3,7 +3,6 @@ round trip, determinism, and learning in a short training run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from GliomaAnalysisLib.calibration import sigmoid
 from GliomaAnalysisLib.mgmt_fusion import (MGMTFusionConfig, MGMTFusionEnsemble, MGMTFusionError,
-                                           SliceSequenceClassifier, fuse_probabilities, load_mgmt_fusion,
+                                           fuse_probabilities, load_mgmt_fusion,
                                            predict_mgmt_fusion, select_slices)
 from GliomaAnalysisLib.model_store import ModelError, model_paths, save_model
 from GliomaAnalysisLib.modalities import MODALITIES

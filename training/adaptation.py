@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import sys
 import time
-from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,9 +36,9 @@ from GliomaAnalysisLib.network import GliomaSegNet
 from .config import parse_args
 from .losses import dice_ce_loss
 from .run_record import finish_run_record, start_run_record
-from .segmentation_data import TrainingCase, load_split
-from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, random_subsets, sample_batch, save_weights, set_lr,
-                     start_model)
+from .segmentation_data import TrainingCase
+from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, prepare_stage, random_subsets, sample_batch, save_weights,
+                     set_lr, start_model)
 
 FEATURE_POINTS = ("encoder.0", "transformer", "decoder.0")
 """Submodules whose outputs are distilled: first encoder stage, last encoder stage, first decoder block."""
@@ -283,12 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(build_parser(), argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     started = time.perf_counter()
-    run = Path(args.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    train_cases, validation = load_split(Path(args.data), Path(args.cache), (2.0, 2.0, 2.0), args.phantoms)
+    run, train_cases, validation = prepare_stage(args)
     real = [c for c in train_cases if not c.synthetic]
     synthetic = [c for c in train_cases if c.synthetic]
     if not real:

@@ -43,9 +43,9 @@ from .config import parse_args
 from .datasets import discover_cases
 from .losses import dice_ce_loss, region_probabilities, region_targets
 from .run_record import finish_run_record, start_run_record
-from .segmentation_data import TrainingCase, load_cached, load_split, sample_crop, tumor_protect_crop
-from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, random_subsets, sample_batch, save_weights, set_lr,
-                     start_model)
+from .segmentation_data import TrainingCase, load_cached, sample_crop, tumor_protect_crop
+from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, prepare_stage, random_subsets, sample_batch, save_weights,
+                     set_lr, start_model)
 
 IGNORE = 255
 """Pseudo-label value of voxels left out of the loss."""
@@ -441,12 +441,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from GliomaAnalysisLib.model_store import load_state
 
     args = parse_args(build_parser(), argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     started = time.perf_counter()
-    run = Path(args.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    train_cases, validation = load_split(Path(args.data), Path(args.cache), (2.0, 2.0, 2.0), args.phantoms)
+    run, train_cases, validation = prepare_stage(args)
     real = [c for c in train_cases if not c.synthetic]
     synthetic = [c for c in train_cases if c.synthetic]
     if not real:

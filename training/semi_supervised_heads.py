@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     views = {k: torch.from_numpy(v) for k, v in np.load(args.run / f"views-{args.views}.npz").items()}
 
     phantom_rows = [i for i, s in enumerate(split.train) if s.source == "phantom"]
-    hidden_cases = set(np.random.default_rng(args.seed).permutation(phantom_rows)[:int(args.withhold * len(phantom_rows))])
+    n_hidden = int(args.withhold * len(phantom_rows))
+    hidden_cases = set(np.random.default_rng(args.seed).permutation(phantom_rows)[:n_hidden])
     case_of_row = torch.arange(len(views["pooled"])) // args.views
     hidden = torch.tensor([int(c) in hidden_cases for c in case_of_row])
     labelled = {"pooled": views["pooled"], "targets": views["targets"],

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from GliomaAnalysisLib.network import GliomaSegNet
 
-from .segmentation_data import TrainingCase, sample_crop
+from .segmentation_data import TrainingCase, load_split, sample_crop
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[1].parent / "shared/data/brats18")
 DEFAULT_CACHE = str(Path.home() / ".cache" / "glioma-analysis" / "training")
@@ -87,3 +87,14 @@ class JsonLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
+
+
+def prepare_stage(args) -> Tuple[Path, List[TrainingCase], List[TrainingCase]]:
+    """Threads and seed from ``args``, the run folder (created), and the (train, validation) cases of the fixed
+    split on the 2 mm grid with ``args.phantoms`` synthetic training cases."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run = Path(args.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    train_cases, validation = load_split(Path(args.data), Path(args.cache), (2.0, 2.0, 2.0), args.phantoms)
+    return run, train_cases, validation
