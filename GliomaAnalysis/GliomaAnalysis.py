@@ -27,13 +27,24 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bundled GliomaAnalysisLib and helpers
-from GliomaAnalysisModuleLib.helpers import (SEGMENTS, assign_nodes, build_command,  # noqa: E402
-                                             parse_progress, table_rows, terminology_entry)
+if os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "GliomaAnalysisLib")):
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a source checkout (CTest)
+from GliomaAnalysisModuleLib.helpers import (SAMPLE_NAME, SEGMENTS, assign_nodes, build_command,  # noqa: E402
+                                             node_name_for_file, parse_progress, registration_keywords,
+                                             sample_data_sources, table_rows, terminology_entry,
+                                             write_sample_phantom)
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
 REQUIREMENTS = ("monai>=1.3", "SimpleITK>=2.2", "scikit-image>=0.19", "safetensors>=0.4", "matplotlib>=3.5",
                 "highdicom>=0.22")
+# A published BraTS-style case offered in SampleData beside the synthetic phantom; None until one is hosted
+# (publishing one = setting this). Shape, checked by helpers.check_hosted_sample:
+#   {"uris": ["https://.../case_t1.nii.gz", ...],             # one https URL per modality present
+#    "fileNames": ["case_t1.nii.gz", "case_t1ce.nii.gz", ...],  # names the selectors recognise (_t1ce, -t2f, ...)
+#    "checksums": ["SHA256:<64 lowercase hex>", ...],
+#    "sampleName": "GliomaCase"}                               # optional
+HOSTED_SAMPLE = None
 
 
 class GliomaAnalysis(ScriptedLoadableModule):
@@ -48,6 +59,52 @@ class GliomaAnalysis(ScriptedLoadableModule):
                                 + RESEARCH_USE)
         self.parent.acknowledgementText = ("Trained on BraTS 2018 data (Menze et al. 2015; Bakas et al. 2017, "
                                            "2018) and synthetic phantoms.")
+        # SampleData entries, once the application has started (as Slicer's module template does)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def sampleCacheFolder() -> str:
+    """Where the synthetic sample case is generated (in Slicer's temporary folder; reused while it is there)."""
+    return os.path.join(slicer.app.temporaryPath, "GliomaAnalysisSample")
+
+
+def registerSampleData() -> None:
+    """Register the samples with SampleData (category "GliomaAnalysis"): the synthetic phantom, generated on click
+    by ``downloadSamplePhantom``, and HOSTED_SAMPLE when set. Calling it again (module reload) replaces them."""
+    import inspect
+
+    import SampleData
+    register = SampleData.SampleDataLogic.registerCustomSampleDataSource
+    accepted = inspect.signature(register).parameters  # loadFileType (Slicer 5.8) or loadFileTypes (later)
+    thumbnail = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "GliomaAnalysis.png")
+    try:
+        sources = sample_data_sources(sampleCacheFolder(), thumbnail, HOSTED_SAMPLE)
+    except ValueError as error:  # a malformed HOSTED_SAMPLE: keep the phantom, say why
+        logging.error("GliomaAnalysis: %s", error)
+        sources = sample_data_sources(sampleCacheFolder(), thumbnail)
+    for arguments in sources:
+        if arguments["sampleName"] == SAMPLE_NAME:
+            arguments["customDownloader"] = downloadSamplePhantom
+        registered = SampleData.SampleDataLogic.sampleDataSourcesByCategory(arguments["category"])
+        registered[:] = [source for source in registered if source.sampleName != arguments["sampleName"]]
+        register(**registration_keywords(arguments, accepted))
+
+
+def downloadSamplePhantom(source=None) -> list:
+    """SampleData's ``customDownloader`` (called with the SampleDataSource): load the synthetic phantom and open
+    this module with its selectors filled, so that Apply is the second click. Returns the loaded volume nodes."""
+    try:
+        nodes = GliomaAnalysisLogic().loadSamplePhantom()
+    except Exception as error:  # shown as one line; the traceback goes to the log
+        logging.exception("GliomaAnalysis: the sample case could not be created")
+        slicer.util.errorDisplay(f"Could not create the GliomaAnalysis sample case: {error}")
+        return []
+    if slicer.util.mainWindow():
+        slicer.util.selectModule("GliomaAnalysis")
+        widget = getattr(slicer.modules, "GliomaAnalysisWidget", None)
+        if widget is not None:  # already open: enter() is not called again
+            widget.initializeParameterNode()
+    return list(nodes.values())
 
 
 @parameterNodeWrapper
@@ -61,6 +118,9 @@ class GliomaAnalysisParameterNode:
     fast: bool = False
     uncertainty: bool = True
     labels: str = "brats2021"
+    classify: bool = True
+    preprocess: str = "auto"
+    saveRegistered: bool = False
 
 
 class GliomaAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -79,6 +139,7 @@ class GliomaAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
         self.ui.labelsComboBox.addItems(["brats2021", "brats2023"])
+        self.ui.preprocessComboBox.addItems(["auto", "none", "brats"])
         self.ui.researchUseLabel.text = RESEARCH_USE
         self.logic = GliomaAnalysisLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -133,7 +194,10 @@ class GliomaAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self._run = self.logic.start(inputs, self._parameterNode.device, self._parameterNode.fast,
                                      self._parameterNode.uncertainty, self._parameterNode.labels,
-                                     onProgress=self.onProgress, onFinished=self.onFinished)
+                                     onProgress=self.onProgress, onFinished=self.onFinished,
+                                     classify=self._parameterNode.classify,
+                                     preprocess=self._parameterNode.preprocess,
+                                     saveRegistered=self._parameterNode.saveRegistered)
         self.ui.applyButton.text = "Cancel"
 
     def onProgress(self, fraction, message):
@@ -285,29 +349,46 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     def start(self, inputs, device="auto", fast=False, uncertainty=True, labels="brats2021", onProgress=None,
-              onFinished=None):
-        """Write the input volumes and launch the CLI; returns the AnalysisRun (poll-driven, non-blocking)."""
+              onFinished=None, classify=True, preprocess="auto", saveRegistered=False):
+        """Write the input volumes and launch the CLI; returns the AnalysisRun (poll-driven, non-blocking).
+
+        classify: also predict grade, IDH, 1p/19q and MGMT (table rows; the CLI's --no-classify when False);
+        preprocess: auto | none | brats (clinical scans); saveRegistered: keep the co-registered inputs
+        (loaded with the results).
+        """
         workDir = tempfile.mkdtemp(prefix="GliomaAnalysis-")
         files = {}
+        import SimpleITK as sitk
+        import sitkUtils
+
         for modality, node in inputs.items():
             path = os.path.join(workDir, f"input_{modality}.nrrd")
-            if not slicer.util.saveNode(node, path):  # writes a copy; the node itself is not modified
-                raise RuntimeError(f"Could not write {node.GetName()} to {path}")
+            # sitkUtils reads the voxels and geometry without touching the node; slicer.util.saveNode would point
+            # the node's storage node at this temporary copy.
+            try:
+                sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), path, True)
+            except RuntimeError as exc:
+                raise RuntimeError(f"Could not write {node.GetName()} to {path}: {exc}") from None
             files[modality] = path
         outDir = os.path.join(workDir, "out")
-        command = build_command(self.pythonExecutable(), files, outDir, device, fast, uncertainty, labels)
+        command = build_command(self.pythonExecutable(), files, outDir, device, fast, uncertainty, labels,
+                                classify=classify, preprocess=preprocess, save_registered=saveRegistered)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
+        import GliomaAnalysisLib  # the child imports the same library (and its Resources/models) as this process
+        paths = [os.path.dirname(os.path.abspath(__file__)),
+                 os.path.dirname(os.path.dirname(os.path.abspath(GliomaAnalysisLib.__file__))), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path for path in paths if path))
         logging.info("GliomaAnalysis: %s", " ".join(command))
         return AnalysisRun(command, env, outDir, workDir, onProgress, onFinished, onDone=lambda run: None)
 
     def process(self, inputs, outputSegmentation=None, device="auto", fast=False, uncertainty=True,
-                labels="brats2021"):
+                labels="brats2021", classify=True, preprocess="auto", saveRegistered=False):
         """Blocking analysis for the Python console: ``inputs`` maps modality keys to volume nodes.
 
         Returns a dict with the segmentation, probability / uncertainty volumes, the table node and the report.
         """
-        run = self.start(inputs, device, fast, uncertainty, labels)
+        run = self.start(inputs, device, fast, uncertainty, labels, classify=classify, preprocess=preprocess,
+                         saveRegistered=saveRegistered)
         run.wait()
         if run.error:
             raise RuntimeError(run.error)
@@ -334,8 +415,24 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
             maps[name] = node
         slicer.util.setSliceViewerLayers(background=reference, foreground=maps["prob_et"], foregroundOpacity=0.4)
         table = self._table(report, reference)
-        self._placeInStudy(reference, [segmentation, table, *maps.values()])
-        return {"segmentation": segmentation, "maps": maps, "table": table, "report": report}
+        registered = self._loadRegistered(outDir, reference)
+        self._placeInStudy(reference, [segmentation, table, *maps.values(), *registered.values()])
+        return {"segmentation": segmentation, "maps": maps, "table": table, "report": report,
+                "registered": registered}
+
+    @staticmethod
+    def _loadRegistered(outDir, reference):
+        """The co-registered inputs the CLI kept (``--save-registered``), as hidden volumes; {} when none."""
+        folder = os.path.join(outDir, "registered")
+        if not os.path.isdir(folder):
+            return {}
+        volumes = {}
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".nii.gz"):
+                modality = name[:-len(".nii.gz")]
+                volumes[modality] = slicer.util.loadVolume(
+                    os.path.join(folder, name), {"name": f"{reference.GetName()} registered {modality}", "show": False})
+        return volumes
 
     def _loadSegmentation(self, outDir, reference, outputSegmentation, report):
         labelmap = slicer.util.loadLabelVolume(os.path.join(outDir, "segmentation.nii.gz"), {"show": False})
@@ -396,6 +493,23 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
             if os.path.isfile(source):
                 shutil.copy2(source, os.path.join(folder, name))
 
+    # --- sample data ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def loadSamplePhantom(folder=None):
+        """Generate (once per ``folder``, default ``sampleCacheFolder()``) the synthetic phantom of
+        ``glioma-analysis demo`` and load its four volumes as GliomaPhantom_t1, _t1ce, _t2 and _flair, the names the
+        selectors assign; returns modality -> volume node. Synthetic, never real data."""
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            files = write_sample_phantom(folder or sampleCacheFolder())
+            nodes = {modality: slicer.util.loadVolume(files[modality],
+                                                      {"name": node_name_for_file(os.path.basename(files[modality]))})
+                     for modality in MODALITIES}
+        finally:
+            qt.QApplication.restoreOverrideCursor()
+        slicer.util.setSliceViewerLayers(background=nodes["t1ce"], fit=True)
+        return nodes
+
 
 class GliomaAnalysisTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -404,9 +518,17 @@ class GliomaAnalysisTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_phantom_end_to_end()
+        self.setUp()
+        self.test_sample_data()
+
+    @staticmethod
+    def _tableItems(table):
+        """(item, value, uncertainty) rows of a results table node."""
+        return [tuple(table.GetCellText(row, column) for column in range(3)) for row in range(table.GetNumberOfRows())]
 
     def test_phantom_end_to_end(self):
-        """A synthetic phantom through the logic: segments, table and input nodes left unchanged."""
+        """A synthetic phantom through the logic, with and without classification: segments, the table (exactly the
+        rows of helpers.table_rows, prediction rows included when classifying) and input nodes left unchanged."""
         from GliomaAnalysisLib.phantom import make_phantom, write_phantom
 
         folder = tempfile.mkdtemp(prefix="GliomaAnalysisTest-")
@@ -417,7 +539,38 @@ class GliomaAnalysisTest(ScriptedLoadableModuleTest):
         segmentation = result["segmentation"].GetSegmentation()
         self.assertGreaterEqual(segmentation.GetNumberOfSegments(), 1)
         self.assertTrue(segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ED")))
-        self.assertGreater(result["table"].GetNumberOfRows(), 8)
+        rows = self._tableItems(result["table"])
+        self.assertEqual(rows, table_rows(result["report"]))
+        values = {item: value for item, value, _ in rows}
+        for task in ("grade", "idh", "codeletion_1p19q", "mgmt"):
+            self.assertIn(task, values)
+            self.assertNotEqual(values[task], "not available")
+        self.assertIn("MGMT late fusion: P(methylated)", values)
+        self.assertIn("slice grade (attention): P(HGG)", values)
+
+        unclassified = GliomaAnalysisLogic().process(inputs, fast=True, classify=False)
+        values = {item: value for item, value, _ in self._tableItems(unclassified["table"])}
+        self.assertEqual([values[t] for t in ("grade", "idh", "codeletion_1p19q", "mgmt")], ["not available"] * 4)
+        self.assertNotIn("MGMT late fusion: P(methylated)", values)
+        self.assertIn("WT volume (mL)", values)
         for modality, node in inputs.items():
             self.assertTrue((slicer.util.arrayFromVolume(node) == before[modality]).all())
         self.delayDisplay("GliomaAnalysis phantom test passed")
+
+    def test_sample_data(self):
+        """The SampleData entry: registered under "GliomaAnalysis"; its customDownloader loads the four phantom
+        volumes under the names the selectors assign."""
+        import SampleData
+
+        registerSampleData()
+        registerSampleData()  # again, as on a module reload: replaced, not duplicated
+        sources = [s for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory("GliomaAnalysis")
+                   if s.sampleName == SAMPLE_NAME]
+        self.assertEqual(len(sources), 1)
+        nodes = sources[0].customDownloader(sources[0])
+        self.assertEqual([node.GetName() for node in nodes],
+                         ["GliomaPhantom_t1", "GliomaPhantom_t1ce", "GliomaPhantom_t2", "GliomaPhantom_flair"])
+        self.assertEqual(slicer.util.arrayFromVolume(nodes[1]).shape, (155, 240, 240))
+        volumes = [node.GetName() for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")]
+        self.assertEqual(assign_nodes(volumes), dict(zip(MODALITIES, [node.GetName() for node in nodes])))
+        self.delayDisplay("GliomaAnalysis sample data test passed")

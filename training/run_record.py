@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,3 +105,8 @@ def finish_run_record(run_dir: "str | os.PathLike[str]", metrics: Dict[str, Any]
         record["wall_seconds"] = round(wall_seconds, 1)
     _write(path, record)
     return path
+
+
+def classification_split_ids(split) -> Dict[str, List[str]]:
+    """Case ids of a ClassificationSplit's train / validation / test parts (for ``start_run_record``)."""
+    return {part: [s.case_id for s in getattr(split, part)] for part in ("train", "validation", "test")}

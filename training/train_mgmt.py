@@ -59,6 +59,7 @@ from .classification_data import ClassificationSample, load_classification_split
 from .config import parse_args as parse_with_config
 from .metrics import binary_report
 from .plots import calibration_plot, decision_curve_plot
+from .run_record import classification_split_ids, start_run_record
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
 REPO = Path(__file__).resolve().parent.parent
@@ -495,6 +496,8 @@ def run(args: argparse.Namespace, split=None) -> Dict:
         print("loading the classification split ...", flush=True)
         split = load_classification_split(Path(args.real_root) if args.real_root else None, Path(args.cache),
                                           args.n_phantoms, args.phantom_seed)
+    start_run_record(out, {"args": vars(args), "network": config.to_dict()}, classification_split_ids(split),
+                     args.seed, "cpu", "training.train_mgmt", config_file=getattr(args, "train_config", None))
     train, validation, test = (prepare(part, config, args.jitter) for part in (split.train, split.validation,
                                                                                split.test))
     counts = {"train": len(train), "validation": len(validation), "test": len(test)}

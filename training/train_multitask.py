@@ -28,6 +28,7 @@ from .classification_data import ClassificationSample, class_weights, load_class
 from .config import parse_args as parse_with_config
 from .losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
 from .multitask_data import evaluation_example, training_example
+from .run_record import classification_split_ids, finish_run_record, start_run_record
 from .segmentation_data import sample_crop
 from .train_segmentation import git_commit
 
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
         print(json.dumps(record), flush=True)
 
     split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms)
+    start_run_record(args.out, {"args": vars(args)}, classification_split_ids(split), args.seed, "cpu",
+                     "training.train_multitask", config_file=getattr(args, "config", None))
     seg, seg_card = load_model(args.seg_model)
     config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, global_downsample=args.global_downsample,
                              backbone=seg.config.to_dict())
@@ -241,6 +244,8 @@ def main(argv=None) -> int:
                         "elapsed": elapsed, "sigmas": weighting.sigmas()}, checkpoint)
     log(event="done", step=step, best_validation_loss=round(best, 4), seconds=round(elapsed, 1),
         sigmas=weighting.sigmas(), early_stopped=stale >= args.patience)
+    finish_run_record(args.out, {"best_validation_loss": best, "steps": step, "sigmas": weighting.sigmas()},
+                      [args.out / "best.pt"] if (args.out / "best.pt").is_file() else [], elapsed)
     return 0
 
 

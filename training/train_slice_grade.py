@@ -27,6 +27,7 @@ from GliomaAnalysisLib.slice_grade import SliceGradeConfig, SliceGradeNet, aggre
 from .classification_data import ClassificationSplit, load_classification_split
 from .config import parse_args as parse_with_config
 from .metrics import roc_auc
+from .run_record import classification_split_ids, start_run_record
 from .slice_grade_data import CaseSlices, augmented_batch, cut_cases
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
@@ -200,6 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     torch.set_num_threads(args.threads)
     started = time.time()
     split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms)
+    start_run_record(args.out, {"args": vars(args)}, classification_split_ids(split), args.seed, "cpu",
+                     "training.train_slice_grade", config_file=getattr(args, "config", None))
     if args.evaluate_only:
         config = SliceGradeConfig.from_dict(json.loads((args.out / "network.json").read_text()))
     else:

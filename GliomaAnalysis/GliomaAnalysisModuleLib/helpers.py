@@ -1,8 +1,11 @@
 """Pure helpers of the Slicer module: node names -> modalities, the CLI command line, progress-line parsing,
-table rows from a report, and segment terminology. Nothing here imports slicer, qt or vtk."""
+table rows from a report, segment terminology, and the SampleData registration (arguments, the synthetic sample
+case). Nothing here imports slicer, qt or vtk."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from GliomaAnalysisLib.modalities import MODALITIES, classify_text
@@ -38,8 +41,13 @@ def assign_nodes(names: Iterable[str]) -> Dict[str, str]:
 
 
 def build_command(python: str, inputs: Dict[str, str], out_dir: str, device: str = "auto", fast: bool = False,
-                  uncertainty: bool = True, labels: str = "brats2021") -> List[str]:
-    """The command line that runs the library's CLI on written input files (modality -> path)."""
+                  uncertainty: bool = True, labels: str = "brats2021", classify: bool = True,
+                  preprocess: str = "auto", save_registered: bool = False) -> List[str]:
+    """The command line that runs the library's CLI on written input files (modality -> path).
+
+    preprocess: ``auto`` | ``none`` | ``brats`` (clinical input); save_registered: also write the co-registered
+    inputs into ``out_dir/registered/``.
+    """
     if not inputs:
         raise ValueError("at least one input volume is needed")
     command = [python, "-m", "GliomaAnalysisLib.cli", "analyze"]
@@ -51,11 +59,18 @@ def build_command(python: str, inputs: Dict[str, str], out_dir: str, device: str
         command.append("--fast")
     if not uncertainty:
         command.append("--no-uncertainty")
+    if not classify:
+        command.append("--no-classify")
+    if preprocess != "auto":
+        command += ["--preprocess", preprocess]
+    if save_registered:
+        command.append("--save-registered")
     return command
 
 
-_STAGES = (("loading", 0.05), ("case ", 0.08), ("preprocessing", 0.12), ("memory estimate", 0.15),
-           ("segmenting", 0.2), ("mapping results back", 0.85), ("done", 1.0))
+_STAGES = (("loading", 0.05), ("case ", 0.08), ("clinical input", 0.1), ("preprocessing", 0.12),
+           ("memory estimate", 0.15), ("segmenting", 0.2), ("classifying", 0.8), ("mapping results back", 0.85),
+           ("done", 1.0))
 _PASS = re.compile(r"network pass (\d+)/(\d+)")
 
 
@@ -88,10 +103,18 @@ def table_rows(report: Dict) -> List[Tuple[str, str, str]]:
             rows.append((task, f"{value['label']} (p={value['probability']:.2f})", f"{value['uncertainty']:.3f}"))
     fusion = report.get("mgmt_late_fusion")
     if fusion:
-        rows.append(("MGMT late fusion", f"p={fusion['fused']:.2f}", ""))
+        spread = fusion.get("uncertainty") or 0.0
+        rows.append(("MGMT late fusion: P(methylated)", f"{fusion['fused']:.2f}", f"{spread:.3f}"))
+        rows += [(f"MGMT {modality.upper()} model", f"{p:.2f}", f"weight {fusion['weights'].get(modality, 0):.2f}")
+                 for modality, p in fusion["per_modality"].items() if p is not None]
     grade = report.get("slice_grade")
-    if grade:
-        rows.append(("slice grade (attention)", f"p(HGG)={grade['attention']:.2f}", f"{grade['n_slices']} slices"))
+    if grade and grade.get("n_slices"):
+        spread = grade.get("uncertainty") or 0.0
+        for method in ("attention", "soft", "majority"):
+            detail = f"{spread:.3f}" if method == "attention" else f"{grade['n_slices']} slices"
+            rows.append((f"slice grade ({method}): P(HGG)", f"{grade[method]:.2f}", detail))
+    elif grade:
+        rows.append(("slice grade", "not available", grade.get("reason") or ""))
     summary = report.get("uncertainty") or {}
     if "mean_in_tumor" in summary:
         rows.append(("mean voxel uncertainty in tumor", f"{summary['mean_in_tumor']:.3f}", ""))
@@ -113,3 +136,122 @@ def terminology_json(segments: Sequence = SEGMENTS) -> Dict:
             "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
             "SegmentationCodes": {"Category": [{"CodingSchemeDesignator": "SCT", "CodeValue": CATEGORY[0],
                                                 "CodeMeaning": CATEGORY[1], "showAnatomy": "false", "Type": types}]}}
+
+
+# --- sample data (registered with Slicer's SampleData module) --------------------------------------------------------
+SAMPLE_CATEGORY = "GliomaAnalysis"
+SAMPLE_NAME = "GliomaPhantom"  # the synthetic case: sample name, case id, and file / node name prefix
+HOSTED_SAMPLE_NAME = "GliomaCase"  # default sample name of a published (hosted) case
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_SHA256 = re.compile(r"SHA256:[0-9a-f]{64}")
+
+
+def sample_file_names(case_id: str = SAMPLE_NAME) -> Dict[str, str]:
+    """Modality -> file name of a case written by ``phantom.write_phantom`` (``<case>_<modality>.nii.gz``)."""
+    return {modality: f"{case_id}_{modality}.nii.gz" for modality in MODALITIES}
+
+
+def node_name_for_file(file_name: str) -> str:
+    """The node name a sample file loads as: its name without the volume extension."""
+    for suffix in VOLUME_SUFFIXES:
+        if file_name.lower().endswith(suffix):
+            return file_name[:-len(suffix)]
+    return file_name
+
+
+def check_hosted_sample(hosted: Dict) -> None:
+    """Raise ValueError (one line) unless ``hosted`` reads ``{"uris": [...], "fileNames": [...], "checksums":
+    ["SHA256:<64 lowercase hex>", ...]}`` (equal lengths, https URLs) with one file per modality, named so that
+    the module's selectors recognise it (``..._t1ce.nii.gz``, ``...-t2f.nii.gz``, ...)."""
+    for key in ("uris", "fileNames", "checksums"):
+        if not isinstance(hosted.get(key), (list, tuple)) or not hosted[key]:
+            raise ValueError(f"HOSTED_SAMPLE: '{key}' must be a non-empty list")
+    uris, names, checksums = hosted["uris"], hosted["fileNames"], hosted["checksums"]
+    if not len(uris) == len(names) == len(checksums):
+        raise ValueError(f"HOSTED_SAMPLE: uris, fileNames and checksums differ in length "
+                         f"({len(uris)}, {len(names)}, {len(checksums)})")
+    for uri in uris:
+        if not str(uri).startswith("https://"):
+            raise ValueError(f"HOSTED_SAMPLE: {uri}: only https URLs are allowed")
+    for checksum in checksums:
+        if not _SHA256.fullmatch(str(checksum)):
+            raise ValueError(f"HOSTED_SAMPLE: {checksum!r}: checksums read 'SHA256:' and 64 lowercase hex digits")
+    modalities = [modality_for_node_name(node_name_for_file(name)) for name in names]
+    for name, modality in zip(names, modalities):
+        if modality is None:
+            raise ValueError(f"HOSTED_SAMPLE: {name}: no modality (t1, t1ce, t2, flair) recognised in the file name")
+    repeated = sorted({m for m in modalities if modalities.count(m) > 1})
+    if repeated:
+        raise ValueError(f"HOSTED_SAMPLE: more than one file for {', '.join(repeated)}")
+
+
+def sample_data_sources(cache_folder: "str | os.PathLike[str]", thumbnail: Optional[str] = None,
+                        hosted: Optional[Dict] = None) -> List[Dict]:
+    """Keyword arguments of SampleData's ``registerCustomSampleDataSource``, one dict per sample.
+
+    First the synthetic phantom, always: its files are generated into ``cache_folder`` by the module's
+    ``customDownloader`` (the caller adds it), so its ``uris`` are only the ``file://`` addresses of those files.
+    Then, when ``hosted`` is given (see ``check_hosted_sample``), the published case, which SampleData downloads
+    and checks (SHA256) itself. ``loadFileTypes`` is the current Slicer keyword (see ``registration_keywords``).
+    """
+    files = sample_file_names()
+    case_dir = Path(cache_folder).absolute() / SAMPLE_NAME
+    sources = [{"category": SAMPLE_CATEGORY, "sampleName": SAMPLE_NAME,
+                "uris": [(case_dir / files[m]).as_uri() for m in MODALITIES],
+                "fileNames": [files[m] for m in MODALITIES],
+                "nodeNames": [node_name_for_file(files[m]) for m in MODALITIES],
+                "thumbnailFileName": thumbnail, "loadFileTypes": ["VolumeFile"] * len(MODALITIES)}]
+    if hosted is not None:
+        check_hosted_sample(hosted)
+        names = [str(name) for name in hosted["fileNames"]]
+        sources.append({"category": SAMPLE_CATEGORY, "sampleName": hosted.get("sampleName", HOSTED_SAMPLE_NAME),
+                        "uris": [str(uri) for uri in hosted["uris"]], "fileNames": names,
+                        "nodeNames": [node_name_for_file(name) for name in names],
+                        "checksums": [str(c) for c in hosted["checksums"]], "thumbnailFileName": thumbnail,
+                        "loadFileTypes": ["VolumeFile"] * len(names)})
+    return sources
+
+
+def registration_keywords(arguments: Dict, accepted: Iterable[str]) -> Dict:
+    """``arguments`` adapted to the running Slicer's ``registerCustomSampleDataSource`` parameter names
+    (``accepted``): Slicer 5.8 takes ``loadFileType``, later versions ``loadFileTypes``. Any other keyword the
+    running Slicer lacks is a ValueError rather than a silently dropped setting."""
+    accepted = set(accepted)
+    keywords = dict(arguments)
+    if "loadFileTypes" in keywords and "loadFileTypes" not in accepted:
+        keywords["loadFileType"] = keywords.pop("loadFileTypes")
+    unknown = sorted(set(keywords) - accepted)
+    if unknown:
+        raise ValueError(f"registerCustomSampleDataSource takes no {', '.join(unknown)} in this Slicer")
+    return keywords
+
+
+def write_sample_phantom(folder: "str | os.PathLike[str]", size: Optional[Tuple[int, int, int]] = None,
+                         spacing: Optional[Tuple[float, float, float]] = None) -> Dict[str, str]:
+    """Write the embedded case of ``glioma-analysis demo`` (synthetic, never real data) as
+    ``<folder>/GliomaPhantom/GliomaPhantom_<modality>.nii.gz``; returns modality -> path.
+
+    size / spacing default to the demo's (BraTS grid, 1 mm). A complete earlier copy is reused; a new one is written
+    into a staging folder and renamed into place, so an interrupted run leaves no partial case behind.
+    """
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from GliomaAnalysisLib.cli import DEMO_SEED
+    from GliomaAnalysisLib.phantom import BRATS_SIZE, iter_phantoms, write_phantom
+
+    case_dir = Path(folder) / SAMPLE_NAME
+    paths = {modality: case_dir / name for modality, name in sample_file_names().items()}
+    if not all(path.is_file() and path.stat().st_size > 0 for path in paths.values()):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{SAMPLE_NAME}-", dir=folder))
+        try:
+            phantom = next(iter_phantoms(1, DEMO_SEED, size or BRATS_SIZE, spacing or (1.0, 1.0, 1.0)))
+            write_phantom(dataclasses.replace(phantom, case_id=SAMPLE_NAME), staging)
+            if case_dir.exists():
+                shutil.rmtree(case_dir)
+            os.replace(staging / SAMPLE_NAME, case_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {modality: str(path) for modality, path in paths.items()}
