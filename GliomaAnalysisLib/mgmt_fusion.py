@@ -32,7 +32,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from monai.networks.nets import EfficientNet
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -107,6 +106,8 @@ class SliceSequenceClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.to_rgb = nn.Conv2d(1, 3, kernel_size=3, padding=1)
+        from monai.networks.nets import EfficientNet  # lazy: importing MONAI's networks takes ~1.5 s
+
         self.backbone = EfficientNet(list(EFFICIENTNET_B0_BLOCKS), spatial_dims=2, in_channels=3,
                                      num_classes=config.feature_dim, width_coefficient=config.width_coefficient,
                                      depth_coefficient=config.depth_coefficient, dropout_rate=0.0,
