@@ -171,3 +171,25 @@ def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
     print("held-out phantom AUC", auc)  # measured: grade 0.84, IDH 0.82 (1 thread); chance is 0.5
     assert auc["grade"] > 0.75, auc
     assert auc["idh"] > 0.70, auc
+
+
+def test_finetune_trains_the_backbone_with_segmentation_as_a_task(tmp_path, monkeypatch):
+    """--finetune: gradients reach the backbone and the eq. 7 weighting carries a fifth (segmentation) sigma."""
+    import json
+
+    import training.train_multitask as train
+    from training.classification_data import ClassificationSplit
+
+    samples = small_phantom_samples(6, seed=3)
+    split = ClassificationSplit(samples[:4], samples[4:], [])
+    monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
+    from GliomaAnalysisLib.model_store import load_model
+    shipped, _ = load_model()
+    train.main(["--out", str(tmp_path), "--no-real", "--finetune", "--local-crop", "32", "--global-downsample", "4",
+                "--steps", "2", "--eval-every", "1", "--batch", "2", "--threads", "2"])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(state["sigmas"]) == set(TASKS) | {"segmentation"}
+    changed = [k for k, v in shipped.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, state["model"][f"backbone.{k}"])]
+    assert changed, "the backbone did not train"
+    assert json.loads((tmp_path / "run.json").read_text())["split"]["train"] == [s.case_id for s in samples[:4]]
