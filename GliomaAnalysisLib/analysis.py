@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from functools import lru_cache
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,8 +19,7 @@ from .clinical import prepare as prepare_clinical
 from .inference import predict, select_device
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
-from .model_store import DEFAULT_SEGMENTATION_MODEL, load_model
-from .network import GliomaSegNet
+from .model_store import DEFAULT_SEGMENTATION_MODEL, load_model_cached
 from .postprocess import remove_small_components, tumor_density_filter
 from .preprocess import preprocess
 from .result import AnalysisResult
@@ -41,11 +39,6 @@ def argmax_uint8(maps: List[np.ndarray]) -> np.ndarray:
         labels[better] = index
         np.maximum(best, values, out=best)
     return labels
-
-
-@lru_cache(maxsize=4)
-def _cached_model(name: str, folder: Optional[str]) -> Tuple[GliomaSegNet, Dict]:
-    return load_model(name, folder)
 
 
 def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DEFAULT_SEGMENTATION_MODEL,
@@ -84,7 +77,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     prepared = prepare_clinical(case, preprocessing, clinical_backend, device, progress=say)
     model_case = prepared.case  # co-registered (BrainLes: skull-stripped, atlas space); outputs go back to case
     lap("clinical_preprocessing")
-    net, card = _cached_model(model, None if model_dir is None else str(model_dir))
+    net, card = load_model_cached(model, None if model_dir is None else str(model_dir))
     torch_device, warnings = select_device(device)
     warnings = list(prepared.warnings) + warnings
     lap("model")

@@ -10,8 +10,7 @@ A classifier whose model is not installed is skipped with a warning; the segment
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from .errors import GliomaAnalysisError
 from .mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from .mgmt_fusion import build_from_card as build_mgmt_fusion
 from .mgmt_fusion import predict_mgmt_fusion
-from .model_store import ModelError, load_model
+from .model_store import ModelError, load_model_cached
 from .multitask import MC_SAMPLES, build_multitask, predict_markers
 from .result import PREDICTION_TASKS
 from .slice_grade import SLICE_GRADE_MODEL, build_slice_grade, predict_slice_grade
@@ -39,53 +38,61 @@ class Classification:
     warnings: List[str] = field(default_factory=list)
 
 
-@lru_cache(maxsize=8)
-def _cached(name: str, folder: Optional[str], build: Callable) -> Tuple[Any, Dict]:
-    return load_model(name, folder, build=build)
-
-
 def _model_entry(card: Dict, task: str) -> Dict[str, str]:
     return {"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": task}
 
 
+Say = Callable[[str], None]
+
+
+def _multitask(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+               labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+    say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
+    out.predictions.update(predict_markers(model, card, image, presence, labels,
+                                           mc_samples=MC_SAMPLES if uncertainty else 1))
+
+
+def _mgmt_fusion(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+                 labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+    say("classifying MGMT (per-modality late fusion)")
+    out.mgmt_late_fusion = predict_mgmt_fusion(model, card, image, presence, labels,
+                                               mc_samples=16 if uncertainty else 0)
+
+
+def _slice_grade(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+                 labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+    say("classifying grade from tumor slices")
+    out.slice_grade = predict_slice_grade(model, card, image, presence, labels, mc_samples=20 if uncertainty else 0)
+    out.warnings += out.slice_grade.pop("warnings", [])
+    if out.slice_grade.get("reason"):
+        out.warnings.append(f"slice grade: {out.slice_grade['reason']}")
+
+
+CLASSIFIERS = (
+    (MULTITASK_MODEL, build_multitask, "multi-task classifier", "grade, IDH, 1p/19q, MGMT", _multitask),
+    (MGMT_FUSION_MODEL, build_mgmt_fusion, "MGMT late-fusion ensemble", "MGMT (late fusion)", _mgmt_fusion),
+    (SLICE_GRADE_MODEL, build_slice_grade, "slice-grade classifier", "grade (2D slices)", _slice_grade),
+)
+"""(model name, builder, title in warnings, task in report.models, runner) of each classifier, in run order."""
+
+
 def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, model_dir: Optional[str] = None,
-                  uncertainty: bool = True, progress: Optional[Callable[[str], None]] = None) -> Classification:
+                  uncertainty: bool = True, progress: Optional[Say] = None) -> Classification:
     """Run every installed classifier on one case (see the module docstring for the arrays)."""
     out = Classification()
     say = progress or (lambda message: None)
     if not (labels > 0).any():
         out.warnings.append("no tumor was segmented; classifiers read a crop at the brain's centre")
-    try:
-        model, card = _cached(MULTITASK_MODEL, model_dir, build_multitask)
-    except ModelError as exc:
-        out.warnings.append(f"multi-task classifier skipped: {exc}")
-    else:
-        say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
-        out.predictions.update(predict_markers(model, card, image, presence, labels,
-                                               mc_samples=MC_SAMPLES if uncertainty else 1))
-        out.models.append(_model_entry(card, "grade, IDH, 1p/19q, MGMT"))
-    try:
-        model, card = _cached(MGMT_FUSION_MODEL, model_dir, build_mgmt_fusion)
-    except ModelError as exc:
-        out.warnings.append(f"MGMT late-fusion ensemble skipped: {exc}")
-    else:
-        say("classifying MGMT (per-modality late fusion)")
+    for name, build, title, task, run in CLASSIFIERS:
         try:
-            out.mgmt_late_fusion = predict_mgmt_fusion(model, card, image, presence, labels,
-                                                       mc_samples=16 if uncertainty else 0)
-            out.models.append(_model_entry(card, "MGMT (late fusion)"))
-        except GliomaAnalysisError as exc:
+            model, card = load_model_cached(name, model_dir, build)
+        except ModelError as exc:
+            out.warnings.append(f"{title} skipped: {exc}")
+            continue
+        try:
+            run(model, card, out, image, presence, labels, uncertainty, say)
+        except GliomaAnalysisError as exc:  # e.g. no modality the MGMT ensemble knows is present
             out.warnings.append(str(exc))
-    try:
-        model, card = _cached(SLICE_GRADE_MODEL, model_dir, build_slice_grade)
-    except ModelError as exc:
-        out.warnings.append(f"slice-grade classifier skipped: {exc}")
-    else:
-        say("classifying grade from tumor slices")
-        out.slice_grade = predict_slice_grade(model, card, image, presence, labels,
-                                              mc_samples=20 if uncertainty else 0)
-        out.warnings += out.slice_grade.pop("warnings", [])
-        if out.slice_grade.get("reason"):
-            out.warnings.append(f"slice grade: {out.slice_grade['reason']}")
-        out.models.append(_model_entry(card, "grade (2D slices)"))
+            continue
+        out.models.append(_model_entry(card, task))
     return out

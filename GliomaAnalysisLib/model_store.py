@@ -8,6 +8,7 @@ import re
 import tempfile
 import urllib.parse
 import urllib.request
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -159,3 +160,8 @@ def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
 def load_state(model: torch.nn.Module, path: Union[str, "os.PathLike[str]"]) -> None:
     """Load raw safetensors weights into ``model`` (training checkpoints)."""
     model.load_state_dict(load_file(str(path)))
+
+
+load_model_cached = lru_cache(maxsize=8)(load_model)
+""":func:`load_model` remembering the last 8 (name, folder, build) it loaded, for repeated analyses in one process.
+Call ``load_model_cached.cache_clear()`` after replacing a model's files."""

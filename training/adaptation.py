@@ -37,7 +37,7 @@ from .config import parse_args
 from .losses import dice_ce_loss
 from .run_record import finish_run_record, start_run_record
 from .segmentation_data import TrainingCase
-from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, prepare_stage, random_subsets, sample_batch, save_weights,
+from .stages import (JsonLog, add_stage_arguments, prepare_stage, random_subsets, sample_batch, save_weights,
                      set_lr, start_model)
 
 FEATURE_POINTS = ("encoder.0", "transformer", "decoder.0")
@@ -252,13 +252,7 @@ def run_finetune(model: GliomaSegNet, real: List[TrainingCase], synthetic: List[
 def build_parser() -> argparse.ArgumentParser:
     """Options (also the keys of ``training/configs/adaptation.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="outputs (outside the repository)")
-    parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--cache", default=DEFAULT_CACHE)
-    parser.add_argument("--weights", default=None, help="start weights (default: the shipped model)")
-    parser.add_argument("--model-dir", default=None)
-    parser.add_argument("--name", default="glioma_seg")
-    parser.add_argument("--network", default="{}", help="JSON NetworkConfig overrides for --weights")
+    add_stage_arguments(parser)
     parser.add_argument("--phantoms", type=int, default=8)
     parser.add_argument("--phantom-probability", type=float, default=0.15)
     parser.add_argument("--crop", type=int, default=64)

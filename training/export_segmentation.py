@@ -20,9 +20,9 @@ import SimpleITK as sitk
 from safetensors.torch import load_file
 
 from GliomaAnalysisLib import MODALITIES, load_case
-from GliomaAnalysisLib.analysis import _cached_model, analyze
+from GliomaAnalysisLib.analysis import analyze
 from GliomaAnalysisLib.labels import to_contiguous
-from GliomaAnalysisLib.model_store import RESOURCES, save_model
+from GliomaAnalysisLib.model_store import RESOURCES, load_model_cached, save_model
 from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
 
 from .datasets import discover_cases
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     save_model(model, card, out, args.name)
 
     start = time.perf_counter()
-    _cached_model.cache_clear()
+    load_model_cached.cache_clear()
     validation = {"all_modalities": evaluate_model(out, args.name, Path(args.data), config["validation_cases"])}
     if not args.skip_missing:
         for modality in MODALITIES:

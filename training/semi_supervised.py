@@ -44,7 +44,7 @@ from .datasets import discover_cases
 from .losses import dice_ce_loss, region_probabilities, region_targets
 from .run_record import finish_run_record, start_run_record
 from .segmentation_data import TrainingCase, load_cached, sample_crop, tumor_protect_crop
-from .stages import (DEFAULT_CACHE, DEFAULT_DATA, JsonLog, prepare_stage, random_subsets, sample_batch, save_weights,
+from .stages import (JsonLog, add_stage_arguments, prepare_stage, random_subsets, sample_batch, save_weights,
                      set_lr, start_model)
 
 IGNORE = 255
@@ -406,13 +406,7 @@ def run_stage2(model: GliomaSegNet, real: List[TrainingCase], synthetic: List[Tr
 def build_parser() -> argparse.ArgumentParser:
     """Options (also the keys of ``training/configs/semi_supervised.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="outputs (outside the repository)")
-    parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--cache", default=DEFAULT_CACHE)
-    parser.add_argument("--weights", default=None, help="start weights (default: the shipped model)")
-    parser.add_argument("--model-dir", default=None)
-    parser.add_argument("--name", default="glioma_seg")
-    parser.add_argument("--network", default="{}", help="JSON NetworkConfig overrides for --weights")
+    add_stage_arguments(parser)
     parser.add_argument("--phantoms", type=int, default=8, help="labelled phantoms (as in train_segmentation)")
     parser.add_argument("--phantom-probability", type=float, default=0.15)
     parser.add_argument("--unlabelled-phantoms", type=int, default=6)

@@ -98,3 +98,14 @@ def prepare_stage(args) -> Tuple[Path, List[TrainingCase], List[TrainingCase]]:
     run.mkdir(parents=True, exist_ok=True)
     train_cases, validation = load_split(Path(args.data), Path(args.cache), (2.0, 2.0, 2.0), args.phantoms)
     return run, train_cases, validation
+
+
+def add_stage_arguments(parser) -> None:
+    """The options every fine-tuning stage takes first: run folder, data and cache, start weights."""
+    parser.add_argument("--run-dir", required=True, help="outputs (outside the repository)")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
+    parser.add_argument("--weights", default=None, help="start weights (default: the shipped model)")
+    parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--name", default="glioma_seg")
+    parser.add_argument("--network", default="{}", help="JSON NetworkConfig overrides for --weights")
