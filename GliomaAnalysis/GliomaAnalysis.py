@@ -529,7 +529,7 @@ class GliomaAnalysisTest(ScriptedLoadableModuleTest):
     def test_phantom_end_to_end(self):
         """A synthetic phantom through the logic, with and without classification: segments, the table (exactly the
         rows of helpers.table_rows, prediction rows included when classifying) and input nodes left unchanged."""
-        from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+        from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
         folder = tempfile.mkdtemp(prefix="GliomaAnalysisTest-")
         case = write_phantom(make_phantom(2024, (96, 96, 62), (2.5, 2.5, 2.5)), folder)

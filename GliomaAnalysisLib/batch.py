@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-from .case import find_modality_files
+from .io.case import find_modality_files
 from .errors import GliomaAnalysisError
-from .modalities import MODALITIES
+from .io.modalities import MODALITIES
 
 COMPLETE_MARKER = ".complete"
 SUMMARY_FIELDS = ["case", "status", "error", "ncr_ml", "ed_ml", "et_ml", "tc_ml", "wt_ml", "grade", "idh",
@@ -69,8 +69,8 @@ def _case_name(folder: Path, root: Path) -> str:
 
 def _analyse_one(folder: str, target: str, options: Dict) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
-    from .analysis import analyze
-    from .writers import write_outputs
+    from .pipeline.analysis import analyze
+    from .reporting.writers import write_outputs
 
     target_path = Path(target)
     name = target_path.name

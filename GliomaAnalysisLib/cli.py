@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import GliomaAnalysisError
 
 DEMO_SEED = 2024  # an HGG phantom with necrosis, enhancing rim and edema
@@ -52,8 +52,8 @@ def _add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_from_args(args: argparse.Namespace):
-    from .case import load_case
-    from .modalities import MODALITIES, SEGMENTATION
+    from .io.case import load_case
+    from .io.modalities import MODALITIES, SEGMENTATION
 
     explicit = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     if args.case_dir is None and not explicit:
@@ -70,7 +70,7 @@ def _load_from_args(args: argparse.Namespace):
 
 
 def _maybe_find(folder: str) -> Dict[str, Path]:
-    from .case import find_modality_files
+    from .io.case import find_modality_files
     from .errors import NoModalityError
     try:
         return find_modality_files(folder)
@@ -79,7 +79,7 @@ def _maybe_find(folder: str) -> Dict[str, Path]:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from .phantom import write_cohort
+    from .synthetic.phantom import write_cohort
     if args.n < 1:
         raise GliomaAnalysisError(f"--n must be at least 1, got {args.n}")
     start = time.perf_counter()
@@ -91,8 +91,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) -> dict:
     """A JSON-ready summary of a loaded case and its preprocessed working grid."""
-    from .clinical import detect
-    from .preprocess import preprocess
+    from .preprocessing.clinical import detect
+    from .preprocessing.preprocess import preprocess
 
     start = time.perf_counter()
     pre = preprocess(case, spacing=spacing, divisible_by=8)
@@ -118,8 +118,8 @@ def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) ->
 
 def _label_volumes(case) -> Dict[str, float]:
     import SimpleITK as sitk
-    from .labels import to_contiguous
-    from .measures import volumes_ml
+    from .io.labels import to_contiguous
+    from .pipeline.measures import volumes_ml
 
     labels = to_contiguous(sitk.GetArrayViewFromImage(case.segmentation), case.segmentation_convention)
     return volumes_ml(labels, case.geometry.voxel_volume_ml)
@@ -134,8 +134,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze
-    from .writers import write_outputs
+    from .pipeline.analysis import analyze
+    from .reporting.writers import write_outputs
 
     case = _load_from_args(args)
     for warning in case.warnings:
@@ -147,7 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                      clinical_backend=args.clinical_backend)
     write_outputs(result, args.out, convention=args.labels, dicom_seg=args.dicom_seg)
     if args.save_registered:
-        from .clinical import write_registered
+        from .preprocessing.clinical import write_registered
         write_registered(result.images, args.out)
     volumes = result.volumes_ml
     _progress(f"done in {result.timings_s['total']:.1f} s: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
@@ -159,12 +159,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Embedded phantom case -> full analysis with the shipped model -> contract files + ground-truth Dice."""
     import SimpleITK as sitk
-    from .analysis import analyze
-    from .case import load_case
-    from .labels import regions, to_contiguous
-    from .measures import dice
-    from .phantom import write_cohort
-    from .writers import write_outputs
+    from .pipeline.analysis import analyze
+    from .io.case import load_case
+    from .io.labels import regions, to_contiguous
+    from .pipeline.measures import dice
+    from .synthetic.phantom import write_cohort
+    from .reporting.writers import write_outputs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_install_model(args: argparse.Namespace) -> int:
-    from .model_store import download_model
+    from .models.model_store import download_model
 
     card = download_model(args.name, args.card_url, args.weights_url)
     _progress(f"installed model '{args.name}' into {card.parent} (sha256 checked)")
@@ -231,7 +231,7 @@ def cmd_install_model(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_clinical_models(args: argparse.Namespace) -> int:
-    from .brainles_backend import fetch_models
+    from .preprocessing.brainles_backend import fetch_models
 
     where = fetch_models(progress=_progress)
     _progress(f"installed the BrainLes atlases ({where['atlases']}) and HD-BET weights ({where['hd_bet']})")
@@ -239,7 +239,7 @@ def cmd_fetch_clinical_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .longitudinal import compare, comparison_figure, comparison_text
+    from .reporting.longitudinal import compare, comparison_figure, comparison_text
 
     result = compare(Path(args.out_a), Path(args.out_b))
     out = Path(args.out)

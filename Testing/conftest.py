@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
 SMALL_SIZE = (96, 96, 62)  # the BraTS field of view at 2.5 mm: same anatomy, ~0.3 s per phantom
 SMALL_SPACING = (2.5, 2.5, 2.5)
@@ -25,8 +25,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A small random-weight model stored like a shipped one: exercises the pipeline, not accuracy."""
     import torch
 
-    from GliomaAnalysisLib.model_store import save_model
-    from GliomaAnalysisLib.network import GliomaSegNet, NetworkConfig
+    from GliomaAnalysisLib.models.model_store import save_model
+    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model")
@@ -64,10 +64,10 @@ def random_image(size=(20, 22, 18), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0
 
 def small_phantom_samples(n: int, seed: int):
     """Phantoms at 2.5 mm as in-memory classification samples (z-scored inside the brain, ground-truth labels)."""
-    from GliomaAnalysisLib.labels import to_contiguous
-    from GliomaAnalysisLib.modalities import MODALITIES
-    from GliomaAnalysisLib.phantom import iter_phantoms
-    from training.classification_data import ClassificationSample
+    from GliomaAnalysisLib.io.labels import to_contiguous
+    from GliomaAnalysisLib.io.modalities import MODALITIES
+    from GliomaAnalysisLib.synthetic.phantom import iter_phantoms
+    from training.common.classification_data import ClassificationSample
 
     samples = []
     for phantom in iter_phantoms(n, seed, size=(96, 96, 62), spacing=(2.5, 2.5, 2.5)):
@@ -81,3 +81,34 @@ def small_phantom_samples(n: int, seed: int):
                    "codeletion_1p19q": int(m.codeletion_1p19q == "codeleted"), "mgmt": int(m.mgmt == "methylated")}
         samples.append(ClassificationSample(phantom.case_id, "phantom", image, to_contiguous(phantom.labels), targets))
     return samples
+
+
+# Grids shared by the preprocessing and analysis geometry tests.
+def _rotation(ax, ay, az):
+    cx, cy, cz, sx, sy, sz = np.cos(ax), np.cos(ay), np.cos(az), np.sin(ax), np.sin(ay), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _restamp(phantom, spacing, direction, origin):
+    """The phantom's voxels on a new (oblique / anisotropic / flipped) grid: a different physical layout."""
+    images = {}
+    for m in ("t1", "t1ce", "t2", "flair"):
+        image = phantom.image(m)
+        image.SetSpacing(spacing)
+        image.SetDirection(tuple(np.asarray(direction).ravel()))
+        image.SetOrigin(origin)
+        images[m] = image
+    seg = phantom.label_image()
+    seg.CopyInformation(images["t1"])
+    return images, seg
+
+
+GRIDS = {
+    "oblique": ((2.5, 2.5, 2.5), _rotation(0.3, -0.2, 0.5), (10.0, -20.0, 5.0)),
+    "anisotropic_flipped": ((2.0, 2.4, 3.3), np.diag([-1.0, 1.0, -1.0]), (100.0, 3.0, 90.0)),
+    "oblique_anisotropic_permuted": ((1.7, 3.1, 2.6), _rotation(0.1, 0.2, -0.15) @ np.array(
+        [[0, 1, 0], [0, 0, 1], [1, 0, 0]]), (-5.0, 7.0, 2.0)),
+}

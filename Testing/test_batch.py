@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from GliomaAnalysisLib.batch import COMPLETE_MARKER, analyze_folder, discover_cases
-from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
 from conftest import SMALL_SIZE, SMALL_SPACING, random_image, write
 
@@ -146,7 +146,7 @@ def test_resume_skips_completed_cases(cohort, tmp_path, tiny_model_dir):
 
 
 def test_interrupt_leaves_no_half_written_case(cohort, tmp_path, tiny_model_dir, monkeypatch):
-    import GliomaAnalysisLib.writers as writers
+    import GliomaAnalysisLib.reporting.writers as writers
 
     root, _ = cohort
     subset = tmp_path / "root"

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from GliomaAnalysisLib.writers import CONTRACT_FILES, LOG_FILE
+from GliomaAnalysisLib.reporting.writers import CONTRACT_FILES, LOG_FILE
 
 
 def test_demo_runs_the_main_job(tmp_path):

@@ -189,7 +189,7 @@ def test_cli_usage_errors(tmp_path, capsys):
 
 
 def test_failed_phantom_run_leaves_no_partial_output(tmp_path, monkeypatch):
-    import GliomaAnalysisLib.phantom as phantom
+    import GliomaAnalysisLib.synthetic.phantom as phantom
     calls = {"n": 0}
     real = phantom.write_phantom
 

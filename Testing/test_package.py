@@ -8,8 +8,8 @@ LIBRARY = Path(__file__).resolve().parents[1] / "GliomaAnalysisLib"
 
 
 def test_importing_the_library_loads_neither_torch_nor_slicer():
-    code = ("import sys, GliomaAnalysisLib, GliomaAnalysisLib.case, GliomaAnalysisLib.preprocess, "
-            "GliomaAnalysisLib.phantom, GliomaAnalysisLib.cli; "
+    code = ("import sys, GliomaAnalysisLib, GliomaAnalysisLib.io.case, GliomaAnalysisLib.preprocessing.preprocess, "
+            "GliomaAnalysisLib.synthetic.phantom, GliomaAnalysisLib.cli; "
             "print(sorted(m for m in ('torch', 'monai', 'slicer', 'qt', 'vtk') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

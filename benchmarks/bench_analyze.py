@@ -25,8 +25,8 @@ torch.set_num_threads(int(sys.argv[3]))
 start = time.perf_counter()
 mode, case_dir, out = sys.argv[1], sys.argv[2], sys.argv[4]
 if mode == "ours":
-    from GliomaAnalysisLib.analysis import analyze
-    from GliomaAnalysisLib.writers import write_outputs
+    from GliomaAnalysisLib.pipeline.analysis import analyze
+    from GliomaAnalysisLib.reporting.writers import write_outputs
     flags = sys.argv[5].split(",") if len(sys.argv) > 5 else []
     result = analyze(case_dir, device="cpu", fast="fast" in flags, classify="noclassify" not in flags)
     write_outputs(result, out)
@@ -72,7 +72,7 @@ def main() -> None:
         if args.case:
             case_dir = args.case
         else:
-            from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+            from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
             case_dir = str(write_phantom(make_phantom(2024), tmp))
         rows = {}
         for label, mode, extra, repeats in (("GliomaAnalysis analyze (quality, 4 passes)", "ours", "", args.repeats),

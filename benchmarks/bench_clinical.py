@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from GliomaAnalysisLib import load_case  # noqa: E402
-from GliomaAnalysisLib.analysis import analyze  # noqa: E402
-from GliomaAnalysisLib.geometry import Geometry  # noqa: E402
-from GliomaAnalysisLib.labels import regions, to_contiguous  # noqa: E402
-from GliomaAnalysisLib.native_phantom import CLINICAL_PROTOCOL, Acquisition, NativePhantom, acquire  # noqa: E402
-from GliomaAnalysisLib.phantom import Phantom, make_phantom  # noqa: E402
-from GliomaAnalysisLib.registration import transform_from_record  # noqa: E402
+from GliomaAnalysisLib.pipeline.analysis import analyze  # noqa: E402
+from GliomaAnalysisLib.io.geometry import Geometry  # noqa: E402
+from GliomaAnalysisLib.io.labels import regions, to_contiguous  # noqa: E402
+from GliomaAnalysisLib.synthetic.native_phantom import CLINICAL_PROTOCOL, Acquisition, NativePhantom, acquire  # noqa: E402
+from GliomaAnalysisLib.synthetic.phantom import Phantom, make_phantom  # noqa: E402
+from GliomaAnalysisLib.preprocessing.registration import transform_from_record  # noqa: E402
 
 NO_CLASSIFY = {"classify": False} if "classify" in inspect.signature(analyze).parameters else {}
 REAL_DATA = ROOT.parent / "shared" / "data" / "brats18"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from GliomaAnalysisLib import load_case, preprocess
-from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
 
 def timed(fn, repeats):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from GliomaAnalysisLib.phantom import make_phantom
+from GliomaAnalysisLib.synthetic.phantom import make_phantom
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
             sitk.WriteImage(big, str(out / f"big_{modality}.nii.gz"))
         del phantom, big
         from GliomaAnalysisLib import analyze
-        from GliomaAnalysisLib.writers import write_outputs
+        from GliomaAnalysisLib.reporting.writers import write_outputs
 
         start = time.perf_counter()
         result = analyze(out, fast=not args.quality, model_dir=args.model_dir)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from GliomaAnalysisLib import load_case, preprocess
-from GliomaAnalysisLib.mgmt_fusion import MGMTFusionEnsemble, load_mgmt_fusion, predict_mgmt_fusion
-from GliomaAnalysisLib.model_store import ModelError
-from GliomaAnalysisLib.phantom import make_phantom, write_phantom
+from GliomaAnalysisLib.models.mgmt_fusion import MGMTFusionEnsemble, load_mgmt_fusion, predict_mgmt_fusion
+from GliomaAnalysisLib.models.model_store import ModelError
+from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from GliomaAnalysisLib.modalities import MODALITIES, classify_text
+from GliomaAnalysisLib.io.modalities import MODALITIES, classify_text
 
 PROGRESS_PREFIX = "[glioma-analysis] "
 ERROR_PREFIX = "glioma-analysis: error: "
@@ -239,7 +239,7 @@ def write_sample_phantom(folder: "str | os.PathLike[str]", size: Optional[Tuple[
     import tempfile
 
     from GliomaAnalysisLib.cli import DEMO_SEED
-    from GliomaAnalysisLib.phantom import BRATS_SIZE, iter_phantoms, write_phantom
+    from GliomaAnalysisLib.synthetic.phantom import BRATS_SIZE, iter_phantoms, write_phantom
 
     case_dir = Path(folder) / SAMPLE_NAME
     paths = {modality: case_dir / name for modality, name in sample_file_names().items()}

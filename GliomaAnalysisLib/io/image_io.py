@@ -1,0 +1,125 @@
+"""Reading and validating MR images.
+
+``read_image`` turns every failure into a one-line :class:`GliomaAnalysisError` naming the file.
+``validate_image`` checks an in-memory image is usable as an MR volume.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import ImageReadError, InvalidImageError, SegmentationAsImageError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_LABEL_VALUES = {0, 1, 2, 3, 4}
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """Read one image file (NIfTI, NRRD, MetaImage) with SimpleITK; raise ImageReadError on any failure."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path}: cannot read image ({_short_reason(exc)})") from None
+    _check_complete(path, image)
+    return image
+
+
+def _check_complete(path: Path, image: sitk.Image) -> None:
+    """Refuse truncated NIfTI files, which ITK reads silently with the missing voxels set to 0."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    data_bytes = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    opener = gzip.open if name.endswith(".gz") else open
+    stored, header = 0, b""
+    try:
+        with opener(path, "rb") as stream:
+            while True:
+                chunk = stream.read(1 << 22)
+                if not chunk:
+                    break
+                header = header or chunk[:560]
+                stored += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageReadError(f"{path}: file is truncated or corrupt ({exc})") from None
+    expected = _nifti_data_offset(header) + data_bytes
+    if stored < expected:
+        raise ImageReadError(f"{path}: file is truncated ({stored} bytes, its header promises {expected})")
+
+
+def _nifti_data_offset(header: bytes) -> int:
+    """Byte offset of the voxel data from a NIfTI-1 or NIfTI-2 header (352 / 544 when unreadable)."""
+    for order in ("<", ">"):
+        if len(header) >= 112 and struct.unpack(order + "i", header[:4])[0] == 348:
+            return int(struct.unpack(order + "f", header[108:112])[0])
+        if len(header) >= 176 and struct.unpack(order + "i", header[:4])[0] == 540:
+            return int(struct.unpack(order + "q", header[168:176])[0])
+    return 352
+
+
+def _short_reason(exc: Exception) -> str:
+    """The most informative line of a SimpleITK/ITK exception, shortened."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if "Description:" in line:
+            return line.split("Description:", 1)[1].strip()[:200]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def effective_dimension(image: sitk.Image) -> int:
+    """Number of axes longer than one voxel."""
+    return sum(1 for n in image.GetSize() if n > 1)
+
+
+def validate_image(image: sitk.Image, name: str) -> np.ndarray:
+    """Check that ``image`` can be an MR volume; return its voxels as float32 array (z, y, x).
+
+    ``name`` (a path or a description) starts every error message.
+    """
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            f"({image.GetPixelIDTypeAsString()}), expected a scalar MR image")
+    size = "x".join(str(n) for n in image.GetSize())
+    if image.GetDimension() != 3 or effective_dimension(image) < 3:
+        dim = effective_dimension(image) if image.GetDimension() == 3 else image.GetDimension()
+        raise InvalidImageError(f"{name}: expected a 3D image, got a {dim}D image (size {size})")
+    spacing = np.asarray(image.GetSpacing())
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InvalidImageError(f"{name}: invalid voxel spacing {tuple(spacing)}")
+    pixel_id = image.GetPixelID()
+    if pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InvalidImageError(f"{name}: complex-valued voxels, expected a real-valued MR image")
+    array = sitk.GetArrayViewFromImage(image)
+    integer = np.issubdtype(array.dtype, np.integer)
+    values = array.astype(np.float32, copy=True)
+    if not integer:
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise InvalidImageError(f"{name}: contains {bad} non-finite (NaN/Inf) voxels")
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        raise InvalidImageError(f"{name}: image is constant (every voxel is {low:g})")
+    if integer and low >= 0 and high <= 4:
+        labels = set(np.unique(array).tolist())
+        if labels <= _LABEL_VALUES:
+            listed = ", ".join(str(v) for v in sorted(labels))
+            raise SegmentationAsImageError(
+                f"{name}: looks like a segmentation (only labels {listed}), not an MR image")
+    return values
+

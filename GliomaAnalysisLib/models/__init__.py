@@ -1,0 +1,1 @@
+"""Models: the networks, their weights store, calibration and patch inference."""

@@ -1,0 +1,156 @@
+"""``analyze``: the one analysis call behind the CLI, the Slicer module and batch use.
+
+case -> preprocess (card's spacing, brain crop, z-score) -> network (TTA / MC-dropout passes) -> probabilities
+back to the reference grid (linear) -> labels = argmax there -> tumor density filter + small-component removal ->
+volumes, ratios, uncertainty summary -> AnalysisResult.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io.case import Case, load_case
+from .classify import Classification, classify_case
+from ..preprocessing.clinical import prepare as prepare_clinical
+from ..models.inference import predict, select_device
+from .measures import ratios, uncertainty_summary, volumes_ml
+from .memory import check_memory
+from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_model_cached
+from .postprocess import remove_small_components, tumor_density_filter
+from ..preprocessing.preprocess import preprocess
+from .result import AnalysisResult
+
+Progress = Optional[Callable[[str], None]]
+PROBABILITY_DECIMALS = 3
+QUALITY_PASSES = 4
+"""Network passes in quality mode (flip TTA combined with MC-dropout); fast mode runs one plain pass."""
+
+
+def argmax_uint8(maps: List[np.ndarray]) -> np.ndarray:
+    """Index of the largest of ``maps`` per voxel (first one on ties, as np.argmax), as uint8, without stacking."""
+    labels = np.zeros(maps[0].shape, dtype=np.uint8)
+    best = maps[0].copy()
+    for index, values in enumerate(maps[1:], start=1):
+        better = values > best
+        labels[better] = index
+        np.maximum(best, values, out=best)
+    return labels
+
+
+def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DEFAULT_SEGMENTATION_MODEL,
+            model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", fast: bool = False,
+            uncertainty: bool = True, postprocess: bool = True, progress: Progress = None,
+            preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True) -> AnalysisResult:
+    """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
+
+    fast: one plain network pass. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
+    ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
+    preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
+    (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`).
+    """
+    timings: Dict[str, float] = {}
+    log: List[str] = []
+    clock = time.perf_counter()
+    start = clock
+
+    def say(message: str) -> None:
+        log.append(f"{time.perf_counter() - start:7.2f} s  {message}")
+        if progress:
+            progress(message)
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    if not isinstance(case, Case):
+        say(f"loading {case if not isinstance(case, Mapping) else 'images'}")
+        case = load_case(case)
+    say(f"case {case.case_id}: {', '.join(case.present)} present; reference grid {case.reference} "
+        f"{'x'.join(map(str, case.geometry.size))} at {'x'.join(f'{s:g}' for s in case.geometry.spacing)} mm")
+    lap("load")
+    prepared = prepare_clinical(case, preprocessing, clinical_backend, device, progress=say)
+    model_case = prepared.case  # co-registered (BrainLes: skull-stripped, atlas space); outputs go back to case
+    lap("clinical_preprocessing")
+    net, card = load_model_cached(model, None if model_dir is None else str(model_dir))
+    torch_device, warnings = select_device(device)
+    warnings = list(prepared.warnings) + warnings
+    lap("model")
+
+    say("preprocessing")
+    pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=net.config.divisor,
+                     include_labels=False)
+    needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
+                          net.config.widths[0])
+    say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
+    lap("preprocess")
+
+    passes = 1 if fast else QUALITY_PASSES
+    say(f"segmenting on {torch_device.type} ({passes} pass{'es' if passes > 1 else ''})")
+    probabilities, entropy, run_warnings = predict(net, pre.image, pre.presence, torch_device, passes=passes,
+                                                   mc_dropout=uncertainty and not fast, progress=say)
+    warnings += run_warnings
+    lap("network")
+
+    classification = Classification()
+    if classify:
+        working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        classification = classify_case(pre.image, pre.presence, working_labels,
+                                       None if model_dir is None else str(model_dir), uncertainty, say)
+        warnings += classification.warnings
+        lap("classify")
+
+    say("mapping results back to the input grid")
+    # 3 decimals are plenty for a probability and make the files compress ~10x better
+    reference_probs = []
+    for p in probabilities:
+        array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
+        reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
+    labels = argmax_uint8(reference_probs)
+    del reference_probs[0]  # background: only needed for the argmax
+    uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
+                               PROBABILITY_DECIMALS)
+    lap("resample")
+
+    voxel_ml = case.geometry.voxel_volume_ml
+    if postprocess:
+        spacing_zyx = tuple(reversed(case.geometry.spacing))
+        labels = remove_small_components(tumor_density_filter(labels, spacing_zyx), voxel_ml)
+    lap("postprocess")
+
+    volumes = volumes_ml(labels, voxel_ml)
+    images = {name: case.geometry.image_from_array(reference_probs[k])
+              for k, name in enumerate(("ncr", "ed", "et"))}
+    timings["total"] = time.perf_counter() - start
+    say(f"done: WT {volumes['wt']:.1f} mL in {timings['total']:.1f} s")
+    log += [f"warning: {w}" for w in warnings]
+    return AnalysisResult(
+        case_id=case.case_id,
+        inputs={m: case.sources[m] for m in case.present},
+        missing=case.missing,
+        reference=case.reference,
+        labels=case.geometry.image_from_array(labels),
+        probabilities=images,
+        uncertainty=case.geometry.image_from_array(uncertainty_map),
+        volumes_ml=volumes,
+        ratios=ratios(volumes),
+        uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
+        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}]
+        + classification.models,
+        predictions=classification.predictions,
+        mgmt_late_fusion=classification.mgmt_late_fusion,
+        slice_grade=classification.slice_grade,
+        settings={"device": torch_device.type, "fast": fast, "passes": passes, "classify": classify,
+                  "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
+                  "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
+        timings_s=timings,
+        warnings=warnings,
+        images=dict(prepared.registered),
+        dicom_sources=list(case.dicom_files.get(case.reference, [])),
+        log=log,
+    )

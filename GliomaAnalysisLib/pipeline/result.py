@@ -1,0 +1,87 @@
+"""AnalysisResult: everything one analysis produced, on the reference geometry of the input."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import SimpleITK as sitk
+
+from .._version import __version__
+from ..io.labels import from_contiguous
+
+SCHEMA_VERSION = "1.0"
+RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
+PREDICTION_TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
+
+
+@dataclass
+class AnalysisResult:
+    """Result of :func:`GliomaAnalysisLib.analyze`.
+
+    labels: uint8 contiguous labels (0 bg, 1 NCR, 2 ED, 3 ET) on the reference grid.
+    probabilities: float32 maps ``ncr``, ``ed``, ``et`` in [0, 1] on the reference grid.
+    uncertainty: float32 voxel uncertainty in [0, 1] (normalised predictive entropy of the MC-dropout/TTA mean).
+    predictions: per task ``{label, probability, uncertainty}`` or None where no classifier ran.
+    """
+
+    case_id: str
+    inputs: Dict[str, str]
+    missing: List[str]
+    reference: str
+    labels: sitk.Image
+    probabilities: Dict[str, sitk.Image]
+    uncertainty: sitk.Image
+    volumes_ml: Dict[str, float]
+    ratios: Dict[str, float]
+    uncertainty_summary: Dict[str, float]
+    models: List[Dict[str, str]]
+    settings: Dict[str, Any]
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    predictions: Dict[str, Optional[Dict[str, Any]]] = field(
+        default_factory=lambda: {task: None for task in PREDICTION_TASKS})
+    mgmt_late_fusion: Optional[Dict[str, Any]] = None
+    slice_grade: Optional[Dict[str, Any]] = None
+    images: Dict[str, sitk.Image] = field(default_factory=dict)
+    """The input images on the reference grid (for figures); not written."""
+    log: List[str] = field(default_factory=list)
+    """Time-stamped progress messages and warnings of the run (written as analysis.log)."""
+    dicom_sources: List[str] = field(default_factory=list)
+    """DICOM files of the reference series when the inputs were DICOM (referenced by DICOM SEG)."""
+
+    def label_image(self, convention: str = "brats2021") -> sitk.Image:
+        """The label map in a file convention (``brats2021``: 0/1/2/4, ``brats2023``: 0/1/2/3)."""
+        array = from_contiguous(sitk.GetArrayViewFromImage(self.labels), convention)
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(self.labels)
+        return image
+
+    def report(self, convention: str = "brats2021") -> Dict[str, Any]:
+        """The machine-readable report (``report.json``)."""
+        geometry = self.labels
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "software": {"name": "GliomaAnalysis", "version": __version__},
+            "disclaimer": RESEARCH_USE,
+            "case_id": self.case_id,
+            "inputs": {
+                "files": [{"modality": m, "path": p} for m, p in self.inputs.items()],
+                "missing": list(self.missing),
+                "reference": self.reference,
+                "geometry": {"size": list(geometry.GetSize()), "spacing_mm": list(geometry.GetSpacing()),
+                             "origin_mm": list(geometry.GetOrigin()), "direction": list(geometry.GetDirection())},
+            },
+            "label_convention": convention,
+            "labels": {"ncr": 1, "ed": 2, "et": 4 if convention == "brats2021" else 3},
+            "volumes_ml": dict(self.volumes_ml),
+            "ratios": dict(self.ratios),
+            "uncertainty": dict(self.uncertainty_summary),
+            "predictions": dict(self.predictions),
+            "mgmt_late_fusion": self.mgmt_late_fusion,
+            "slice_grade": self.slice_grade,
+            "models": list(self.models),
+            "settings": dict(self.settings),
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+            "warnings": list(self.warnings),
+        }
+

@@ -1,0 +1,1 @@
+"""Reporting: writers of the output contract, the HTML report, figures, narrative and longitudinal comparison."""

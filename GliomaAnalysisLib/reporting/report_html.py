@@ -1,0 +1,140 @@
+"""The self-contained ``report.html``: inputs and warnings, slice figures with the label overlay, a 3D rendering,
+probability and uncertainty maps, volumes and ratios, predictions with probability bars, models and checksums, the
+automatic narrative and the research-use disclaimer. Every number shown carries the ``report.json`` path it comes
+from (``data-json``), so tests and readers can check it."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Dict, List
+
+import numpy as np
+import SimpleITK as sitk
+
+from .figures import map_figure, overlay_figure, probability_bars
+from .narrative import AUTOMATIC_NOTICE, build_narrative
+from ..pipeline.result import RESEARCH_USE, AnalysisResult
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.disclaimer{background:#fde8e8;border:1px solid #e0a0a0;padding:8px}.auto{background:#f3f3f8;padding:8px}
+figure{margin:.5em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}.warn{color:#a15c00}"""
+
+
+def _img(png: bytes, caption: str, figure_id: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure id="{figure_id}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _num(value, path: str) -> str:
+    return f'<td data-json="{path}">{html.escape(json.dumps(value))}</td>'
+
+
+def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labels, "LPS"))
+    spacing = tuple(reversed(sitk.DICOMOrient(result.labels, "LPS").GetSpacing()))
+
+    def oriented(image: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+    backgrounds = {m: oriented(result.images[m]) for m in ("t1ce", "flair") if m in result.images}
+    if not backgrounds and result.images:
+        first = next(iter(result.images))
+        backgrounds = {first: oriented(result.images[first])}
+    parts = []
+    if backgrounds:
+        parts.append(_img(overlay_figure(backgrounds, labels, spacing),
+                          "Axial, coronal and sagittal slices through the tumor centre; NCR red, ED green, ET yellow",
+                          "fig-overlay"))
+        background = next(iter(backgrounds.values()))
+        maps = {f"P({name.upper()})": oriented(image) for name, image in result.probabilities.items()}
+        parts.append(_img(map_figure(background, maps, labels, spacing), "Class probability heat maps",
+                          "fig-probability"))
+        parts.append(_img(map_figure(background, {"uncertainty": oriented(result.uncertainty)}, labels, spacing,
+                                     cmap="viridis"),
+                          "Voxel uncertainty (normalised predictive entropy of the TTA / MC-dropout passes)",
+                          "fig-uncertainty"))
+    try:
+        from .render3d import render_tumor
+
+        brain = next(iter(backgrounds.values())) > 0 if backgrounds else None
+        parts.append(_img(render_tumor(labels, spacing, brain), "3D rendering of the subregions "
+                          "(translucent edema around the core) inside the brain surface", "fig-3d"))
+    except Exception as exc:  # rendering needs OpenGL (EGL or a display); the report stays useful without it
+        warnings.append(f"3D rendering unavailable ({type(exc).__name__}: {str(exc)[:80]})")
+    return parts
+
+
+def _prediction_section(report: Dict) -> str:
+    rows, bars = [], []
+    for task, value in report["predictions"].items():
+        if value is None:
+            rows.append(f"<tr><th>{task}</th><td colspan=4>not available in this version</td></tr>")
+            continue
+        rows.append(f"<tr><th>{task}</th><td>{html.escape(value['label'])}</td>"
+                    f"{_num(value['probability'], f'predictions.{task}.probability')}"
+                    f"{_num(value['uncertainty'], f'predictions.{task}.uncertainty')}"
+                    f"<td>{html.escape(str(value.get('model', 'multi-task network')))}</td></tr>")
+        bars.append((task, value["probability"], value["uncertainty"]))
+    out = ["<h2>Predictions (multi-task network)</h2>",
+           "<table><tr><th>task</th><th>label</th><th>probability</th><th>uncertainty</th><th>model</th></tr>",
+           *rows, "</table>"]
+    if bars:
+        out.append(_img(probability_bars(bars, "multi-task heads"), "Predicted probabilities with their "
+                        "uncertainty", "fig-predictions"))
+    fusion = report.get("mgmt_late_fusion")
+    if fusion:
+        per = fusion["per_modality"]
+        out += ["<h3>MGMT late fusion (per-modality CNN + LSTM)</h3><table>",
+                *[f"<tr><th>{m}</th>{_num(p, f'mgmt_late_fusion.per_modality.{m}')}</tr>" for m, p in per.items()],
+                f"<tr><th>fused</th>{_num(fusion['fused'], 'mgmt_late_fusion.fused')}</tr></table>",
+                _img(probability_bars([(m, p, None) for m, p in per.items() if p is not None]
+                                      + [("fused", fusion["fused"], fusion.get("uncertainty"))],
+                                      "MGMT methylation probability"), "MGMT late fusion", "fig-mgmt")]
+    grade = report.get("slice_grade")
+    if grade:
+        out += ["<h3>Slice-based grade (probability of HGG)</h3><table>",
+                *[f"<tr><th>{k}</th>{_num(grade[k], f'slice_grade.{k}')}</tr>"
+                  for k in ("majority", "soft", "attention", "n_slices")], "</table>"]
+    return "\n".join(out)
+
+
+def render_report(result: AnalysisResult, report: Dict, figures: bool = True) -> str:
+    """The HTML page for ``report`` (the dict written as report.json) and the images of ``result``."""
+    warnings = list(report["warnings"])
+    figure_html = _figures(result, warnings) if figures and result.images else []
+    inputs = "".join(f"<tr><th>{html.escape(f['modality'])}</th><td>{html.escape(f['path'])}</td></tr>"
+                     for f in report["inputs"]["files"])
+    missing = ", ".join(report["inputs"]["missing"]) or "none"
+    volumes = "".join(f"<tr><th>{k.upper()}</th>{_num(v, f'volumes_ml.{k}')}"
+                      f"{_num(report['ratios'][k], f'ratios.{k}') if k in report['ratios'] else '<td></td>'}</tr>"
+                      for k, v in report["volumes_ml"].items())
+    statements = "".join(
+        f"<p class=\"statement\" data-layer=\"{s.layer}\" data-values='{html.escape(json.dumps(s.values))}'>"
+        f"{html.escape(s.text)}</p>" for s in build_narrative(report))
+    models = "".join(f"<tr><th>{html.escape(m['name'])}</th><td>{html.escape(m.get('task', ''))}</td>"
+                     f"<td>{html.escape(m['version'])}</td><td><code>{m['sha256']}</code></td></tr>"
+                     for m in report["models"])
+    warning_items = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in warnings) or "<li>none</li>"
+    timings = "".join(f"<tr><th>{k}</th>{_num(v, f'timings_s.{k}')}</tr>" for k, v in report["timings_s"].items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>GliomaAnalysis report: {html.escape(report['case_id'])}</title>
+<style>{_STYLE}</style></head><body>
+<h1>GliomaAnalysis report: {html.escape(report['case_id'])}</h1>
+<p class="disclaimer" id="disclaimer"><strong>{html.escape(RESEARCH_USE)}</strong></p>
+<h2>Inputs</h2><table>{inputs}<tr><th>missing</th><td>{html.escape(missing)}</td></tr>
+<tr><th>reference grid</th><td>{html.escape(report['inputs']['reference'])}</td></tr></table>
+<h2>Warnings</h2><ul>{warning_items}</ul>
+<h2>Summary (automatic text)</h2><div class="auto" id="narrative"><p><em>{html.escape(AUTOMATIC_NOTICE)}</em></p>
+{statements}</div>
+<h2>Volumes and fractions of the whole tumor</h2>
+<table><tr><th>region</th><th>volume (mL)</th><th>fraction of WT</th></tr>{volumes}</table>
+<h2>Figures</h2>{''.join(figure_html) or '<p>no figures</p>'}
+{_prediction_section(report)}
+<h2>Models</h2><table><tr><th>name</th><th>task</th><th>version</th><th>sha256</th></tr>{models}</table>
+<h2>Timings (s)</h2><table>{timings}</table>
+<p class="disclaimer">{html.escape(RESEARCH_USE)}</p>
+</body></html>
+"""

@@ -1,0 +1,1 @@
+"""Synthetic phantoms for tests, demos and training smoke runs (never real data)."""

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+import GliomaAnalysisLib.models.inference as inference
+from GliomaAnalysisLib.models.inference import predict, select_device
+from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                      transformer_heads=2, dropout=0.2))
+
+
+def _image():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(4, 24, 32, 16)).astype(np.float32), np.ones(4, dtype=np.float32)
+
+
+def test_probabilities_sum_to_one_and_uncertainty_is_bounded(net):
+    image, presence = _image()
+    probs, uncertainty, warnings = predict(net, image, presence, torch.device("cpu"), passes=4, mc_dropout=True)
+    assert probs.shape == (4, 24, 32, 16) and uncertainty.shape == (24, 32, 16)
+    assert np.allclose(probs.sum(axis=0), 1, atol=1e-5)
+    assert uncertainty.min() >= 0 and uncertainty.max() <= 1 and warnings == []
+
+
+def test_mc_dropout_passes_raise_the_uncertainty_of_a_single_pass(net):
+    image, presence = _image()
+    _, single, _ = predict(net, image, presence, torch.device("cpu"), passes=1)
+    _, many, _ = predict(net, image, presence, torch.device("cpu"), passes=8, mc_dropout=True)
+    assert many.mean() > single.mean()
+    assert not any(m.training for m in net.modules())  # left in eval mode
+
+
+def test_large_volumes_go_through_the_sliding_window(net, monkeypatch):
+    image, presence = _image()
+    calls = []
+    import monai.inferers
+
+    real = monai.inferers.sliding_window_inference
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monai.inferers, "sliding_window_inference", spy)
+    monkeypatch.setattr(inference, "MAX_WHOLE_VOLUME_VOXELS", 1000)
+    monkeypatch.setattr(inference, "SLIDING_WINDOW_ROI", (16, 16, 16))
+    probs, _, _ = predict(net, image, presence, torch.device("cpu"))
+    assert calls == [(16, 16, 16)] and np.allclose(probs.sum(axis=0), 1, atol=1e-5)
+
+
+def test_a_cuda_failure_falls_back_to_the_cpu_with_a_warning(net, monkeypatch):
+    image, presence = _image()
+    real = inference._run_on
+
+    def flaky(model, x, presence, device):
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, x, presence, device)
+
+    monkeypatch.setattr(inference, "_run_on", flaky)
+    probs, _, warnings = predict(net, image, presence, torch.device("cuda"), passes=2)
+    assert len(warnings) == 1 and "out of memory" in warnings[0] and "CPU" in warnings[0]
+    reference, _, _ = predict(net, image, presence, torch.device("cpu"), passes=2)
+    assert np.allclose(probs, reference)
+
+
+def test_device_choice():
+    assert select_device("cpu") == (torch.device("cpu"), [])
+    device, warnings = select_device("cuda")
+    if not torch.cuda.is_available():
+        assert device.type == "cpu" and "not available" in warnings[0]
+    with pytest.raises(ValueError):
+        select_device("tpu")

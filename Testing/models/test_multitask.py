@@ -1,0 +1,195 @@
+"""Multi-task classifier: losses (label masking, eq. 7 weighting), Tumor-CutMix, inputs, inference and a short
+training run on phantoms."""
+import numpy as np
+import pytest
+import torch
+
+from GliomaAnalysisLib.models.multitask import (TASK_LABELS, TASKS, MultiTaskConfig, MultiTaskNet, network_inputs,
+                                         predict_markers, probability_of_positive)
+from GliomaAnalysisLib.models.network import NetworkConfig
+from training.common.losses import UncertaintyWeighting, masked_task_loss
+from training.multitask.multitask_data import mixed_targets, tumor_cutmix
+
+from conftest import small_phantom_samples
+
+TINY_BACKBONE = NetworkConfig(widths=(4, 8, 8, 16), encoder_blocks=(1, 1, 1, 1), transformer_layers=1,
+                              transformer_heads=2).to_dict()
+
+
+def tiny_config(**overrides) -> MultiTaskConfig:
+    return MultiTaskConfig(**{"local_crop": (16, 16, 16), "fused_features": 32, "hidden": 16,
+                              "backbone": TINY_BACKBONE, **overrides})
+
+
+def test_missing_label_contributes_no_gradient():
+    logits = torch.randn(3, 2, requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    known = torch.tensor([1.0, 0.0, 1.0])
+    loss = masked_task_loss(logits, targets, known, torch.ones(2))
+    loss.backward()
+    assert torch.all(logits.grad[1] == 0) and torch.any(logits.grad[0] != 0)
+    expected = -(torch.log_softmax(logits.detach(), 1)[0, 1] + torch.log_softmax(logits.detach(), 1)[2, 1]) / 2
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    logits.grad = None
+    none = masked_task_loss(logits, targets, torch.zeros(3), torch.ones(2))
+    none.backward()
+    assert float(none) == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_class_weights_scale_the_loss():
+    logits = torch.zeros(2, 2)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    plain = masked_task_loss(logits, targets, torch.ones(2), torch.ones(2))
+    weighted = masked_task_loss(logits, targets, torch.ones(2), torch.tensor([3.0, 1.0]))
+    assert float(weighted) == pytest.approx(float(plain) * 2.0)  # (3 + 1) / 2
+
+
+def test_uncertainty_weighting_follows_eq7():
+    weighting = UncertaintyWeighting(("seg", "grade"))
+    with torch.no_grad():
+        weighting.log_sigma.copy_(torch.tensor([0.0, np.log(2.0)]))
+    losses = {"seg": torch.tensor(1.5), "grade": torch.tensor(4.0)}
+    # 1 / (2 sigma^2) L + log sigma: seg 0.75 + 0; grade 4 / 8 + log 2
+    assert float(weighting(losses)) == pytest.approx(0.75 + 0.5 + np.log(2.0), rel=1e-6)
+    # a larger sigma down-weights its task's loss
+    grads = torch.autograd.grad(weighting({"seg": torch.tensor(1.5, requires_grad=True)}) , weighting.log_sigma,
+                                allow_unused=True)[0]
+    assert grads[1] == 0  # a task missing from the batch gets no gradient on its sigma
+    # minimising over sigma gives sigma^2 = L
+    weighting = UncertaintyWeighting(("grade",))
+    optimizer = torch.optim.SGD(weighting.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        weighting({"grade": torch.tensor(4.0)}).backward()
+        optimizer.step()
+    assert weighting.sigmas()["grade"] == pytest.approx(2.0, rel=1e-3)
+
+
+def _cube_case(shape, centre, half, label=2):
+    image = np.zeros((4,) + shape, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    box = tuple(slice(c - half, c + half) for c in centre)
+    labels[box] = label
+    image[(slice(None),) + box] = float(label)
+    return image, labels
+
+
+def test_tumor_cutmix_pastes_b_at_a_centre_with_volume_share():
+    image_a, labels_a = _cube_case((32, 32, 32), (16, 16, 16), 4, label=2)  # 8^3 = 512 voxels
+    image_b, labels_b = _cube_case((40, 30, 36), (8, 20, 10), 2, label=3)  # 4^3 = 64 voxels, elsewhere in B
+    image, labels, lam = tumor_cutmix(image_a, labels_a, image_b, labels_b)
+    assert lam == pytest.approx(64 / 512)
+    assert (labels == 3).sum() == 64 and (labels > 0).sum() == 512
+    where = np.argwhere(labels == 3)
+    np.testing.assert_allclose(where.mean(axis=0), [15.5, 15.5, 15.5])
+    assert np.all(image[:, labels == 3] == 3.0)
+    assert labels_a.max() == 2 and (labels_a > 0).sum() == 512  # inputs untouched
+
+
+def test_tumor_cutmix_without_tumor_in_b_is_identity():
+    image_a, labels_a = _cube_case((16, 16, 16), (8, 8, 8), 2)
+    image, labels, lam = tumor_cutmix(image_a, labels_a, np.zeros_like(image_a), np.zeros_like(labels_a))
+    assert lam == 0.0 and image is image_a
+
+
+def test_tumor_cutmix_clips_a_large_tumor_at_the_border():
+    image_a, labels_a = _cube_case((16, 16, 16), (3, 3, 3), 2)
+    image_b, labels_b = _cube_case((30, 30, 30), (15, 15, 15), 12, label=1)
+    image, labels, lam = tumor_cutmix(image_a, labels_a, image_b, labels_b)
+    assert labels.shape == (16, 16, 16) and 0 < lam <= 1
+    assert lam == pytest.approx((labels == 1).sum() / (labels > 0).sum())
+
+
+def test_mixed_targets_mix_labels_and_mask_unknown():
+    targets, known = mixed_targets({"grade": 1, "idh": 0, "codeletion_1p19q": None, "mgmt": 1},
+                                   {"grade": 0, "idh": None, "codeletion_1p19q": 0, "mgmt": 1}, 0.25)
+    np.testing.assert_allclose(targets[TASKS.index("grade")], [0.25, 0.75])
+    np.testing.assert_allclose(targets[TASKS.index("mgmt")], [0.0, 1.0])
+    np.testing.assert_array_equal(known, [1, 0, 0, 1])
+    targets, known = mixed_targets({"grade": 0, "idh": 1, "codeletion_1p19q": None, "mgmt": None}, None, 0.0)
+    np.testing.assert_array_equal(known, [1, 1, 0, 0])
+    np.testing.assert_allclose(targets[TASKS.index("idh")], [0.0, 1.0])
+
+
+def test_network_inputs_shapes_and_centring():
+    config = tiny_config(local_crop=(16, 16, 16), global_downsample=2)
+    image = np.random.default_rng(0).normal(size=(4, 30, 41, 37)).astype(np.float32)
+    labels = np.zeros((30, 41, 37), dtype=np.uint8)
+    labels[20:24, 5:9, 30:34] = 1
+    local, global_ = network_inputs(image, labels, config, divisor=8)
+    assert local.shape == (4, 16, 16, 16) and global_.shape == (4, 16, 24, 24)
+    # the crop holds the tumor: it starts at centre - 8, clipped to the volume
+    np.testing.assert_array_equal(local[:, :, :, :], image[:, 14:30, 0:16, 21:37])
+    np.testing.assert_allclose(global_[0, 0, 0, 0], image[0, :2, :2, :2].mean(), rtol=1e-5)
+
+
+def test_predict_markers_fields_and_determinism():
+    torch.manual_seed(0)
+    model = MultiTaskNet(tiny_config())
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(4, 24, 32, 32)).astype(np.float32)
+    labels = np.zeros((24, 32, 32), dtype=np.uint8)
+    labels[8:14, 10:20, 10:20] = 3
+    card = {"calibration": {"grade": {"temperature": 2.0}}}
+    first = predict_markers(model, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
+    second = predict_markers(model, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
+    assert first == second
+    for task in TASKS:
+        p = first[task]
+        assert p["label"] in TASK_LABELS[task] and 0.5 <= p["probability"] <= 1 and p["uncertainty"] >= 0
+        assert (p["label"] == TASK_LABELS[task][1]) == (p["probability_positive"] >= 0.5)
+    assert any(first[t]["uncertainty"] > 0 for t in TASKS)  # MC-dropout passes differ
+    single = predict_markers(model, card, image, np.ones(4, np.float32), labels, mc_samples=1)
+    assert all(single[t]["uncertainty"] == 0 for t in TASKS)
+    # modalities can be missing
+    partial = predict_markers(model, card, image, np.array([0, 1, 0, 1], np.float32), labels, mc_samples=2)
+    assert set(partial) == set(TASKS)
+
+
+def test_temperature_softens_probability():
+    logits = torch.tensor([[0.0, 3.0]])
+    assert float(probability_of_positive(logits, 1.0)) > float(probability_of_positive(logits, 3.0)) > 0.5
+
+
+def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
+    """Train the heads (shipped frozen backbone, small crops) on 72 small phantoms and score 40 held-out ones."""
+    import training.multitask.train_multitask as train
+    from training.common.classification_data import ClassificationSplit
+    from training.multitask.export_multitask import _task_arrays
+    from training.common.metrics import roc_auc
+
+    samples = small_phantom_samples(112, seed=11)
+    split = ClassificationSplit(samples[:60], samples[60:72], samples[72:])
+    monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
+    train.main(["--out", str(tmp_path), "--no-real", "--local-crop", "32", "--global-downsample", "4",
+                "--views", "2", "--steps", "400", "--eval-every", "50", "--threads", "1"])
+    config = MultiTaskConfig.from_dict(__import__("json").loads((tmp_path / "network.json").read_text()))
+    model = MultiTaskNet(config)
+    model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True))
+    logits = train.mc_probabilities(model, train.pooled_features(model, split.test), samples=10)
+    auc = {task: roc_auc(*_task_arrays(split.test, logits, task)) for task in ("grade", "idh")}
+    print("held-out phantom AUC", auc)  # measured: grade 0.84, IDH 0.82 (1 thread); chance is 0.5
+    assert auc["grade"] > 0.75, auc
+    assert auc["idh"] > 0.70, auc
+
+
+def test_finetune_trains_the_backbone_with_segmentation_as_a_task(tmp_path, monkeypatch):
+    """--finetune: gradients reach the backbone and the eq. 7 weighting carries a fifth (segmentation) sigma."""
+    import json
+
+    import training.multitask.train_multitask as train
+    from training.common.classification_data import ClassificationSplit
+
+    samples = small_phantom_samples(6, seed=3)
+    split = ClassificationSplit(samples[:4], samples[4:], [])
+    monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
+    from GliomaAnalysisLib.models.model_store import load_model
+    shipped, _ = load_model()
+    train.main(["--out", str(tmp_path), "--no-real", "--finetune", "--local-crop", "32", "--global-downsample", "4",
+                "--steps", "2", "--eval-every", "1", "--batch", "2", "--threads", "2"])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(state["sigmas"]) == set(TASKS) | {"segmentation"}
+    changed = [k for k, v in shipped.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, state["model"][f"backbone.{k}"])]
+    assert changed, "the backbone did not train"
+    assert json.loads((tmp_path / "run.json").read_text())["split"]["train"] == [s.case_id for s in samples[:4]]

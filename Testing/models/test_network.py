@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+TINY = NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1, transformer_heads=2)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return GliomaSegNet(TINY).eval()
+
+
+@pytest.mark.parametrize("present", [(1, 0, 0, 0), (0, 1, 0, 1), (1, 1, 1, 0), (1, 1, 1, 1)])
+def test_any_subset_of_modalities_runs_and_gives_class_logits(net, present):
+    x = torch.randn(2, 4, 16, 24, 8)
+    out = net(x, torch.tensor([present, present], dtype=torch.float32))
+    assert out.shape == (2, 4, 16, 24, 8) and torch.isfinite(out).all()
+
+
+def test_absent_channels_are_ignored(net):
+    x = torch.randn(1, 4, 16, 16, 16)
+    presence = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    changed = x.clone()
+    changed[:, 1] = 100.0
+    changed[:, 3] = torch.randn(16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(net(x, presence), net(changed, presence))
+
+
+def test_fusion_weights_are_learnable_and_renormalised(net):
+    stem = net.stem
+    assert stem.weight_logits.requires_grad
+    x = torch.randn(1, 4, 8, 8, 8)
+    single = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():  # with one modality present its stem output passes with weight 1
+        assert torch.allclose(stem(x, single), stem.stems[1](x[:, 1:2]), atol=1e-6)
+
+
+def test_sizes_must_be_divisible(net):
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 4, 10, 16, 16), torch.ones(1, 4))
+
+
+def test_mc_dropout_samples_differ_while_eval_is_deterministic():
+    torch.manual_seed(1)
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2, dropout=0.3))
+    x, p = torch.randn(1, 4, 16, 16, 16), torch.ones(1, 4)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x, p), net(x, p))
+        net.enable_mc_dropout()
+        assert not torch.equal(net(x, p), net(x, p))
+        assert not any(m.training for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d))
+
+
+def test_config_round_trips_through_a_dict():
+    assert NetworkConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError):
+        NetworkConfig(widths=(8, 16), encoder_blocks=(1,))

@@ -1,0 +1,123 @@
+"""End-to-end analysis: contract files, exact geometry, modality subsets, and Dice of the shipped model."""
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from GliomaAnalysisLib import Geometry, load_case
+from GliomaAnalysisLib.pipeline.analysis import analyze
+from GliomaAnalysisLib.cli import main
+from GliomaAnalysisLib.io.labels import regions, to_contiguous
+from GliomaAnalysisLib.reporting.writers import CONTRACT_FILES, LOG_FILE
+
+from conftest import GRIDS, REAL_DATA, _restamp
+
+SCHEMA = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
+PHANTOM_WT_DICE_BOUND = 0.75
+REAL_BOUNDS = {"wt": 0.80, "tc": 0.60, "et": 0.55}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_outputs_lie_exactly_on_oblique_and_anisotropic_input_grids(small_phantom, tiny_model_dir, grid):
+    images, seg = _restamp(small_phantom, *GRIDS[grid])
+    case = load_case(images, segmentation=seg)
+    result = analyze(case, model_dir=tiny_model_dir, fast=True)
+    for image in [result.labels, result.uncertainty, *result.probabilities.values()]:
+        geometry = Geometry.of(image)
+        assert geometry.size == case.geometry.size
+        assert np.allclose(geometry.spacing, case.geometry.spacing, atol=1e-9)
+        assert np.allclose(geometry.origin, case.geometry.origin, atol=1e-9)
+        assert np.allclose(geometry.direction, case.geometry.direction, atol=1e-12)
+    probabilities = np.stack([sitk.GetArrayFromImage(p) for p in result.probabilities.values()])
+    assert probabilities.min() >= 0 and probabilities.sum(axis=0).max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("subset", [("flair",), ("t1ce", "t2"), ("t1", "t2", "flair")])
+def test_runs_with_one_two_and_three_modalities(small_phantom, tiny_model_dir, subset):
+    case = load_case({m: small_phantom.image(m) for m in subset})
+    result = analyze(case, model_dir=tiny_model_dir, fast=True)
+    assert result.missing == [m for m in ("t1", "t1ce", "t2", "flair") if m not in subset]
+    assert set(result.inputs) == set(subset)
+
+
+def test_cpu_runs_are_bit_identical(small_phantom, tiny_model_dir):
+    case = load_case({m: small_phantom.image(m) for m in ("t1ce", "flair")})
+    a = analyze(case, model_dir=tiny_model_dir, device="cpu")
+    b = analyze(case, model_dir=tiny_model_dir, device="cpu")
+    assert a.settings["passes"] == 4 and a.settings["mc_dropout"]
+    for x, y in [(a.uncertainty, b.uncertainty), (a.probabilities["et"], b.probabilities["et"])]:
+        assert np.array_equal(sitk.GetArrayFromImage(x), sitk.GetArrayFromImage(y))
+
+
+def test_cli_writes_every_contract_file_and_a_valid_report(tmp_path, phantom_dir, small_phantom, tiny_model_dir):
+    out = tmp_path / "out"
+    assert main(["analyze", str(phantom_dir), "--out", str(out), "--model-dir", str(tiny_model_dir),
+                 "--fast", "--labels", "brats2023", "--device", "cuda"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(CONTRACT_FILES + (LOG_FILE,))
+    log = (out / LOG_FILE).read_text()
+    assert "preprocessing" in log and "(1 pass)" in log  # --fast: one network pass
+    assert "warning: CUDA" in log or torch.cuda.is_available()
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["label_convention"] == "brats2023" and report["labels"]["et"] == 3
+    assert report["predictions"] == {"grade": None, "idh": None, "codeletion_1p19q": None, "mgmt": None}
+    if not torch.cuda.is_available():
+        assert any("CUDA was requested" in w for w in report["warnings"])
+    seg = sitk.ReadImage(str(out / "segmentation.nii.gz"))
+    assert seg.GetPixelID() == sitk.sitkUInt8 and Geometry.of(seg) == small_phantom.geometry
+    labels = sitk.GetArrayFromImage(seg)
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
+    voxel_ml = float(np.prod(small_phantom.geometry.spacing)) / 1000
+    assert report["volumes_ml"]["wt"] == pytest.approx((labels > 0).sum() * voxel_ml, abs=0.01)
+    for name in ("prob_ncr", "prob_ed", "prob_et", "uncertainty"):
+        image = sitk.ReadImage(str(out / f"{name}.nii.gz"))
+        assert image.GetPixelID() == sitk.sitkFloat32 and Geometry.of(image) == small_phantom.geometry
+    html = (out / "report.html").read_text()
+    assert "Research use only" in html and f"{report['volumes_ml']['wt']}" in html
+
+
+def test_failed_run_leaves_no_output(tmp_path, phantom_dir, tiny_model_dir, monkeypatch):
+    import GliomaAnalysisLib.reporting.writers as writers
+
+    def broken(result, report, figures=True):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "render_report", broken)
+    out = tmp_path / "out"
+    assert main(["analyze", str(phantom_dir), "--out", str(out), "--model-dir", str(tiny_model_dir), "--fast"]) == 2
+    assert list(out.iterdir()) == []
+
+
+def _dice(prediction, truth):
+    p, t = regions(prediction), regions(truth)
+    return {r: 2 * np.sum(p[r] & t[r]) / max(1, np.sum(p[r]) + np.sum(t[r])) for r in ("wt", "tc", "et")}
+
+
+def test_the_shipped_model_loads_and_verifies():
+    from GliomaAnalysisLib.models.model_store import load_model
+    model, card = load_model()
+    assert card["name"] == "glioma_seg" and card["preprocessing"]["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert card["validation"]["metrics"]["all_modalities"]["mean"]["dice_wt"] > 0
+
+
+def test_shipped_model_segments_a_phantom():
+    from GliomaAnalysisLib.synthetic.phantom import make_phantom
+    phantom = make_phantom(31, (160, 160, 104), (1.5, 1.5, 1.5))
+    case = load_case({m: phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")}, segmentation=phantom.label_image())
+    result = analyze(case, fast=True)
+    scores = _dice(sitk.GetArrayFromImage(result.labels), to_contiguous(phantom.labels))
+    assert scores["wt"] > PHANTOM_WT_DICE_BOUND, scores
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data not present at {REAL_DATA}")
+def test_shipped_model_on_a_real_validation_case():
+    case = load_case(REAL_DATA / "Brats18_CBICA_AQN_1")  # in the model card's validation split
+    result = analyze(case, fast=True)
+    scores = _dice(sitk.GetArrayFromImage(result.labels), to_contiguous(sitk.GetArrayFromImage(case.segmentation)))
+    for region, bound in REAL_BOUNDS.items():
+        assert scores[region] > bound, scores

@@ -1,0 +1,66 @@
+"""The classifiers inside analyze(): report fields, ranges, missing modalities, --no-classify, missing models."""
+import json
+
+import numpy as np
+import pytest
+
+from GliomaAnalysisLib import analyze
+from GliomaAnalysisLib.io.case import load_case
+from GliomaAnalysisLib.models.multitask import TASK_LABELS
+from GliomaAnalysisLib.pipeline.result import PREDICTION_TASKS
+
+
+def _in_unit_interval(value) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+@pytest.fixture(scope="module")
+def classified(phantom_dir):
+    return analyze(phantom_dir, fast=True)
+
+
+def test_every_classifier_fills_its_report_fields(classified):
+    report = json.loads(json.dumps(classified.report()))
+    for task in PREDICTION_TASKS:
+        p = report["predictions"][task]
+        assert p["label"] in TASK_LABELS[task]
+        assert _in_unit_interval(p["probability"]) and p["probability"] >= 0.5
+        assert _in_unit_interval(p["probability_positive"]) and _in_unit_interval(p["uncertainty"])
+    fusion = report["mgmt_late_fusion"]
+    assert _in_unit_interval(fusion["fused"]) and fusion["n_slices"] > 0
+    assert all(_in_unit_interval(v) for v in fusion["per_modality"].values())
+    assert sum(fusion["weights"].values()) == pytest.approx(1.0)
+    present = [w * p for w, p in zip(fusion["weights"].values(), fusion["per_modality"].values())]
+    assert fusion["fused"] == pytest.approx(sum(present), abs=1e-6)
+    grade = report["slice_grade"]
+    assert grade["n_slices"] > 0 and grade["default"] == "attention"
+    assert all(_in_unit_interval(grade[k]) for k in ("majority", "soft", "attention"))
+    assert grade["probability"] == grade["attention"]
+    names = {m["name"] for m in report["models"]}
+    assert {"glioma_seg", "glioma_multitask", "mgmt_fusion", "slice_grade"} <= names
+    assert report["timings_s"]["classify"] > 0
+
+
+def test_classifiers_run_on_two_modalities(phantom_dir):
+    case = load_case({m: str(next(phantom_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1ce", "flair")})
+    result = analyze(case, fast=True)
+    fusion = result.mgmt_late_fusion
+    assert fusion["per_modality"]["t1"] is None and fusion["per_modality"]["t2"] is None
+    assert fusion["weights"]["t1"] == 0 and sum(fusion["weights"].values()) == pytest.approx(1.0)
+    assert all(result.predictions[t] is not None for t in PREDICTION_TASKS)
+    assert any("slice grade" in w and "t2" in w.lower() for w in result.warnings)  # its T2 channel is zeroed
+
+
+def test_no_classify_leaves_predictions_null(phantom_dir):
+    result = analyze(phantom_dir, fast=True, classify=False)
+    report = result.report()
+    assert all(report["predictions"][t] is None for t in PREDICTION_TASKS)
+    assert report["mgmt_late_fusion"] is None and report["slice_grade"] is None
+    assert [m["name"] for m in report["models"]] == ["glioma_seg"] and "classify" not in report["timings_s"]
+
+
+def test_missing_classifier_models_are_skipped_with_a_warning(phantom_dir, tiny_model_dir):
+    result = analyze(phantom_dir, fast=True, model_dir=tiny_model_dir)
+    assert all(result.predictions[t] is None for t in PREDICTION_TASKS)
+    assert sum("skipped" in w for w in result.warnings) == 3
+    assert np.isfinite(result.volumes_ml["wt"])

@@ -1,0 +1,62 @@
+import numpy as np
+
+from GliomaAnalysisLib.pipeline.measures import ratios, volumes_ml
+from GliomaAnalysisLib.pipeline.postprocess import bounding_box_density, remove_small_components, tumor_density_filter
+
+
+def _ball(shape, centre, radius):
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def test_density_filter_erases_scattered_false_positives_and_keeps_the_tumor():
+    labels = np.zeros((60, 60, 60), dtype=np.uint8)
+    labels[_ball(labels.shape, (20, 20, 20), 6)] = 2
+    labels[_ball(labels.shape, (20, 20, 20), 3)] = 3
+    rng = np.random.default_rng(0)
+    specks = rng.integers(0, 60, size=(30, 3))
+    specks = specks[np.linalg.norm(specks - 20, axis=1) > 12]
+    labels[tuple(specks.T)] = 1
+    assert bounding_box_density(labels > 0) < 0.1
+    out = tumor_density_filter(labels, (1.0, 1.0, 1.0))
+    assert np.array_equal(out > 0, _ball(labels.shape, (20, 20, 20), 6))
+    assert np.array_equal(out[out > 0], labels[out > 0])  # kept voxels keep their class
+
+
+def test_density_filter_leaves_a_compact_tumor_alone():
+    labels = np.zeros((40, 40, 40), dtype=np.uint8)
+    labels[_ball(labels.shape, (20, 20, 20), 8)] = 2
+    labels[5, 5, 5] = 1
+    assert tumor_density_filter(labels, (1, 1, 1)) is labels
+
+
+def test_density_filter_keeps_a_second_large_focus():
+    labels = np.zeros((80, 80, 80), dtype=np.uint8)
+    labels[_ball(labels.shape, (15, 15, 15), 6)] = 2
+    labels[_ball(labels.shape, (65, 65, 65), 6)] = 2  # two equal foci: each holds 50 % < 60 %
+    labels[40, 70, 5] = 1
+    out = tumor_density_filter(labels, (1, 1, 1))
+    assert out[15, 15, 15] == 2 and out[65, 65, 65] == 2
+
+
+def test_small_components_are_removed_but_never_the_largest():
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    labels[5:10, 5:10, 5:10] = 2  # 125 voxels at 1 mm^3 = 0.125 mL
+    labels[20:22, 20:22, 20:22] = 1  # 8 voxels = 0.008 mL
+    out = remove_small_components(labels, 0.001, min_volume_ml=0.1)
+    assert out[21, 21, 21] == 0 and out[7, 7, 7] == 2
+    only = np.zeros_like(labels)
+    only[1, 1, 1] = 3
+    assert remove_small_components(only, 0.001)[1, 1, 1] == 3
+
+
+def test_volumes_in_millilitres_and_ratios():
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels[0, 0, :4] = 1
+    labels[1, :, :] = 2
+    labels[2, 0, :6] = 3
+    volumes = volumes_ml(labels, voxel_volume_ml=0.008)  # 2 mm isotropic voxels
+    assert volumes == {"ncr": 0.03, "ed": 0.8, "et": 0.05, "tc": 0.08, "wt": 0.88}
+    r = ratios(volumes)
+    assert abs(r["ncr"] + r["ed"] + r["et"] - 1) < 1e-3 and r["ed"] == round(0.8 / 0.88, 4)
+    assert ratios(volumes_ml(np.zeros((2, 2, 2), np.uint8), 1.0)) == {"ncr": 0.0, "ed": 0.0, "et": 0.0}

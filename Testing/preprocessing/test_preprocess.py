@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaAnalysisLib import Geometry, load_case, preprocess
+from GliomaAnalysisLib.io.labels import to_contiguous
+from GliomaAnalysisLib.preprocessing.preprocess import brain_mask
+
+from conftest import GRIDS, _restamp
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.parametrize("spacing", [None, (2.0, 2.0, 2.0)])
+def test_round_trip_lands_exactly_on_the_reference_geometry(small_phantom, grid, spacing):
+    images, seg = _restamp(small_phantom, *GRIDS[grid])
+    case = load_case(images, segmentation=seg)
+    pre = preprocess(case, spacing=spacing, divisible_by=8)
+    assert all(n % 8 == 0 for n in pre.image.shape[1:])
+    labels = pre.to_reference(pre.labels, "label")
+    probs = pre.to_reference(pre.image[1], "probability")
+    for out in (labels, probs):
+        geometry = Geometry.of(out)
+        assert geometry.size == case.geometry.size
+        assert np.allclose(geometry.spacing, case.geometry.spacing, atol=1e-9, rtol=0)
+        assert np.allclose(geometry.origin, case.geometry.origin, atol=1e-9, rtol=0)
+        assert np.allclose(geometry.direction, case.geometry.direction, atol=1e-12, rtol=0)
+    assert labels.GetPixelID() == sitk.sitkUInt8 and probs.GetPixelID() == sitk.sitkFloat32
+    truth = to_contiguous(small_phantom.labels)
+    back = sitk.GetArrayFromImage(labels)
+    if spacing is None:  # crop + axis permutation only: voxel-exact
+        assert np.array_equal(back, truth)
+    else:  # resampled to 2 mm and back: whole tumor still matches closely
+        wt_dice = 2 * np.sum((back > 0) & (truth > 0)) / (np.sum(back > 0) + np.sum(truth > 0))
+        assert wt_dice > 0.8
+
+
+def test_working_grid_is_lps_ordered_and_cropped_to_the_brain(small_phantom):
+    images, seg = _restamp(small_phantom, *GRIDS["anisotropic_flipped"])
+    pre = preprocess(load_case(images, segmentation=seg), margin_mm=5.0)
+    direction = np.asarray(pre.working.direction).reshape(3, 3)
+    assert np.allclose(direction, np.eye(3))  # DICOMOrient to LPS undid the flips
+    assert pre.image.shape[1:] < tuple(reversed(small_phantom.geometry.size))
+    # the brain touches no face of the working grid except within the margin
+    margin_voxels = [int(np.ceil(5.0 / s)) for s in reversed(pre.working.spacing)]
+    for axis, m in enumerate(margin_voxels):
+        profile = pre.brain_mask.any(axis=tuple(a for a in range(3) if a != axis))
+        assert not profile[:m].any() or np.flatnonzero(profile)[0] <= m
+
+
+def test_zscore_and_presence_mask(small_phantom):
+    images = {m: small_phantom.image(m) for m in ("t1ce", "flair")}
+    pre = preprocess(load_case(images))
+    assert pre.presence.tolist() == [0.0, 1.0, 0.0, 1.0]
+    for channel in (1, 3):
+        inside = pre.image[channel][pre.brain_mask]
+        assert abs(inside.mean()) < 1e-4 and abs(inside.std() - 1) < 1e-3
+        assert np.all(pre.image[channel][~pre.brain_mask] == 0)
+    assert np.all(pre.image[0] == 0) and np.all(pre.image[2] == 0)
+
+
+def test_probabilities_return_by_linear_interpolation(small_phantom):
+    case = load_case({"t1ce": small_phantom.image("t1ce")})
+    pre = preprocess(case, spacing=(4.0, 4.0, 4.0))
+    ramp = np.broadcast_to(np.linspace(0, 1, pre.image.shape[3], dtype=np.float32), pre.image.shape[1:])
+    back = sitk.GetArrayFromImage(pre.to_reference(np.ascontiguousarray(ramp), "probability"))
+    inside = back[back > 0]
+    assert back.min() >= 0 and back.max() <= 1
+    assert len(np.unique(np.round(inside, 4))) > pre.image.shape[3]  # interpolated, not blocky
+
+
+def test_non_skull_stripped_input_gets_an_otsu_brain_mask():
+    array = np.full((40, 40, 40), 50.0, dtype=np.float32)  # 'skull and scalp' everywhere
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    brain = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 < 12 ** 2
+    array[brain] = 400.0
+    mask = brain_mask(array[None])
+    assert 2 * np.sum(mask & brain) / (mask.sum() + brain.sum()) > 0.98
+
+
+def test_to_reference_refuses_a_wrong_shape(small_phantom):
+    pre = preprocess(load_case({"t1": small_phantom.image("t1")}))
+    with pytest.raises(ValueError, match="does not match the working grid"):
+        pre.to_reference(np.zeros((3, 3, 3)), "label")

@@ -1,0 +1,101 @@
+"""Pure helpers of the Slicer module (GliomaAnalysis/GliomaAnalysisModuleLib), tested without Slicer."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "GliomaAnalysis"))
+
+from GliomaAnalysisModuleLib.helpers import (SEGMENTS, assign_nodes, build_command, modality_for_node_name,  # noqa
+                                             parse_progress, table_rows, terminology_entry, terminology_json)
+
+
+@pytest.mark.parametrize("name,modality", [("BraTS2021_00000_t1ce", "t1ce"), ("AX T1 POST GD", "t1ce"),
+                                           ("FLAIR", "flair"), ("t2w", "t2"), ("T1", "t1"), ("Segmentation", None),
+                                           ("MRHead", None)])
+def test_node_names_map_to_modalities(name, modality):
+    assert modality_for_node_name(name) == modality
+
+
+def test_first_matching_node_wins():
+    assert assign_nodes(["MRHead", "case_flair", "T1Gd", "flair_2", "t1"]) == {
+        "flair": "case_flair", "t1ce": "T1Gd", "t1": "t1"}
+
+
+def test_command_line_runs_the_library_cli():
+    command = build_command("/slicer/bin/PythonSlicer", {"flair": "/tmp/in/flair.nii.gz", "t1ce": "/tmp/in/t1ce.nrrd"},
+                            "/tmp/out", device="cpu", fast=True, uncertainty=False, labels="brats2023",
+                            classify=False)
+    assert command == ["/slicer/bin/PythonSlicer", "-m", "GliomaAnalysisLib.cli", "analyze",
+                       "--t1ce", "/tmp/in/t1ce.nrrd", "--flair", "/tmp/in/flair.nii.gz", "--out", "/tmp/out",
+                       "--device", "cpu", "--labels", "brats2023", "--fast", "--no-uncertainty", "--no-classify"]
+    from GliomaAnalysisLib.cli import build_parser
+    args = build_parser().parse_args(command[3:])  # the CLI accepts exactly this command line
+    assert args.fast and args.no_uncertainty and args.no_classify and args.labels == "brats2023"
+    with pytest.raises(ValueError):
+        build_command("python", {}, "/tmp/out")
+
+
+def test_progress_lines_are_parsed():
+    assert parse_progress("[glioma-analysis] preprocessing\n") == (0.12, "preprocessing", None)
+    fraction, message, _ = parse_progress("[glioma-analysis] network pass 3/4")
+    assert fraction == pytest.approx(0.2 + 0.6 * 2 / 4) and message == "network pass 3/4"
+    assert parse_progress("glioma-analysis: error: /x/t1.nii: file is empty (0 bytes)") == (
+        None, None, "/x/t1.nii: file is empty (0 bytes)")
+    assert parse_progress("some library warning") == (None, None, None)
+
+
+def test_progress_parsing_follows_the_real_cli_messages(phantom_dir, tiny_model_dir, tmp_path):
+    import subprocess
+    result = subprocess.run([sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", str(phantom_dir), "--out",
+                             str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)],
+                            capture_output=True, text=True, check=True)
+    fractions = [parse_progress(line)[0] for line in result.stderr.splitlines()]
+    known = [f for f in fractions if f is not None]
+    assert known == sorted(known) and known[-1] == 1.0 and len(known) >= 6
+
+
+def test_table_rows_cover_volumes_ratios_and_predictions():
+    report = {"volumes_ml": {"ncr": 1.0, "ed": 2.0, "et": 3.0, "tc": 4.0, "wt": 6.0},
+              "ratios": {"ncr": 0.1667, "ed": 0.3333, "et": 0.5},
+              "predictions": {"grade": {"label": "HGG", "probability": 0.9, "uncertainty": 0.05}, "idh": None,
+                              "codeletion_1p19q": None, "mgmt": None},
+              "mgmt_late_fusion": {"per_modality": {"t1": None, "t1ce": 0.7, "t2": None, "flair": 0.5},
+                                   "weights": {"t1": 0.0, "t1ce": 0.6, "t2": 0.0, "flair": 0.4}, "fused": 0.62,
+                                   "uncertainty": 0.04},
+              "slice_grade": {"majority": 1.0, "soft": 0.8, "attention": 0.85, "n_slices": 12, "uncertainty": 0.02},
+              "uncertainty": {"mean_in_tumor": 0.12}}
+    rows = table_rows(report)
+    assert ("WT volume (mL)", "6.00", "") in rows and ("grade", "HGG (p=0.90)", "0.050") in rows
+    assert ("idh", "not available", "") in rows
+    assert ("slice grade (attention): P(HGG)", "0.85", "0.020") in rows
+    assert ("slice grade (majority): P(HGG)", "1.00", "12 slices") in rows
+    assert ("MGMT late fusion: P(methylated)", "0.62", "0.040") in rows
+    assert ("MGMT T1CE model", "0.70", "weight 0.60") in rows and not any("MGMT T1 model" in r[0] for r in rows)
+    assert len(rows) == 5 + 3 + 4 + 3 + 3 + 1
+    report["slice_grade"] = {"majority": None, "soft": None, "attention": None, "n_slices": 0,
+                             "reason": "no tumor slice in the segmentation"}
+    assert ("slice grade", "not available", "no tumor slice in the segmentation") in table_rows(report)
+
+
+def test_terminology_entries_and_shipped_term_json():
+    entry = terminology_entry("6574001", "Necrosis")
+    assert entry.split("~")[1] == "SCT^49755003^Morphologically Abnormal Structure"
+    assert entry.split("~")[2] == "SCT^6574001^Necrosis" and len(entry.split("~")) == 7  # Slicer's 7 fields
+    shipped = json.loads((ROOT / "GliomaAnalysis" / "Resources" / "GliomaAnalysis.term.json").read_text())
+    assert shipped == terminology_json()
+    types = shipped["SegmentationCodes"]["Category"][0]["Type"]
+    assert [t["CodeValue"] for t in types] == [code for _, _, _, (code, _) in SEGMENTS]
+
+
+def test_command_line_carries_the_clinical_preprocessing_choices():
+    command = build_command("python", {"t1ce": "/in/t1ce.nrrd"}, "/out", preprocess="brats", save_registered=True)
+    assert command[-3:] == ["--preprocess", "brats", "--save-registered"]
+    assert "--preprocess" not in build_command("python", {"t1ce": "/in/t1ce.nrrd"}, "/out")  # auto: the CLI default
+    from GliomaAnalysisLib.cli import build_parser
+    args = build_parser().parse_args(command[3:])
+    assert args.preprocess == "brats" and args.save_registered and args.clinical_backend == "auto"
+    fraction, message, _ = parse_progress("[glioma-analysis] clinical input: co-registering flair to t1ce (rigid)")
+    assert fraction == 0.1 and message.startswith("clinical input")

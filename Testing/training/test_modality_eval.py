@@ -1,0 +1,43 @@
+"""Evaluation over the 15 modality combinations (training/segmentation/modality_eval.py)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+from training.segmentation.modality_eval import (combination_name, combinations, evaluate, markdown_table, presence_of,
+                                    single_missing, summary, summary_table)
+from training.segmentation.segmentation_data import TrainingCase
+
+
+def test_fifteen_distinct_non_empty_combinations_named_like_the_seed_tables():
+    subsets = combinations()
+    assert len(subsets) == 15 and len(set(subsets)) == 15 and all(subsets)
+    assert combination_name(subsets[0]) == "all"
+    assert combination_name(("t1ce", "t2", "flair")) == "missing T1"
+    assert combination_name(("t1", "t2")) == "missing T1CE & FLAIR"
+    assert combination_name(("flair",)) == "only FLAIR"
+    assert presence_of(("t1", "flair")).tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert [len(s) for s in single_missing()] == [4, 3, 3, 3, 3]
+
+
+def test_evaluate_scores_every_combination_and_summarises():
+    torch.manual_seed(0)
+    model = GliomaSegNet(NetworkConfig(widths=(4, 8), encoder_blocks=(1, 1), transformer_layers=1,
+                                       transformer_heads=2))
+    with torch.no_grad():  # always background: WT 0 (an edema-only case), TC and ET empty in both -> 1
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    labels = np.zeros((10, 12, 9), dtype=np.uint8)
+    labels[3:6, 3:7, 2:5] = 2
+    case = TrainingCase("c", np.random.default_rng(0).normal(size=(4, 10, 12, 9)).astype(np.float32), labels)
+    results = evaluate(model, [case, case])
+    assert len(results) == 15
+    for entry in results.values():
+        assert entry["mean"] == {"wt": 0.0, "tc": 1.0, "et": 1.0} and entry["std"]["wt"] == 0.0
+        assert set(entry["cases"]) == {"c"}
+    s = summary(results)
+    assert s["all"]["wt"] == 0.0 and s["missing_mean"]["tc"] == 1.0 and s["one_missing_mean"]["et"] == 1.0
+    table = markdown_table({"a": results, "b": evaluate(model, [case], single_missing())})
+    assert table.count("\n") == 2 + 15 + 3 and "only T1" in table and "n/a" in table
+    assert "| a | 0.000 | 1.000 | 1.000 |" in summary_table({"a": results})

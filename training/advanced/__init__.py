@@ -1,0 +1,1 @@
+"""Advanced training: missing-modality adaptation and semi-supervised stages."""

@@ -1,0 +1,1 @@
+"""Shared training pieces: configs, data discovery, losses, metrics, plots, run records, stage options."""

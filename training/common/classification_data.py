@@ -1,0 +1,108 @@
+"""Training data of the classifiers: cases on the 2 mm working grid with case-level targets.
+
+A sample is a preprocessed case (the same arrays ``analyze`` feeds the networks) plus its targets, each 0, 1 or
+None (unknown; left out of that task's loss and metrics):
+
+    grade             1 = HGG, 0 = LGG
+    idh               1 = mutant, 0 = wildtype
+    codeletion_1p19q  1 = codeleted, 0 = intact
+    mgmt              1 = methylated, 0 = unmethylated
+
+Real cases (``../shared/data/brats18``) carry grade for all and IDH for a few; phantoms carry all four (simulated).
+The split is fixed: real cases follow the segmentation split (``VALIDATION_CASES``), phantoms are split by index
+(train / validation for calibration and early stopping / test held out for the reported metrics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from GliomaAnalysisLib.preprocessing.cropping import tumor_box  # noqa: F401  (re-exported for the training scripts)
+from GliomaAnalysisLib.synthetic.phantom import write_cohort
+
+from .datasets import discover_cases
+from .label_tables import CaseTargets, read_labels
+from ..segmentation.segmentation_data import VALIDATION_CASES, load_cached
+
+TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
+WORKING_SPACING = (2.0, 2.0, 2.0)
+PHANTOM_SIZE = (120, 120, 78)
+"""Phantoms are generated directly on a 2 mm grid (same field of view as BraTS, 8x faster than at 1 mm)."""
+PHANTOM_SPLIT = (0.6, 0.2, 0.2)
+
+
+@dataclass
+class ClassificationSample:
+    """One case: image float32 (4, Z, Y, X) z-scored on the 2 mm grid, labels uint8 (Z, Y, X) contiguous
+    (0 bg, 1 NCR, 2 ED, 3 ET), presence float32 (4,), targets per task (0, 1 or None)."""
+
+    case_id: str
+    source: str  # "real" | "phantom"
+    image: np.ndarray
+    labels: np.ndarray
+    targets: Dict[str, Optional[int]]
+    presence: np.ndarray = field(default_factory=lambda: np.ones(4, dtype=np.float32))
+
+    def known(self, task: str) -> bool:
+        return self.targets.get(task) is not None
+
+
+@dataclass
+class ClassificationSplit:
+    """Fixed split; ``test`` holds phantoms never used for training, early stopping or calibration."""
+
+    train: List[ClassificationSample]
+    validation: List[ClassificationSample]
+    test: List[ClassificationSample]
+
+    def all(self) -> List[ClassificationSample]:
+        return self.train + self.validation + self.test
+
+
+def _sample(found, cache: Path, targets: CaseTargets, source: str) -> ClassificationSample:
+    case = load_cached(found.folder, cache, WORKING_SPACING, synthetic=source == "phantom")
+    return ClassificationSample(found.case_id, source, case.image, case.labels, targets.as_dict())
+
+
+def phantom_cohort(cache: Path, n: int, seed: int = 500) -> Path:
+    """Folder of ``n`` phantoms on the 2 mm grid (generated once, then reused)."""
+    root = cache / f"class-phantoms-{seed}-{n}"
+    if not (root / "labels.csv").is_file():
+        write_cohort(root, n, seed, size=PHANTOM_SIZE, spacing=WORKING_SPACING)
+    return root
+
+
+def load_classification_split(real_root: Optional[Path], cache: Path, n_phantoms: int = 240, phantom_seed: int = 500,
+                              real_labels: Optional[Path] = None) -> ClassificationSplit:
+    """Real cases of ``real_root`` (targets from ``real_labels``, default ``real_root/labels.csv``) and
+    ``n_phantoms`` phantoms, in the fixed split. ``real_root`` None: phantoms only."""
+    split = ClassificationSplit([], [], [])
+    if real_root is not None:
+        table = read_labels(real_labels or Path(real_root) / "labels.csv")
+        for found in discover_cases(real_root):
+            targets = table.get(found.case_id, CaseTargets())
+            sample = _sample(found, cache, targets, "real")
+            (split.validation if found.case_id in VALIDATION_CASES else split.train).append(sample)
+    if n_phantoms:
+        root = phantom_cohort(cache, n_phantoms, phantom_seed)
+        table = read_labels(root / "labels.csv")
+        n_train = int(round(PHANTOM_SPLIT[0] * n_phantoms))
+        n_val = int(round(PHANTOM_SPLIT[1] * n_phantoms))
+        for index, found in enumerate(discover_cases(root)):
+            sample = _sample(found, cache, table[found.case_id], "phantom")
+            part = split.train if index < n_train else split.validation if index < n_train + n_val else split.test
+            part.append(sample)
+    return split
+
+
+def class_weights(samples: Sequence[ClassificationSample], task: str) -> Tuple[float, float]:
+    """Inverse-frequency weights (w0, w1) of a task over the samples that know it, normalised to mean 1."""
+    values = np.array([s.targets[task] for s in samples if s.known(task)])
+    if len(values) == 0 or values.min() == values.max():
+        return 1.0, 1.0
+    counts = np.array([(values == 0).sum(), (values == 1).sum()], dtype=float)
+    weights = counts.sum() / (2 * counts)
+    return float(weights[0]), float(weights[1])

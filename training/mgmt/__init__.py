@@ -1,0 +1,1 @@
+"""MGMT per-modality CNN+LSTM late-fusion ensemble (seed 000)."""

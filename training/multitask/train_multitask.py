@@ -1,0 +1,253 @@
+"""Train the multi-task classifier (grade, IDH, 1p/19q, MGMT) on the segmentation network's features.
+
+    python -m training.multitask.train_multitask --out /root/glioma-runs/multitask [--steps 600] [--resume]
+
+The backbone is the shipped segmentation network, frozen by default (CPU budget: only fusion and heads learn);
+``--finetune`` also trains the backbone at a tenth of the learning rate with the segmentation loss of the local
+crop as a fifth task. Losses: class-weighted soft cross-entropy per task over the samples that have its label,
+combined by aleatoric-uncertainty weighting (seed 001, eq. 7). Tumor-CutMix with probability ``--cutmix``.
+Checkpoints (``checkpoint.pt``) and a JSON-lines log go to ``--out``; the best heads by validation loss are kept;
+temperatures are fitted on the validation split at the end and ``evaluate`` reports the held-out test phantoms and
+the real validation cases separately.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.model_store import load_model
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, MultiTaskNet
+
+from ..common.classification_data import ClassificationSample, class_weights, load_classification_split
+from ..common.config import parse_args as parse_with_config
+from ..common.losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
+from .multitask_data import evaluation_example, training_example
+from ..common.run_record import classification_split_ids, finish_run_record, start_run_record
+from ..segmentation.segmentation_data import sample_crop
+from ..segmentation.train_segmentation import git_commit
+
+DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
+
+
+def collate(examples: Sequence[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+    """Stack examples; global inputs of different sizes are zero-padded to the largest."""
+    shape = np.max([e["global"].shape for e in examples], axis=0)
+    globals_ = [np.pad(e["global"], [(0, s - n) for s, n in zip(shape, e["global"].shape)]) for e in examples]
+    return {"local": torch.from_numpy(np.stack([e["local"] for e in examples])),
+            "global": torch.from_numpy(np.stack(globals_)),
+            "presence": torch.from_numpy(np.stack([e["presence"] for e in examples])),
+            "targets": torch.from_numpy(np.stack([e["targets"] for e in examples])),
+            "known": torch.from_numpy(np.stack([e["known"] for e in examples]))}
+
+
+def pooled_features(model: MultiTaskNet, samples: List[ClassificationSample], batch: int = 4) -> torch.Tensor:
+    """Backbone features (N, F) of unaugmented cases (the backbone is frozen, so they are computed once)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch):
+            b = collate([evaluation_example(s, model.config) for s in samples[start:start + batch]])
+            out.append(model.pooled_features(b["local"], b["global"], b["presence"]))
+    return torch.cat(out)
+
+
+def known_targets(samples: List[ClassificationSample]) -> Dict[str, torch.Tensor]:
+    """(targets (N, tasks, 2), known (N, tasks)) of unaugmented cases."""
+    targets = np.zeros((len(samples), len(TASKS), 2), dtype=np.float32)
+    known = np.zeros((len(samples), len(TASKS)), dtype=np.float32)
+    for i, s in enumerate(samples):
+        for t, task in enumerate(TASKS):
+            if s.targets.get(task) is not None:
+                targets[i, t, s.targets[task]] = 1
+                known[i, t] = 1
+    return {"targets": torch.from_numpy(targets), "known": torch.from_numpy(known)}
+
+
+def cache_training_views(model: MultiTaskNet, samples: List[ClassificationSample], views: int, cutmix: float,
+                         modality_dropout: float, seed: int, path: Path, log) -> Dict[str, torch.Tensor]:
+    """Backbone features of ``views`` augmented views of every training case, computed once (frozen backbone):
+    pooled (N * views, F), targets (N * views, tasks, 2), known (N * views, tasks). Saved to ``path`` case by case
+    so an interrupted run resumes where it stopped."""
+    done: Dict[str, np.ndarray] = dict(np.load(path)) if path.is_file() else {}
+    have = len(done.get("pooled", [])) // views
+    model.eval()
+    pooled, targets, known = ([done[k]] if k in done else [] for k in ("pooled", "targets", "known"))
+    for index in range(have, len(samples)):
+        rng = np.random.default_rng([seed, index])
+        examples = [training_example(samples[index], model.config, rng,
+                                     samples[int(rng.integers(len(samples)))] if view and rng.random() < cutmix
+                                     else None, modality_dropout) for view in range(views)]
+        batch = collate(examples)
+        with torch.no_grad():
+            pooled.append(model.pooled_features(batch["local"], batch["global"], batch["presence"]).numpy())
+        targets.append(batch["targets"].numpy())
+        known.append(batch["known"].numpy())
+        if (index + 1) % 10 == 0 or index + 1 == len(samples):
+            np.savez(path, pooled=np.concatenate(pooled), targets=np.concatenate(targets), known=np.concatenate(known))
+            log(event="views", cases=index + 1, of=len(samples))
+    return {k: torch.from_numpy(np.concatenate(v)) for k, v in (("pooled", pooled), ("targets", targets),
+                                                                 ("known", known))}
+
+
+def head_losses(logits: Dict[str, torch.Tensor], targets: torch.Tensor, known: torch.Tensor,
+                weights: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Masked class-weighted loss per task (tasks without any label in the batch are left out)."""
+    return {task: masked_task_loss(logits[task], targets[:, t], known[:, t], weights[task])
+            for t, task in enumerate(TASKS) if known[:, t].any()}
+
+
+def mc_probabilities(model: MultiTaskNet, pooled: torch.Tensor, samples: int = 20, seed: int = 0,
+                     ) -> Dict[str, np.ndarray]:
+    """Uncalibrated logit differences averaged over MC-dropout passes of the heads: {task: (N,)}.
+
+    Returned as mean logit difference per case so temperatures can be fitted on them; inference averages the
+    calibrated probabilities instead (nearly identical for small dropout variance)."""
+    torch.manual_seed(seed)
+    model.heads_dropout(True)
+    total = {task: torch.zeros(len(pooled)) for task in TASKS}
+    with torch.no_grad():
+        for _ in range(samples):
+            logits = model.classify(pooled)
+            for task in TASKS:
+                total[task] += logits[task][:, 1] - logits[task][:, 0]
+    model.heads_dropout(False)
+    return {task: (total[task] / samples).numpy() for task in TASKS}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--real-root", type=Path, default=Path("../shared/data/brats18"))
+    parser.add_argument("--no-real", action="store_true", help="phantoms only")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--n-phantoms", type=int, default=240)
+    parser.add_argument("--seg-model", default="glioma_seg")
+    parser.add_argument("--local-crop", type=int, default=64, help="tumor-centred crop edge (voxels of the 2 mm grid)")
+    parser.add_argument("--global-downsample", type=int, default=2, help="whole-brain input pooling factor")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--views", type=int, default=6, help="augmented views per training case (frozen backbone)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--cutmix", type=float, default=0.5, help="probability of Tumor-CutMix per example")
+    parser.add_argument("--modality-dropout", type=float, default=0.3)
+    parser.add_argument("--finetune", action="store_true", help="train the backbone too, segmentation as a task")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    args = parse_with_config(parser, argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "log.jsonl"
+
+    def log(**record) -> None:
+        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+
+    split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms)
+    start_run_record(args.out, {"args": vars(args)}, classification_split_ids(split), args.seed, "cpu",
+                     "training.multitask.train_multitask", config_file=getattr(args, "config", None))
+    seg, seg_card = load_model(args.seg_model)
+    config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, global_downsample=args.global_downsample,
+                             backbone=seg.config.to_dict())
+    (args.out / "network.json").write_text(json.dumps(config.to_dict(), indent=1))
+    torch.manual_seed(args.seed)
+    model = MultiTaskNet(config)
+    model.backbone.load_state_dict(seg.state_dict())
+    if not args.finetune:
+        model.freeze_backbone()
+    weighting_tasks = TASKS + (("segmentation",) if args.finetune else ())
+    weighting = UncertaintyWeighting(weighting_tasks)
+    head_parameters = list(model.fusion.parameters()) + list(model.heads.parameters()) + list(weighting.parameters())
+    groups = [{"params": head_parameters, "lr": args.lr}]
+    if args.finetune:
+        groups.append({"params": model.backbone.parameters(), "lr": args.lr / 10})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-3)
+    weights = {task: torch.tensor(class_weights(split.train, task), dtype=torch.float32) for task in TASKS}
+    rng = np.random.default_rng(args.seed)
+    step, best, stale, elapsed = 0, float("inf"), 0, 0.0
+    checkpoint = args.out / "checkpoint.pt"
+    if args.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        weighting.load_state_dict(state["weighting"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best, stale, elapsed = state["step"], state["best"], state["stale"], state["elapsed"]
+        rng = np.random.default_rng([args.seed, step])
+        log(event="resumed", step=step)
+    else:
+        log(event="start", train=len(split.train), validation=len(split.validation), test=len(split.test),
+            class_weights={t: list(map(float, w)) for t, w in weights.items()}, args={k: str(v) for k, v in
+                                                                                        vars(args).items()},
+            git_commit=git_commit())
+    validation_pooled = pooled_features(model, split.validation)
+    validation_targets = known_targets(split.validation)
+
+    def validation_loss() -> float:
+        model.heads_dropout(False)
+        with torch.no_grad():
+            losses = head_losses(model.classify(validation_pooled), validation_targets["targets"],
+                                 validation_targets["known"], weights)
+        return float(sum(losses.values()) / len(losses))
+
+    cached = None if args.finetune else cache_training_views(
+        model, split.train, args.views, args.cutmix, args.modality_dropout, args.seed,
+        args.out / f"views-{args.views}.npz", log)
+    clock = time.perf_counter()
+    while step < args.steps and stale < args.patience:
+        if cached is not None:  # frozen backbone: heads on cached features of augmented views
+            model.heads_dropout(True)
+            pick = torch.from_numpy(rng.integers(len(cached["pooled"]), size=args.batch))
+            pooled, targets, known = cached["pooled"][pick], cached["targets"][pick], cached["known"][pick]
+        else:  # fine-tuning: augmented views computed on the fly, gradients through the backbone
+            examples = []
+            for _ in range(args.batch):
+                sample = split.train[int(rng.integers(len(split.train)))]
+                partner = split.train[int(rng.integers(len(split.train)))] if rng.random() < args.cutmix else None
+                examples.append(training_example(sample, config, rng, partner, args.modality_dropout))
+            batch = collate(examples)
+            model.train()
+            pooled = model.pooled_features(batch["local"], batch["global"], batch["presence"])
+            targets, known = batch["targets"], batch["known"]
+        losses = head_losses(model.classify(pooled), targets, known, weights)
+        if args.finetune:
+            crops = [sample_crop(split.train[int(rng.integers(len(split.train)))], 64, rng) for _ in range(2)]
+            image, labels, presence = (torch.from_numpy(np.stack(c)) for c in zip(*crops))
+            losses["segmentation"] = dice_ce_loss(model.backbone(image, presence), labels)
+        total = weighting(losses)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        step += 1
+        if step % args.eval_every == 0 or step == args.steps:
+            elapsed += time.perf_counter() - clock
+            clock = time.perf_counter()
+            loss = validation_loss()
+            improved = loss < best - 1e-4
+            best, stale = (loss, 0) if improved else (best, stale + 1)
+            if improved:
+                torch.save(model.state_dict(), args.out / "best.pt")
+            log(event="eval", step=step, train_losses={k: round(float(v.detach()), 4) for k, v in losses.items()},
+                validation_loss=round(loss, 4), best=round(best, 4), sigmas=weighting.sigmas(),
+                seconds=round(elapsed, 1))
+            torch.save({"model": model.state_dict(), "weighting": weighting.state_dict(),
+                        "optimizer": optimizer.state_dict(), "step": step, "best": best, "stale": stale,
+                        "elapsed": elapsed, "sigmas": weighting.sigmas()}, checkpoint)
+    log(event="done", step=step, best_validation_loss=round(best, 4), seconds=round(elapsed, 1),
+        sigmas=weighting.sigmas(), early_stopped=stale >= args.patience)
+    finish_run_record(args.out, {"best_validation_loss": best, "steps": step, "sigmas": weighting.sigmas()},
+                      [args.out / "best.pt"] if (args.out / "best.pt").is_file() else [], elapsed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

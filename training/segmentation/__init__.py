@@ -1,0 +1,1 @@
+"""Segmentation network: training, data, export, evaluation and the missing-modality evaluation."""

@@ -1,0 +1,205 @@
+"""Dice (WT, TC, ET) of a segmentation model for every one of the 15 non-empty modality combinations.
+
+    python -m training.segmentation.modality_eval --out RUN/modalities.json                     # the shipped model
+    python -m training.segmentation.modality_eval --weights RUN/final.safetensors --out RUN/modalities.json
+    python -m training.segmentation.modality_eval --table vanilla=A.json adapted=B.json --markdown table.md [--summary]
+
+Evaluation runs on the cached 2 mm working grid of the fixed validation split (``segmentation_data``), one plain
+network pass (no TTA, no MC-dropout, no post-processing), Dice against the 2 mm labels: cheaper than the full
+``analyze`` pipeline and the same for every model, so differences between models are comparable; absolute figures
+differ a little from the full-resolution card.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.inference import predict
+from GliomaAnalysisLib.io.labels import regions
+from GliomaAnalysisLib.pipeline.measures import dice
+from GliomaAnalysisLib.io.modalities import MODALITIES
+from GliomaAnalysisLib.models.network import GliomaSegNet
+
+from .segmentation_data import TrainingCase
+
+REGIONS = ("wt", "tc", "et")
+DISPLAY = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
+
+
+def combinations() -> List[Tuple[str, ...]]:
+    """The 15 non-empty modality subsets, largest first (all four, each one missing, each pair, each single)."""
+    subsets: List[Tuple[str, ...]] = []
+    for size in range(len(MODALITIES), 0, -1):
+        subsets.extend(itertools.combinations(MODALITIES, size))
+    return subsets
+
+
+def single_missing() -> List[Tuple[str, ...]]:
+    """All four modalities, then each one missing (5 subsets: the cheaper evaluation)."""
+    return [s for s in combinations() if len(s) >= len(MODALITIES) - 1]
+
+
+def combination_name(subset: Sequence[str]) -> str:
+    """'all', 'missing T1', 'missing T1 & T2', 'only FLAIR' (the seed's Tables VII/VIII wording)."""
+    missing = [DISPLAY[m] for m in MODALITIES if m not in subset]
+    if not missing:
+        return "all"
+    if len(subset) == 1:
+        return f"only {DISPLAY[subset[0]]}"
+    return "missing " + " & ".join(missing)
+
+
+def presence_of(subset: Sequence[str]) -> np.ndarray:
+    """float32 (4,) in MODALITIES order: 1 for the modalities in ``subset``."""
+    return np.array([1.0 if m in subset else 0.0 for m in MODALITIES], dtype=np.float32)
+
+
+def case_dice(model: GliomaSegNet, case: TrainingCase, presence: np.ndarray,
+              device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Dice per region of one plain pass on ``case`` with the modalities of ``presence`` (4,), absent ones zeroed."""
+    shape = case.labels.shape
+    pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
+    image = np.pad(case.image * presence[:, None, None, None], pad).astype(np.float32)
+    probabilities, _, _ = predict(model, image, presence, device)
+    prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
+    truth = regions(case.labels)
+    return {name: dice(prediction[name], truth[name]) for name in REGIONS}
+
+
+def evaluate(model: GliomaSegNet, cases: Sequence[TrainingCase], subsets: Optional[Sequence[Sequence[str]]] = None,
+             device: torch.device = torch.device("cpu"), log=None) -> Dict[str, Dict]:
+    """{combination name: {"modalities": [...], "cases": {case id: {wt, tc, et}}, "mean": {...}, "std": {...}}}."""
+    results: Dict[str, Dict] = {}
+    for subset in subsets if subsets is not None else combinations():
+        name = combination_name(subset)
+        per_case = {case.case_id: case_dice(model, case, presence_of(subset), device) for case in cases}
+        values = {r: [d[r] for d in per_case.values()] for r in REGIONS}
+        results[name] = {"modalities": list(subset), "cases": per_case,
+                         "mean": {r: float(np.mean(v)) for r, v in values.items()},
+                         "std": {r: float(np.std(v)) for r, v in values.items()}}
+        if log:
+            log(f"{name}: " + " ".join(f"{r}={results[name]['mean'][r]:.3f}" for r in REGIONS))
+    model.train(False)
+    return results
+
+
+def summary(results: Dict[str, Dict]) -> Dict[str, Dict[str, float]]:
+    """Mean Dice per region over: all modalities, the one-missing rows, every missing-modality row evaluated
+    (14 for the full set), and every row evaluated (15)."""
+    def mean_of(rows: List[Dict[str, float]]) -> Dict[str, float]:
+        return {r: float(np.mean([m[r] for m in rows])) for r in REGIONS} if rows else {}
+
+    missing = [v["mean"] for k, v in results.items() if k != "all"]
+    one_missing = [v["mean"] for v in results.values() if len(v["modalities"]) == len(MODALITIES) - 1]
+    return {"all": dict(results["all"]["mean"]), "one_missing_mean": mean_of(one_missing),
+            "missing_mean": mean_of(missing), "mean_15": mean_of([v["mean"] for v in results.values()])}
+
+
+def markdown_table(named: Dict[str, Dict[str, Dict]]) -> str:
+    """One row per combination, mean +- std Dice per region for each named model (seed 001 Tables VII/VIII)."""
+    names = list(named)
+    header = "| inputs | " + " | ".join(f"{n} {r.upper()}" for n in names for r in REGIONS) + " |"
+    lines = [header, "| --- " * (1 + len(names) * len(REGIONS)) + "|"]
+    first = named[names[0]]
+    for combo in first:
+        cells = []
+        for n in names:
+            entry = named[n].get(combo)
+            cells += [f"{entry['mean'][r]:.3f} ± {entry['std'][r]:.3f}" if entry else "n/a" for r in REGIONS]
+        lines.append(f"| {combo} | " + " | ".join(cells) + " |")
+    for key, label in (("one_missing_mean", "mean of the 4 one-missing rows"),
+                       ("missing_mean", "mean of the 14 missing-modality rows"), ("mean_15", "mean of all 15")):
+        cells = []
+        for n in names:
+            s = summary(named[n])[key] if len(named[n]) == len(first) or key == "one_missing_mean" else {}
+            cells += [f"**{s[r]:.3f}**" if s else "n/a" for r in REGIONS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(named: Dict[str, Dict[str, Dict]]) -> str:
+    """One row per named model: Dice WT/TC/ET with all modalities, mean of the one-missing rows, and mean of the
+    14 missing-modality rows (when all 15 were evaluated)."""
+    lines = ["| model | all WT | all TC | all ET | 1-missing WT | 1-missing TC | 1-missing ET "
+             "| 14-missing WT | 14-missing TC | 14-missing ET |", "| --- " * 10 + "|"]
+    for name, results in named.items():
+        s = summary(results)
+        cells = [f"{s['all'][r]:.3f}" for r in REGIONS] + [f"{s['one_missing_mean'][r]:.3f}" for r in REGIONS]
+        cells += [f"{s['missing_mean'][r]:.3f}" if len(results) == 15 else "n/a" for r in REGIONS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_segmentation_model(weights: Optional[str] = None, model_dir: Optional[str] = None,
+                            name: str = "glioma_seg", network: str = "{}") -> GliomaSegNet:
+    """The shipped model (default), a model folder with a card, or raw safetensors weights (default network)."""
+    from GliomaAnalysisLib.models.model_store import load_model, load_state
+    from GliomaAnalysisLib.models.network import NetworkConfig
+
+    if weights is None:
+        model, _ = load_model(name, model_dir)
+        return model
+    config = NetworkConfig.from_dict({**NetworkConfig().to_dict(), **json.loads(network)})
+    model = GliomaSegNet(config)
+    load_state(model, weights)
+    return model.eval()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .segmentation_data import load_split
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None, help="safetensors weights (default: the shipped model)")
+    parser.add_argument("--model-dir", default=None, help="folder holding NAME.safetensors + NAME.json")
+    parser.add_argument("--name", default="glioma_seg")
+    parser.add_argument("--network", default="{}", help="JSON overrides of NetworkConfig for --weights")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"))
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--table", nargs="+", default=None, metavar="NAME=JSON",
+                        help="build a markdown table from result files instead of evaluating")
+    parser.add_argument("--markdown", default=None, help="where --table writes (default stdout)")
+    parser.add_argument("--summary", action="store_true", help="with --table: one summary row per model")
+    parser.add_argument("--subsets", choices=("all15", "single-missing"), default="all15",
+                        help="the 15 combinations, or all four + each one missing (5)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    if args.table:
+        named = {}
+        for item in args.table:
+            label, _, path = item.partition("=")
+            named[label] = json.loads(Path(path).read_text())["results"]
+        text = summary_table(named) if args.summary else markdown_table(named)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        print(text)
+        return 0
+
+    torch.set_num_threads(args.threads)
+    _, validation = load_split(Path(args.data), Path(args.cache), (2.0, 2.0, 2.0))
+    if not validation:
+        print(f"error: no validation cases under {args.data}", file=sys.stderr)
+        return 2
+    model = load_segmentation_model(args.weights, args.model_dir, args.name, args.network)
+    subsets = combinations() if args.subsets == "all15" else single_missing()
+    results = evaluate(model, validation, subsets, log=lambda s: print(s, file=sys.stderr, flush=True))
+    payload = {"weights": args.weights or f"{args.model_dir or 'Resources/models'}/{args.name}",
+               "cases": [c.case_id for c in validation], "results": results, "summary": summary(results)}
+    text = json.dumps(payload, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(json.dumps(payload["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

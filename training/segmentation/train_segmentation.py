@@ -1,0 +1,225 @@
+"""Train the segmentation network on ../shared/data/brats18 (fixed split) with checkpoints and resume.
+
+    python -m training.segmentation.train_segmentation --run-dir ~/glioma-runs/seg1 --steps 1500 [--resume]
+    python -m training.segmentation.train_segmentation --config training/configs/segmentation.yaml --run-dir RUN
+    torchrun --nproc_per_node 2 -m training.segmentation.train_segmentation --run-dir RUN ...   # data parallel (gloo / nccl)
+
+Writes into --run-dir: run.json (configuration, git commit and dirty flag, split, seed, versions, device; final
+metrics at the end), config.json, log.jsonl (loss per step, validation Dice every --val-every steps),
+checkpoint.pt (model + optimizer + step, written atomically every --checkpoint-every steps) and, at the end,
+final.safetensors. ``python -m training.segmentation.export_segmentation`` turns a run into shipped weights + model card.
+Under torchrun every process trains on its own crops (``--batch`` each), gradients are averaged by
+DistributedDataParallel and only rank 0 writes; float16 mixed precision is used on CUDA only (``--no-amp``: off).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.inference import predict
+from GliomaAnalysisLib.io.labels import regions
+from GliomaAnalysisLib.pipeline.measures import dice
+from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+from ..common.config import parse_args
+from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
+from ..common.losses import dice_ce_loss
+from ..common.run_record import finish_run_record, start_run_record
+from .segmentation_data import VALIDATION_CASES, TrainingCase, load_split, sample_crop
+
+
+def validate(model: GliomaSegNet, cases: List[TrainingCase],
+             device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Mean Dice (WT, TC, ET) over ``cases`` on the working grid, all modalities present, one plain pass on
+    ``device`` (the device the model trains on)."""
+    scores = []
+    for case in cases:
+        shape = case.labels.shape
+        pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
+        probabilities, _, _ = predict(model, np.pad(case.image, pad), np.ones(4, dtype=np.float32), device)
+        prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
+        truth = regions(case.labels)
+        scores.append({name: dice(prediction[name], truth[name]) for name in ("wt", "tc", "et")})
+    model.train()
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("wt", "tc", "et")}
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (also the keys of ``training/configs/segmentation.yaml``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"))
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=2, help="crops per step and process")
+    parser.add_argument("--crop", type=int, default=64, help="crop edge in working-grid voxels")
+    parser.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--modality-dropout", type=float, default=0.5)
+    parser.add_argument("--phantoms", type=int, default=8, help="synthetic phantoms added to the training set")
+    parser.add_argument("--phantom-probability", type=float, default=0.15)
+    parser.add_argument("--val-every", type=int, default=150)
+    parser.add_argument("--checkpoint-every", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--network", default="{}", help="JSON overrides of NetworkConfig")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when available (one GPU per torchrun process), else the CPU")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="float16 mixed precision on CUDA (ignored on the CPU)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    return 0 if train(args) is not None else 2
+
+
+def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
+    """Run the training loop of ``args`` (in every torchrun process); returns the trained network (None when no
+    labelled case was found). Only rank 0 writes the run folder."""
+    context = setup(args.device)
+    torch.set_num_threads(args.threads)
+    wall_start = time.perf_counter()
+    run = Path(args.run_dir)
+    if context.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+    config = NetworkConfig.from_dict({**NetworkConfig().to_dict(), **json.loads(args.network)})
+    spacing = (args.spacing,) * 3
+    if not context.is_main:
+        context.barrier()  # rank 0 fills the cache first (phantoms, preprocessed arrays)
+    train_cases, validation = load_split(Path(args.data), Path(args.cache), spacing, args.phantoms)
+    if context.is_main:
+        context.barrier()
+    real = [c for c in train_cases if not c.synthetic]
+    synthetic = [c for c in train_cases if c.synthetic]
+    if not real:
+        print(f"error: no labelled cases found under {args.data}", file=sys.stderr)
+        context.close()
+        return None
+    split = {"train_cases": [c.case_id for c in train_cases], "validation_cases": [c.case_id for c in validation]}
+    if context.is_main:
+        (run / "config.json").write_text(json.dumps({
+            "args": vars(args), "network": config.to_dict(), "git_commit": git_commit(), **split,
+            "validation_split": list(VALIDATION_CASES), "world_size": context.world_size}, indent=2))
+        start_run_record(run, {"args": vars(args), "network": config.to_dict()}, split, args.seed, context.device,
+                         "training.segmentation.train_segmentation", context.world_size, getattr(args, "config", None))
+
+    torch.manual_seed(args.seed)
+    model = GliomaSegNet(config).to(context.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
+    use_amp = amp_enabled(context.device, args.amp)
+    scaler = grad_scaler(use_amp)
+    step = 0
+    checkpoint = run / "checkpoint.pt"
+    if args.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True, map_location=context.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if use_amp and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        if context.is_main:
+            print(f"resumed at step {step}", file=sys.stderr)
+    network = wrap(model, context)
+    if context.rank:
+        torch.manual_seed(args.seed + context.rank)  # dropout masks differ between ranks; rank 0 as one process
+    rng = np.random.default_rng(crop_seed(args.seed, step, context.rank))
+
+    log = None
+    elapsed_before = 0.0
+    if context.is_main:
+        log_path = run / "log.jsonl"
+        previous = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+            if log_path.is_file() else []
+        previous = [r for r in previous if r["step"] <= step]  # drop entries after the checkpoint we resume from
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in previous))
+        elapsed_before = previous[-1]["seconds"] if previous else 0.0
+        log = open(log_path, "a")
+    network.train()
+    started = time.perf_counter()
+    last: Dict = {}
+    while step < args.steps:
+        batch = []
+        for _ in range(args.batch):
+            pool = synthetic if synthetic and rng.random() < args.phantom_probability else real
+            batch.append(sample_crop(pool[rng.integers(len(pool))], args.crop, rng, args.modality_dropout))
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(context.device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).to(context.device)
+        presence = torch.from_numpy(np.stack([b[2] for b in batch])).to(context.device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr)
+        with autocast(context.device, use_amp):
+            logits = network(x, presence)
+        loss = dice_ce_loss(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        mean_loss = context.mean(loss.item())
+        record = {"step": step, "loss": round(mean_loss, 5), "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(elapsed_before + time.perf_counter() - started, 1)}
+        if validation and (step % args.val_every == 0 or step == args.steps):
+            if context.is_main:
+                record["val_dice"] = validate(model, validation, context.device)
+                print(f"step {step}: loss {mean_loss:.4f} val {record['val_dice']}", file=sys.stderr, flush=True)
+            context.barrier()
+        last = record
+        if context.is_main:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                tmp = run / "checkpoint.pt.tmp"
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+                if use_amp:
+                    state["scaler"] = scaler.state_dict()
+                torch.save(state, tmp)
+                os.replace(tmp, checkpoint)
+    in_sync = context.in_sync(model)
+    if context.is_main:
+        log.close()
+        from safetensors.torch import save_file
+        final = run / "final.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(final))
+        val_records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+                       if line.strip() and "val_dice" in line]
+        finish_run_record(run, {"steps": step, "final_loss": last.get("loss"),
+                                "val_dice": val_records[-1]["val_dice"] if val_records else None,
+                                "training_seconds": last.get("seconds"), "ranks_in_sync": in_sync,
+                                "mixed_precision": use_amp},
+                          [final, checkpoint], time.perf_counter() - wall_start)
+    context.barrier()
+    context.close()
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""2D slice grade classifier with patient-level aggregation (seed 002)."""
