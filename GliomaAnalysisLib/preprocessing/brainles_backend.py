@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case
-from .clinical import INSTALL_CLINICAL, Detection, PreparedInput, same_grid
+from .prepared import INSTALL_CLINICAL, Detection, PreparedInput, same_grid
 from ..errors import ClinicalBackendError, GliomaAnalysisError
 
 FETCH_STEP = "glioma-analysis fetch-clinical-models"

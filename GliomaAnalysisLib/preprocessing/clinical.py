@@ -36,10 +36,10 @@ import SimpleITK as sitk
 from ..io.case import Case
 from ..errors import GliomaAnalysisError
 from ..io.geometry import Geometry, resample_to
+from .prepared import INSTALL_CLINICAL, Detection, PreparedInput, Progress, same_grid
 
 PREPROCESS_MODES = ("auto", "none", "brats")
 CLINICAL_BACKENDS = ("auto", "brainles", "simpleitk")
-INSTALL_CLINICAL = 'pip install "glioma-analysis[clinical]"'
 MIN_ZERO_FRACTION = 0.2
 """Skull-stripped scans are exactly 0 outside the brain: BraTS cases have 80-87 % zero voxels, clinical scans
 (noisy air) almost none."""
@@ -47,32 +47,6 @@ MAX_BRAIN_ML = 2500.0
 """A skull-stripped brain (with tumor) is 1.1-1.8 L in BraTS 2018; a head with skull and scalp is 3-5 L."""
 REGISTERED_FOLDER = "registered"
 
-Progress = Optional[Callable[[str], None]]
-
-
-@dataclass
-class Detection:
-    """Whether inputs look BraTS-preprocessed, with the measurements behind the answer."""
-
-    aligned: bool
-    """All series share the reference grid."""
-    skull_stripped: bool
-    """Zero background and a brain-sized non-zero region in every series."""
-    zero_fraction: float
-    """Smallest fraction of voxels that are exactly 0, over the series (each on its own grid)."""
-    nonzero_volume_ml: float
-    """Largest non-zero volume over the series (mL, each on its own grid)."""
-    reasons: List[str] = field(default_factory=list)
-    """Why the inputs do not look BraTS-preprocessed (empty when they do)."""
-
-    @property
-    def looks_brats(self) -> bool:
-        return self.aligned and self.skull_stripped
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"looks_brats_preprocessed": self.looks_brats, "aligned": self.aligned,
-                "skull_stripped": self.skull_stripped, "zero_fraction": round(self.zero_fraction, 4),
-                "nonzero_volume_ml": round(self.nonzero_volume_ml, 1), "reasons": list(self.reasons)}
 
 
 def detect(case: Case) -> Detection:
@@ -97,42 +71,6 @@ def detect(case: Case) -> Detection:
                        f"(skull-stripped: at most {MAX_BRAIN_ML:.0f} mL)")
     stripped = fractions[low] >= MIN_ZERO_FRACTION and volumes[big] <= MAX_BRAIN_ML
     return Detection(not moved, stripped, fractions[low], volumes[big], reasons)
-
-
-@dataclass
-class PreparedInput:
-    """A case made ready for the model, and the way back to the user's native reference grid.
-
-    case:       what the model sees (co-registered; with BrainLes skull-stripped and in atlas space).
-    native:     the user's case; outputs go onto ``native.geometry``.
-    registered: every series co-registered onto the native reference grid (float32), for figures and
-                ``--save-registered``.
-    report:     ``settings.preprocessing`` of report.json.
-    """
-
-    case: Case
-    native: Case
-    registered: Dict[str, sitk.Image]
-    report: Dict[str, Any]
-    warnings: List[str]
-    native_to_model: Optional[sitk.Transform] = None
-    """Transform mapping native reference points (mm) to model-space points, when the model ran elsewhere."""
-
-    def to_native(self, image: sitk.Image, kind: str = "probability") -> sitk.Image:
-        """An image on the model case's grid put exactly onto the native reference grid.
-
-        kind: ``"probability"`` (linear, float32) or ``"label"`` (nearest, uint8).
-        """
-        if self.native_to_model is None:
-            if Geometry.of(image).matches(self.native.geometry):
-                return image
-            transform = sitk.Transform()
-        else:
-            transform = self.native_to_model
-        nearest = kind == "label"
-        return sitk.Resample(image, self.native.geometry.empty_image(), transform,
-                             sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0.0,
-                             sitk.sitkUInt8 if nearest else sitk.sitkFloat32)
 
 
 def prepare(case: Case, mode: str = "auto", backend: str = "auto", device: str = "auto",
@@ -257,13 +195,3 @@ def write_registered(images: Dict[str, sitk.Image], out: Union[str, "os.PathLike
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sorted(target.iterdir())
-
-
-def same_grid(image: sitk.Image, geometry: Geometry, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """``image`` stamped with ``geometry`` when it lies on it up to file precision, else resampled onto it."""
-    if tuple(image.GetSize()) == geometry.size and np.allclose(image.GetOrigin(), geometry.origin, atol=1e-2) \
-            and np.allclose(image.GetSpacing(), geometry.spacing, rtol=1e-4) \
-            and np.allclose(image.GetDirection(), geometry.direction, atol=1e-4):
-        image = sitk.Cast(image, pixel_type)
-        return geometry.apply_to(image)
-    return resample_to(image, geometry, sitk.sitkLinear, pixel_type=pixel_type)

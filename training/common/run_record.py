@@ -37,6 +37,11 @@ def git_state(cwd: Path = REPOSITORY) -> Dict[str, Any]:
     return {"commit": commit.strip() if commit else "unknown", "dirty": dirty}
 
 
+def git_commit() -> str:
+    """The commit sha of this checkout, or "unknown" outside git."""
+    return git_state()["commit"]
+
+
 def _plain(value: Any) -> Any:
     """JSON-safe copy (paths and other objects as strings)."""
     if isinstance(value, dict):

@@ -25,7 +25,7 @@ from ..common.classification_data import ClassificationSample, load_classificati
 from ..common.metrics import binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
-from ..segmentation.train_segmentation import git_commit
+from ..common.run_record import git_commit
 
 MODEL_NAME = "glioma_multitask"
 

@@ -30,7 +30,7 @@ from ..common.losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
 from .multitask_data import evaluation_example, training_example
 from ..common.run_record import classification_split_ids, finish_run_record, start_run_record
 from ..segmentation.segmentation_data import sample_crop
-from ..segmentation.train_segmentation import git_commit
+from ..common.run_record import git_commit
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
 

@@ -27,7 +27,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 from ..common.datasets import discover_cases
 from .evaluate import evaluate_pair
-from .train_segmentation import git_commit
+from ..common.run_record import git_commit
 
 MODEL_VERSION = "0.1.0"
 

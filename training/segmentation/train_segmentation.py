@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
 from ..common.losses import dice_ce_loss
-from ..common.run_record import finish_run_record, start_run_record
+from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .segmentation_data import VALIDATION_CASES, TrainingCase, load_split, sample_crop
 
 
@@ -58,14 +57,6 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
