@@ -82,18 +82,39 @@ def _code(value: str, meaning: str):
     return Code(value, "SCT", meaning)
 
 
+def _ds(value: float) -> str:
+    """A decimal string of at most 16 characters (the DS limit)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return format_number_as_ds(float(value))
+
+
+def _twelve_bits(array: np.ndarray):
+    """Scale intensities linearly into 12 bits, zero kept at zero: (pixels, pixel representation, scale)."""
+    low, high = float(array.min()), float(array.max())
+    if low >= 0:
+        scale = max(high, 1e-6) / 4095.0
+        return np.round(array / scale).astype(np.uint16), 0, scale
+    scale = max(abs(low), abs(high), 1e-6) / 2047.0
+    return np.round(array / scale).astype(np.int16), 1, scale
+
+
 def synthetic_source(image: sitk.Image, folder: Path, description: str) -> List[str]:
-    """Write ``image`` as a DICOM MR series (one file per axial slice after LPS orientation); returns the files."""
+    """Write ``image`` as a DICOM MR series (one file per axial slice after LPS orientation); returns the files.
+
+    The series passes ``dciodvfy`` (MR Image IOD): acquisition attributes that a derived image cannot know are
+    sent empty (Type 2) or as research-mode values (ScanningSequence RM, SequenceVariant NONE). Intensities are
+    scaled linearly into 12 bits with zero kept at zero; the MR IOD has no rescale, so the absolute intensity
+    scale of the input is not kept (the analysis z-scores each sequence, so it needs none).
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     oriented = sitk.DICOMOrient(image, "LPS")
-    array = sitk.GetArrayFromImage(oriented)
-    low, high = float(array.min()), float(array.max())
-    slope = max(high - low, 1e-6) / 4095.0
-    pixels = np.round((array - low) / slope).astype(np.uint16)
+    pixels, representation, _ = _twelve_bits(sitk.GetArrayFromImage(oriented).astype(np.float64))
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     direction = np.asarray(oriented.GetDirection()).reshape(3, 3)
+    spacing = oriented.GetSpacing()
     now = datetime.datetime.now()
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -106,21 +127,24 @@ def synthetic_source(image: sitk.Image, folder: Path, description: str) -> List[
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Anonymous^", "ANON", "", ""
-        ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
         ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "", "", "1"
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 1, k + 1
         ds.SeriesDescription = description
+        ds.PatientPosition, ds.BodyPartExamined = "HFS", "BRAIN"  # unpaired: no Laterality
+        ds.PositionReferenceIndicator = ""
         ds.Manufacturer = "GliomaAnalysis (derived from non-DICOM input)"
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        ds.ImagePositionPatient = [float(v) for v in oriented.TransformIndexToPhysicalPoint((0, 0, k))]
-        ds.ImageOrientationPatient = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
-        ds.PixelSpacing = [float(oriented.GetSpacing()[1]), float(oriented.GetSpacing()[0])]
-        ds.SliceThickness = float(oriented.GetSpacing()[2])
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
+        ds.MRAcquisitionType, ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", "", ""
+        ds.ImagePositionPatient = [_ds(v) for v in oriented.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]
+        ds.SliceThickness = _ds(spacing[2])
         ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope = low, slope
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, representation
         ds.PixelData = pixels[k].tobytes()
         path = folder / f"slice_{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

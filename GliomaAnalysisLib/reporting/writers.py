@@ -1,21 +1,21 @@
 """Writing an AnalysisResult as the files of the output contract, atomically.
 
-Files are written under a hidden staging folder inside ``out`` and renamed into place only when all of them
-exist, so a failed run leaves no half-written result.
+Files are written into a hidden staging folder beside ``out`` (:mod:`GliomaAnalysisLib.io.atomic`) that becomes
+``out`` in one rename only when all of them exist, so a failed or interrupted run leaves no half-written result.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Union
 
 import SimpleITK as sitk
 
-from .report_html import render_report
+from ..errors import OutputError
+from ..io.atomic import staged_folder
 from ..pipeline.result import AnalysisResult
+from .report_html import render_report
 
 CONTRACT_FILES = ("segmentation.nii.gz", "prob_ncr.nii.gz", "prob_ed.nii.gz", "prob_et.nii.gz",
                   "uncertainty.nii.gz", "report.json", "report.html")
@@ -28,44 +28,54 @@ DICOM_SOURCE_FOLDER = "dicom_source"
 
 def write_outputs(result: AnalysisResult, out: Union[str, "os.PathLike[str]"],
                   convention: str = "brats2021", figures: bool = True, dicom_seg: bool = False) -> List[Path]:
-    """Write the contract files into ``out``; returns their paths.
+    """Write the contract files into ``out`` as a whole (staged beside it, then renamed); returns their paths.
 
     figures: embed figures in report.html. dicom_seg: also write ``segmentation.seg.dcm`` (DICOM SEG) referencing
     the source series when the inputs were DICOM, else a DICOM MR series of the reference image written into
-    ``dicom_source/``.
+    ``dicom_source/``. A write failure (e.g. a full disk) raises :class:`OutputError` and leaves nothing new.
     """
     out = Path(out)
+    with staged_folder(out) as staging:
+        names = write_contract_files(result, staging, convention, figures, dicom_seg)
+    return [out / name for name in names]
+
+
+def write_contract_files(result: AnalysisResult, folder: Path, convention: str = "brats2021", figures: bool = True,
+                         dicom_seg: bool = False) -> List[str]:
+    """Write the contract files into the (staging) ``folder``, not atomically; returns the names written.
+
+    Each writer is one step of this list: add a new output (e.g. a DICOM Structured Report) as one more call.
+    """
     if dicom_seg and not sitk.GetArrayViewFromImage(result.labels).any():
         result.warnings.append("DICOM SEG not written: the segmentation is empty")
         dicom_seg = False
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    try:
-        sitk.WriteImage(result.label_image(convention), str(staging / "segmentation.nii.gz"), True)
-        for name, image in result.probabilities.items():
-            sitk.WriteImage(image, str(staging / f"prob_{name}.nii.gz"), True)
-        sitk.WriteImage(result.uncertainty, str(staging / "uncertainty.nii.gz"), True)
-        report = result.report(convention)
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (staging / "report.html").write_text(render_report(result, report, figures=figures))
-        (staging / LOG_FILE).write_text("\n".join(result.log) + "\n")
-        names = list(CONTRACT_FILES) + [LOG_FILE]
-        if dicom_seg:
-            names += _write_dicom(result, staging)
-        written = []
-        for name in names:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            os.replace(staging / name, out / name)
-            written.append(out / name)
-        return written
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _write_image(result.label_image(convention), folder / "segmentation.nii.gz")
+    for name, image in result.probabilities.items():
+        _write_image(image, folder / f"prob_{name}.nii.gz")
+    _write_image(result.uncertainty, folder / "uncertainty.nii.gz")
+    report = result.report(convention)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.html").write_text(render_report(result, report, figures=figures))
+    (folder / LOG_FILE).write_text("\n".join(result.log) + "\n")
+    names = list(CONTRACT_FILES) + [LOG_FILE]
+    if dicom_seg:
+        names += _write_dicom(result, folder)
+    return names
 
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    """sitk.WriteImage (compressed); ITK's write errors become OutputError naming the file."""
+    try:
+        sitk.WriteImage(image, str(path), True)
+    except RuntimeError as exc:
+        reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines() if "Description:" in ln),
+                      "write failed")
+        raise OutputError(f"{path.name}: cannot write ({reason[:160]})") from None
 
 
 def _write_dicom(result: AnalysisResult, staging: Path) -> List[str]:
     from ..io.dicom_io import synthetic_source, write_dicom_seg
+    from .dicom_sr import DICOM_SR_FILE, write_measurement_sr
 
     names = [DICOM_SEG_FILE]
     sources = result.dicom_sources
@@ -74,4 +84,6 @@ def _write_dicom(result: AnalysisResult, staging: Path) -> List[str]:
                                    f"{result.reference.upper()} (GliomaAnalysis reference)")
         names.append(DICOM_SOURCE_FOLDER)
     write_dicom_seg(result.labels, sources, staging / DICOM_SEG_FILE)
+    names.append(write_measurement_sr(staging / DICOM_SEG_FILE, sources, result.volumes_ml,
+                                      staging / DICOM_SR_FILE).name)
     return names

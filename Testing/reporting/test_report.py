@@ -118,6 +118,62 @@ def test_dicom_seg_of_non_dicom_input_matches_the_label_map(analysed):
     _assert_seg_matches(seg, result.labels)
 
 
+def _dciodvfy_errors(path: Path):
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dciodvfy (Debian package dicom3tools) is not installed")
+def test_source_seg_and_sr_pass_dciodvfy(analysed):
+    out, _ = analysed
+    sources = sorted((out / "dicom_source").glob("*.dcm"))
+    for path in [sources[0], sources[len(sources) // 2], sources[-1], out / "segmentation.seg.dcm",
+                 out / "measurements.sr.dcm"]:
+        assert _dciodvfy_errors(path) == [], path
+
+
+@pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dciodvfy (Debian package dicom3tools) is not installed")
+def test_oblique_signed_source_passes_dciodvfy_and_keeps_zero(tmp_path):
+    import pydicom
+
+    array = np.linspace(-30.0, 70.0, 6 * 10 * 12).reshape(6, 10, 12).astype(np.float32)
+    array[0, 0, 0] = 0.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.9375, 0.9375, 1.2345678901234))
+    c, s = np.cos(0.3), np.sin(0.3)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    files = synthetic_source(image, tmp_path, "AX T1 oblique")
+    first = pydicom.dcmread(files[0])
+    assert first.PixelRepresentation == 1 and first.ScanningSequence == "RM" and first.SequenceVariant == "NONE"
+    assert "RescaleSlope" not in first and all(len(str(v)) <= 16 for v in first.ImageOrientationPatient)
+    assert _dciodvfy_errors(Path(files[0])) == []
+    loaded = sitk.GetArrayFromImage(sitk.ReadImage(files))
+    assert np.corrcoef(loaded.ravel(), sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).ravel())[0, 1] > 0.999
+
+
+def test_sr_holds_each_subregion_volume_referencing_its_seg_segment(analysed):
+    import highdicom as hd
+    import pydicom
+
+    out, result = analysed
+    seg = pydicom.dcmread(out / "segmentation.seg.dcm")
+    sr = hd.sr.srread(out / "measurements.sr.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    keys = {"Necrotic / non-enhancing tumor core": "ncr", "Peritumoral edema": "ed", "Enhancing tumor": "et"}
+    segments = {int(s.SegmentNumber): keys[s.SegmentLabel] for s in seg.SegmentSequence}
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(segments)
+    found = {}
+    for group in groups:
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        (volume,) = group.get_measurements()
+        assert volume.name.meaning == "Volume" and volume.unit.value == "mL"
+        found[segments[reference.referenced_segment_numbers[0]]] = volume.value
+    assert found == {key: pytest.approx(result.volumes_ml[key]) for key in segments.values()}
+
+
 def _assert_seg_matches(seg, labels):
     volume = seg.get_volume(combine_segments=True, relabel=False)
     numbers = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
