@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -14,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-from .io.case import find_modality_files
-from .errors import GliomaAnalysisError
-from .io.modalities import MODALITIES
+from .errors import GliomaAnalysisError, ModalityConflictError
+from .io.atomic import staged_folder
+from .io.case import scan_folder
+from .io.image_io import channel_count
+from .io.modalities import strip_image_suffix
 
 COMPLETE_MARKER = ".complete"
 SUMMARY_FIELDS = ["case", "status", "error", "ncr_ml", "ed_ml", "et_ml", "tc_ml", "wt_ml", "grade", "idh",
@@ -43,46 +44,53 @@ class CaseOutcome:
 
 
 def discover_cases(root: "str | os.PathLike[str]") -> List[Path]:
-    """Folders under ``root`` (itself included, recursively) holding at least one recognisable modality file."""
+    """Cases under ``root`` (itself included, recursively; hidden folders skipped): each folder holding modality
+    files by name (or a single 4D multi-channel file), and each 4D file of a folder holding several (the Medical
+    Segmentation Decathlon's ``imagesTr/``)."""
     root = Path(root)
     if not root.is_dir():
         raise GliomaAnalysisError(f"{root}: folder not found")
-    cases = []
+    cases: List[Path] = []
     for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
         if any(part.startswith(".") for part in folder.relative_to(root).parts):
             continue
         try:
-            found = find_modality_files(folder)
-        except GliomaAnalysisError as exc:
-            if "two files claim" in str(exc):
-                cases.append(folder)  # a broken case: analysed (and reported as failed), not silently skipped
+            scan = scan_folder(folder)
+        except ModalityConflictError:
+            cases.append(folder)  # a broken case: analysed (and reported as failed), not silently skipped
             continue
-        if any(m in found for m in MODALITIES):
+        if scan.inputs or scan.multichannel is not None:
             cases.append(folder)
+            continue
+        cases.extend(sorted(folder / name for name, reason in scan.ignored.items()
+                            if reason == "no modality in the name" and channel_count(folder / name) > 1))
     return cases
 
 
-def _case_name(folder: Path, root: Path) -> str:
-    relative = folder.relative_to(root)
-    return "__".join(relative.parts) if relative.parts else folder.resolve().name
+def _case_name(source: Path, root: Path) -> str:
+    relative = source.relative_to(root)
+    if source.is_file():
+        relative = relative.with_name(strip_image_suffix(source.name) or source.name)
+    return "__".join(relative.parts) if relative.parts else source.resolve().name
 
 
-def _analyse_one(folder: str, target: str, options: Dict) -> CaseOutcome:
+def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
+    from .io.case import load_case
     from .pipeline.analysis import analyze
-    from .reporting.writers import write_outputs
+    from .reporting.writers import write_contract_files
 
+    options = dict(options)
+    channels = options.pop("channels", None)
     target_path = Path(target)
     name = target_path.name
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target_path.parent))
     try:
-        result = analyze(folder, **options)
-        write_outputs(result, staging)
-        (staging / COMPLETE_MARKER).write_text("ok\n")
-        if target_path.exists():
-            shutil.rmtree(target_path)
-        os.replace(staging, target_path)
+        case = load_case(source, ground_truth=False, channels=channels)
+        result = analyze(case, **options)
+        with staged_folder(target_path, replace=True) as staging:
+            write_contract_files(result, staging)
+            (staging / COMPLETE_MARKER).write_text("ok\n")
         predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
         return CaseOutcome(name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - start)
     except GliomaAnalysisError as exc:
@@ -90,8 +98,6 @@ def _analyse_one(folder: str, target: str, options: Dict) -> CaseOutcome:
     except (MemoryError, RuntimeError, ValueError, OSError) as exc:  # unexpected, but one case must not stop a batch
         return CaseOutcome(name, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                            seconds=time.perf_counter() - start)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_summary(outcomes: List[CaseOutcome], out: Path) -> Path:

@@ -9,8 +9,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -27,11 +29,19 @@ def _progress(message: str) -> None:
 
 
 def _add_case_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("case_dir", nargs="?", help="folder holding the modality files (recognised by name)")
+    parser.add_argument("case_dir", nargs="?",
+                        help="folder holding the modality files (recognised by name), or one 4D multi-channel file")
     for modality in ("t1", "t1ce", "t2", "flair"):
         parser.add_argument(f"--{modality}", metavar="FILE", help=f"{modality} image (overrides the folder's)")
     parser.add_argument("--reference", choices=("t1", "t1ce", "t2", "flair"),
                         help="modality whose grid the outputs use (default: t1ce, else t1, flair, t2)")
+    _add_channels_argument(parser)
+
+
+def _add_channels_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels", metavar="M1,M2,...",
+                        help="modality of each channel of a 4D input file, in order (default: the Medical "
+                             "Segmentation Decathlon's flair,t1,t1ce,t2)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,31 +61,26 @@ def _add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
                              "SimpleITK rigid co-registration without brain extraction")
 
 
-def _load_from_args(args: argparse.Namespace):
-    from .io.case import load_case
-    from .io.modalities import MODALITIES, SEGMENTATION
+def _load_from_args(args: argparse.Namespace, ground_truth: bool = False):
+    """The case the arguments name; ground truth is read only when asked for (``inspect``, never ``analyze``)."""
+    from .io.case import load_case, scan_folder
+    from .io.modalities import MODALITIES
 
     explicit = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     if args.case_dir is None and not explicit:
         raise GliomaAnalysisError("no input: give a case folder or at least one of --t1/--t1ce/--t2/--flair")
     if args.case_dir is None:
         return load_case(explicit, reference=args.reference)
-    if not explicit:
-        return load_case(args.case_dir, reference=args.reference)
-    found = _maybe_find(args.case_dir)
-    inputs: Dict[str, object] = {m: found[m] for m in MODALITIES if m in found}
+    if not explicit or Path(args.case_dir).is_file():
+        if explicit:
+            raise GliomaAnalysisError(f"{args.case_dir}: a 4D file holds every modality; give --channels, not "
+                                      f"--{next(iter(explicit))}")
+        return load_case(args.case_dir, reference=args.reference, ground_truth=ground_truth, channels=args.channels)
+    scan = scan_folder(args.case_dir)
+    inputs: Dict[str, object] = dict(scan.inputs)
     inputs.update(explicit)
-    return load_case(inputs, reference=args.reference, segmentation=found.get(SEGMENTATION),
+    return load_case(inputs, reference=args.reference, segmentation=scan.ground_truth if ground_truth else None,
                      case_id=Path(args.case_dir).resolve().name)
-
-
-def _maybe_find(folder: str) -> Dict[str, Path]:
-    from .io.case import find_modality_files
-    from .errors import NoModalityError
-    try:
-        return find_modality_files(folder)
-    except NoModalityError:
-        return {}
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
@@ -108,6 +113,8 @@ def describe_case(case, spacing: Optional[Sequence[float]] = (2.0, 2.0, 2.0)) ->
         "presence": pre.presence.tolist(),
         "brain_volume_ml": round(float(pre.brain_mask.sum()) * pre.working.voxel_volume_ml, 1),
         "preprocess_seconds": round(seconds, 2),
+        "ignored": case.ignored,
+        "ground_truth": case.sources.get("seg"),
         "warnings": case.warnings,
         "clinical_input": detect(case).as_dict(),  # what --preprocess auto would decide
     }
@@ -126,7 +133,7 @@ def _label_volumes(case) -> Dict[str, float]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    case = _load_from_args(args)
+    case = _load_from_args(args, ground_truth=True)
     for warning in case.warnings:
         _progress(f"warning: {warning}")
     print(json.dumps(describe_case(case), indent=2))
@@ -134,9 +141,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from .io.atomic import staged_folder
     from .pipeline.analysis import analyze
-    from .reporting.writers import write_outputs
+    from .reporting.writers import write_contract_files
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GliomaAnalysisError(f"{out}: exists and is not a folder; --out takes a folder")
     case = _load_from_args(args)
     for warning in case.warnings:
         _progress(f"warning: {warning}")
@@ -145,10 +156,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast, classify=not args.no_classify,
                      uncertainty=not args.no_uncertainty, progress=_progress, preprocessing=args.preprocess,
                      clinical_backend=args.clinical_backend)
-    write_outputs(result, args.out, convention=args.labels, dicom_seg=args.dicom_seg)
-    if args.save_registered:
-        from .preprocessing.clinical import write_registered
-        write_registered(result.images, args.out)
+    with staged_folder(out) as staging:  # one rename: an interruption leaves no new folder, a failure nothing new
+        write_contract_files(result, staging, convention=args.labels, dicom_seg=args.dicom_seg)
+        if args.save_registered:
+            from .preprocessing.clinical import write_registered
+            write_registered(result.images, staging)
     volumes = result.volumes_ml
     _progress(f"done in {result.timings_s['total']:.1f} s: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
               f"ET {volumes['et']:.1f} mL -> {args.out}")
@@ -201,19 +213,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    import signal
-
     from .batch import analyze_folder
 
     if args.jobs < 1:
         raise GliomaAnalysisError(f"--jobs must be at least 1, got {args.jobs}")
-
-    def terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: the running case's staging folder is removed
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
     outcomes = analyze_folder(args.root, args.out, resume=args.resume, jobs=args.jobs, progress=_progress,
-                              device=args.device, fast=args.fast, model_dir=args.model_dir,
+                              channels=args.channels, device=args.device, fast=args.fast, model_dir=args.model_dir,
                               preprocessing=args.preprocess, clinical_backend=args.clinical_backend,
                               classify=not args.no_classify)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -302,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--resume", action="store_true", help="skip cases completed by an earlier run")
     batch.add_argument("--jobs", type=int, default=1, help="cases analysed in parallel (default 1)")
     batch.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
+    _add_channels_argument(batch)
     _add_run_arguments(batch)
     _add_preprocess_arguments(batch)
     batch.set_defaults(func=cmd_batch)
@@ -329,9 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM behaves like Ctrl-C: staging folders are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args))
     except GliomaAnalysisError as exc:
@@ -343,6 +356,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         print(f"glioma-analysis: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,7 @@ class RegistrationError(GliomaAnalysisError):
 
 class ClinicalBackendError(GliomaAnalysisError):
     """The clinical-input toolkit (BrainLes) or one of its model weights / atlases is missing or failed."""
+
+
+class OutputError(GliomaAnalysisError):
+    """The outputs cannot be written (full disk, no permission, the output path is a file)."""

@@ -152,15 +152,15 @@ def test_interrupt_leaves_no_half_written_case(cohort, tmp_path, tiny_model_dir,
     subset = tmp_path / "root"
     for name in ("good_0", "good_1"):
         shutil.copytree(root / name, subset / name)
-    real, calls = writers.write_outputs, []
+    real, calls = writers.write_contract_files, []
 
-    def interrupted(result, out, **kwargs):
+    def interrupted(result, out, *args, **kwargs):
         calls.append(out)
-        real(result, out, **kwargs)
+        real(result, out, *args, **kwargs)
         if len(calls) == 2:
             raise KeyboardInterrupt  # e.g. Ctrl-C after the files but before the completion marker
 
-    monkeypatch.setattr(writers, "write_outputs", interrupted)
+    monkeypatch.setattr(writers, "write_contract_files", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         analyze_folder(subset, out, fast=True, model_dir=tiny_model_dir)

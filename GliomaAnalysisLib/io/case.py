@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from ..errors import (GeometryError, ImageReadError, InvalidImageError, ModalityConflictError, NoModalityError,
                      SegmentationAsImageError)
 from .geometry import Geometry, overlaps, resample_to
-from .image_io import read_image, validate_image
+from .image_io import MSD_CHANNELS, channel_count, read_image, split_channels, validate_image
 from .labels import CONVENTIONS, guess_convention
-from .modalities import MODALITIES, SEGMENTATION, classify_name, strip_image_suffix
+from .modalities import MODALITIES, SEGMENTATION, describe_name, strip_image_suffix
 
 REFERENCE_PREFERENCE = ("t1ce", "t1", "flair", "t2")
 """Reference modality when none is asked for: the first present in this order."""
@@ -47,6 +47,8 @@ class Case:
     originals: Dict[str, sitk.Image] = field(default_factory=dict)
     """float32 images in their own (native) geometry, for the modalities that were resampled onto the reference
     grid (what co-registration starts from; see :mod:`GliomaAnalysisLib.preprocessing.clinical`)."""
+    ignored: Dict[str, str] = field(default_factory=dict)
+    """Files of the case folder that were not used as inputs, with the reason (label maps, masks, other files)."""
 
     @property
     def present(self) -> List[str]:
@@ -63,36 +65,121 @@ class Case:
         return sitk.GetArrayFromImage(self.images[modality])
 
 
-def find_modality_files(folder: Union[str, "os.PathLike[str]"]) -> Dict[str, Path]:
-    """Map modality keys (and ``"seg"``) to the files of ``folder`` recognised by name.
+@dataclass
+class FolderScan:
+    """What a case folder holds: the modality inputs, the ground-truth candidate, and every file left aside.
 
-    Raises NoModalityError when no modality file is there and ModalityConflictError when two files claim one.
+    ``ignored`` maps each file that is not an input (nor the ground truth picked) to the reason; ``warnings``
+    names the ambiguous ground-truth files, if any. ``multichannel`` is a 4D file holding every modality.
+    """
+
+    folder: Path
+    inputs: Dict[str, Path]
+    ground_truth: Optional[Path]
+    ignored: Dict[str, str]
+    warnings: List[str]
+    multichannel: Optional[Path] = None
+
+
+def scan_folder(folder: Union[str, "os.PathLike[str]"]) -> FolderScan:
+    """Sort the files of ``folder`` by name into modality inputs, ground truth and ignored files.
+
+    Raises ModalityConflictError when two files claim one modality. Files that look like label maps, masks,
+    probability maps or predictions are never inputs; two or more ground-truth candidates are a warning.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"{folder}: folder not found")
-    found: Dict[str, Path] = {}
+    inputs: Dict[str, Path] = {}
+    candidates: List[Path] = []
+    ignored: Dict[str, str] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():
             continue
-        kind = classify_name(path.name)
-        if kind is None:
-            continue
-        if kind in found:
-            raise ModalityConflictError(
-                f"{folder}: two files claim {_describe(kind)}: {found[kind].name} and {path.name}")
-        found[kind] = path
-    if not any(k in found for k in MODALITIES):
-        images = [p.name for p in sorted(folder.iterdir()) if strip_image_suffix(p.name)]
-        hint = f" (image files there: {', '.join(images[:6])})" if images else ""
-        raise NoModalityError(
-            f"{folder}: no MRI modality file found; expected names like *_t1ce.nii.gz, *-t2f.nii.gz or "
-            f"FLAIR.nrrd, or pass the files explicitly{hint}")
+        match = describe_name(path.name, folder.name)
+        if match.kind in MODALITIES:
+            if match.kind in inputs:
+                raise ModalityConflictError(f"{folder}: two files claim modality '{match.kind}': "
+                                            f"{inputs[match.kind].name} and {path.name}")
+            inputs[match.kind] = path
+        elif match.kind == SEGMENTATION:
+            candidates.append(path)
+        else:
+            ignored[path.name] = match.reason
+    multichannel = None
+    if not inputs:
+        multichannel = _single_multichannel(folder, ignored)
+    ground_truth, warnings = _pick_ground_truth(folder, candidates, ignored)
+    return FolderScan(folder, inputs, ground_truth, ignored, warnings, multichannel)
+
+
+def _single_multichannel(folder: Path, ignored: Dict[str, str]) -> Optional[Path]:
+    """The one multi-channel (4D) image among the unrecognised files of a folder without modality names."""
+    found = [folder / name for name, reason in ignored.items()
+             if reason == "no modality in the name" and channel_count(folder / name) > 1]
+    if len(found) != 1:
+        return None
+    del ignored[found[0].name]
+    return found[0]
+
+
+def _pick_ground_truth(folder: Path, candidates: List[Path],
+                       ignored: Dict[str, str]) -> "tuple[Optional[Path], List[str]]":
+    """One ground-truth file among ``candidates``: the only one, or the only one named after the folder."""
+    if len(candidates) <= 1:
+        return (candidates[0] if candidates else None), []
+    named = [p for p in candidates if p.name.lower().startswith(folder.name.lower())]
+    chosen = named[0] if len(named) == 1 else None
+    for path in candidates:
+        if path != chosen:
+            ignored[path.name] = "another ground-truth candidate" if chosen else "ambiguous ground truth"
+    names = ", ".join(p.name for p in candidates)
+    if chosen:
+        return chosen, [f"{folder}: several files look like ground truth ({names}); using {chosen.name}"]
+    return None, [f"{folder}: several files look like ground truth ({names}); none used (give one explicitly)"]
+
+
+def find_modality_files(folder: Union[str, "os.PathLike[str]"]) -> Dict[str, Path]:
+    """Map modality keys (and ``"seg"`` for the ground truth, when one is unambiguous) to the files of ``folder``.
+
+    Raises NoModalityError when no modality file is there and ModalityConflictError when two files claim one.
+    """
+    scan = scan_folder(folder)
+    if not scan.inputs:
+        raise _no_modality(scan)
+    found: Dict[str, Path] = dict(scan.inputs)
+    if scan.ground_truth is not None:
+        found[SEGMENTATION] = scan.ground_truth
     return found
 
 
-def _describe(kind: str) -> str:
-    return "the segmentation" if kind == SEGMENTATION else f"modality '{kind}'"
+def _no_modality(scan: FolderScan) -> NoModalityError:
+    images = [name for name in scan.ignored if strip_image_suffix(name)]
+    hint = f" (image files there: {', '.join(images[:6])})" if images else ""
+    return NoModalityError(
+        f"{scan.folder}: no MRI modality file found; expected names like *_t1ce.nii.gz, *-t2f.nii.gz, "
+        f"*_fla_bet.nii.gz or FLAIR.nrrd, a 4D file with --channels, or pass the files explicitly{hint}")
+
+
+def ignored_warning(ignored: Mapping[str, str]) -> Optional[str]:
+    """One warning line naming the ignored files and why, or None."""
+    if not ignored:
+        return None
+    listed = "; ".join(f"{name} ({reason})" for name, reason in ignored.items())
+    return f"ignored {len(ignored)} file(s) that are not modality inputs: {listed}"
+
+
+def parse_channels(text: "str | Sequence[str] | None") -> "tuple[str, ...]":
+    """Modality keys of a 4D file's channels from ``"flair,t1,t1ce,t2"`` (default: the MSD order)."""
+    if text is None:
+        return MSD_CHANNELS
+    keys = tuple(k.strip().lower() for k in (text.split(",") if isinstance(text, str) else text) if k.strip())
+    _check_modality_keys(keys, "--channels")
+    if len(set(keys)) != len(keys):
+        raise NoModalityError(f"--channels: a modality is named twice ({','.join(keys)})")
+    if not keys:
+        raise NoModalityError("--channels: no modality given; e.g. flair,t1,t1ce,t2")
+    return keys
 
 
 def _check_modality_keys(keys: Sequence[str], where: str) -> None:
@@ -103,13 +190,19 @@ def _check_modality_keys(keys: Sequence[str], where: str) -> None:
 
 def load_case(source: Union[str, "os.PathLike[str]", Mapping[str, Optional[ImageSource]]],
               reference: Optional[str] = None, segmentation: Optional[ImageSource] = None,
-              case_id: Optional[str] = None) -> Case:
-    """Load a case from a folder, or from a mapping of modality key -> file path or SimpleITK image.
+              case_id: Optional[str] = None, ground_truth: bool = True,
+              channels: "str | Sequence[str] | None" = None) -> Case:
+    """Load a case from a folder, a 4D multi-channel file, or a mapping of modality key -> file path or image.
 
     Empty entries (None) of a mapping count as missing. ``reference`` picks the modality whose grid all
-    others are resampled onto (default: first present of t1ce, t1, flair, t2). In a folder, a ``_seg`` file
-    is read as ground truth, never as an image.
+    others are resampled onto (default: first present of t1ce, t1, flair, t2). In a folder, only files named as
+    modalities are inputs; label maps, masks and probability maps are listed in ``Case.ignored`` (and one warning),
+    never read. ``ground_truth``: read the folder's ground-truth file (``<case>_seg``) into ``Case.segmentation``;
+    analysis front ends pass False. ``channels``: modality of each channel of a 4D file (default MSD order
+    flair, t1, t1ce, t2).
     """
+    ignored: Dict[str, str] = {}
+    notes: List[str] = []
     if isinstance(source, Mapping):
         inputs = {k: v for k, v in source.items() if v is not None}
         where = case_id or "inputs"
@@ -117,18 +210,48 @@ def load_case(source: Union[str, "os.PathLike[str]", Mapping[str, Optional[Image
         if not inputs:
             raise NoModalityError(f"{where}: no modality given; give at least one of {', '.join(MODALITIES)}")
         default_id = case_id or _case_id_from_paths(inputs)
+    elif Path(source).is_file():
+        path = Path(source)
+        inputs = _multichannel_inputs(path, channels)
+        default_id = case_id or (strip_image_suffix(path.name) or path.name)
     else:
         folder = Path(source)
-        try:
-            found = find_modality_files(folder)
-        except NoModalityError as no_files:
-            found = _dicom_modalities(folder, no_files)
-        inputs = {k: v for k, v in found.items() if k in MODALITIES}
-        if segmentation is None:
-            segmentation = found.get(SEGMENTATION)
+        scan = scan_folder(folder)
+        ignored, notes = dict(scan.ignored), list(scan.warnings)
+        if scan.inputs:
+            inputs = dict(scan.inputs)
+        elif scan.multichannel is not None:
+            inputs = _multichannel_inputs(scan.multichannel, channels)
+        else:
+            inputs = _dicom_modalities(folder, _no_modality(scan))
+            ignored = {}
+        if segmentation is None and ground_truth:
+            segmentation = scan.ground_truth
+        elif scan.ground_truth is not None:
+            ignored[scan.ground_truth.name] = "ground truth, not used by the analysis"
         default_id = case_id or folder.resolve().name
     _refuse_shared_files(inputs)
-    return _assemble(inputs, reference, segmentation, default_id)
+    case = _assemble(inputs, reference, segmentation, default_id)
+    case.ignored = ignored
+    line = ignored_warning(ignored)
+    case.warnings[:0] = notes + ([line] if line else [])
+    return case
+
+
+def _multichannel_inputs(path: Path, channels: "str | Sequence[str] | None") -> Dict[str, sitk.Image]:
+    """Modality -> 3D image of each channel of a 4D file (float32 conversion and checks follow in _assemble)."""
+    keys = parse_channels(channels)
+    images = split_channels(read_image(path), str(path), keys)
+    return {modality: _Channel(image, f"{path} (channel {index} {modality})")
+            for index, (modality, image) in enumerate(images.items())}
+
+
+@dataclass
+class _Channel:
+    """One channel of a multi-channel file: the image and the name used in messages and ``Case.sources``."""
+
+    image: sitk.Image
+    name: str
 
 
 def _case_id_from_paths(inputs: Mapping[str, ImageSource]) -> str:
@@ -142,7 +265,7 @@ def _refuse_shared_files(inputs: Mapping[str, ImageSource]) -> None:
     seen: Dict[str, str] = {}
     for modality, value in inputs.items():
         if not isinstance(value, (str, os.PathLike, sitk.Image)):
-            continue  # DICOM series found by description: distinct by construction
+            continue  # DICOM series found by description, channels of one file: distinct by construction
         key = str(Path(value).resolve()) if not isinstance(value, sitk.Image) else f"image@{id(value)}"
         if key in seen:
             raise ModalityConflictError(
@@ -165,6 +288,8 @@ def _read(value: ImageSource, modality: str) -> "tuple[sitk.Image, str, List[str
     """(image, name for messages, source DICOM files or [])."""
     if isinstance(value, sitk.Image):
         return value, f"<in-memory {modality}>", []
+    if isinstance(value, _Channel):
+        return value.image, value.name, []
     from .dicom_io import DicomSeries, find_series, read_series
 
     if isinstance(value, DicomSeries):
@@ -176,8 +301,9 @@ def _read(value: ImageSource, modality: str) -> "tuple[sitk.Image, str, List[str
         if len(series) != 1:
             raise ImageReadError(f"{path}: expected one DICOM series for {modality}, found {len(series)}")
         return read_series(series[0].files, str(path)), str(path), list(series[0].files)
-    if classify_name(path.name) == SEGMENTATION:
-        raise SegmentationAsImageError(f"{path}: is named as a segmentation, not an MR image ({modality})")
+    match = describe_name(path.name, path.parent.name)
+    if match.kind == SEGMENTATION:
+        raise SegmentationAsImageError(f"{path}: is named as {match.reason}, not an MR image ({modality})")
     return read_image(path), str(path), []
 
 

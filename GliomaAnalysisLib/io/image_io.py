@@ -123,3 +123,46 @@ def validate_image(image: sitk.Image, name: str) -> np.ndarray:
                 f"{name}: looks like a segmentation (only labels {listed}), not an MR image")
     return values
 
+
+
+MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
+"""Channel order of the Medical Segmentation Decathlon's 4D brain-tumour files (FLAIR, T1w, T1gd, T2w)."""
+
+
+def channel_count(path: PathLike) -> int:
+    """Channels of a multi-channel (4D or vector) image file from its header alone; 1 for a 3D scalar image, 0 when
+    the header cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 0
+    size = reader.GetSize()
+    if len(size) == 4 and reader.GetNumberOfComponents() == 1:
+        return int(size[3])
+    if len(size) == 3 and reader.GetNumberOfComponents() > 1:
+        return int(reader.GetNumberOfComponents())
+    return 1
+
+
+def split_channels(image: sitk.Image, name: str, channels: "tuple[str, ...] | list[str]") -> "dict[str, sitk.Image]":
+    """The 3D images of a 4D (x, y, z, channel) or vector image, keyed by ``channels`` (modality keys, in order).
+
+    Refused with a one-line error: a channel count that differs from ``channels``, or an image that is neither.
+    """
+    if image.GetDimension() == 4 and image.GetNumberOfComponentsPerPixel() == 1:
+        size = list(image.GetSize())
+        count = size[3]
+        pick = lambda index: sitk.Extract(  # noqa: E731
+            image, size[:3] + [0], [0, 0, 0, index], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    elif image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() > 1:
+        count = image.GetNumberOfComponentsPerPixel()
+        pick = lambda index: sitk.VectorIndexSelectionCast(image, index)  # noqa: E731
+    else:
+        raise InvalidImageError(f"{name}: expected a 4D image with one channel per modality, got a "
+                                f"{image.GetDimension()}D image (size {'x'.join(map(str, image.GetSize()))})")
+    if count != len(channels):
+        raise InvalidImageError(f"{name}: has {count} channels but {len(channels)} are named "
+                                f"({','.join(channels)}); give the order with --channels, e.g. flair,t1,t1ce,t2")
+    return {modality: pick(index) for index, modality in enumerate(channels)}

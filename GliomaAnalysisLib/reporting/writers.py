@@ -5,14 +5,15 @@ Files are written into a hidden staging folder beside ``out`` (:mod:`GliomaAnaly
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import List, Union
 
 import SimpleITK as sitk
 
-from ..errors import OutputError
 from ..io.atomic import staged_folder
 from ..pipeline.result import AnalysisResult
 from .report_html import render_report
@@ -64,13 +65,15 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
-    """sitk.WriteImage (compressed); ITK's write errors become OutputError naming the file."""
+    """sitk.WriteImage (compressed); ITK's write errors become OSError (named as ENOSPC when the disk is full)."""
     try:
         sitk.WriteImage(image, str(path), True)
     except RuntimeError as exc:
+        if shutil.disk_usage(path.parent).free < (1 << 20):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines() if "Description:" in ln),
                       "write failed")
-        raise OutputError(f"{path.name}: cannot write ({reason[:160]})") from None
+        raise OSError(errno.EIO, f"{path.name}: {reason[:160]}", str(path)) from None
 
 
 def _write_dicom(result: AnalysisResult, staging: Path) -> List[str]:
