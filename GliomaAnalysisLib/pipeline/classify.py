@@ -5,7 +5,9 @@
       -> MGMT late fusion       per-modality CNN + LSTM, fused                           ("mgmt_late_fusion")
       -> slice-grade classifier majority / soft / attention over tumor slices           ("slice_grade")
 
-A classifier whose model is not installed is skipped with a warning; the segmentation result stands either way.
+Every prediction carries the evidence level of its task from the model card (``evidence``, ``evidence_detail``;
+models/evidence.py). A classifier whose model is not installed is skipped with a warning; the segmentation result
+stands either way.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ..errors import GliomaAnalysisError
+from ..models.evidence import task_evidence
 from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import predict_mgmt_fusion
@@ -48,8 +51,8 @@ Say = Callable[[str], None]
 def _multitask(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
                labels: np.ndarray, uncertainty: bool, say: Say) -> None:
     say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
-    out.predictions.update(predict_markers(model, card, image, presence, labels,
-                                           mc_samples=MC_SAMPLES if uncertainty else 1))
+    predictions = predict_markers(model, card, image, presence, labels, mc_samples=MC_SAMPLES if uncertainty else 1)
+    out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
 
 
 def _mgmt_fusion(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
@@ -57,12 +60,14 @@ def _mgmt_fusion(model, card: Dict, out: Classification, image: np.ndarray, pres
     say("classifying MGMT (per-modality late fusion)")
     out.mgmt_late_fusion = predict_mgmt_fusion(model, card, image, presence, labels,
                                                mc_samples=16 if uncertainty else 0)
+    out.mgmt_late_fusion.update(task_evidence(card, "mgmt"))
 
 
 def _slice_grade(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
                  labels: np.ndarray, uncertainty: bool, say: Say) -> None:
     say("classifying grade from tumor slices")
     out.slice_grade = predict_slice_grade(model, card, image, presence, labels, mc_samples=20 if uncertainty else 0)
+    out.slice_grade.update(task_evidence(card, "grade"))
     out.warnings += out.slice_grade.pop("warnings", [])
     if out.slice_grade.get("reason"):
         out.warnings.append(f"slice grade: {out.slice_grade['reason']}")

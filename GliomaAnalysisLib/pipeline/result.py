@@ -8,8 +8,9 @@ import SimpleITK as sitk
 
 from .._version import __version__
 from ..io.labels import from_contiguous
+from .location import tumor_location
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # minor: fields added (readers of 1.0 keep working); major: fields removed or changed
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
 PREDICTION_TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
 
@@ -21,7 +22,8 @@ class AnalysisResult:
     labels: uint8 contiguous labels (0 bg, 1 NCR, 2 ED, 3 ET) on the reference grid.
     probabilities: float32 maps ``ncr``, ``ed``, ``et`` in [0, 1] on the reference grid.
     uncertainty: float32 voxel uncertainty in [0, 1] (normalised predictive entropy of the MC-dropout/TTA mean).
-    predictions: per task ``{label, probability, uncertainty}`` or None where no classifier ran.
+    predictions: per task ``{label, probability, uncertainty, evidence, evidence_detail}`` or None where no
+    classifier ran (evidence: the task's level on real data from the model card, models/evidence.py).
     """
 
     case_id: str
@@ -48,6 +50,9 @@ class AnalysisResult:
     """Time-stamped progress messages and warnings of the run (written as analysis.log)."""
     dicom_sources: List[str] = field(default_factory=list)
     """DICOM files of the reference series when the inputs were DICOM (referenced by DICOM SEG)."""
+    location: Optional[Dict[str, Any]] = None
+    """Approximate hemisphere and lobe of the tumor (pipeline/location.py); computed from labels and images on the
+    first call of :meth:`report` when not set."""
 
     def label_image(self, convention: str = "brats2021") -> sitk.Image:
         """The label map in a file convention (``brats2021``: 0/1/2/4, ``brats2023``: 0/1/2/3)."""
@@ -59,6 +64,8 @@ class AnalysisResult:
     def report(self, convention: str = "brats2021") -> Dict[str, Any]:
         """The machine-readable report (``report.json``)."""
         geometry = self.labels
+        if self.location is None and self.images:
+            self.location = tumor_location(self.labels, self.images)
         return {
             "schema_version": SCHEMA_VERSION,
             "software": {"name": "GliomaAnalysis", "version": __version__},
@@ -76,6 +83,7 @@ class AnalysisResult:
             "volumes_ml": dict(self.volumes_ml),
             "ratios": dict(self.ratios),
             "uncertainty": dict(self.uncertainty_summary),
+            "location": self.location,
             "predictions": dict(self.predictions),
             "mgmt_late_fusion": self.mgmt_late_fusion,
             "slice_grade": self.slice_grade,

@@ -28,8 +28,37 @@ def _img(png: bytes, caption: str, figure_id: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _num(value, path: str) -> str:
-    return f'<td data-json="{path}">{html.escape(json.dumps(value))}</td>'
+DECIMALS = {"probability": 2, "volume": 1, "fraction": 2, "seconds": 2}
+"""Decimals shown per kind of number; report.json keeps full precision (data-value holds it in the page)."""
+
+
+def rounded(value, kind: str) -> str:
+    """``value`` as shown to a reader: integers as such, None as n/a, else ``DECIMALS[kind]`` decimals."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    return f"{float(value):.{DECIMALS[kind]}f}"
+
+
+def _num(value, path: str, kind: str = "probability") -> str:
+    return (f'<td data-json="{path}" data-value="{html.escape(json.dumps(value))}">'
+            f"{html.escape(rounded(value, kind))}</td>")
+
+
+def _evidence_cells(entry: Dict, path: str) -> str:
+    """The evidence level and its real-data figure (AUC, 95% interval, n, source in the tooltip)."""
+    level = entry.get("evidence") or "not assessable"
+    detail = entry.get("evidence_detail") or {}
+    if detail.get("value") is None:
+        figure = html.escape(detail.get("reason") or "no real-data figure")
+    else:
+        interval = (f"{detail['ci95']['lower']:.2f}-{detail['ci95']['upper']:.2f}" if detail.get("ci95")
+                    else "interval unknown")
+        figure = html.escape(f"AUC {detail['value']:.2f} ({interval}, n {detail.get('n') or 'unknown'})")
+    title = html.escape(f"{detail.get('source', '')}. Rule: {detail.get('rule', '')}")
+    return (f'<td class="evidence" data-json="{path}.evidence" data-evidence="{html.escape(level)}">'
+            f'{html.escape(level)}</td><td title="{title}">{figure}</td>')
 
 
 def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
@@ -67,29 +96,39 @@ def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
     return parts
 
 
+_EVIDENCE_NOTE = ("Evidence: the level of each task on real cases, from its model card's real-data AUC and 95% "
+                  "interval (supported: lower bound above 0.70; weak: AUC above 0.60, lower bound above 0.50 or "
+                  "unknown; otherwise not assessable). The integrated impression names only supported findings "
+                  "of at least moderate confidence.")
+
+
 def _prediction_section(report: Dict) -> str:
     rows, bars = [], []
     for task, value in report["predictions"].items():
         if value is None:
-            rows.append(f"<tr><th>{task}</th><td colspan=4>not available in this version</td></tr>")
+            rows.append(f"<tr><th>{task}</th><td colspan=6>not available in this version</td></tr>")
             continue
         rows.append(f"<tr><th>{task}</th><td>{html.escape(value['label'])}</td>"
                     f"{_num(value['probability'], f'predictions.{task}.probability')}"
                     f"{_num(value['uncertainty'], f'predictions.{task}.uncertainty')}"
+                    f"{_evidence_cells(value, f'predictions.{task}')}"
                     f"<td>{html.escape(str(value.get('model', 'multi-task network')))}</td></tr>")
         bars.append((task, value["probability"], value["uncertainty"]))
-    out = ["<h2>Predictions (multi-task network)</h2>",
-           "<table><tr><th>task</th><th>label</th><th>probability</th><th>uncertainty</th><th>model</th></tr>",
-           *rows, "</table>"]
+    out = ["<h2>Predictions (multi-task network)</h2>", f"<p>{html.escape(_EVIDENCE_NOTE)}</p>",
+           "<table><tr><th>task</th><th>label</th><th>probability</th><th>uncertainty</th><th>evidence</th>"
+           "<th>real-data figure</th><th>model</th></tr>", *rows, "</table>"]
     if bars:
         out.append(_img(probability_bars(bars, "multi-task heads"), "Predicted probabilities with their "
                         "uncertainty", "fig-predictions"))
     fusion = report.get("mgmt_late_fusion")
     if fusion:
-        per = fusion["per_modality"]
-        out += ["<h3>MGMT late fusion (per-modality CNN + LSTM)</h3><table>",
-                *[f"<tr><th>{m}</th>{_num(p, f'mgmt_late_fusion.per_modality.{m}')}</tr>" for m, p in per.items()],
-                f"<tr><th>fused</th>{_num(fusion['fused'], 'mgmt_late_fusion.fused')}</tr></table>",
+        per, weights = fusion["per_modality"], fusion.get("weights", {})
+        out += ["<h3>MGMT late fusion (per-modality CNN + LSTM)</h3>",
+                "<table><tr><th>modality</th><th>P(methylated)</th><th>weight</th></tr>",
+                *[f"<tr><th>{m}</th>{_num(p, f'mgmt_late_fusion.per_modality.{m}')}"
+                  f"{_num(weights.get(m), f'mgmt_late_fusion.weights.{m}')}</tr>" for m, p in per.items()],
+                f"<tr><th>fused</th>{_num(fusion['fused'], 'mgmt_late_fusion.fused')}<td></td></tr></table>",
+                f"<table><tr><th>evidence</th>{_evidence_cells(fusion, 'mgmt_late_fusion')}</tr></table>",
                 _img(probability_bars([(m, p, None) for m, p in per.items() if p is not None]
                                       + [("fused", fusion["fused"], fusion.get("uncertainty"))],
                                       "MGMT methylation probability"), "MGMT late fusion", "fig-mgmt")]
@@ -97,8 +136,23 @@ def _prediction_section(report: Dict) -> str:
     if grade:
         out += ["<h3>Slice-based grade (probability of HGG)</h3><table>",
                 *[f"<tr><th>{k}</th>{_num(grade[k], f'slice_grade.{k}')}</tr>"
-                  for k in ("majority", "soft", "attention", "n_slices")], "</table>"]
+                  for k in ("majority", "soft", "attention", "n_slices")],
+                f"<tr><th>evidence</th>{_evidence_cells(grade, 'slice_grade')}</tr></table>"]
     return "\n".join(out)
+
+
+def _location_section(report: Dict) -> str:
+    location = report.get("location")
+    if not location:
+        return ""
+    position = "".join(f"<tr><th>{k.replace('_', ' ')}</th>{_num(v, f'location.position.{k}', 'fraction')}</tr>"
+                       for k, v in location["position"].items())
+    return (f"<h3>Location (approximate)</h3><table><tr><th>hemisphere</th><td>{html.escape(location['hemisphere'])}"
+            f"</td></tr><tr><th>region</th><td>{html.escape(location['region'])}</td></tr>"
+            f"<tr><th>tumor fraction in the left hemisphere</th>"
+            f"{_num(location['left_fraction'], 'location.left_fraction', 'fraction')}</tr>{position}</table>"
+            f"<p>{html.escape(location['method'])}; centroid position as fractions of the brain's extent "
+            f"(right to left, anterior to posterior, inferior to superior). Midline shift is not measured.</p>")
 
 
 def render_report(result: AnalysisResult, report: Dict, figures: bool = True) -> str:
@@ -108,9 +162,9 @@ def render_report(result: AnalysisResult, report: Dict, figures: bool = True) ->
     inputs = "".join(f"<tr><th>{html.escape(f['modality'])}</th><td>{html.escape(f['path'])}</td></tr>"
                      for f in report["inputs"]["files"])
     missing = ", ".join(report["inputs"]["missing"]) or "none"
-    volumes = "".join(f"<tr><th>{k.upper()}</th>{_num(v, f'volumes_ml.{k}')}"
-                      f"{_num(report['ratios'][k], f'ratios.{k}') if k in report['ratios'] else '<td></td>'}</tr>"
-                      for k, v in report["volumes_ml"].items())
+    volumes = "".join(f"<tr><th>{k.upper()}</th>{_num(v, f'volumes_ml.{k}', 'volume')}"
+                      f"{_num(report['ratios'][k], f'ratios.{k}', 'fraction') if k in report['ratios'] else '<td></td>'}"
+                      f"</tr>" for k, v in report["volumes_ml"].items())
     statements = "".join(
         f"<p class=\"statement\" data-layer=\"{s.layer}\" data-values='{html.escape(json.dumps(s.values))}'>"
         f"{html.escape(s.text)}</p>" for s in build_narrative(report))
@@ -118,7 +172,8 @@ def render_report(result: AnalysisResult, report: Dict, figures: bool = True) ->
                      f"<td>{html.escape(m['version'])}</td><td><code>{m['sha256']}</code></td></tr>"
                      for m in report["models"])
     warning_items = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in warnings) or "<li>none</li>"
-    timings = "".join(f"<tr><th>{k}</th>{_num(v, f'timings_s.{k}')}</tr>" for k, v in report["timings_s"].items())
+    timings = "".join(f"<tr><th>{k}</th>{_num(v, f'timings_s.{k}', 'seconds')}</tr>"
+                      for k, v in report["timings_s"].items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>GliomaAnalysis report: {html.escape(report['case_id'])}</title>
 <style>{_STYLE}</style></head><body>
@@ -131,6 +186,7 @@ def render_report(result: AnalysisResult, report: Dict, figures: bool = True) ->
 {statements}</div>
 <h2>Volumes and fractions of the whole tumor</h2>
 <table><tr><th>region</th><th>volume (mL)</th><th>fraction of WT</th></tr>{volumes}</table>
+{_location_section(report)}
 <h2>Figures</h2>{''.join(figure_html) or '<p>no figures</p>'}
 {_prediction_section(report)}
 <h2>Models</h2><table><tr><th>name</th><th>task</th><th>version</th><th>sha256</th></tr>{models}</table>

@@ -64,3 +64,51 @@ def test_missing_classifier_models_are_skipped_with_a_warning(phantom_dir, tiny_
     assert all(result.predictions[t] is None for t in PREDICTION_TASKS)
     assert sum("skipped" in w for w in result.warnings) == 3
     assert np.isfinite(result.volumes_ml["wt"])
+
+
+def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
+    import importlib.resources as resources
+
+    import jsonschema
+
+    report = json.loads(json.dumps(classified.report()))
+    schema = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["schema_version"] == "1.1"
+    grade = report["predictions"]["grade"]
+    assert grade["evidence"] == "not assessable"
+    assert grade["evidence_detail"]["ci95"] == {"lower": 0.34, "upper": 0.76}
+    assert grade["evidence_detail"]["model"] == "glioma_multitask" and grade["evidence_detail"]["n"] == 42
+    assert {report["predictions"][t]["evidence"] for t in PREDICTION_TASKS} == {"not assessable"}
+    assert report["slice_grade"]["evidence"] == "weak"
+    assert report["mgmt_late_fusion"]["evidence"] == "not assessable"
+
+
+def test_evidence_follows_the_card_in_the_model_folder(phantom_dir, tmp_path):
+    """Cards with other levels (as a retraining would write them) change the report without code changes."""
+    from GliomaAnalysisLib.models.model_store import RESOURCES
+
+    for path in RESOURCES.iterdir():
+        if path.suffix == ".safetensors":
+            (tmp_path / path.name).symlink_to(path)
+        elif path.suffix == ".json":
+            card = json.loads(path.read_text())
+            if path.stem == "glioma_multitask":
+                card["evidence"]["grade"] = {"metric": "auc", "value": 0.86, "n": 31, "positives": 26,
+                                             "negatives": 5, "ci95": {"lower": 0.74, "upper": 0.95},
+                                             "ci_method": "bootstrap over 5-fold CV", "kind": "5-fold CV",
+                                             "source": "test"}
+                card["evidence"]["idh"] = {"metric": "auc", "value": 0.7, "n": 31, "positives": 7,
+                                           "negatives": 24, "source": "test"}
+            if path.stem == "slice_grade":
+                del card["evidence"]
+            (tmp_path / path.name).write_text(json.dumps(card))
+    report = analyze(phantom_dir, model_dir=tmp_path, fast=True).report()
+    grade, idh = report["predictions"]["grade"], report["predictions"]["idh"]
+    assert grade["evidence"] == "supported" and grade["evidence_detail"]["ci_method"] == "bootstrap over 5-fold CV"
+    # IDH 0.70 with 7 / 24: Hanley-McNeil interval 0.46-0.94 reaches chance
+    assert idh["evidence"] == "not assessable"
+    assert idh["evidence_detail"]["ci95"] == {"lower": 0.4614, "upper": 0.9386}
+    assert report["slice_grade"]["evidence"] == "not assessable"
+    assert report["slice_grade"]["evidence_detail"]["source"] == \
+        "the model card states no real-data figure for this task"

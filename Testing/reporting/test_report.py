@@ -26,6 +26,7 @@ class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
         self.figures, self.numbers, self.statements, self.ids = {}, [], [], set()
+        self.shown, self.texts = [], []
         self._figure, self._json, self._statement = None, None, None
 
     def handle_starttag(self, tag, attrs):
@@ -37,13 +38,18 @@ class _Page(HTMLParser):
         if tag == "img" and self._figure:
             self.figures[self._figure] = attrs["src"]
         if tag == "td" and "data-json" in attrs:
-            self._json = attrs["data-json"]
+            self._json = (attrs["data-json"], attrs.get("data-value"))
         if tag == "p" and "data-values" in attrs:
             self._statement = [json.loads(attrs["data-values"]), ""]
 
     def handle_data(self, data):
         if self._json:
-            self.numbers.append((self._json, json.loads(data)))
+            path, value = self._json
+            if value is not None:  # a number: full precision in data-value, rounded for reading in the text
+                self.numbers.append((path, json.loads(value)))
+                self.shown.append((path, data))
+            else:
+                self.texts.append((path, data))
             self._json = None
         if self._statement is not None:
             self._statement[1] += data
@@ -94,11 +100,16 @@ def test_every_number_in_the_html_equals_report_json(analysed):
     assert {f"volumes_ml.{k}" for k in ("ncr", "ed", "et", "tc", "wt")} <= paths
     for path, value in page.numbers:
         assert value == _lookup(report, path), path
+    for path, text in page.shown:
+        value = _lookup(report, path)
+        decimals = 1 if path.startswith("volumes_ml.") else 2
+        assert text == (str(value) if isinstance(value, int) else f"{value:.{decimals}f}"), path
     assert len(page.statements) >= 4
     for values, text in page.statements:
         for path, value in values.items():
             if not path.startswith("inputs.n_"):
                 assert value == _lookup(report, path), path
+        text = re.sub(r"1p/19q|WHO CNS grade \d-\d", "", text)  # names, not numbers
         printed = [float(x) for x in re.findall(r"\d+\.\d+|\d+", text)]
         allowed = [v for v in values.values()] + [100 * v for v in values.values()]
         for number in printed:
@@ -308,3 +319,42 @@ def test_predictions_show_with_bars_and_numbers_from_the_report(analysed, tmp_pa
         assert value == _lookup(report, path)
     text = " ".join(t for _, t in page.statements)
     assert "IDH-wildtype" in text and "high grade" in text and "0.83" in text
+
+
+def test_html_rounds_for_reading_and_report_json_keeps_full_precision(analysed, tmp_path):
+    import copy
+
+    from GliomaAnalysisLib.models.evidence import task_evidence
+
+    _, result = analysed
+    result = copy.copy(result)
+    card = {"name": "test_card", "evidence": {"grade": {"value": 0.55, "n": 42, "positives": 33, "negatives": 9,
+                                                        "source": "held-out"},
+                                              "mgmt": {"reason": "never validated on a real MGMT label"}}}
+    result.volumes_ml = {"ncr": 10.04, "ed": 30.06, "et": 5.25, "tc": 15.29, "wt": 45.35}
+    result.ratios = {"ncr": 0.2214, "ed": 0.6628, "et": 0.1158}
+    result.predictions = {"grade": {"label": "HGG", "probability": 0.6234, "uncertainty": 0.0571,
+                                    **task_evidence(card, "grade")},
+                          "idh": None, "codeletion_1p19q": None, "mgmt": None}
+    result.mgmt_late_fusion = {"per_modality": {"t1ce": 0.6512390971183777, "flair": 0.5249},
+                               "weights": {"t1ce": 0.19731968807767940, "flair": 0.8026803119223206},
+                               "fused": 0.5523418, "uncertainty": 0.0, **task_evidence(card, "mgmt")}
+    result.slice_grade = {"majority": 1.0, "soft": 0.7712345, "attention": 0.812345, "n_slices": 23,
+                          **task_evidence(card, "grade")}
+    write_outputs(result, tmp_path, figures=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["mgmt_late_fusion"]["per_modality"]["t1ce"] == 0.6512390971183777  # full precision
+    page = _Page()
+    page.feed((tmp_path / "report.html").read_text())
+    shown = dict(page.shown)
+    assert shown["mgmt_late_fusion.per_modality.t1ce"] == "0.65" and shown["mgmt_late_fusion.fused"] == "0.55"
+    assert shown["mgmt_late_fusion.weights.flair"] == "0.80" and shown["slice_grade.soft"] == "0.77"
+    assert shown["predictions.grade.probability"] == "0.62" and shown["predictions.grade.uncertainty"] == "0.06"
+    assert shown["volumes_ml.wt"] == "45.4" and shown["volumes_ml.et"] == "5.2" and shown["ratios.et"] == "0.12"
+    assert shown["slice_grade.n_slices"] == "23"
+    assert "0.6512390971183777" not in "".join(text for _, text in page.shown)
+    texts = dict(page.texts)
+    assert texts["predictions.grade.evidence"] == "not assessable"
+    assert texts["mgmt_late_fusion.evidence"] == "not assessable" and texts["slice_grade.evidence"] == "not assessable"
+    html_text = (tmp_path / "report.html").read_text()
+    assert "AUC 0.55 (0.34-0.76, n 42)" in html_text and "never validated on a real MGMT label" in html_text
