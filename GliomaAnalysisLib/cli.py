@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write registered/<modality>.nii.gz: every input on the reference grid, "
                               "co-registered when the clinical pipeline ran (for inspection)")
     analyze.add_argument("--dicom-seg", action="store_true",
-                         help="also write segmentation.seg.dcm (DICOM SEG; with dicom_source/ for non-DICOM input)")
+                         help="also write segmentation.seg.dcm (DICOM SEG) and measurements.sr.dcm (DICOM SR, "
+                              "TID 1500: the subregion volumes); with dicom_source/ for non-DICOM input")
     analyze.set_defaults(func=cmd_analyze)
 
     batch = sub.add_parser("batch", help="analyse every case under a folder into OUT/<case>/ with summary.csv")

@@ -224,6 +224,12 @@ def test_dicom_series_input_is_read_and_referenced_by_the_seg(tmp_path, small_ph
     source_series = pydicom.dcmread(case.dicom_files["t1ce"][0]).SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
     _assert_seg_matches(seg, result.labels)
+    sr = hd.sr.srread(out / "measurements.sr.dcm")
+    group = sr.content.get_volumetric_roi_measurement_groups()[0]
+    assert group.referenced_segment.source_series_for_segmentation.value == source_series
+    if shutil.which("dciodvfy"):  # the DICOM input's own series is the source here
+        for path in (case.dicom_files["t1ce"][0], out / "segmentation.seg.dcm", out / "measurements.sr.dcm"):
+            assert _dciodvfy_errors(Path(path)) == [], path
 
 
 def _ellipse_labels(a_mm, b_mm, angle, spacing=(0.8, 0.8, 2.0)):
