@@ -13,15 +13,16 @@ from GliomaAnalysisLib.io.modalities import MODALITIES, classify_text
 PROGRESS_PREFIX = "[glioma-analysis] "
 ERROR_PREFIX = "glioma-analysis: error: "
 
-# label value in segmentation.nii.gz (BraTS 2021) -> segment name, RGB colour (0-1), SNOMED CT type (code, meaning)
+# label value in segmentation.nii.gz (BraTS 2021) -> segment name, RGB colour (0-1), SNOMED CT type (code, meaning);
+# written into Resources/GliomaAnalysis.term.json (terminology_json), which the scene layer loads and names from
 SEGMENTS = (
     (1, "NCR", (0.85, 0.2, 0.2), ("6574001", "Necrosis")),
     (2, "ED", (0.2, 0.75, 0.3), ("79654002", "Edema")),
     (4, "ET", (1.0, 0.85, 0.1), ("108369006", "Neoplasm")),
 )
-CATEGORY = ("49755003", "Morphologically Abnormal Structure")
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+# SCT 49755003 as DICOM (CID 7150) and Slicer's own terminology name it
+CATEGORY = ("49755003", "Morphologically Altered Structure")
+STDERR_TAIL_LINES = 20  # the last child-process lines shown when a run fails without a one-line error
 
 
 def modality_for_node_name(name: str) -> Optional[str]:
@@ -92,46 +93,109 @@ def parse_progress(line: str) -> Tuple[Optional[float], Optional[str], Optional[
     return None, message, None
 
 
-def table_rows(report: Dict) -> List[Tuple[str, str, str]]:
-    """(item, value, uncertainty) rows for the results table: volumes, ratios, every prediction."""
-    rows = [(f"{k.upper()} volume (mL)", f"{v:.2f}", "") for k, v in report["volumes_ml"].items()]
-    rows += [(f"{k.upper()} fraction of WT", f"{v:.3f}", "") for k, v in report["ratios"].items()]
+def _evidence(value: Dict) -> str:
+    """The evidence level of one prediction (``evidence``: a string, or a dict with ``level``), or ""."""
+    evidence = value.get("evidence")
+    if isinstance(evidence, dict):
+        evidence = evidence.get("level")
+    return "" if evidence is None else str(evidence)
+
+
+_STATES = (("loading", "Starting"), ("case ", "Starting"), ("clinical input", "Registering"),
+           ("preprocessing", "Starting"), ("segmenting", "Segmenting"), ("network pass", "Segmenting"),
+           ("classifying", "Classifying"), ("mapping results back", "Segmenting"))
+
+
+def run_state(message: str) -> Optional[str]:
+    """The run state a CLI progress message starts (Starting / Registering / Segmenting / Classifying), or None.
+    The widget adds Loading, Done, Cancelled and Failed itself."""
+    for prefix, state in _STATES:
+        if message.startswith(prefix):
+            return state
+    return None
+
+
+def table_rows(report: Dict) -> List[Tuple[str, str, str, str]]:
+    """(item, value, uncertainty, evidence) rows for the results table: volumes, ratios, every prediction (with its
+    evidence level when the report carries one)."""
+    rows = [(f"{k.upper()} volume (mL)", f"{v:.2f}", "", "") for k, v in report["volumes_ml"].items()]
+    rows += [(f"{k.upper()} fraction of WT", f"{v:.3f}", "", "") for k, v in report["ratios"].items()]
     for task, value in report["predictions"].items():
         if value is None:
-            rows.append((task, "not available", ""))
+            rows.append((task, "not available", "", ""))
         else:
-            rows.append((task, f"{value['label']} (p={value['probability']:.2f})", f"{value['uncertainty']:.3f}"))
+            rows.append((task, f"{value['label']} (p={value['probability']:.2f})", f"{value['uncertainty']:.3f}",
+                         _evidence(value)))
     fusion = report.get("mgmt_late_fusion")
     if fusion:
         spread = fusion.get("uncertainty") or 0.0
-        rows.append(("MGMT late fusion: P(methylated)", f"{fusion['fused']:.2f}", f"{spread:.3f}"))
-        rows += [(f"MGMT {modality.upper()} model", f"{p:.2f}", f"weight {fusion['weights'].get(modality, 0):.2f}")
+        rows.append(("MGMT late fusion: P(methylated)", f"{fusion['fused']:.2f}", f"{spread:.3f}", _evidence(fusion)))
+        rows += [(f"MGMT {modality.upper()} model", f"{p:.2f}", f"weight {fusion['weights'].get(modality, 0):.2f}", "")
                  for modality, p in fusion["per_modality"].items() if p is not None]
     grade = report.get("slice_grade")
     if grade and grade.get("n_slices"):
         spread = grade.get("uncertainty") or 0.0
         for method in ("attention", "soft", "majority"):
             detail = f"{spread:.3f}" if method == "attention" else f"{grade['n_slices']} slices"
-            rows.append((f"slice grade ({method}): P(HGG)", f"{grade[method]:.2f}", detail))
+            rows.append((f"slice grade ({method}): P(HGG)", f"{grade[method]:.2f}", detail,
+                         _evidence(grade) if method == "attention" else ""))
     elif grade:
-        rows.append(("slice grade", "not available", grade.get("reason") or ""))
+        rows.append(("slice grade", "not available", grade.get("reason") or "", ""))
     summary = report.get("uncertainty") or {}
     if "mean_in_tumor" in summary:
-        rows.append(("mean voxel uncertainty in tumor", f"{summary['mean_in_tumor']:.3f}", ""))
+        rows.append(("mean voxel uncertainty in tumor", f"{summary['mean_in_tumor']:.3f}", "", ""))
     return rows
 
 
-def terminology_entry(code: str, meaning: str) -> str:
-    """Slicer's segment terminology tag for a SNOMED CT type in the abnormal-structure category."""
-    return (f"{TERMINOLOGY_CONTEXT}~SCT^{CATEGORY[0]}^{CATEGORY[1]}~SCT^{code}^{meaning}~^^~"
-            f"{ANATOMIC_CONTEXT}~^^~^^")
+def stderr_tail(lines: Sequence[str], count: int = STDERR_TAIL_LINES) -> str:
+    """The last ``count`` non-empty lines of a child's stderr, for the message of a failed run."""
+    kept = [line.rstrip("\n") for line in lines if line.strip()]
+    return "\n".join(kept[-count:])
+
+
+def failure_message(returncode: int, error: Optional[str], lines: Sequence[str]) -> Optional[str]:
+    """What a finished run reports: None on success, the CLI's one-line error, else the exit status and the last
+    lines of its stderr (a traceback, an import error, a crash)."""
+    if returncode == 0:
+        return None
+    if error:
+        return error
+    tail = stderr_tail(lines)
+    message = f"The analysis stopped with exit status {returncode}."
+    return f"{message} Last lines of its log:\n{tail}" if tail else message
+
+
+def common_transform(transform_ids: Dict[str, Optional[str]]) -> Optional[str]:
+    """The one parent-transform node ID all inputs share (None: none), or ValueError naming the inputs that differ:
+    the CLI sees the voxels in each node's local coordinates, so inputs under different transforms would be
+    misaligned (harden them first)."""
+    distinct = set(transform_ids.values())
+    if len(distinct) <= 1:
+        return next(iter(distinct), None)
+    listing = ", ".join(f"{modality} under {tid or 'no transform'}" for modality, tid in transform_ids.items())
+    raise ValueError(f"The inputs are under different transforms ({listing}). Harden the transforms first "
+                     f"(Data module: right-click the volume -> Harden transform) or put all inputs under one.")
+
+
+def popen_options(os_name: str = os.name) -> Dict:
+    """Keyword arguments of subprocess.Popen for the child: its own process group (Cancel kills the tree) and, on
+    Windows, no console window (CREATE_NO_WINDOW and a hidden STARTUPINFO)."""
+    import subprocess
+    if os_name == "posix":
+        return {"start_new_session": True}
+    startupinfo = subprocess.STARTUPINFO()
+    startupinfo.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    startupinfo.wShowWindow = 0  # SW_HIDE
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW,
+            "startupinfo": startupinfo}
 
 
 def terminology_json(segments: Sequence = SEGMENTS) -> Dict:
-    """The shipped ``GliomaAnalysis.term.json`` (Slicer's terminology context format) for the three segments."""
-    types = [{"CodingSchemeDesignator": "SCT", "CodeValue": code, "CodeMeaning": meaning,
+    """The shipped ``GliomaAnalysis.term.json`` (Slicer's terminology context format) for the three segments; each
+    type's ``3dSlicerLabel`` is the segment name Slicer shows."""
+    types = [{"CodingSchemeDesignator": "SCT", "CodeValue": code, "CodeMeaning": meaning, "3dSlicerLabel": name,
               "recommendedDisplayRGBValue": [int(round(255 * c)) for c in colour], "showAnatomy": "false"}
-             for _, _, colour, (code, meaning) in segments]
+             for _, name, colour, (code, meaning) in segments]
     return {"SegmentationCategoryTypeContextName": "GliomaAnalysis glioma subregions",
             "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
             "SegmentationCodes": {"Category": [{"CodingSchemeDesignator": "SCT", "CodeValue": CATEGORY[0],

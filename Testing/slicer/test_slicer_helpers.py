@@ -8,8 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "GliomaAnalysis"))
 
-from GliomaAnalysisModuleLib.helpers import (SEGMENTS, assign_nodes, build_command, modality_for_node_name,  # noqa
-                                             parse_progress, table_rows, terminology_entry, terminology_json)
+from GliomaAnalysisModuleLib.helpers import (SEGMENTS, assign_nodes, build_command, common_transform,  # noqa
+                                             failure_message, modality_for_node_name, parse_progress,
+                                             popen_options, run_state, stderr_tail, table_rows, terminology_json)
 
 
 @pytest.mark.parametrize("name,modality", [("BraTS2021_00000_t1ce", "t1ce"), ("AX T1 POST GD", "t1ce"),
@@ -68,26 +69,76 @@ def test_table_rows_cover_volumes_ratios_and_predictions():
               "slice_grade": {"majority": 1.0, "soft": 0.8, "attention": 0.85, "n_slices": 12, "uncertainty": 0.02},
               "uncertainty": {"mean_in_tumor": 0.12}}
     rows = table_rows(report)
-    assert ("WT volume (mL)", "6.00", "") in rows and ("grade", "HGG (p=0.90)", "0.050") in rows
-    assert ("idh", "not available", "") in rows
-    assert ("slice grade (attention): P(HGG)", "0.85", "0.020") in rows
-    assert ("slice grade (majority): P(HGG)", "1.00", "12 slices") in rows
-    assert ("MGMT late fusion: P(methylated)", "0.62", "0.040") in rows
-    assert ("MGMT T1CE model", "0.70", "weight 0.60") in rows and not any("MGMT T1 model" in r[0] for r in rows)
+    assert ("WT volume (mL)", "6.00", "", "") in rows and ("grade", "HGG (p=0.90)", "0.050", "") in rows
+    assert ("idh", "not available", "", "") in rows
+    assert ("slice grade (attention): P(HGG)", "0.85", "0.020", "") in rows
+    assert ("slice grade (majority): P(HGG)", "1.00", "12 slices", "") in rows
+    assert ("MGMT late fusion: P(methylated)", "0.62", "0.040", "") in rows
+    assert ("MGMT T1CE model", "0.70", "weight 0.60", "") in rows and not any("MGMT T1 model" in r[0] for r in rows)
     assert len(rows) == 5 + 3 + 4 + 3 + 3 + 1
     report["slice_grade"] = {"majority": None, "soft": None, "attention": None, "n_slices": 0,
                              "reason": "no tumor slice in the segmentation"}
-    assert ("slice grade", "not available", "no tumor slice in the segmentation") in table_rows(report)
+    assert ("slice grade", "not available", "no tumor slice in the segmentation", "") in table_rows(report)
+    # an evidence level on a prediction (a string, or a dict with "level") fills the fourth column
+    report["predictions"]["grade"]["evidence"] = {"level": "exploratory", "basis": "synthetic validation"}
+    report["mgmt_late_fusion"]["evidence"] = "validated on BraTS"
+    rows = table_rows(report)
+    assert ("grade", "HGG (p=0.90)", "0.050", "exploratory") in rows
+    assert ("MGMT late fusion: P(methylated)", "0.62", "0.040", "validated on BraTS") in rows
 
 
-def test_terminology_entries_and_shipped_term_json():
-    entry = terminology_entry("6574001", "Necrosis")
-    assert entry.split("~")[1] == "SCT^49755003^Morphologically Abnormal Structure"
-    assert entry.split("~")[2] == "SCT^6574001^Necrosis" and len(entry.split("~")) == 7  # Slicer's 7 fields
+def test_shipped_term_json_names_the_segments_with_the_dicom_category():
     shipped = json.loads((ROOT / "GliomaAnalysis" / "Resources" / "GliomaAnalysis.term.json").read_text())
     assert shipped == terminology_json()
-    types = shipped["SegmentationCodes"]["Category"][0]["Type"]
+    category = shipped["SegmentationCodes"]["Category"][0]
+    # SCT 49755003 is "Morphologically Altered Structure" in DICOM CID 7150 and Slicer's terminologies
+    assert (category["CodeValue"], category["CodeMeaning"]) == ("49755003", "Morphologically Altered Structure")
+    types = category["Type"]
     assert [t["CodeValue"] for t in types] == [code for _, _, _, (code, _) in SEGMENTS]
+    assert [t["3dSlicerLabel"] for t in types] == ["NCR", "ED", "ET"]
+    assert types[1]["recommendedDisplayRGBValue"] == [51, 191, 76]
+
+
+def test_a_failed_run_shows_the_cli_error_or_the_tail_of_its_stderr():
+    assert failure_message(0, None, ["anything\n"]) is None
+    assert failure_message(2, "/x/t1.nii: file is empty (0 bytes)", []) == "/x/t1.nii: file is empty (0 bytes)"
+    crash = ["[glioma-analysis] loading\n", "Traceback (most recent call last):\n", '  File "x.py", line 1\n',
+             "\n", "ModuleNotFoundError: No module named 'monai'\n"]
+    message = failure_message(1, None, crash)
+    assert message.startswith("The analysis stopped with exit status 1. Last lines of its log:\n")
+    assert message.endswith("ModuleNotFoundError: No module named 'monai'")
+    assert stderr_tail([f"line {i}\n" for i in range(50)], 3) == "line 47\nline 48\nline 49"
+    assert failure_message(-9, None, []) == "The analysis stopped with exit status -9."
+
+
+def test_inputs_under_different_transforms_are_refused():
+    assert common_transform({"t1": None, "flair": None}) is None
+    assert common_transform({"t1": "vtkMRMLLinearTransformNode4", "t2": "vtkMRMLLinearTransformNode4"}) == \
+        "vtkMRMLLinearTransformNode4"
+    with pytest.raises(ValueError, match=r"t1 under vtkMRMLLinearTransformNode4, flair under no transform.*Harden"):
+        common_transform({"t1": "vtkMRMLLinearTransformNode4", "flair": None})
+
+
+def test_child_process_options_hide_the_windows_console(monkeypatch):
+    import subprocess
+
+    assert popen_options("posix") == {"start_new_session": True}
+
+    class StartupInfo:  # subprocess.STARTUPINFO exists only on Windows
+        dwFlags, wShowWindow = 0, 1
+
+    for name, value in (("STARTUPINFO", StartupInfo), ("STARTF_USESHOWWINDOW", 1),
+                        ("CREATE_NO_WINDOW", 0x08000000), ("CREATE_NEW_PROCESS_GROUP", 0x200)):
+        monkeypatch.setattr(subprocess, name, value, raising=False)
+    options = popen_options("nt")
+    assert options["creationflags"] == 0x08000000 | 0x200
+    assert options["startupinfo"].dwFlags == 1 and options["startupinfo"].wShowWindow == 0
+
+
+def test_run_states_follow_the_cli_messages():
+    assert [run_state(m) for m in ("loading inputs", "clinical input: co-registering flair to t1ce (rigid)",
+                                   "segmenting (4 passes)", "network pass 2/4", "classifying", "done")] == [
+        "Starting", "Registering", "Segmenting", "Segmenting", "Classifying", None]
 
 
 def test_command_line_carries_the_clinical_preprocessing_choices():
