@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import List, Union
 
@@ -65,15 +66,37 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
-    """sitk.WriteImage (compressed); ITK's write errors become OSError (named as ENOSPC when the disk is full)."""
+    """sitk.WriteImage (compressed), checked: ITK's NIfTI writer can leave a short file on a full disk without
+    raising, so the gzip trailer's length is compared with what was to be written. Failures become OSError
+    (ENOSPC when the disk is full)."""
     try:
         sitk.WriteImage(image, str(path), True)
+        complete = _gzip_length_matches(path, _NIFTI_HEADER + image.GetNumberOfPixels()
+                                        * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent())
+        reason = "the file is incomplete after writing"
     except RuntimeError as exc:
-        if shutil.disk_usage(path.parent).free < (1 << 20):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        complete = False
         reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines() if "Description:" in ln),
                       "write failed")
-        raise OSError(errno.EIO, f"{path.name}: {reason[:160]}", str(path)) from None
+    if complete:
+        return
+    if shutil.disk_usage(path.parent).free < (1 << 20):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    raise OSError(errno.EIO, f"{path.name}: {reason[:160]}", str(path))
+
+
+_NIFTI_HEADER = 352
+"""Bytes before the voxels in the NIfTI-1 files ITK writes (348-byte header, 4 extension bytes)."""
+
+
+def _gzip_length_matches(path: Path, expected: int) -> bool:
+    """Whether the gzip trailer of ``path`` records ``expected`` uncompressed bytes (mod 2**32)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", handle.read(4))[0] == expected % (1 << 32)
+    except OSError:
+        return False
 
 
 def _write_dicom(result: AnalysisResult, staging: Path) -> List[str]:
