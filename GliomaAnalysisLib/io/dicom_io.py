@@ -90,13 +90,11 @@ def _ds(value: float) -> str:
 
 
 def _twelve_bits(array: np.ndarray):
-    """Scale intensities linearly into 12 bits, zero kept at zero: (pixels, pixel representation, scale)."""
+    """Scale intensities linearly into 12 bits, zero kept at zero: (pixels, PixelRepresentation 0 or 1)."""
     low, high = float(array.min()), float(array.max())
     if low >= 0:
-        scale = max(high, 1e-6) / 4095.0
-        return np.round(array / scale).astype(np.uint16), 0, scale
-    scale = max(abs(low), abs(high), 1e-6) / 2047.0
-    return np.round(array / scale).astype(np.int16), 1, scale
+        return np.round(array * (4095.0 / max(high, 1e-6))).astype(np.uint16), 0
+    return np.round(array * (2047.0 / max(abs(low), abs(high), 1e-6))).astype(np.int16), 1
 
 
 def synthetic_source(image: sitk.Image, folder: Path, description: str) -> List[str]:
@@ -111,7 +109,7 @@ def synthetic_source(image: sitk.Image, folder: Path, description: str) -> List[
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     oriented = sitk.DICOMOrient(image, "LPS")
-    pixels, representation, _ = _twelve_bits(sitk.GetArrayFromImage(oriented).astype(np.float64))
+    pixels, representation = _twelve_bits(sitk.GetArrayFromImage(oriented).astype(np.float64))
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     direction = np.asarray(oriented.GetDirection()).reshape(3, 3)
     spacing = oriented.GetSpacing()

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from ..models.evidence import NOT_ASSESSABLE, SUPPORTED
+
 AUTOMATIC_NOTICE = ("Automatically generated text from image analysis, for research use only. It is not a "
                     "diagnosis and does not replace review by a radiologist or neuropathologist.")
-SUPPORTED = "supported"
-NOT_ASSESSABLE = "not assessable"
 
 _TASK_WORDS = {
     "grade": ("histological grade estimate", {"HGG": "high-grade glioma (WHO CNS grade 3-4)",

@@ -1,7 +1,8 @@
 """The self-contained ``report.html``: inputs and warnings, slice figures with the label overlay, a 3D rendering,
 probability and uncertainty maps, volumes and ratios, predictions with probability bars, models and checksums, the
-automatic narrative and the research-use disclaimer. Every number shown carries the ``report.json`` path it comes
-from (``data-json``), so tests and readers can check it."""
+automatic narrative and the research-use disclaimer; each prediction with its evidence level. Every number shown
+carries the ``report.json`` path it comes from (``data-json``) and its full-precision value (``data-value``), so tests
+and readers can check it; the text shows it rounded for reading (:data:`DECIMALS`)."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +13,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
+from ..models.evidence import NOT_ASSESSABLE, RULE
 from .figures import map_figure, overlay_figure, probability_bars
 from .narrative import AUTOMATIC_NOTICE, build_narrative
 from ..pipeline.result import RESEARCH_USE, AnalysisResult
@@ -48,7 +50,7 @@ def _num(value, path: str, kind: str = "probability") -> str:
 
 def _evidence_cells(entry: Dict, path: str) -> str:
     """The evidence level and its real-data figure (AUC, 95% interval, n, source in the tooltip)."""
-    level = entry.get("evidence") or "not assessable"
+    level = entry.get("evidence") or NOT_ASSESSABLE
     detail = entry.get("evidence_detail") or {}
     if detail.get("value") is None:
         figure = html.escape(detail.get("reason") or "no real-data figure")
@@ -96,10 +98,9 @@ def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
     return parts
 
 
-_EVIDENCE_NOTE = ("Evidence: the level of each task on real cases, from its model card's real-data AUC and 95% "
-                  "interval (supported: lower bound above 0.70; weak: AUC above 0.60, lower bound above 0.50 or "
-                  "unknown; otherwise not assessable). The integrated impression names only supported findings "
-                  "of at least moderate confidence.")
+_EVIDENCE_NOTE = (f"Evidence: the level of each task on real cases, from its model card's real-data AUC and 95% "
+                  f"interval ({RULE}). The integrated impression names only supported findings of at least "
+                  f"moderate confidence.")
 
 
 def _prediction_section(report: Dict) -> str:
