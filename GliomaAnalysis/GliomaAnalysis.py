@@ -8,12 +8,8 @@ into the scene (GliomaAnalysisModuleLib/scene.py) only when the run succeeded. R
 import importlib
 import logging
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 from typing import Annotated
 
 import qt
@@ -29,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bundled Gl
 if os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "GliomaAnalysisLib")):
     sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a source checkout (CTest)
 from GliomaAnalysisModuleLib import scene  # noqa: E402
+from GliomaAnalysisModuleLib.child import ChildRun  # noqa: E402
 from GliomaAnalysisModuleLib.helpers import (SAMPLE_NAME, assign_nodes, build_command, common_transform,  # noqa: E402
-                                             failure_message, node_name_for_file, parse_progress, popen_options,
-                                             registration_keywords, run_state, sample_data_sources,
-                                             write_sample_phantom)
+                                             node_name_for_file, registration_keywords, run_state,
+                                             sample_data_sources, write_sample_phantom)
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
@@ -299,76 +295,29 @@ class GliomaAnalysisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.saveReport(self._lastRun.outDir, folder)
 
 
-class AnalysisRun:
-    """One out-of-process run of the library's CLI, polled from the GUI thread with a QTimer. It keeps what it was
-    started with (``inputs``, ``outputSegmentation``), every stderr line (``log``) and its temporary folder."""
+class AnalysisRun(ChildRun):
+    """One out-of-process run of the library's CLI (child.ChildRun), polled from the GUI thread with a QTimer. It also
+    keeps what it was started with (``inputs``, ``outputSegmentation``), so that the results go to those nodes."""
 
     def __init__(self, command, env, workDir, inputs, outputSegmentation, onProgress, onFinished):
-        self.workDir = workDir
-        self.outDir = os.path.join(workDir, "out")
+        ChildRun.__init__(self, command, env, workDir, onProgress)
         self.inputs, self.outputSegmentation = dict(inputs), outputSegmentation
-        self.error, self.cancelled, self.log = None, False, []
-        self._onProgress, self._onFinished = onProgress, onFinished
-        self._cliError = None
-        self._finished = False
-        self._process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True, **popen_options())
-        self._lines = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._onFinished = onFinished
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
-        self._timer.connect("timeout()", self._poll)
+        self._timer.connect("timeout()", self._tick)
         self._timer.start()
 
-    def _read(self):
-        for line in self._process.stderr:
-            self._lines.put(line)
-
-    def _drain(self):
-        while not self._lines.empty():
-            line = self._lines.get()
-            self.log.append(line)
-            fraction, message, error = parse_progress(line)
-            self._cliError = error or self._cliError
-            if self._onProgress and (fraction is not None or message):
-                self._onProgress(fraction, message)
-
-    def _poll(self):
-        self._drain()
-        if self._finished or self._process.poll() is None:
-            return
-        self._finished = True
-        self._timer.stop()
-        self._reader.join(timeout=2)
-        self._drain()
-        if not self.cancelled:
-            self.error = failure_message(self._process.returncode, self._cliError, self.log)
-        if self._onFinished:
-            self._onFinished(self)
-
-    def cancel(self):
-        """Kill the whole process tree; the scene is not touched."""
-        self.cancelled = True
-        if self._process.poll() is None:
-            if os.name == "posix":
-                os.killpg(self._process.pid, signal.SIGKILL)
-            else:
-                subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._process.pid)], capture_output=True,
-                               **popen_options())
+    def _tick(self):
+        if self.poll():
+            self._timer.stop()
+            if self._onFinished:
+                self._onFinished(self)
 
     def wait(self):
         """Block until the run ends (console / tests), still processing its output."""
-        self._process.wait()
-        self._poll()
-
-    def removeInputs(self):
-        """Delete the written input volumes (the outputs stay for "Save report")."""
-        shutil.rmtree(os.path.join(self.workDir, "inputs"), ignore_errors=True)
-
-    def removeFiles(self):
-        """Delete the whole temporary folder of this run."""
-        shutil.rmtree(self.workDir, ignore_errors=True)
+        ChildRun.wait(self)
+        self._timer.stop()
 
 
 class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
