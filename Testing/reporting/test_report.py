@@ -105,6 +105,12 @@ def test_every_number_in_the_html_equals_report_json(analysed):
         decimals = 1 if path.startswith("volumes_ml.") else 2
         assert text == (str(value) if isinstance(value, int) else f"{value:.{decimals}f}"), path
     assert len(page.statements) >= 4
+    _assert_statements_match(report, page)
+    assert "not a diagnosis" in (out / "report.html").read_text()
+
+
+def _assert_statements_match(report, page):
+    """Each sentence's data-values equal report.json, and every number it prints is one of them."""
     for values, text in page.statements:
         for path, value in values.items():
             if not path.startswith("inputs.n_"):
@@ -114,7 +120,6 @@ def test_every_number_in_the_html_equals_report_json(analysed):
         allowed = [v for v in values.values()] + [100 * v for v in values.values()]
         for number in printed:
             assert any(abs(number - a) <= 0.051 or abs(number - round(a)) < 1e-9 for a in allowed), (number, text)
-    assert "not a diagnosis" in (out / "report.html").read_text()
 
 
 def test_dicom_seg_of_non_dicom_input_matches_the_label_map(analysed):
@@ -362,5 +367,8 @@ def test_html_rounds_for_reading_and_report_json_keeps_full_precision(analysed, 
     texts = dict(page.texts)
     assert texts["predictions.grade.evidence"] == "not assessable"
     assert texts["mgmt_late_fusion.evidence"] == "not assessable" and texts["slice_grade.evidence"] == "not assessable"
+    _assert_statements_match(report, page)
+    evidence_sentences = [text for values, text in page.statements if "evidence on real cases" in text]
+    assert len(evidence_sentences) == 3  # grade, slice grade, MGMT fusion
     html_text = (tmp_path / "report.html").read_text()
     assert "AUC 0.55 (0.34-0.76, n 42)" in html_text and "never validated on a real MGMT label" in html_text
