@@ -5,13 +5,15 @@
 Keys are the scripts' option names, with ``-`` or ``_`` (``modality-dropout`` or ``modality_dropout``). A key the
 script does not know, a value of the wrong type or outside the option's choices is a clear error (exit status 2)
 naming the file and the key. Mappings and lists given to a plain string option (such as ``--network``, which takes
-JSON) are passed on as JSON. Options marked required may come from the file.
+JSON) are passed on as JSON. Options marked required may come from the file. Every script that parses its
+arguments here ends a user mistake (missing folder, bad config, no cases found) in one line, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -108,7 +110,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
                flag: str = "--config") -> argparse.Namespace:
     """``parser.parse_args(argv)`` with ``flag FILE`` (added here if missing) supplying the defaults.
 
-    Configuration errors end the program like any argparse error (usage, message, exit status 2).
+    Configuration errors end the program with one line ``PROG: error: FILE: KEY: problem`` (exit status 2). Run
+from the command line (``argv`` None), later user mistakes (a missing folder, no cases found: any
+:class:`GliomaAnalysisError`, a missing file) also end in one line instead of a traceback.
     """
     dest = flag.lstrip("-").replace("-", "_")
     if not any(flag in a.option_strings for a in parser._actions):
@@ -118,9 +122,38 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     pre.add_argument(flag, default=None)
     known, _ = pre.parse_known_args(argv)
     path = getattr(known, dest)
+    if argv is None:  # a command-line run: user mistakes raised later end in one line too
+        install_one_line_errors(parser.prog)
     if path:
         try:
             apply_config(parser, load_yaml(path), str(path), skip=(dest,))
         except ConfigError as exc:
-            parser.error(str(exc))
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     return parser.parse_args(argv)
+
+
+def one_line_message(error: BaseException) -> Optional[str]:
+    """The one-line message of a user mistake (a library error, a configuration error, a missing or unreadable
+    file or folder), or None for anything else (a bug, which keeps its traceback)."""
+    from GliomaAnalysisLib.errors import GliomaAnalysisError
+
+    if isinstance(error, (GliomaAnalysisError, ConfigError)):
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return f"{error.filename or ''}: {error.strerror or error}"
+    return None
+
+
+def install_one_line_errors(prog: str) -> None:
+    """Make an uncaught user mistake end the script with ``PROG: error: MESSAGE`` (exit status 1), no traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        message = one_line_message(value)
+        if message is None:
+            previous(kind, value, traceback)
+        else:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+
+    sys.excepthook = hook

@@ -5,11 +5,10 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
-from GliomaAnalysisLib.io.case import find_modality_files
 from GliomaAnalysisLib.errors import GliomaAnalysisError
-from GliomaAnalysisLib.io.modalities import SEGMENTATION
+from GliomaAnalysisLib.io.case import scan_folder
 
 
 @dataclass
@@ -22,19 +21,36 @@ class CaseFolder:
     segmentation: Path
 
 
+class TrainingDataError(GliomaAnalysisError):
+    """A training data folder is missing or holds no labelled case."""
+
+
 def discover_cases(root: "str | os.PathLike[str]") -> List[CaseFolder]:
-    """Every sub-folder of ``root`` holding at least one modality and a segmentation, sorted by name."""
+    """Every sub-folder of ``root`` holding at least one modality and a ground-truth file (``<case>_seg``), sorted
+    by name. Masks and other label maps beside them are not taken for the ground truth (see
+    :func:`GliomaAnalysisLib.io.case.scan_folder`). A missing ``root`` is a :class:`TrainingDataError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainingDataError(f"{root}: data folder not found")
     cases = []
-    for folder in sorted(Path(root).iterdir()):
+    for folder in sorted(root.iterdir()):
         if not folder.is_dir() or folder.name.startswith("."):
             continue
         try:
-            found = find_modality_files(folder)
+            scan = scan_folder(folder)
         except GliomaAnalysisError:
             continue
-        if SEGMENTATION in found:
-            files = {k: v for k, v in found.items() if k != SEGMENTATION}
-            cases.append(CaseFolder(folder.name, folder, files, found[SEGMENTATION]))
+        if scan.inputs and scan.ground_truth is not None:
+            cases.append(CaseFolder(folder.name, folder, dict(scan.inputs), scan.ground_truth))
+    return cases
+
+
+def require_cases(roots: Sequence["str | os.PathLike[str]"]) -> List[CaseFolder]:
+    """The labelled cases of every root; a missing root or none found at all is a :class:`TrainingDataError`."""
+    cases = [case for root in roots for case in discover_cases(root)]
+    if not cases:
+        raise TrainingDataError(f"{', '.join(str(r) for r in roots)}: no labelled case found (expected one folder "
+                                f"per case holding modality files and <case>_seg.nii.gz)")
     return cases
 
 

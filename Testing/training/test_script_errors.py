@@ -1,0 +1,49 @@
+"""Training scripts end a user mistake (missing folder, bad config, no cases found) with one line, no traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from training.common.datasets import TrainingDataError, discover_cases, require_cases
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def setup_files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("stepz: 3\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "labels.csv").write_text("case_id,grade\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (("training.segmentation.train_segmentation", "--config", "{tmp}/bad.yaml", "--run-dir", "{tmp}/run"),
+     "bad.yaml: unknown key(s) stepz"),
+    (("training.segmentation.train_segmentation", "--run-dir", "{tmp}/run", "--data", "{tmp}/missing"),
+     "no labelled cases found under"),
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-root", "{tmp}/missing"),
+     "missing/labels.csv: cannot read label table"),
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-root", "{tmp}/empty",
+      "--n-phantoms", "0"), "label table is empty"),
+    (("training.segmentation.evaluate", "{tmp}", "{tmp}/missing"), "missing: data folder not found"),
+])
+def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, message):
+    result = _run(*(a.format(tmp=setup_files) for a in args))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_discovery_errors(tmp_path):
+    with pytest.raises(TrainingDataError, match="data folder not found"):
+        discover_cases(tmp_path / "missing")
+    (tmp_path / "case_a").mkdir()
+    (tmp_path / "case_a" / "notes.txt").write_text("no images")
+    assert discover_cases(tmp_path) == []
+    with pytest.raises(TrainingDataError, match="no labelled case found"):
+        require_cases([tmp_path])
