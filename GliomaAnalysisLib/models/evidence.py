@@ -94,3 +94,12 @@ def evidence_table(card: Dict[str, Any]) -> str:
         source = "; ".join(d[k] for k in ("source", "reason", "literature") if d.get(k))
         rows.append(f"| {task} | {value} | {counts} | {interval} | **{entry['evidence']}** | {source} |")
     return "\n".join(rows)
+
+
+def evidence_section(card: Dict[str, Any], summary: str) -> str:
+    """The model card's Markdown section "Evidence on real cases": ``summary`` (one plain sentence or two), the
+    table of :func:`evidence_table` and the rule. Exporters put it right under the card's disclaimer."""
+    return (f"## Evidence on real cases (read this first)\n\n{summary}\n\n{evidence_table(card)}\n\n"
+            f"Level rule (`GliomaAnalysisLib/models/evidence.py`): {RULE}. The figures live in the card's "
+            f"`evidence` block; a retraining replaces them (e.g. by cross-validated AUCs with their interval) and "
+            f"the level follows without code changes.\n")
