@@ -50,13 +50,19 @@ def load_terminology(terminologies, path: str = TERMINOLOGY_FILE) -> List[Segmen
     context = terminologies.LoadTerminologyFromFile(path)
     if not context:
         raise RuntimeError(f"{path}: Slicer could not load this terminology file")
-    category = slicer.vtkSlicerTerminologyCategory()
-    if not terminologies.GetNthCategoryInTerminology(context, 0, category):
-        raise RuntimeError(f"{path}: the terminology has no category")
+    if hasattr(terminologies, "GetNthCategoryInTerminology"):
+        category = slicer.vtkSlicerTerminologyCategory()
+        if not terminologies.GetNthCategoryInTerminology(context, 0, category):
+            raise RuntimeError(f"{path}: the terminology has no category")
+        kinds = []
+        for index in range(terminologies.GetNumberOfTypesInTerminologyCategory(context, category)):
+            kind = slicer.vtkSlicerTerminologyType()
+            terminologies.GetNthTypeInTerminologyCategory(context, category, index, kind)
+            kinds.append(kind)
+    else:  # a Slicer whose logic lacks the index accessors: the same objects from the file
+        category, kinds = _terminology_objects(path)
     types = []
-    for index in range(terminologies.GetNumberOfTypesInTerminologyCategory(context, category)):
-        kind = slicer.vtkSlicerTerminologyType()
-        terminologies.GetNthTypeInTerminologyCategory(context, category, index, kind)
+    for kind in kinds:
         entry = slicer.vtkSlicerTerminologyEntry()
         entry.SetTerminologyContextName(context)
         entry.GetCategoryObject().Copy(category)
@@ -65,6 +71,28 @@ def load_terminology(terminologies, path: str = TERMINOLOGY_FILE) -> List[Segmen
         types.append(SegmentType(kind.GetCodeValue(), kind.GetSlicerLabel() or kind.GetCodeMeaning(),
                                  tuple(c / 255.0 for c in rgb), terminologies.SerializeTerminologyEntry(entry)))
     return types
+
+
+def _terminology_objects(path: str):
+    """The first category of a .term.json and its types as Slicer terminology objects, read from the file."""
+    with open(path) as handle:
+        first = json.load(handle)["SegmentationCodes"]["Category"][0]
+    category = slicer.vtkSlicerTerminologyCategory()
+    _set_code(category, first)
+    kinds = []
+    for item in first["Type"]:
+        kind = slicer.vtkSlicerTerminologyType()
+        _set_code(kind, item)
+        kind.SetSlicerLabel(item.get("3dSlicerLabel", ""))
+        kind.SetRecommendedDisplayRGBValue(*item["recommendedDisplayRGBValue"])
+        kinds.append(kind)
+    return category, kinds
+
+
+def _set_code(entry, item: Dict) -> None:
+    entry.SetCodingSchemeDesignator(item["CodingSchemeDesignator"])
+    entry.SetCodeValue(item["CodeValue"])
+    entry.SetCodeMeaning(item["CodeMeaning"])
 
 
 def read_report(out_dir: str) -> Dict:

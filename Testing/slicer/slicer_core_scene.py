@@ -139,6 +139,23 @@ def facts(app, result_nodes, reference):
             "studies": sorted({parent_name(node) for node in nodes + [reference]})}
 
 
+class OlderTerminologies:
+    """The terminologies logic without the index accessors (GetNth...), as a Slicer that lacks them."""
+
+    def __init__(self, logic):
+        self._logic = logic
+
+    def LoadTerminologyFromFile(self, path):
+        return self._logic.LoadTerminologyFromFile(path)
+
+    def SerializeTerminologyEntry(self, entry):
+        return self._logic.SerializeTerminologyEntry(entry)
+
+
+def terminology_types(terminologies):
+    return [[t.code, t.name, [round(c, 4) for c in t.color], t.entry] for t in layer.load_terminology(terminologies)]
+
+
 def find_results(scene, reference_name):
     """The result nodes of a read-back scene, found by the names load_results gives them."""
     def by_name(name):
@@ -332,7 +349,9 @@ def main(case_dir, out_dir, result_dir, screenshot_path=None, render=True):
     fresh_reference = fresh.scene.GetFirstNodeByName(f"{case}_t1ce")
     reread = facts(fresh, find_results(fresh.scene, f"{case}_t1ce"), fresh_reference)
     with open(os.path.join(result_dir, "facts.json"), "w") as handle:
-        json.dump({"loaded": loaded, "reread": reread, "transformed": transformed,
+        json.dump({"types": terminology_types(app.logics["Terminologies"]),
+                   "typesFromFile": terminology_types(OlderTerminologies(app.logics["Terminologies"])),
+                   "loaded": loaded, "reread": reread, "transformed": transformed,
                    "transformID": transformID, "report": result["report"]}, handle, indent=1)
 
 

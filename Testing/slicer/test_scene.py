@@ -92,6 +92,8 @@ def test_segments_carry_the_terminology_names_colours_and_label_values(scene):
         # the segment holds exactly the voxels of its label value in segmentation.nii.gz
         assert segment["voxels"] == int(np.count_nonzero(scene["labels"] == segment["label"])) > 0
     assert scene["loaded"]["segmentation"]["representations"] == ["Binary labelmap", "Closed surface"]
+    # a Slicer without the logic's index accessors gets the same types from the file
+    assert scene["typesFromFile"] == scene["types"] and len(scene["types"]) == 3
 
 
 def test_geometry_equals_the_input_node(scene):
@@ -197,3 +199,18 @@ def test_committed_screenshot_is_this_rendering(scene):
     url = "https://raw.githubusercontent.com/GliomaAnalysis/SlicerGliomaAnalysis/main/Resources/screenshot.png"
     assert f'set(EXTENSION_SCREENSHOTURLS "{url}")' in (ROOT / "CMakeLists.txt").read_text()
     assert "(Resources/screenshot.png)" in (ROOT / "README.md").read_text()
+
+
+def test_every_slicer_util_name_the_module_uses_is_in_slicer_cores_util(slicer_python):
+    """Besides the 4.x-era name list of test_slicer_module: the module's slicer.util names against the util.py that
+    slicer-core 5.13 ships (Slicer main)."""
+    import ast
+
+    tree = ast.parse((ROOT / "GliomaAnalysis" / "GliomaAnalysis.py").read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "slicer.util"}
+    used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "slicer.util"
+             for a in n.names}
+    listing = subprocess.run([str(slicer_python), "-c", "import slicer.util as u; print(' '.join(dir(u)))"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert {"tryWithErrorDisplay", "tempDirectory", "pip_install", "errorDisplay"} <= used
+    assert used - set(listing) == set()
