@@ -76,7 +76,7 @@ def _case_name(source: Path, root: Path) -> str:
 
 def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
-    from .io.case import load_case
+    from .io.case import load_case, require_analysable_extent
     from .pipeline.analysis import analyze
     from .reporting.writers import write_contract_files
 
@@ -87,6 +87,7 @@ def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     start = time.perf_counter()
     try:
         case = load_case(source, ground_truth=False, channels=channels)
+        require_analysable_extent(case)
         result = analyze(case, **options)
         with staged_folder(target_path, replace=True) as staging:
             write_contract_files(result, staging)

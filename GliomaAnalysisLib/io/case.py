@@ -374,3 +374,17 @@ def _read_segmentation(value: ImageSource, geometry: Geometry,
     else:
         labels.CopyInformation(geometry.empty_image(sitk.sitkUInt8))
     return labels, guess_convention(sitk.GetArrayViewFromImage(labels)), name
+
+
+MIN_EXTENT_MM = 20.0
+"""The smallest field of view (along its longest axis) that the segmentation network can work on."""
+
+
+def require_analysable_extent(case: Case) -> None:
+    """Refuse a case whose reference grid covers less than :data:`MIN_EXTENT_MM` along every axis (a few voxels,
+    or sub-millimetre spacing by mistake): the network's coarsest level would hold one voxel."""
+    extent = [n * s for n, s in zip(case.geometry.size, case.geometry.spacing)]
+    if max(extent) < MIN_EXTENT_MM:
+        source = case.sources.get(case.reference, case.case_id)
+        raise InvalidImageError(f"{source}: covers only {' x '.join(f'{e:.3g}' for e in extent)} mm; too small "
+                                f"to be a brain MRI (check the voxel spacing in the header)")
