@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import GliomaAnalysisError, ModalityConflictError
 from .io.atomic import staged_folder
@@ -101,22 +102,77 @@ def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
                            seconds=time.perf_counter() - start)
 
 
-def write_summary(outcomes: List[CaseOutcome], out: Path) -> Path:
-    """Write ``summary.csv`` atomically."""
-    path = out / "summary.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".csv", dir=out)
+def summary_name(shard: Optional[Tuple[int, int]] = None) -> str:
+    """``summary.csv``, or ``summary-shard-K-of-N.csv`` for one shard of a cohort run on several machines."""
+    return "summary.csv" if shard is None else f"summary-shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise GliomaAnalysisError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_of(names: Sequence[str], shard: Tuple[int, int]) -> List[str]:
+    """The names shard K of N runs: every N-th of the sorted names, starting at the K-th (balanced, and the same
+    on every machine that sees the same cohort)."""
+    index, count = shard
+    return [name for position, name in enumerate(sorted(names)) if position % count == index - 1]
+
+
+def write_summary(outcomes: List[CaseOutcome], out: Path, name: str = "summary.csv") -> Path:
+    """Write ``out/name`` (default ``summary.csv``) atomically."""
+    return _write_rows([o.row() for o in outcomes], out / name)
+
+
+def _write_rows(rows: List[Dict[str, object]], path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".csv", dir=path.parent)
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        for outcome in sorted(outcomes, key=lambda o: o.case):
-            writer.writerow(outcome.row())
+        for row in sorted(rows, key=lambda r: str(r["case"])):
+            writer.writerow(row)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
 
-def _previous_outcomes(out: Path) -> Dict[str, CaseOutcome]:
-    path = out / "summary.csv"
+def merge_shards(out: "str | os.PathLike[str]") -> Path:
+    """Rebuild ``out/summary.csv`` from the shard summaries of ``out`` (``summary-shard-K-of-N.csv``).
+
+    Refused in one line: no shard summary, shards of different N, a missing shard, a case in two shards.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise GliomaAnalysisError(f"{out}: results folder not found")
+    shards = {}
+    for path in sorted(out.glob("summary-shard-*-of-*.csv")):
+        match = re.fullmatch(r"summary-shard-(\d+)-of-(\d+)\.csv", path.name)
+        if match:
+            shards[(int(match.group(1)), int(match.group(2)))] = path
+    if not shards:
+        raise GliomaAnalysisError(f"{out}: no shard summary (summary-shard-K-of-N.csv) to merge")
+    counts = sorted({n for _, n in shards})
+    if len(counts) > 1:
+        raise GliomaAnalysisError(f"{out}: shard summaries of different runs (of {', '.join(map(str, counts))})")
+    missing = [k for k in range(1, counts[0] + 1) if (k, counts[0]) not in shards]
+    if missing:
+        raise GliomaAnalysisError(f"{out}: shard(s) {', '.join(f'{k}/{counts[0]}' for k in missing)} not run yet "
+                                  f"(no summary-shard-{missing[0]}-of-{counts[0]}.csv)")
+    rows: Dict[str, Dict[str, str]] = {}
+    for key, path in sorted(shards.items()):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row["case"] in rows:
+                    raise GliomaAnalysisError(f"{path}: case {row['case']} is also in another shard's summary")
+                rows[row["case"]] = row
+    return _write_rows(list(rows.values()), out / "summary.csv")
+
+
+def _previous_outcomes(out: Path, name: str = "summary.csv") -> Dict[str, CaseOutcome]:
+    path = out / name
     if not path.is_file():
         return {}
     outcomes = {}
@@ -130,39 +186,46 @@ def _previous_outcomes(out: Path) -> Dict[str, CaseOutcome]:
 
 
 def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]", resume: bool = False,
-                   jobs: int = 1, progress: Optional[Callable[[str], None]] = None, **options) -> List[CaseOutcome]:
+                   jobs: int = 1, progress: Optional[Callable[[str], None]] = None,
+                   shard: Optional[Tuple[int, int]] = None, **options) -> List[CaseOutcome]:
     """Analyse every case under ``root`` into ``out/<case>/`` and write ``out/summary.csv``.
 
     resume: skip cases whose folder holds the completion marker. jobs: cases analysed in parallel (processes; the
-    CPU threads are shared between them). ``options`` go to :func:`analyze` (device, fast, uncertainty, ...).
+    CPU threads are shared between them). shard: (K, N) analyses only shard K of N (see :func:`shard_of`) and
+    writes ``summary-shard-K-of-N.csv``; :func:`merge_shards` joins the shards. ``options`` go to :func:`analyze`
+    (device, fast, uncertainty, ...) and ``channels`` to :func:`load_case`.
     """
     root, out = Path(root), Path(out)
     cases = discover_cases(root)
     if not cases:
         raise GliomaAnalysisError(f"{root}: no case folder with recognisable modality files found")
+    named = {_case_name(source, root): source for source in cases}
+    if shard is not None:
+        named = {name: named[name] for name in shard_of(list(named), shard)}
+    summary = summary_name(shard)
     out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_outcomes(out) if resume else {}
+    previous = _previous_outcomes(out, summary) if resume else {}
     outcomes: Dict[str, CaseOutcome] = {}
     todo = []
-    for folder in cases:
-        name = _case_name(folder, root)
+    for name, source in sorted(named.items()):
         if resume and (out / name / COMPLETE_MARKER).is_file():
             outcomes[name] = previous.get(name) or CaseOutcome(name, "ok", "completed in an earlier run")
         else:
-            todo.append((str(folder), str(out / name)))
+            todo.append((str(source), str(out / name)))
     say = progress or (lambda message: None)
-    say(f"{len(cases)} case(s), {len(cases) - len(todo)} already complete, {len(todo)} to analyse")
+    say(f"{len(named)} case(s){f' in shard {shard[0]}/{shard[1]}' if shard else ''}, "
+        f"{len(named) - len(todo)} already complete, {len(todo)} to analyse")
     started, done = time.perf_counter(), 0
     for outcome in _run(todo, jobs, options):
         outcomes[outcome.case] = outcome
         done += 1
-        write_summary(list(outcomes.values()), out)
+        write_summary(list(outcomes.values()), out, summary)
         elapsed = time.perf_counter() - started
         eta = elapsed / done * (len(todo) - done)
         bar = "#" * int(20 * done / len(todo))
         say(f"[{bar:<20}] {done}/{len(todo)} {outcome.case}: {outcome.status}"
             f"{' (' + outcome.error + ')' if outcome.error else ''}, ETA {eta:.0f} s")
-    write_summary(list(outcomes.values()), out)
+    write_summary(list(outcomes.values()), out, summary)
     return sorted(outcomes.values(), key=lambda o: o.case)
 
 

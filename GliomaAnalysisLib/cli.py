@@ -215,17 +215,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import analyze_folder
+    from .batch import analyze_folder, merge_shards, parse_shard, summary_name
 
+    if args.merge:
+        if args.root or args.out or args.shard:
+            raise GliomaAnalysisError("--merge RESULTS takes no case folder, --out or --shard")
+        path = merge_shards(args.merge)
+        _progress(f"merged the shard summaries into {path}")
+        return 0
+    if not args.root or not args.out:
+        raise GliomaAnalysisError("batch needs a cohort folder and --out (or --merge RESULTS)")
     if args.jobs < 1:
         raise GliomaAnalysisError(f"--jobs must be at least 1, got {args.jobs}")
+    shard = parse_shard(args.shard) if args.shard else None
     outcomes = analyze_folder(args.root, args.out, resume=args.resume, jobs=args.jobs, progress=_progress,
-                              channels=args.channels, device=args.device, fast=args.fast, model_dir=args.model_dir,
-                              preprocessing=args.preprocess, clinical_backend=args.clinical_backend,
-                              classify=not args.no_classify)
+                              shard=shard, channels=args.channels, device=args.device, fast=args.fast,
+                              model_dir=args.model_dir, preprocessing=args.preprocess,
+                              clinical_backend=args.clinical_backend, classify=not args.no_classify)
     failed = [o for o in outcomes if o.status == "failed"]
     _progress(f"{len(outcomes) - len(failed)} of {len(outcomes)} case(s) ok, {len(failed)} failed; "
-              f"summary in {Path(args.out) / 'summary.csv'}")
+              f"summary in {Path(args.out) / summary_name(shard)}")
     return 1 if failed else 0
 
 
@@ -305,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_analyze)
 
     batch = sub.add_parser("batch", help="analyse every case under a folder into OUT/<case>/ with summary.csv")
-    batch.add_argument("root", help="folder holding case folders (searched recursively)")
-    batch.add_argument("--out", required=True, help="output folder")
+    batch.add_argument("root", nargs="?", help="folder holding case folders (searched recursively)")
+    batch.add_argument("--out", help="output folder")
+    batch.add_argument("--shard", metavar="K/N", help="analyse only shard K of N (a SLURM array task, a Dask job; "
+                       "every shard sees the same cohort) and write summary-shard-K-of-N.csv")
+    batch.add_argument("--merge", metavar="RESULTS", help="rebuild RESULTS/summary.csv from the shards' summaries")
     batch.add_argument("--resume", action="store_true", help="skip cases completed by an earlier run")
     batch.add_argument("--jobs", type=int, default=1, help="cases analysed in parallel (default 1)")
     batch.add_argument("--model-dir", help="folder holding glioma_seg.safetensors + .json (default: bundled)")
