@@ -5,6 +5,7 @@ place with its completion marker already inside)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import tempfile
@@ -19,10 +20,12 @@ from .io.atomic import staged_folder
 from .io.case import scan_folder
 from .io.image_io import channel_count
 from .io.modalities import strip_image_suffix
+from .reporting.cohort_index import write_index
 
 COMPLETE_MARKER = ".complete"
+QC_FILE = "qc.json"
 SUMMARY_FIELDS = ["case", "status", "error", "ncr_ml", "ed_ml", "et_ml", "tc_ml", "wt_ml", "grade", "idh",
-                  "codeletion_1p19q", "mgmt", "seconds"]
+                  "codeletion_1p19q", "mgmt", "qc_flags", "seconds"]
 
 
 @dataclass
@@ -35,10 +38,11 @@ class CaseOutcome:
     volumes_ml: Dict[str, float] = field(default_factory=dict)
     predictions: Dict[str, Optional[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    qc_flags: List[str] = field(default_factory=list)
 
     def row(self) -> Dict[str, object]:
         row: Dict[str, object] = {"case": self.case, "status": self.status, "error": self.error,
-                                  "seconds": round(self.seconds, 2)}
+                                  "qc_flags": ";".join(self.qc_flags), "seconds": round(self.seconds, 2)}
         row.update({f"{k}_ml": v for k, v in self.volumes_ml.items()})
         row.update(self.predictions)
         return row
@@ -79,6 +83,8 @@ def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
     from .io.case import load_case, require_analysable_extent
     from .pipeline.analysis import analyze
+    from .pipeline.quality import qc_flags
+    from .reporting.cohort_index import THUMBNAIL_FILE, thumbnail_png
     from .reporting.writers import write_contract_files
 
     options = dict(options)
@@ -90,11 +96,15 @@ def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
         case = load_case(source, ground_truth=False, channels=channels)
         require_analysable_extent(case)
         result = analyze(case, **options)
+        flags = qc_flags(result)
         with staged_folder(target_path, replace=True) as staging:
             write_contract_files(result, staging)
+            (staging / QC_FILE).write_text(json.dumps({"case": name, "flags": flags}, indent=2) + "\n")
+            (staging / THUMBNAIL_FILE).write_bytes(thumbnail_png(result))
             (staging / COMPLETE_MARKER).write_text("ok\n")
         predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
-        return CaseOutcome(name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - start)
+        return CaseOutcome(name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - start,
+                           [flag["flag"] for flag in flags])
     except GliomaAnalysisError as exc:
         return CaseOutcome(name, "failed", str(exc), seconds=time.perf_counter() - start)
     except (MemoryError, RuntimeError, ValueError, OSError) as exc:  # unexpected, but one case must not stop a batch
@@ -123,8 +133,11 @@ def shard_of(names: Sequence[str], shard: Tuple[int, int]) -> List[str]:
 
 
 def write_summary(outcomes: List[CaseOutcome], out: Path, name: str = "summary.csv") -> Path:
-    """Write ``out/name`` (default ``summary.csv``) atomically."""
-    return _write_rows([o.row() for o in outcomes], out / name)
+    """Write ``out/name`` (default ``summary.csv``) atomically, and ``out/index.html`` for a whole run."""
+    path = _write_rows([o.row() for o in outcomes], out / name)
+    if name == "summary.csv":
+        write_index(out, [o.row() for o in outcomes])
+    return path
 
 
 def _write_rows(rows: List[Dict[str, object]], path: Path) -> Path:
@@ -168,7 +181,9 @@ def merge_shards(out: "str | os.PathLike[str]") -> Path:
                 if row["case"] in rows:
                     raise GliomaAnalysisError(f"{path}: case {row['case']} is also in another shard's summary")
                 rows[row["case"]] = row
-    return _write_rows(list(rows.values()), out / "summary.csv")
+    path = _write_rows(list(rows.values()), out / "summary.csv")
+    write_index(out, list(rows.values()))
+    return path
 
 
 def _previous_outcomes(out: Path, name: str = "summary.csv") -> Dict[str, CaseOutcome]:
@@ -181,7 +196,8 @@ def _previous_outcomes(out: Path, name: str = "summary.csv") -> Dict[str, CaseOu
             volumes = {k[:-3]: float(v) for k, v in row.items() if k.endswith("_ml") and v not in ("", None)}
             predictions = {k: (row.get(k) or None) for k in ("grade", "idh", "codeletion_1p19q", "mgmt")}
             outcomes[row["case"]] = CaseOutcome(row["case"], row["status"], row.get("error", ""), volumes,
-                                                predictions, float(row.get("seconds") or 0))
+                                                predictions, float(row.get("seconds") or 0),
+                                                [f for f in (row.get("qc_flags") or "").split(";") if f])
     return outcomes
 
 
