@@ -1,7 +1,7 @@
 """``analyze``: the one analysis call behind the CLI, the Slicer module and batch use.
 
 case -> preprocess (card's spacing, brain crop, z-score) -> network (TTA / MC-dropout passes) -> probabilities
-back to the reference grid (linear) -> labels = argmax there -> tumor density filter + small-component removal ->
+back to the reference grid (linear) -> labels = argmax there -> lesion filter + small-component removal ->
 volumes, ratios, uncertainty summary -> AnalysisResult.
 """
 from __future__ import annotations
@@ -20,12 +20,14 @@ from ..models.inference import predict, select_device
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_model_cached
-from .postprocess import remove_small_components, tumor_density_filter
+from .postprocess import lesion_filter, merge_enhancement_into_core, remove_small_components, suppress_small_enhancement
 from ..preprocessing.preprocess import preprocess
 from .result import AnalysisResult
 
 Progress = Optional[Callable[[str], None]]
 PROBABILITY_DECIMALS = 3
+T1CE_CHANNEL = 1
+"""Index of T1CE in MODALITIES order: without it enhancement is not assessable."""
 QUALITY_PASSES = 4
 """Network passes in quality mode (flip TTA combined with MC-dropout); fast mode runs one plain pass."""
 
@@ -95,6 +97,11 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     probabilities, entropy, run_warnings = predict(net, pre.image, pre.presence, torch_device, passes=passes,
                                                    mc_dropout=uncertainty and not fast, progress=say)
     warnings += run_warnings
+    et_assessable = bool(pre.presence[T1CE_CHANNEL])
+    if not et_assessable:
+        probabilities = merge_enhancement_into_core(probabilities)
+        warnings.append("T1CE is missing: enhancing tumor is not assessable; the tumor core is reported as NCR "
+                        "and no ET volume is measured")
     lap("network")
 
     classification = Classification()
@@ -120,7 +127,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     voxel_ml = case.geometry.voxel_volume_ml
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
-        labels = remove_small_components(tumor_density_filter(labels, spacing_zyx), voxel_ml)
+        labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
+        labels = suppress_small_enhancement(labels, voxel_ml, float(card.get("postprocessing", {}).get("min_et_ml", 0.0)))
     lap("postprocess")
 
     volumes = volumes_ml(labels, voxel_ml)
@@ -147,6 +155,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         slice_grade=classification.slice_grade,
         settings={"device": torch_device.type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
+                  "et_assessable": et_assessable,
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
         timings_s=timings,
         warnings=warnings,

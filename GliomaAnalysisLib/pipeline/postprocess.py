@@ -1,15 +1,24 @@
 """Post-processing of a contiguous label map (0 bg, 1 NCR, 2 ED, 3 ET).
 
-* ``tumor_density_filter``: seed 001, Algorithm 1. When the tumor's bounding box is sparsely filled (density
-  below ``density_threshold``: scattered false positives), keep the densest tumor component(s): components are
-  ranked by their peak local density (the count of tumor neighbours in a window, "find_center") and kept, densest
-  first, until they hold ``keep_fraction`` of the tumor voxels; the rest is erased.
+* ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
+  hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors);
+  core-free components of at least ``min_near_ml`` are kept when they lie within ``near_mm`` of a lesion (edema
+  split from its tumor); everything else goes. Only when no component holds a core (a non-enhancing, core-free
+  reading) does seed 001's Algorithm 1 decide: when the tumor's bounding box is sparsely filled (density below
+  ``density_threshold``), components are kept, largest first, until they hold ``keep_fraction`` of the tumor.
+  Why not Algorithm 1 alone: it ranked components by their peak density in a 5 mm window, which is 1.0 for
+  nearly every component, so ties fell to label order (bottom of the brain first) and a low cerebellar or
+  skull-base blob could win over the tumor and erase it.
+* ``merge_enhancement_into_core``: without T1CE, enhancement cannot be seen; ET probability is moved into NCR so
+  the core is kept (as NCR) and no ET is claimed.
+* ``suppress_small_enhancement``: a predicted ET below ``min_et_ml`` in all is relabelled NCR (non-enhancing
+  tumors: a few enhancing voxels are far more often noise than real enhancement; BraTS winners do the same).
 * ``remove_small_components``: whole-tumor components smaller than ``min_volume_ml`` are erased (never the
   largest one).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -30,28 +39,48 @@ def bounding_box_density(mask: np.ndarray) -> float:
     return float(mask.sum()) / float(box)
 
 
-def tumor_density_filter(labels: np.ndarray, spacing_zyx: Sequence[float], density_threshold: float = 0.1,
-                         keep_fraction: float = 0.6, window_mm: float = 5.0) -> np.ndarray:
-    """Algorithm 1 of seed 001 (see module docstring); returns a new label array."""
+def lesion_filter(labels: np.ndarray, spacing_zyx: Sequence[float], min_core_ml: float = 0.1,
+                  min_near_ml: float = 0.1, near_mm: float = 15.0, density_threshold: float = 0.1,
+                  keep_fraction: float = 0.6) -> np.ndarray:
+    """See the module docstring. labels (Z, Y, X) contiguous, spacing_zyx in mm; returns a new array (or
+    ``labels`` itself when nothing is dropped)."""
     tumor = labels > 0
-    if bounding_box_density(tumor) >= density_threshold:
-        return labels
     components, count = _components(tumor)
     if count <= 1:
         return labels
-    window = [max(1, int(round(window_mm / s))) | 1 for s in spacing_zyx]
-    density = ndimage.uniform_filter(tumor.astype(np.float32), size=window)
-    peaks = ndimage.maximum(density, components, index=np.arange(1, count + 1))
-    sizes = ndimage.sum(tumor, components, index=np.arange(1, count + 1))
-    keep, kept = [], 0.0
-    for index in np.argsort(-np.asarray(peaks), kind="stable"):
-        keep.append(index + 1)
-        kept += sizes[index]
-        if kept >= keep_fraction * tumor.sum():
-            break
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    index = np.arange(1, count + 1)
+    sizes = np.asarray(ndimage.sum(tumor, components, index=index)) * voxel_ml
+    cores = np.asarray(ndimage.sum((labels == 1) | (labels == 3), components, index=index)) * voxel_ml
+    lesions = [i for i in range(count) if cores[i] >= min_core_ml]
+    if lesions:
+        boxes = ndimage.find_objects(components)
+        keep = set(lesions)
+        for i in range(count):
+            if i not in keep and sizes[i] >= min_near_ml and any(
+                    _box_distance_mm(boxes[i], boxes[j], spacing_zyx) <= near_mm for j in lesions):
+                keep.add(i)
+    elif bounding_box_density(tumor) >= density_threshold:
+        return labels
+    else:
+        keep, kept = set(), 0.0
+        for i in np.argsort(-sizes, kind="stable"):
+            keep.add(int(i))
+            kept += sizes[i]
+            if kept >= keep_fraction * sizes.sum():
+                break
+    if len(keep) == count:
+        return labels
     out = labels.copy()
-    out[tumor & ~np.isin(components, keep)] = 0
+    out[tumor & ~np.isin(components, [i + 1 for i in keep])] = 0
     return out
+
+
+def _box_distance_mm(a: Tuple[slice, ...], b: Tuple[slice, ...], spacing_zyx: Sequence[float]) -> float:
+    """Distance (mm) between two voxel bounding boxes (0 when they overlap)."""
+    gaps = [max(0, max(sa.start, sb.start) - min(sa.stop, sb.stop)) * s
+            for sa, sb, s in zip(a, b, spacing_zyx)]
+    return float(np.sqrt(np.sum(np.square(gaps))))
 
 
 def remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_volume_ml: float = 0.1) -> np.ndarray:
@@ -65,4 +94,24 @@ def remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_volu
         return labels
     out = labels.copy()
     out[np.isin(components, small)] = 0
+    return out
+
+
+def merge_enhancement_into_core(probabilities: np.ndarray) -> np.ndarray:
+    """probabilities (4, Z, Y, X) over bg, NCR, ED, ET -> a copy with ET's probability added to NCR and ET 0."""
+    out = probabilities.copy()
+    out[1] += out[3]
+    out[3] = 0.0
+    return out
+
+
+def suppress_small_enhancement(labels: np.ndarray, voxel_volume_ml: float, min_et_ml: float) -> np.ndarray:
+    """Relabel all ET (3) as NCR (1) when the total ET volume is below ``min_et_ml``; returns a new array or
+    ``labels`` itself when nothing changes."""
+    et = labels == 3
+    count = int(et.sum())
+    if count == 0 or count * voxel_volume_ml >= min_et_ml:
+        return labels
+    out = labels.copy()
+    out[et] = 1
     return out

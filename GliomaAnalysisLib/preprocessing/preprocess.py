@@ -21,6 +21,8 @@ from ..io.labels import to_contiguous
 from ..io.modalities import MODALITIES
 
 _NOT_SKULL_STRIPPED_FRACTION = 0.9
+N_LABEL_CLASSES = 4
+"""Contiguous label classes: 0 bg, 1 NCR, 2 ED, 3 ET."""
 
 
 @dataclass
@@ -31,7 +33,12 @@ class PreprocessedCase:
                 brain and in absent channels.
     presence:   float32 (4,), 1 for a present modality, 0 for a missing one.
     brain_mask: bool (Z, Y, X).
-    labels:     uint8 (Z, Y, X) contiguous ground truth (0 bg, 1 NCR, 2 ED, 3 ET) when the case had one.
+    labels:     uint8 (Z, Y, X) contiguous ground truth (0 bg, 1 NCR, 2 ED, 3 ET) when the case had one: the
+                class with the largest area-averaged fraction (see ``soft_labels``).
+    soft_labels: float32 (4, Z, Y, X) fraction of each working voxel covered by each class (bg, NCR, ED, ET),
+                from linear resampling of the one-hot ground truth: at a 2x downsampling exactly the mean over
+                the 2x2x2 input voxels a working voxel covers, so labels stay centred with the images
+                (nearest-neighbour picked one corner voxel and shifted every label by half an input voxel).
     working:    grid of the arrays above (after cropping, resampling and padding).
     reference:  the case's reference grid, where outputs go back to.
     """
@@ -42,6 +49,7 @@ class PreprocessedCase:
     working: Geometry
     reference: Geometry
     labels: Optional[np.ndarray] = None
+    soft_labels: Optional[np.ndarray] = None
 
     def to_reference(self, array: np.ndarray, kind: str = "probability") -> sitk.Image:
         """Put an array on the working grid back onto the reference grid.
@@ -81,21 +89,24 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
     working = Geometry.of(cropped[present[0]])
 
     labels = None
+    soft = None
     label_image = None
     if include_labels and case.segmentation is not None:
         label_image = sitk.DICOMOrient(case.segmentation[sitk_slices], "LPS")
+        contiguous = to_contiguous(sitk.GetArrayFromImage(label_image), case.segmentation_convention or "brats2021")
+        soft = np.stack([(contiguous == k).astype(np.float32) for k in range(N_LABEL_CLASSES)])
 
     if spacing is not None and not np.allclose(spacing, working.spacing):
         target = regrid(working, tuple(float(s) for s in spacing))
         cropped = {m: resample_to(img, target, sitk.sitkLinear) for m, img in cropped.items()}
         mask_image = working.image_from_array(mask.astype(np.float32))
         mask = sitk.GetArrayFromImage(resample_to(mask_image, target, sitk.sitkLinear)) >= 0.5
-        if label_image is not None:
-            label_image = resample_to(label_image, target, sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+        if soft is not None:
+            soft = area_averaged(soft, working, target)
         working = target
 
-    if label_image is not None:
-        labels = to_contiguous(sitk.GetArrayFromImage(label_image), case.segmentation_convention or "brats2021")
+    if soft is not None:
+        labels = np.argmax(soft, axis=0).astype(np.uint8)
 
     shape = tuple(reversed(working.size))
     image = np.zeros((len(MODALITIES),) + shape, dtype=np.float32)
@@ -110,9 +121,25 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
         image = np.pad(image, [(0, 0)] + pad)
         mask = np.pad(mask, pad)
         labels = np.pad(labels, pad) if labels is not None else None
+        if soft is not None:
+            soft = np.pad(soft, [(0, 0)] + pad)
+            soft[0][soft.sum(axis=0) == 0] = 1.0  # padding is background
         working = Geometry(tuple(int(n + p[1]) for n, p in zip(working.size, reversed(pad))),
                            working.spacing, working.origin, working.direction)
-    return PreprocessedCase(image, presence, mask, working, case.geometry, labels)
+    return PreprocessedCase(image, presence, mask, working, case.geometry, labels, soft)
+
+
+def area_averaged(one_hot: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Class fractions (K, Z, Y, X) on ``target`` from a one-hot / fraction stack (K, Z', Y', X') on ``source``:
+    each class resampled linearly through physical space, then renormalised to sum to 1 (background outside)."""
+    out = np.empty((one_hot.shape[0],) + tuple(reversed(target.size)), dtype=np.float32)
+    for k in range(one_hot.shape[0]):
+        image = source.image_from_array(np.ascontiguousarray(one_hot[k], dtype=np.float32))
+        out[k] = sitk.GetArrayFromImage(resample_to(image, target, sitk.sitkLinear, pixel_type=sitk.sitkFloat32))
+    total = out.sum(axis=0)
+    out[0] += np.clip(1.0 - total, 0.0, 1.0)  # outside the source grid: background
+    out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-6)
+    return out
 
 
 def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:

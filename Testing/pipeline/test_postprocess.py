@@ -1,7 +1,7 @@
 import numpy as np
 
 from GliomaAnalysisLib.pipeline.measures import ratios, volumes_ml
-from GliomaAnalysisLib.pipeline.postprocess import bounding_box_density, remove_small_components, tumor_density_filter
+from GliomaAnalysisLib.pipeline.postprocess import bounding_box_density, lesion_filter, remove_small_components
 
 
 def _ball(shape, centre, radius):
@@ -18,7 +18,7 @@ def test_density_filter_erases_scattered_false_positives_and_keeps_the_tumor():
     specks = specks[np.linalg.norm(specks - 20, axis=1) > 12]
     labels[tuple(specks.T)] = 1
     assert bounding_box_density(labels > 0) < 0.1
-    out = tumor_density_filter(labels, (1.0, 1.0, 1.0))
+    out = lesion_filter(labels, (1.0, 1.0, 1.0))
     assert np.array_equal(out > 0, _ball(labels.shape, (20, 20, 20), 6))
     assert np.array_equal(out[out > 0], labels[out > 0])  # kept voxels keep their class
 
@@ -27,7 +27,7 @@ def test_density_filter_leaves_a_compact_tumor_alone():
     labels = np.zeros((40, 40, 40), dtype=np.uint8)
     labels[_ball(labels.shape, (20, 20, 20), 8)] = 2
     labels[5, 5, 5] = 1
-    assert tumor_density_filter(labels, (1, 1, 1)) is labels
+    assert lesion_filter(labels, (1, 1, 1)) is labels
 
 
 def test_density_filter_keeps_a_second_large_focus():
@@ -35,8 +35,36 @@ def test_density_filter_keeps_a_second_large_focus():
     labels[_ball(labels.shape, (15, 15, 15), 6)] = 2
     labels[_ball(labels.shape, (65, 65, 65), 6)] = 2  # two equal foci: each holds 50 % < 60 %
     labels[40, 70, 5] = 1
-    out = tumor_density_filter(labels, (1, 1, 1))
+    out = lesion_filter(labels, (1, 1, 1))
     assert out[15, 15, 15] == 2 and out[65, 65, 65] == 2
+
+
+def test_a_larger_low_blob_never_erases_the_tumor():
+    """glioma_seg 0.1.0's filter ranked components by peak density (1.0 for both) and broke the tie by label order,
+    bottom of the brain first: a 7.2 mL low edema-only blob beside a 4.2 mL tumor won and the tumor was erased."""
+    labels = np.zeros((90, 120, 120), dtype=np.uint8)
+    spacing = (1.0, 1.0, 1.0)
+    blob = _ball(labels.shape, (12, 30, 60), 12)  # 7.2 mL, low (cerebellum / skull base), edema only
+    tumor = _ball(labels.shape, (60, 80, 60), 10)  # 4.2 mL with a core
+    labels[blob] = 2
+    labels[tumor] = 2
+    labels[_ball(labels.shape, (60, 80, 60), 5)] = 1
+    labels[_ball(labels.shape, (60, 80, 60), 3)] = 3
+    assert blob.sum() > tumor.sum()
+    out = lesion_filter(labels, spacing)
+    assert np.array_equal(out > 0, tumor)
+    assert np.array_equal(out[tumor], labels[tumor])
+
+
+def test_edema_beside_the_tumor_and_a_second_cored_focus_are_kept():
+    labels = np.zeros((80, 80, 80), dtype=np.uint8)
+    labels[_ball(labels.shape, (20, 20, 20), 6)] = 2
+    labels[_ball(labels.shape, (20, 20, 20), 3)] = 3
+    labels[_ball(labels.shape, (20, 20, 33), 4)] = 2  # split-off edema 3 mm from the tumor
+    labels[_ball(labels.shape, (60, 60, 60), 6)] = 2  # a second focus far away, with its own core
+    labels[_ball(labels.shape, (60, 60, 60), 3)] = 1
+    out = lesion_filter(labels, (1.0, 1.0, 1.0))
+    assert out is labels
 
 
 def test_small_components_are_removed_but_never_the_largest():

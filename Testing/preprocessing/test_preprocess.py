@@ -81,3 +81,35 @@ def test_to_reference_refuses_a_wrong_shape(small_phantom):
     pre = preprocess(load_case({"t1": small_phantom.image("t1")}))
     with pytest.raises(ValueError, match="does not match the working grid"):
         pre.to_reference(np.zeros((3, 3, 3)), "label")
+
+
+def test_labels_downsampled_to_2mm_stay_centred_on_the_images():
+    """A label block at 1 mm keeps its physical centre at 2 mm: area-averaged targets (nearest neighbour picked one
+    corner voxel of each 2x2x2 block and shifted every label by 0.5 mm per axis)."""
+    size = (40, 40, 40)
+    array = np.zeros(size[::-1], dtype=np.int16)
+    array[5:35, 5:35, 5:35] = 100
+    labels = np.zeros(size[::-1], dtype=np.uint8)
+    labels[11:22, 13:26, 9:20] = 2  # odd extents: their centres fall between 2 mm voxel centres
+    images = {}
+    for m in ("t1", "t1ce", "t2", "flair"):
+        image = sitk.GetImageFromArray(array)
+        images[m] = image
+    seg = sitk.GetImageFromArray(labels)
+    case = load_case(images, segmentation=seg)
+    pre = preprocess(case, spacing=(2.0, 2.0, 2.0))
+
+    def centre_mm(weights, geometry):
+        grid = np.indices(weights.shape).reshape(3, -1)[::-1].T  # x, y, z
+        direction = np.asarray(geometry.direction).reshape(3, 3)
+        physical = np.asarray(geometry.origin) + (grid * np.asarray(geometry.spacing)) @ direction.T
+        w = weights.reshape(-1)
+        return (physical * w[:, None]).sum(0) / w.sum()
+
+    truth = centre_mm((labels == 2).astype(float), Geometry.of(seg))
+    soft = centre_mm(pre.soft_labels[2].astype(float), pre.working)
+    hard = centre_mm((pre.labels == 2).astype(float), pre.working)
+    assert np.abs(soft - truth).max() < 0.05
+    assert np.abs(hard - truth).max() <= 0.5 + 1e-6  # hard labels: ties at half-covered edge voxels
+    assert np.allclose(pre.soft_labels.sum(axis=0), 1.0, atol=1e-5)
+    assert abs(pre.soft_labels[2].sum() * 8 - (labels == 2).sum()) < 1.0  # the volume is kept exactly

@@ -23,11 +23,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_config_sets_defaults_and_flags_override(tmp_path):
-    path = write(tmp_path, "steps: 7\nmodality-dropout: 0.25\nlr: 1\nresume: true\nrun_dir: /tmp/from-file\n"
+    path = write(tmp_path, "steps: 7\ndice-weight: 0.25\nlr: 1\nresume: true\nrun_dir: /tmp/from-file\n"
                            "network: {widths: [8, 16], encoder_blocks: [1, 1]}\n")
     args = parse_args(build_parser(), ["--config", str(path), "--steps", "9"])
     assert args.steps == 9  # the flag wins
-    assert args.modality_dropout == 0.25 and args.lr == 1.0 and isinstance(args.lr, float) and args.resume is True
+    assert args.dice_weight == 0.25 and args.lr == 1.0 and isinstance(args.lr, float) and args.resume is True
     assert args.run_dir == "/tmp/from-file"  # a required option may come from the file
     assert json.loads(args.network) == {"widths": [8, 16], "encoder_blocks": [1, 1]}
     assert args.config == str(path) and args.batch == 2  # untouched options keep the script's defaults
@@ -113,7 +113,7 @@ def test_config_files_cover_every_training_script():
 def test_training_run_writes_run_json_with_config_git_split_seed_versions_and_metrics(tmp_path):
     data = tmp_path / "data"
     write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
-    config = write(tmp_path, f"steps: 2\nbatch: 1\ncrop: 16\nspacing: 4\nphantoms: 0\nseed: 5\n"
+    config = write(tmp_path, f"steps: 2\nbatch: 1\ncrop: 16\nspacing: 4\nseed: 5\n"
                              f"network: {json.dumps(TINY_NETWORK)}\n")
     run = tmp_path / "run"
     from training.segmentation.train_segmentation import main

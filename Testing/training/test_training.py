@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
-from training.common.losses import dice_ce_loss
-from training.segmentation.segmentation_data import TrainingCase, sample_crop, tumor_protect_crop
+from training.common.losses import dice_ce_loss, segmentation_loss
+from training.segmentation.segmentation_data import TrainingCase, sample_crop, sample_training_crop, tumor_protect_crop
 from training.segmentation.train_segmentation import main
 
 
@@ -39,6 +39,70 @@ def test_crops_are_augmented_consistently():
     assert 5 < dropped < 35
 
 
+class _CountingRng:
+    """A Generator that counts calls to ``random()``."""
+
+    def __init__(self, seed):
+        self.rng, self.calls = np.random.default_rng(seed), 0
+
+    def random(self, *args):
+        self.calls += 1
+        return self.rng.random(*args)
+
+    def integers(self, *args, **kwargs):
+        return self.rng.integers(*args, **kwargs)
+
+
+def test_random_crop_placement_is_one_draw_per_crop_not_per_axis():
+    labels = np.zeros((80, 90, 70), dtype=np.uint8)
+    labels[30:50, 10:40, 50:65] = 2
+    rng = _CountingRng(0)
+    for _ in range(20):
+        tumor_protect_crop(labels, 48, rng, random_probability=0.5)
+    assert rng.calls == 20
+
+
+def test_recipe_crops_are_augmented_consistently():
+    rng = np.random.default_rng(1)
+    image = np.zeros((4, 40, 40, 40), dtype=np.float32)
+    labels = np.zeros((40, 40, 40), dtype=np.uint8)
+    image[:, 5:35, 5:35, 5:35] = 1.0
+    labels[10:20, 10:20, 10:30] = 3
+    image[:, labels == 3] = 5.0  # the tumor is bright in every channel
+    case = TrainingCase("c", image, labels)
+    one_missing = subsets = 0
+    for _ in range(60):
+        x, soft, presence = sample_training_crop(case, 32, rng)
+        assert x.shape == (4, 32, 32, 32) and soft.shape == (4, 32, 32, 32) and presence.sum() >= 1
+        assert np.allclose(soft.sum(axis=0), 1.0, atol=1e-4)
+        present = presence.astype(bool)
+        assert np.all(x[~present] == 0)
+        tumor, brain = soft[3] > 0.9, (x[present] != 0).any(axis=0) & (soft[0] > 0.9)
+        if tumor.sum() > 50 and brain.sum() > 50:  # labels moved with the image (rotation, scale, flips)
+            assert all(x[c][tumor].mean() > x[c][brain].mean() for c in np.flatnonzero(present))
+        one_missing += int(presence.sum() == 3)
+        subsets += int(presence.sum() < 4)
+    assert 5 < one_missing and subsets < 45
+
+
+def test_enhancement_is_not_scored_without_t1ce():
+    """A crop without T1CE is scored on the core (NCR + ET) only: calling true ET voxels NCR or ET costs the same,
+    for any logits. With T1CE the two answers differ."""
+    labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    labels[0, 2:6, 2:6, 2:6] = 2
+    labels[0, 3:5, 3:5, 3:5] = 3
+    soft = torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float()
+    says_et = soft * 10
+    says_ncr = says_et.clone()
+    says_ncr[:, 1], says_ncr[:, 3] = says_et[:, 3], says_et[:, 1]
+    without, with_t1ce = torch.tensor([0.0]), torch.tensor([1.0])
+    assert torch.isclose(segmentation_loss(says_et, soft, without), segmentation_loss(says_ncr, soft, without))
+    assert segmentation_loss(says_ncr, soft, with_t1ce) > segmentation_loss(says_et, soft, with_t1ce) + 0.1
+    random = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    swapped = random[:, [0, 3, 2, 1]]  # NCR and ET exchanged everywhere
+    assert torch.isclose(segmentation_loss(random, soft, without), segmentation_loss(swapped, soft, without))
+
+
 def test_loss_is_low_for_a_confident_right_answer():
     labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
     labels[0, 2:6, 2:6, 2:6] = 2
@@ -46,6 +110,9 @@ def test_loss_is_low_for_a_confident_right_answer():
     right = torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float() * 20
     wrong = torch.roll(right, 1, dims=1)
     assert dice_ce_loss(right, labels) < 0.05 < dice_ce_loss(wrong, labels)
+    soft = torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float()
+    scored = torch.tensor([1.0])
+    assert segmentation_loss(right, soft, scored) < 0.05 < segmentation_loss(wrong, soft, scored)
 
 
 def test_training_checkpoints_and_resumes(tmp_path):
@@ -53,7 +120,7 @@ def test_training_checkpoints_and_resumes(tmp_path):
     write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
     run = tmp_path / "run"
     common = ["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--crop", "16",
-              "--batch", "1", "--phantoms", "0", "--checkpoint-every", "1", "--spacing", "4",
+              "--batch", "1", "--fold", "0", "--n-folds", "2", "--checkpoint-every", "1", "--spacing", "4",
               "--network", json.dumps({"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1,
                                        "transformer_heads": 2})]
     assert main(common + ["--steps", "2"]) == 0
@@ -70,7 +137,8 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
     assert (run / "final.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())
-    assert config["validation_split"] and len(config["train_cases"]) == 2
+    assert len(config["validation_cases"]) == 1 and len(config["train_cases"]) == 1
+    assert set(config["validation_cases"] + config["train_cases"]) == set(config["folds"])
 
 
 def test_validation_scores_a_perfect_and_an_empty_prediction():

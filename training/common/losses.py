@@ -29,6 +29,40 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1.0
     return ce + (1 - dice).mean()
 
 
+def soft_region_targets(soft: torch.Tensor) -> torch.Tensor:
+    """Soft class targets (B, 4, ...) over bg, NCR, ED, ET -> soft region targets (B, 3, ...) for WT, TC, ET."""
+    return region_probabilities(soft)
+
+
+def segmentation_loss(logits: torch.Tensor, soft: torch.Tensor, et_scored: torch.Tensor,
+                      dice_weight: float = 0.5, smooth: float = 1.0) -> torch.Tensor:
+    """Soft-target cross-entropy + ``dice_weight`` x (1 - soft region Dice), enhancement scored only with T1CE.
+
+    logits (B, 4, Z, Y, X); soft (B, 4, Z, Y, X) class fractions (area-averaged 2 mm targets, rows sum to 1);
+    et_scored (B,) 1 where T1CE was present in the crop. For a crop without T1CE, NCR and ET are one class in the
+    cross-entropy (core = NCR + ET) and ET is left out of the Dice: the network is never asked to find enhancement
+    it cannot see. Dice is pooled over the batch (stable for empty regions) and weighted below cross-entropy,
+    so that it does not push uncertain small core / ET regions outwards (the over-calling of glioma_seg 0.1.0).
+    """
+    log_p = torch.log_softmax(logits, dim=1)
+    core_log_p = torch.logsumexp(torch.stack([log_p[:, 1], log_p[:, 3]]), dim=0)
+    scored = et_scored.float().view(-1, *([1] * (logits.ndim - 2)))
+    ce_full = -(soft * log_p).sum(dim=1)
+    ce_merged = -(soft[:, 0] * log_p[:, 0] + soft[:, 2] * log_p[:, 2] + (soft[:, 1] + soft[:, 3]) * core_log_p)
+    ce = (scored * ce_full + (1 - scored) * ce_merged).mean()
+    regions = region_probabilities(log_p.exp())
+    targets = soft_region_targets(soft)
+    dims = tuple(range(2, regions.ndim))
+    intersection = (regions * targets).sum(dims)          # (B, 3)
+    denominator = (regions + targets).sum(dims)           # (B, 3)
+    weight = torch.ones_like(intersection)
+    weight[:, 2] = et_scored.float()
+    dice = (2 * (weight * intersection).sum(0) + smooth) / ((weight * denominator).sum(0) + smooth)
+    present = torch.tensor([1.0, 1.0, float(et_scored.float().sum() > 0)], device=logits.device)
+    dice_term = ((1 - dice) * present).sum() / present.sum()
+    return ce + dice_weight * dice_term
+
+
 def masked_task_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor,
                      class_weights: torch.Tensor) -> torch.Tensor:
     """Class-weighted soft-target cross-entropy of one classification task over the samples that have its label.

@@ -1,11 +1,13 @@
-"""Training data for the segmentation network: cached 2 mm arrays, tumor-protect crops and augmentation."""
+"""Training data for the segmentation network: cached 2 mm arrays with area-averaged soft targets, class-balanced
+augmented crops (``sample_training_crop``, the recipe of train_segmentation) and the older tumor-protect crops
+(``sample_crop``, used by the adaptation and semi-supervised stages)."""
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,6 +15,10 @@ from GliomaAnalysisLib import __version__, load_case, preprocess
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
 
 from ..common.datasets import discover_cases
+from .augmentation import AugmentationConfig, intensity_augment, modality_presence, spatial_crop
+
+TARGETS_VERSION = "area-averaged-1"
+"""Part of the cache key: bump when the cached arrays change meaning."""
 
 # A fixed split of ../shared/data/brats18: one validation case per contributing institution group
 # (2013 challenge, CBICA x2, TCIA01, TCIA03) plus one of the two LGG cases; the other 18 cases train.
@@ -30,19 +36,54 @@ class TrainingCase:
     image: np.ndarray
     labels: np.ndarray
     synthetic: bool = False
+    soft: Optional[np.ndarray] = None
+    """uint8 (4, Z, Y, X): area-averaged class fractions x 255 (bg, NCR, ED, ET); None for old caches / phantoms."""
+    _class_voxels: Optional[Dict[int, np.ndarray]] = None
+
+    def soft_targets(self) -> np.ndarray:
+        """float32 (4, Z, Y, X) class fractions summing to 1 (one-hot of ``labels`` when no soft targets)."""
+        if self.soft is None:
+            return np.stack([(self.labels == k).astype(np.float32) for k in range(4)])
+        soft = self.soft.astype(np.float32)
+        return soft / np.maximum(soft.sum(axis=0, keepdims=True), 1e-6)
+
+    def class_voxels(self, label: int) -> np.ndarray:
+        """Flat indices of the voxels labelled ``label`` (cached)."""
+        if self._class_voxels is None:
+            self._class_voxels = {}
+        if label not in self._class_voxels:
+            self._class_voxels[label] = np.flatnonzero(self.labels == label)
+        return self._class_voxels[label]
 
 
 def load_cached(folder: Path, cache: Path, spacing: Sequence[float], synthetic: bool = False) -> TrainingCase:
     """Preprocess a labelled case folder onto the working grid, cached as .npz keyed by path and spacing."""
-    key = hashlib.sha1(json.dumps([str(folder.resolve()), list(spacing), __version__]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([str(folder.resolve()), list(spacing), __version__, TARGETS_VERSION]).encode()
+                       ).hexdigest()[:12]
     path = cache / f"{folder.name}-{key}.npz"
     if path.is_file():
         data = np.load(path)
-        return TrainingCase(folder.name, data["image"], data["labels"], synthetic)
+        return TrainingCase(folder.name, data["image"], data["labels"], synthetic, data["soft"])
     pre = preprocess(load_case(folder), spacing=spacing, divisible_by=1)
+    soft = np.round(pre.soft_labels * 255).astype(np.uint8)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, image=pre.image, labels=pre.labels)
-    return TrainingCase(folder.name, pre.image, pre.labels, synthetic)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, image=pre.image, labels=pre.labels, soft=soft)
+    tmp.replace(path)
+    return TrainingCase(folder.name, pre.image, pre.labels, synthetic, soft)
+
+
+def load_cases(roots: Sequence[Path], cache: Path, spacing: Sequence[float],
+               progress=None) -> List[TrainingCase]:
+    """Every labelled case under each of ``roots`` (sorted by id), preprocessed and cached once."""
+    found = sorted((c for root in roots if Path(root).is_dir() for c in discover_cases(root)),
+                   key=lambda c: c.case_id)
+    cases = []
+    for index, case in enumerate(found):
+        if progress:
+            progress(f"case {index + 1}/{len(found)}: {case.case_id}")
+        cases.append(load_cached(case.folder, cache, spacing))
+    return cases
 
 
 def load_split(data_root: Path, cache: Path, spacing: Sequence[float], n_phantoms: int = 0,
@@ -69,12 +110,13 @@ def tumor_protect_crop(labels: np.ndarray, size: int, rng: np.random.Generator,
     give a crop starting at 0 (the caller pads).
     """
     tumor = np.argwhere(labels > 0)
+    anywhere = tumor.size == 0 or rng.random() < random_probability  # one draw per crop, not per axis
     slices = []
     for axis, n in enumerate(labels.shape):
         if n <= size:
             slices.append(slice(0, size))
             continue
-        if tumor.size == 0 or rng.random() < random_probability:
+        if anywhere:
             start = int(rng.integers(0, n - size + 1))
         else:
             lo, hi = int(tumor[:, axis].min()), int(tumor[:, axis].max()) + 1
@@ -130,3 +172,34 @@ def augment_volume(image: np.ndarray, labels: np.ndarray, rng: np.random.Generat
         else:
             image[channel] = 0.0
     return image, labels, presence
+
+
+FOREGROUND_PROBABILITY = 0.67
+"""Share of crops centred on a tumor voxel (of a tumor class drawn uniformly among those present), the rest on
+a random voxel of the volume (background and false-positive examples)."""
+
+
+def sample_training_crop(case: TrainingCase, size: int, rng: np.random.Generator,
+                         config: Optional[AugmentationConfig] = None,
+                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented crop of the shipped recipe: image float32 (4, S, S, S), soft targets float32 (4, S, S, S),
+    presence float32 (4,).
+
+    Centre: with ``FOREGROUND_PROBABILITY`` a random voxel of a tumor class drawn uniformly among the classes the
+    case has (so small NCR / ET regions are seen as often as edema), else anywhere; a random offset of up to a
+    quarter crop keeps the tumor off the exact centre. Then rotation / scale / flips, modality dropout and
+    per-channel intensity augmentation (``augmentation.py``).
+    """
+    config = config or AugmentationConfig()
+    shape = case.labels.shape
+    classes = [k for k in (1, 2, 3) if case.class_voxels(k).size]
+    if classes and rng.random() < FOREGROUND_PROBABILITY:
+        voxels = case.class_voxels(classes[int(rng.integers(len(classes)))])
+        centre = np.array(np.unravel_index(int(voxels[rng.integers(voxels.size)]), shape), dtype=float)
+        centre += rng.uniform(-size / 4, size / 4, 3)
+    else:
+        centre = np.array([rng.uniform(0, n - 1) for n in shape])
+    image, soft = spatial_crop(case.image, case.soft_targets(), centre, size, rng, config)
+    presence = modality_presence(rng, np.ones(4, dtype=bool), config)
+    image = intensity_augment(image, presence, rng, config)
+    return np.ascontiguousarray(image), np.ascontiguousarray(soft), presence

@@ -1,6 +1,7 @@
-"""Train the segmentation network on ../shared/data/brats18 (fixed split) with checkpoints and resume.
+"""Train the segmentation network on the real cases (one cross-validation fold, or all) with checkpoints and resume.
 
-    python -m training.segmentation.train_segmentation --run-dir ~/glioma-runs/seg1 --steps 1500 [--resume]
+    python -m training.segmentation.train_segmentation --run-dir runs/seg/fold0 --fold 0 [--resume]
+    python -m training.segmentation.train_segmentation --run-dir runs/seg/all --fold all   # the shipped model
     python -m training.segmentation.train_segmentation --config training/configs/segmentation.yaml --run-dir RUN
     torchrun --nproc_per_node 2 -m training.segmentation.train_segmentation --run-dir RUN ...   # data parallel (gloo / nccl)
 
@@ -32,9 +33,16 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
-from ..common.losses import dice_ce_loss
+from ..common.folds import assign_folds, read_case_infos
+from ..common.losses import segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
-from .segmentation_data import VALIDATION_CASES, TrainingCase, load_split, sample_crop
+from .augmentation import AugmentationConfig
+from .segmentation_data import TrainingCase, load_cases, sample_training_crop
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_DATA = [str(SHARED_DATA / "brats18"), str(SHARED_DATA / "brats-extra")]
+T1CE = 1
+"""Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
 
 
 def validate(model: GliomaSegNet, cases: List[TrainingCase],
@@ -62,17 +70,20 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (also the keys of ``training/configs/segmentation.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"))
+    parser.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="data roots (case folders with _seg files)")
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--fold", default="all", help="validation fold 0..n-1 of the stratified folds, or 'all'")
+    parser.add_argument("--n-folds", type=int, default=5)
+    parser.add_argument("--fold-seed", type=int, default=0)
+    parser.add_argument("--dice-weight", type=float, default=0.5, help="weight of the region Dice next to CE")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=2, help="crops per step and process")
     parser.add_argument("--crop", type=int, default=64, help="crop edge in working-grid voxels")
     parser.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--modality-dropout", type=float, default=0.5)
-    parser.add_argument("--phantoms", type=int, default=8, help="synthetic phantoms added to the training set")
-    parser.add_argument("--phantom-probability", type=float, default=0.15)
+    parser.add_argument("--keep-all-probability", type=float, default=0.5,
+                        help="modality dropout: share of crops with every modality (then 0.3 one missing, else a subset)")
     parser.add_argument("--val-every", type=int, default=150)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -103,21 +114,27 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     config = NetworkConfig.from_dict({**NetworkConfig().to_dict(), **json.loads(args.network)})
     spacing = (args.spacing,) * 3
     if not context.is_main:
-        context.barrier()  # rank 0 fills the cache first (phantoms, preprocessed arrays)
-    train_cases, validation = load_split(Path(args.data), Path(args.cache), spacing, args.phantoms)
+        context.barrier()  # rank 0 fills the cache first (preprocessed arrays)
+    cases = load_cases([Path(d) for d in args.data], Path(args.cache), spacing)
     if context.is_main:
         context.barrier()
-    real = [c for c in train_cases if not c.synthetic]
-    synthetic = [c for c in train_cases if c.synthetic]
-    if not real:
-        print(f"error: no labelled cases found under {args.data}", file=sys.stderr)
+    if not cases:
+        print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         context.close()
         return None
-    split = {"train_cases": [c.case_id for c in train_cases], "validation_cases": [c.case_id for c in validation]}
+    folds = assign_folds(read_case_infos(args.data, [c.case_id for c in cases]), args.n_folds, args.fold_seed)
+    if args.fold == "all":
+        real, validation = cases, []
+    else:
+        fold = int(args.fold)
+        real = [c for c in cases if folds[c.case_id] != fold]
+        validation = [c for c in cases if folds[c.case_id] == fold]
+    augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability)
+    split = {"train_cases": [c.case_id for c in real], "validation_cases": [c.case_id for c in validation]}
     if context.is_main:
         (run / "config.json").write_text(json.dumps({
             "args": vars(args), "network": config.to_dict(), "git_commit": git_commit(), **split,
-            "validation_split": list(VALIDATION_CASES), "world_size": context.world_size}, indent=2))
+            "folds": folds, "world_size": context.world_size}, indent=2))
         start_run_record(run, {"args": vars(args), "network": config.to_dict()}, split, args.seed, context.device,
                          "training.segmentation.train_segmentation", context.world_size, getattr(args, "config", None))
 
@@ -156,18 +173,16 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     started = time.perf_counter()
     last: Dict = {}
     while step < args.steps:
-        batch = []
-        for _ in range(args.batch):
-            pool = synthetic if synthetic and rng.random() < args.phantom_probability else real
-            batch.append(sample_crop(pool[rng.integers(len(pool))], args.crop, rng, args.modality_dropout))
+        batch = [sample_training_crop(real[rng.integers(len(real))], args.crop, rng, augmentation)
+                 for _ in range(args.batch)]
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(context.device)
-        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).to(context.device)
+        soft = torch.from_numpy(np.stack([b[1] for b in batch])).to(context.device)
         presence = torch.from_numpy(np.stack([b[2] for b in batch])).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         with autocast(context.device, use_amp):
             logits = network(x, presence)
-        loss = dice_ce_loss(logits.float(), y)
+        loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], args.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

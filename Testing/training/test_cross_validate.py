@@ -1,0 +1,49 @@
+"""Cross-validation runner: every case predicted out of fold once, variants scored, report written."""
+import json
+
+import numpy as np
+
+from GliomaAnalysisLib.synthetic.phantom import write_cohort
+from training.segmentation.cross_validate import decode, main, score_variants
+
+
+def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
+    data = tmp_path / "data"
+    write_cohort(data, 4, seed=5, size=(48, 48, 40), spacing=(3.0, 3.0, 3.0))
+    run = tmp_path / "cv"
+    network = json.dumps({"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1, "transformer_heads": 2})
+    args = ["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--crop", "16",
+            "--batch", "1", "--steps", "2", "--n-folds", "2", "--spacing", "4", "--val-every", "100",
+            "--network", network, "--table", str(tmp_path / "cv.md")]
+    assert main(args) == 0
+    report = json.loads((run / "cv_report.json").read_text())
+    assert report["cases"] == 4 and report["folds_done"] == [0, 1]
+    folds = {}
+    for fold in (0, 1):
+        config = json.loads((run / f"fold{fold}" / "config.json").read_text())
+        assert not set(config["validation_cases"]) & set(config["train_cases"])
+        folds.update({c: fold for c in config["validation_cases"]})
+    assert sorted(folds) == sorted(report["per_case"])  # each case validated exactly once, by the other fold's model
+    assert all(report["per_case"][c]["fold"] == f for c, f in folds.items())
+    chosen = report["chosen"]
+    for row in report["per_case"].values():
+        assert all(0.0 <= row[chosen][r] <= 1.0 for r in ("wt", "tc", "et"))
+    table = (tmp_path / "cv.md").read_text()
+    assert "(chosen)" in table and all(c in table for c in folds)
+    assert main(args) == 0  # resumable: nothing is trained or predicted again
+    assert json.loads((run / "cv_report.json").read_text())["per_case"] == report["per_case"]
+
+
+def test_a_perfect_prediction_scores_one(tmp_path):
+    truth = np.zeros((20, 20, 20), dtype=np.uint8)
+    truth[5:15, 5:15, 5:15] = 2
+    truth[8:12, 8:12, 8:12] = 3
+    probabilities = np.stack([(truth == k).astype(np.float16) for k in (1, 2, 3)])
+    assert np.array_equal(decode(probabilities.astype(np.float32)), truth)
+    path = tmp_path / "c.npz"
+    np.savez(path, probabilities=probabilities, truth=truth, uncertainty=np.zeros_like(probabilities[0]),
+             box=np.array([[0, 20]] * 3), fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
+    scores = score_variants(path)
+    assert scores["none"]["wt"] == scores["none"]["tc"] == scores["none"]["et"] == 1.0
+    assert scores["lesion_filter+min_et_0.25ml"]["et"] == 0.0  # 64 voxels = 0.064 mL of ET: relabelled NCR
+    assert scores["lesion_filter+min_et_0.25ml"]["tc"] == 1.0

@@ -1,0 +1,304 @@
+"""5-fold cross-validation of the segmentation recipe over all real cases, resumable at every step.
+
+    python -m training.segmentation.cross_validate --config training/configs/segmentation.yaml --run-dir runs/cv1
+    python -m training.segmentation.cross_validate ... --folds 0,1     # some folds only (screening)
+    python -m training.segmentation.cross_validate ... --report-only   # tables from what is predicted so far
+
+For each fold (stratified by grade and source, ``training/common/folds.py``): train on the other folds
+(``train_segmentation``, resumed from its checkpoint), store the fold model as a model card + weights, then analyse
+each held-out case with ``GliomaAnalysisLib.analyze`` at default settings (4 passes, full resolution) without
+post-processing and keep its probabilities (cropped to the brain, float16) as ``RUN/oof/<case>.npz``: every
+post-processing choice is then scored on the same out-of-fold predictions. With all modalities, and with each
+single modality missing (``--missing``, one fast pass).
+
+The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
+post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from GliomaAnalysisLib import MODALITIES, load_case
+from GliomaAnalysisLib.io.labels import regions, to_contiguous
+from GliomaAnalysisLib.pipeline.measures import dice
+from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components, suppress_small_enhancement
+
+from ..common.config import parse_args
+from ..common.datasets import discover_cases
+from . import train_segmentation
+
+MIN_ET_CHOICES = (0.0, 0.25, 0.5, 1.0, 2.0)
+"""mL: candidate thresholds below which a predicted enhancement is relabelled NCR (scored in CV)."""
+REGIONS = ("wt", "tc", "et")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = train_segmentation.build_parser()
+    parser.description = __doc__
+    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="no training or prediction: report only")
+    parser.add_argument("--missing", action="store_true", help="also predict with each single modality missing")
+    parser.add_argument("--table", default=None, help="write the Markdown report here as well")
+    return parser
+
+
+def fold_args(args: argparse.Namespace, fold: int) -> argparse.Namespace:
+    """The train_segmentation arguments of one fold (its own run folder, resumed)."""
+    values = dict(vars(args))
+    values.update(run_dir=str(Path(args.run_dir) / f"fold{fold}"), fold=str(fold), resume=True)
+    return argparse.Namespace(**values)
+
+
+def store_fold_model(run: Path, fold: int) -> Path:
+    """fold{k}/model/glioma_seg_fold{k}.{json,safetensors} from the fold's final weights; returns the folder."""
+    from safetensors.torch import load_file
+
+    from GliomaAnalysisLib.models.model_store import save_model
+    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+    fold_dir = run / f"fold{fold}"
+    folder = fold_dir / "model"
+    name = f"glioma_seg_fold{fold}"
+    if (folder / f"{name}.json").is_file():
+        return folder
+    config = json.loads((fold_dir / "config.json").read_text())
+    model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
+    model.load_state_dict(load_file(str(fold_dir / "final.safetensors")))
+    spacing = config["args"]["spacing"]
+    card = {"version": f"cv-fold{fold}", "task": "glioma subregion segmentation (cross-validation fold model)",
+            "preprocessing": {"spacing_mm": [spacing] * 3, "pad_multiple": 8},
+            "validation_split": config["validation_cases"], "train_cases": config["train_cases"]}
+    save_model(model, card, folder, name)
+    return folder
+
+
+def predict_held_out(run: Path, fold: int, folders: Dict[str, Path], missing: bool) -> None:
+    """Analyse every held-out case of ``fold`` (default settings, no post-processing) into RUN/oof/."""
+    from GliomaAnalysisLib.models.model_store import load_model_cached
+    from GliomaAnalysisLib.pipeline.analysis import analyze
+
+    config = json.loads((run / f"fold{fold}" / "config.json").read_text())
+    model_dir = store_fold_model(run, fold)
+    load_model_cached.cache_clear()
+    variants: List[Optional[str]] = [None] + (list(MODALITIES) if missing else [])
+    for case_id in config["validation_cases"]:
+        for drop in variants:
+            out = run / "oof" / (f"{case_id}.npz" if drop is None else f"{case_id}-without_{drop}.npz")
+            if out.is_file():
+                continue
+            found = folders[case_id]
+            files = {m: p for m, p in found.files.items() if m != drop}
+            case = load_case(files, segmentation=found.segmentation, case_id=case_id)
+            started = time.perf_counter()
+            result = analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, classify=False,
+                             postprocess=False, fast=drop is not None)
+            seconds = time.perf_counter() - started
+            truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation), case.segmentation_convention)
+            probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
+            uncertainty = sitk.GetArrayFromImage(result.uncertainty)
+            box = _box(truth > 0, probabilities.sum(0) > 0.05)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
+                                truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
+                                box=np.array([[s.start, s.stop] for s in box]), fold=fold,
+                                spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds)
+            tmp.replace(out)
+            print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def _box(*masks: np.ndarray, margin: int = 30) -> tuple:
+    """Bounding box (slices) of the union of ``masks`` grown by ``margin`` voxels (the whole array if empty)."""
+    union = np.zeros(masks[0].shape, dtype=bool)
+    for mask in masks:
+        union |= mask
+    if not union.any():
+        return tuple(slice(0, n) for n in union.shape)
+    coords = np.nonzero(union)
+    return tuple(slice(max(0, int(c.min()) - margin), min(n, int(c.max()) + 1 + margin))
+                 for c, n in zip(coords, union.shape))
+
+
+def decode(probabilities: np.ndarray) -> np.ndarray:
+    """(3, Z, Y, X) NCR, ED, ET probabilities -> contiguous labels, argmax with background = 1 - sum (as analyze)."""
+    background = 1.0 - probabilities.sum(axis=0)
+    return np.argmax(np.concatenate([background[None], probabilities]), axis=0).astype(np.uint8)
+
+
+def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
+    """Dice per region of each post-processing variant of one stored out-of-fold prediction."""
+    data = np.load(path)
+    probabilities = data["probabilities"].astype(np.float32)
+    truth = data["truth"]
+    spacing = tuple(float(s) for s in data["spacing_zyx"])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    raw = decode(probabilities)
+    filtered = remove_small_components(lesion_filter(raw, spacing), voxel_ml)
+    variants = {"none": raw, "lesion_filter": filtered}
+    for min_et in MIN_ET_CHOICES[1:]:
+        variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
+    true_regions = regions(truth)
+    scores = {}
+    for name, labels in variants.items():
+        predicted = regions(labels)
+        scores[name] = {r: dice(predicted[r], true_regions[r]) for r in REGIONS}
+        scores[name].update({f"{r}_ml_pred": float(predicted[r].sum() * voxel_ml) for r in REGIONS})
+        scores[name].update({f"{r}_ml_true": float(true_regions[r].sum() * voxel_ml) for r in REGIONS})
+    scores["uncertainty_in_tumor"] = float(data["uncertainty"][raw > 0].astype(np.float32).mean()) if (raw > 0).any() \
+        else 0.0
+    scores["fold"] = int(data["fold"])
+    return scores
+
+
+def summarise(rows: Dict[str, Dict], variant: str) -> Dict[str, Dict[str, float]]:
+    values = {r: np.array([row[variant][r] for row in rows.values()]) for r in REGIONS}
+    return {r: {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+                "se": round(float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, 4),
+                "min": round(float(v.min()), 4)} for r, v in values.items()}
+
+
+def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, Path]] = None) -> Dict:
+    """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table)."""
+    files = sorted(p for p in (run / "oof").glob("*.npz") if "-without_" not in p.name)
+    if not files:
+        raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
+    rows = {p.stem: score_variants(p) for p in files}
+    variant_names = [k for k in next(iter(rows.values())) if isinstance(rows[files[0].stem][k], dict)]
+    summaries = {v: summarise(rows, v) for v in variant_names}
+    chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
+    missing = _missing_summary(run, rows, chosen)
+    worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
+    et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
+    result = {"cases": len(rows), "folds_done": sorted({row["fold"] for row in rows.values()}),
+              "variants": summaries, "chosen": chosen, "worst_cases": worst,
+              "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
+              "missing_modality": missing, "per_case": rows,
+              "uncertainty_vs_wt_dice_spearman": _spearman([rows[c]["uncertainty_in_tumor"] for c in rows],
+                                                           [rows[c][chosen]["wt"] for c in rows])}
+    (run / "cv_report.json").write_text(json.dumps(result, indent=2))
+    if table:
+        pictures = _pictures(run, worst, table.parent, folders) if folders else {}
+        table.write_text(markdown(result, pictures))
+    return result
+
+
+def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str) -> Dict[str, Dict]:
+    """Mean WT/TC/ET Dice without each modality (fast pass) against the same cases with all (fast pass not stored:
+    the comparison uses the default prediction), on the cases where both exist."""
+    out = {}
+    for modality in MODALITIES:
+        paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
+        if not paths:
+            continue
+        scores = {p.name.split("-without_")[0]: score_variants(p)[chosen] for p in paths}
+        common = [c for c in scores if c in rows]
+        out[modality] = {"cases": len(common), **{r: round(float(np.mean([scores[c][r] for c in common])), 4)
+                                                   for r in REGIONS},
+                         **{f"{r}_with_all": round(float(np.mean([rows[c][chosen][r] for c in common])), 4)
+                            for r in REGIONS}}
+    return out
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+    return round(float(spearmanr(a, b).statistic), 3)
+
+
+def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, Path]) -> Dict[str, str]:
+    """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pictures = {}
+    for case_id in cases:
+        data = np.load(run / "oof" / f"{case_id}.npz")
+        box = tuple(slice(int(a), int(b)) for a, b in data["box"])
+        case = load_case(folders[case_id].files, case_id=case_id)  # the reference grid of the stored arrays
+        flair = sitk.GetArrayFromImage(case.images.get("flair", case.images[case.present[0]]))[box]
+        truth = data["truth"]
+        prediction = decode(data["probabilities"].astype(np.float32))
+        z = int(np.argmax((truth > 0).sum(axis=(1, 2)) + (prediction > 0).sum(axis=(1, 2))))
+        background = flair[z]
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3), dpi=80)
+        for ax, labels, title in ((axes[0], truth, "truth"), (axes[1], prediction, "prediction")):
+            ax.imshow(background, cmap="gray")
+            ax.imshow(np.ma.masked_equal(labels[z], 0), cmap="brg", vmin=1, vmax=3, alpha=0.45)
+            ax.set_title(f"{case_id} {title}", fontsize=7)
+            ax.axis("off")
+        path = out_dir / f"cv_worst_{case_id}.png"
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        pictures[case_id] = path.name
+    return pictures
+
+
+def markdown(result: Dict, pictures: Dict[str, str]) -> str:
+    chosen = result["chosen"]
+    lines = [f"# Segmentation cross-validation ({result['cases']} real cases, folds {result['folds_done']})", "",
+             "Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings (4 passes), full "
+             "resolution, against the expert labels. Produced by `python -m training.segmentation.cross_validate "
+             "--config training/configs/segmentation.yaml --run-dir RUN --table training/results/segmentation_cv.md`.",
+             "", "| post-processing | WT mean (SD) | TC mean (SD) | ET mean (SD) | worst WT |", "| --- | --- | --- | --- | --- |"]
+    for name, summary in result["variants"].items():
+        mark = " **(chosen)**" if name == chosen else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(
+            f"{summary[r]['mean']:.3f} ({summary[r]['sd']:.3f})" for r in REGIONS) + f" | {summary['wt']['min']:.3f} |")
+    lines += ["", f"Standard error of the mean (chosen): " + ", ".join(
+        f"{r.upper()} {result['variants'][chosen][r]['se']:.3f}" for r in REGIONS), ""]
+    if result["et_free_cases"]:
+        lines += ["ET-free cases (true ET 0 mL): predicted ET " + ", ".join(
+            f"{c} {v:.2f} mL" for c, v in result["et_free_cases"].items()), ""]
+    if result["missing_modality"]:
+        lines += ["| without | cases | WT | TC | ET | WT with all |", "| --- | --- | --- | --- | --- | --- |"]
+        for modality, m in result["missing_modality"].items():
+            lines.append(f"| {modality} | {m['cases']} | {m['wt']:.3f} | {m['tc']:.3f} | {m['et']:.3f} | "
+                         f"{m['wt_with_all']:.3f} |")
+        lines.append("")
+    lines += ["| case | fold | WT | TC | ET | WT mL (true) | TC mL (true) | ET mL (true) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for case_id, row in sorted(result["per_case"].items()):
+        s = row[chosen]
+        lines.append(f"| {case_id} | {row['fold']} | {s['wt']:.3f} | {s['tc']:.3f} | {s['et']:.3f} | "
+                     + " | ".join(f"{s[f'{r}_ml_pred']:.1f} ({s[f'{r}_ml_true']:.1f})" for r in REGIONS) + " |")
+    lines += ["", "## Worst cases", ""]
+    for case_id in result["worst_cases"]:
+        s = result["per_case"][case_id][chosen]
+        lines.append(f"- {case_id}: WT {s['wt']:.3f}, TC {s['tc']:.3f}, ET {s['et']:.3f}")
+        if case_id in pictures:
+            lines.append(f"  ![{case_id}]({pictures[case_id]})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    run = Path(args.run_dir)
+    folders = {c.case_id: c for root in args.data if Path(root).is_dir() for c in discover_cases(root)}
+    if not folders:
+        print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
+        return 2
+    folds = range(args.n_folds) if args.folds is None else [int(f) for f in args.folds.split(",")]
+    if not args.report_only:
+        for fold in folds:
+            if not (run / f"fold{fold}" / "final.safetensors").is_file():
+                if train_segmentation.train(fold_args(args, fold)) is None:
+                    return 2
+            predict_held_out(run, fold, folders, args.missing)
+    result = report(run, Path(args.table) if args.table else None, folders)
+    print(json.dumps({"cases": result["cases"], "chosen": result["chosen"],
+                      "mean": result["variants"][result["chosen"]]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
