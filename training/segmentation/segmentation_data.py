@@ -174,18 +174,21 @@ def augment_volume(image: np.ndarray, labels: np.ndarray, rng: np.random.Generat
     return image, labels, presence
 
 
-FOREGROUND_PROBABILITY = 0.67
+FOREGROUND_PROBABILITY = 0.33
 """Share of crops centred on a tumor voxel (of a tumor class drawn uniformly among those present), the rest on
-a random voxel of the volume (background and false-positive examples)."""
+a random voxel of the volume (background and false-positive examples). 0.67 (cross-validation run cv1, fold 0:
+7 held-out cases) over-called the whole tumor 1.6x in volume (WT Dice 0.69): the crops' tumor prior leaks into
+the whole-volume prediction. nnU-Net's 0.33 is the default."""
 
 
 def sample_training_crop(case: TrainingCase, size: int, rng: np.random.Generator,
                          config: Optional[AugmentationConfig] = None,
+                         foreground_probability: float = FOREGROUND_PROBABILITY,
                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented crop of the shipped recipe: image float32 (4, S, S, S), soft targets float32 (4, S, S, S),
     presence float32 (4,).
 
-    Centre: with ``FOREGROUND_PROBABILITY`` a random voxel of a tumor class drawn uniformly among the classes the
+    Centre: with ``foreground_probability`` a random voxel of a tumor class drawn uniformly among the classes the
     case has (so small NCR / ET regions are seen as often as edema), else anywhere; a random offset of up to a
     quarter crop keeps the tumor off the exact centre. Then rotation / scale / flips, modality dropout and
     per-channel intensity augmentation (``augmentation.py``).
@@ -193,7 +196,7 @@ def sample_training_crop(case: TrainingCase, size: int, rng: np.random.Generator
     config = config or AugmentationConfig()
     shape = case.labels.shape
     classes = [k for k in (1, 2, 3) if case.class_voxels(k).size]
-    if classes and rng.random() < FOREGROUND_PROBABILITY:
+    if classes and rng.random() < foreground_probability:
         voxels = case.class_voxels(classes[int(rng.integers(len(classes)))])
         centre = np.array(np.unravel_index(int(voxels[rng.integers(voxels.size)]), shape), dtype=float)
         centre += rng.uniform(-size / 4, size / 4, 3)

@@ -37,7 +37,7 @@ from ..common.folds import assign_folds, read_case_infos
 from ..common.losses import segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .augmentation import AugmentationConfig
-from .segmentation_data import TrainingCase, load_cases, sample_training_crop
+from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases, sample_training_crop
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DEFAULT_DATA = [str(SHARED_DATA / "brats18"), str(SHARED_DATA / "brats-extra")]
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", default="all", help="validation fold 0..n-1 of the stratified folds, or 'all'")
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
+    parser.add_argument("--foreground-probability", type=float, default=FOREGROUND_PROBABILITY,
+                        help="share of crops centred on a tumor voxel (the rest anywhere)")
     parser.add_argument("--dice-weight", type=float, default=0.5, help="weight of the region Dice next to CE")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
     parser.add_argument("--steps", type=int, default=1500)
@@ -173,7 +175,8 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     started = time.perf_counter()
     last: Dict = {}
     while step < args.steps:
-        batch = [sample_training_crop(real[rng.integers(len(real))], args.crop, rng, augmentation)
+        batch = [sample_training_crop(real[rng.integers(len(real))], args.crop, rng, augmentation,
+                                      args.foreground_probability)
                  for _ in range(args.batch)]
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(context.device)
         soft = torch.from_numpy(np.stack([b[1] for b in batch])).to(context.device)
