@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from ..io.case import Case, load_case
+from ..io.case import Case, load_case, require_analysable_extent
 from .classify import Classification, classify_case
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.inference import predict, select_device
@@ -72,7 +72,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
 
     if not isinstance(case, Case):
         say(f"loading {case if not isinstance(case, Mapping) else 'images'}")
-        case = load_case(case)
+        case = load_case(case, ground_truth=False)  # the analysis never needs ground truth
+    require_analysable_extent(case)
     say(f"case {case.case_id}: {', '.join(case.present)} present; reference grid {case.reference} "
         f"{'x'.join(map(str, case.geometry.size))} at {'x'.join(f'{s:g}' for s in case.geometry.spacing)} mm")
     lap("load")

@@ -38,7 +38,7 @@ def test_two_cpu_processes_end_with_identical_weights_and_one_checkpoint(tmp_pat
     write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
     run = tmp_path / "run"
     argv = ["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--crop", "16",
-            "--batch", "1", "--phantoms", "0", "--checkpoint-every", "2", "--spacing", "4", "--steps", "3",
+            "--batch", "1", "--checkpoint-every", "2", "--spacing", "4", "--steps", "3",
             "--device", "cpu", "--network", json.dumps(TINY_NETWORK)]
     mp.spawn(_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
 

@@ -59,14 +59,18 @@ def base_card(run_config: Dict, training_log: List[Dict]) -> Dict:
         "training_data": {
             "real_cases": [c for c in run_config["train_cases"] if not c.startswith("Phantom")],
             "synthetic_phantoms": len([c for c in run_config["train_cases"] if c.startswith("Phantom")]),
-            "source": "BraTS 2018 training data (../shared/data/brats18) + GliomaAnalysis synthetic phantoms",
+            "source": ", ".join(str(d) for d in args["data"]) if isinstance(args["data"], list) else args["data"],
         },
         "validation_split": run_config["validation_cases"],
         "training": {"steps": args["steps"], "batch": args["batch"], "crop_voxels": args["crop"],
                      "optimizer": "AdamW", "peak_lr": args["lr"], "schedule": "50-step warm-up, cosine",
-                     "loss": "cross-entropy + soft Dice over WT/TC/ET", "modality_dropout": args["modality_dropout"],
-                     "augmentation": "tumor-protect crop, flips on 3 axes, intensity scale/shift, modality dropout",
-                     "phantom_probability": args["phantom_probability"],
+                     "loss": f"soft-target cross-entropy + {args.get('dice_weight', 0.5)} x region Dice "
+                             "(WT, TC, ET; ET scored only in crops with T1CE)",
+                     "foreground_probability": args.get("foreground_probability"),
+                     "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3},
+                     "augmentation": "rotation, scaling, flips; per-channel gamma, contrast, brightness, noise, "
+                                     "blur, bias field; modality dropout (training/segmentation/augmentation.py)",
+                     "fold": args.get("fold"),
                      "git_commit_at_start": run_config["git_commit"], "git_commit_at_export": git_commit(),
                      "wall_time_minutes": round(training_seconds(training_log) / 60, 1)},
     }
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--out", default=str(RESOURCES))
     parser.add_argument("--name", default="glioma_seg")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"),
+                        help="data root holding the validation cases of the run")
     parser.add_argument("--weights", default=None, help="weights file (default RUN_DIR/final.safetensors)")
     parser.add_argument("--skip-missing", action="store_true", help="skip the missing-modality evaluation")
     args = parser.parse_args(argv)
