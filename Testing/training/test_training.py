@@ -20,14 +20,19 @@ def test_tumor_protect_crop_keeps_the_whole_tumor_when_it_fits():
         assert all(s.stop - s.start == 48 for s in where)
 
 
-def test_crops_are_augmented_consistently():
-    rng = np.random.default_rng(1)
+def _bright_tumor_case() -> TrainingCase:
+    """A 40^3 case whose ET block is bright (5.0) in every channel, inside a brain of 1.0."""
     image = np.zeros((4, 40, 40, 40), dtype=np.float32)
     labels = np.zeros((40, 40, 40), dtype=np.uint8)
     image[:, 5:35, 5:35, 5:35] = 1.0
     labels[10:20, 10:20, 10:30] = 3
-    image[:, labels == 3] = 5.0  # the tumor is bright in every channel
-    case = TrainingCase("c", image, labels)
+    image[:, labels == 3] = 5.0
+    return TrainingCase("c", image, labels)
+
+
+def test_crops_are_augmented_consistently():
+    rng = np.random.default_rng(1)
+    case = _bright_tumor_case()
     dropped = 0
     for _ in range(40):
         x, y, presence = sample_crop(case, 32, rng, modality_dropout=0.5)
@@ -64,12 +69,7 @@ def test_random_crop_placement_is_one_draw_per_crop_not_per_axis():
 
 def test_recipe_crops_are_augmented_consistently():
     rng = np.random.default_rng(1)
-    image = np.zeros((4, 40, 40, 40), dtype=np.float32)
-    labels = np.zeros((40, 40, 40), dtype=np.uint8)
-    image[:, 5:35, 5:35, 5:35] = 1.0
-    labels[10:20, 10:20, 10:30] = 3
-    image[:, labels == 3] = 5.0  # the tumor is bright in every channel
-    case = TrainingCase("c", image, labels)
+    case = _bright_tumor_case()
     one_missing = subsets = 0
     for _ in range(60):
         x, soft, presence = sample_training_crop(case, 32, rng)
