@@ -33,6 +33,17 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     assert main(args) == 0  # resumable: nothing is trained or predicted again
     assert json.loads((run / "cv_report.json").read_text())["per_case"] == report["per_case"]
 
+    from GliomaAnalysisLib.pipeline import quality
+    from training.segmentation.qc_eval import evaluate_flags
+    qc = evaluate_flags(run, [data], low_wt=0.7)
+    assert sorted(r["case"] for r in qc["rows"]) == sorted(folds) and qc["cases"] == 4
+    assert qc["low_wt_cases"] == sum(r["wt_dice"] < 0.7 for r in qc["rows"])
+    assert qc["low_and_flagged"] == sum(bool(r["flags"]) and r["wt_dice"] < 0.7 for r in qc["rows"])
+    import inspect
+    import re
+    known = set(re.findall(r'_flag\(\s*"(\w+)"', inspect.getsource(quality)))
+    assert "uncertain" in known and all(f in known for r in qc["rows"] for f in r["flags"])
+
 
 def test_a_perfect_prediction_scores_one(tmp_path):
     truth = np.zeros((20, 20, 20), dtype=np.uint8)
