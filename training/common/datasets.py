@@ -10,6 +10,12 @@ from typing import Dict, List, Optional, Sequence
 from GliomaAnalysisLib.errors import GliomaAnalysisError
 from GliomaAnalysisLib.io.case import scan_folder
 
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+"""``../shared/data`` beside the checkout: the real, expert-labelled cases (absent in a user's clone)."""
+BRATS18 = SHARED_DATA / "brats18"
+REAL_DATA_ROOTS = [str(BRATS18), str(SHARED_DATA / "brats-extra")]
+"""All 31 real labelled cases: the default data of the segmentation training and cross-validation."""
+
 
 @dataclass
 class CaseFolder:

@@ -29,11 +29,6 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1.0
     return ce + (1 - dice).mean()
 
 
-def soft_region_targets(soft: torch.Tensor) -> torch.Tensor:
-    """Soft class targets (B, 4, ...) over bg, NCR, ED, ET -> soft region targets (B, 3, ...) for WT, TC, ET."""
-    return region_probabilities(soft)
-
-
 def segmentation_loss(logits: torch.Tensor, soft: torch.Tensor, et_scored: torch.Tensor,
                       dice_weight: float = 0.5, smooth: float = 1.0) -> torch.Tensor:
     """Soft-target cross-entropy + ``dice_weight`` x (1 - soft region Dice), enhancement scored only with T1CE.
@@ -51,7 +46,7 @@ def segmentation_loss(logits: torch.Tensor, soft: torch.Tensor, et_scored: torch
     ce_merged = -(soft[:, 0] * log_p[:, 0] + soft[:, 2] * log_p[:, 2] + (soft[:, 1] + soft[:, 3]) * core_log_p)
     ce = (scored * ce_full + (1 - scored) * ce_merged).mean()
     regions = region_probabilities(log_p.exp())
-    targets = soft_region_targets(soft)
+    targets = region_probabilities(soft)  # soft class targets -> soft region targets
     dims = tuple(range(2, regions.ndim))
     intersection = (regions * targets).sum(dims)          # (B, 3)
     denominator = (regions + targets).sum(dims)           # (B, 3)

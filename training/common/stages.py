@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 from GliomaAnalysisLib.models.network import GliomaSegNet
 
+from .datasets import BRATS18
 from ..segmentation.segmentation_data import TrainingCase, load_split, sample_crop
 
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18")
 DEFAULT_CACHE = str(Path.home() / ".cache" / "glioma-analysis" / "training")
 
 
@@ -103,7 +103,7 @@ def prepare_stage(args) -> Tuple[Path, List[TrainingCase], List[TrainingCase]]:
 def add_stage_arguments(parser) -> None:
     """The options every fine-tuning stage takes first: run folder, data and cache, start weights."""
     parser.add_argument("--run-dir", required=True, help="outputs (outside the repository)")
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--data", default=str(BRATS18))
     parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--weights", default=None, help="start weights (default: the shipped model)")
     parser.add_argument("--model-dir", default=None)

@@ -171,7 +171,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     if not files:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
     rows = {p.stem: score_variants(p) for p in files}
-    variant_names = [k for k in next(iter(rows.values())) if isinstance(rows[files[0].stem][k], dict)]
+    variant_names = [k for k, v in rows[files[0].stem].items() if isinstance(v, dict)]
     summaries = {v: summarise(rows, v) for v in variant_names}
     chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     missing = _missing_summary(run, rows, chosen)

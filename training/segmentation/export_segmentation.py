@@ -25,7 +25,7 @@ from GliomaAnalysisLib.io.labels import to_contiguous
 from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, save_model
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
-from ..common.datasets import discover_cases
+from ..common.datasets import BRATS18, discover_cases
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--out", default=str(RESOURCES))
     parser.add_argument("--name", default="glioma_seg")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"),
+    parser.add_argument("--data", default=str(BRATS18),
                         help="data root holding the validation cases of the run")
     parser.add_argument("--weights", default=None, help="weights file (default RUN_DIR/final.safetensors)")
     parser.add_argument("--skip-missing", action="store_true", help="skip the missing-modality evaluation")

@@ -27,6 +27,7 @@ from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.io.modalities import MODALITIES
 from GliomaAnalysisLib.models.network import GliomaSegNet
 
+from ..common.datasets import BRATS18
 from .segmentation_data import TrainingCase
 
 REGIONS = ("wt", "tc", "et")
@@ -160,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model-dir", default=None, help="folder holding NAME.safetensors + NAME.json")
     parser.add_argument("--name", default="glioma_seg")
     parser.add_argument("--network", default="{}", help="JSON overrides of NetworkConfig for --weights")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared/data/brats18"))
+    parser.add_argument("--data", default=str(BRATS18))
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--table", nargs="+", default=None, metavar="NAME=JSON",

@@ -22,15 +22,14 @@ from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.pipeline.quality import qc_flags
 
-from ..common.datasets import discover_cases
+from ..common.datasets import REAL_DATA_ROOTS, discover_cases
 from .cross_validate import store_fold_model
-from .train_segmentation import DEFAULT_DATA
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--data", nargs="+", default=DEFAULT_DATA)
+    parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS)
     parser.add_argument("--low-wt", type=float, default=0.7, help="WT Dice below which a case counts as failed")
     args = parser.parse_args(argv)
     print(json.dumps(evaluate_flags(Path(args.run_dir), args.data, args.low_wt), indent=2))

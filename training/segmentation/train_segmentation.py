@@ -33,14 +33,13 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
+from ..common.datasets import REAL_DATA_ROOTS
 from ..common.folds import assign_folds, read_case_infos
 from ..common.losses import segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .augmentation import AugmentationConfig
 from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases, sample_training_crop
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DEFAULT_DATA = [str(SHARED_DATA / "brats18"), str(SHARED_DATA / "brats-extra")]
 T1CE = 1
 """Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
 
@@ -70,7 +69,7 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (also the keys of ``training/configs/segmentation.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="data roots (case folders with _seg files)")
+    parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS, help="data roots (case folders with _seg files)")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--fold", default="all", help="validation fold 0..n-1 of the stratified folds, or 'all'")
     parser.add_argument("--n-folds", type=int, default=5)

@@ -26,12 +26,13 @@ from GliomaAnalysisLib.models.slice_grade import SliceGradeConfig, SliceGradeNet
 
 from ..common.classification_data import ClassificationSplit, load_classification_split
 from ..common.config import parse_args as parse_with_config
+from ..common.datasets import BRATS18
 from ..common.metrics import roc_auc
 from ..common.run_record import classification_split_ids, start_run_record
 from .slice_grade_data import CaseSlices, augmented_batch, cut_cases
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
-DEFAULT_REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "brats18"
+DEFAULT_REAL = BRATS18
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
