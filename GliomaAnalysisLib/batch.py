@@ -81,7 +81,7 @@ def _case_name(source: Path, root: Path) -> str:
 
 def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
-    from .io.case import load_case, require_analysable_extent
+    from .io.case import load_case
     from .pipeline.analysis import analyze
     from .pipeline.quality import qc_flags
     from .reporting.cohort_index import THUMBNAIL_FILE, thumbnail_png
@@ -94,8 +94,7 @@ def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
     start = time.perf_counter()
     try:
         case = load_case(source, ground_truth=False, channels=channels)
-        require_analysable_extent(case)
-        result = analyze(case, **options)
+        result = analyze(case, **options)  # refuses tiny extents itself
         flags = qc_flags(result)
         with staged_folder(target_path, replace=True) as staging:
             write_contract_files(result, staging)

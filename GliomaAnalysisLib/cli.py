@@ -142,7 +142,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .io.atomic import staged_folder
-    from .io.case import require_analysable_extent
     from .pipeline.analysis import analyze
     from .reporting.writers import write_contract_files
 
@@ -150,7 +149,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise GliomaAnalysisError(f"{out}: exists and is not a folder; --out takes a folder")
     case = _load_from_args(args)
-    require_analysable_extent(case)
     for warning in case.warnings:
         _progress(f"warning: {warning}")
     _progress(f"case {case.case_id}: {', '.join(case.present)} present"
