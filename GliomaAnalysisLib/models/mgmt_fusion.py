@@ -4,8 +4,9 @@ One model per modality (t1, t1ce, t2, flair), each trained alone:
 
     axial slices (B, S, C, C) of one modality, a tumor-centred C x C crop (voxels of the 2 mm working grid)
       -> 3x3 convolution 1 -> 3 channels (per slice)
-      -> EfficientNet feature extractor (MONAI ``EfficientNet`` with the b0 block layout, width / depth coefficients
-         from the config, per-slice normalisation in every block, random init: nothing is downloaded) -> (B*S, F)
+      -> EfficientNet feature extractor (``models/efficientnet.py``, a port of MONAI's ``EfficientNet``, with the b0
+         block layout, width / depth coefficients from the config, per-slice normalisation in every block, random
+         init: nothing is downloaded) -> (B*S, F)
       -> instance norm of each slice's feature vector (``LayerNorm`` over F: zero mean, unit variance, affine)
       -> dropout -> LSTM over the S slices (any S >= 1; padded batches via ``lengths``) -> last hidden state
       -> dropout -> linear -> logit (B,); probability = sigmoid(logit / T_modality)
@@ -37,18 +38,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..errors import GliomaAnalysisError
 from ..io.modalities import MODALITIES
+from .efficientnet import B0_BLOCKS, EfficientNet
 from .model_store import load_model
 
 DEFAULT_MODEL_NAME = "mgmt_fusion"
-EFFICIENTNET_B0_BLOCKS = (
-    "r1_k3_s11_e1_i32_o16_se0.25",
-    "r2_k3_s22_e6_i16_o24_se0.25",
-    "r2_k5_s22_e6_i24_o40_se0.25",
-    "r3_k3_s22_e6_i40_o80_se0.25",
-    "r3_k5_s11_e6_i80_o112_se0.25",
-    "r4_k5_s22_e6_i112_o192_se0.25",
-    "r1_k3_s11_e6_i192_o320_se0.25",
-)
+EFFICIENTNET_B0_BLOCKS = B0_BLOCKS
 """EfficientNet-b0 block arguments (MONAI's string format); width/depth coefficients scale them."""
 _NORMS = {"layer": ("group", {"num_groups": 1}), "instance": ("instance", {"affine": True}),
           "batch": ("batch", {"eps": 1e-3, "momentum": 0.01})}
@@ -106,10 +100,8 @@ class SliceSequenceClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.to_rgb = nn.Conv2d(1, 3, kernel_size=3, padding=1)
-        from monai.networks.nets import EfficientNet  # lazy: importing MONAI's networks takes ~1.5 s
-
-        self.backbone = EfficientNet(list(EFFICIENTNET_B0_BLOCKS), spatial_dims=2, in_channels=3,
-                                     num_classes=config.feature_dim, width_coefficient=config.width_coefficient,
+        self.backbone = EfficientNet(EFFICIENTNET_B0_BLOCKS, in_channels=3, num_classes=config.feature_dim,
+                                     width_coefficient=config.width_coefficient,
                                      depth_coefficient=config.depth_coefficient, dropout_rate=0.0,
                                      image_size=config.crop_size, norm=_NORMS[config.backbone_norm],
                                      drop_connect_rate=config.drop_connect)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .calibration import apply_temperature
+from .efficientnet import B0_BLOCKS, EfficientNet
 from ..io.modalities import MODALITIES
 from .model_store import load_model
 
@@ -46,8 +47,9 @@ MC_SEED = 20240
 class SliceGradeConfig:
     """Network and slice-selection settings (stored in the model card's ``network`` entry).
 
-    backbone: "small_cnn" (default, ~0.1 M parameters) or "efficientnet" (MONAI EfficientNet, B0 block layout with
-    ``efficientnet_width`` / ``efficientnet_depth`` coefficients, random init). crop: in-plane box in voxels of the
+    backbone: "small_cnn" (default, ~0.1 M parameters) or "efficientnet" (MONAI's EfficientNet as ported in
+    ``efficientnet.py``: B0 block layout with ``efficientnet_width`` / ``efficientnet_depth`` coefficients, random
+    init). crop: in-plane box in voxels of the
     working grid (64 at 2 mm = 128 mm). max_slices: slices per patient at most. min_tumor_voxels: tumor pixels a
     slice needs to count (at 2 mm, 10 voxels = 40 mm^2).
     """
@@ -90,18 +92,12 @@ def _small_cnn(widths: Sequence[int], in_channels: int = 3) -> Tuple[nn.Module, 
 
 
 class _EfficientNetFeatures(nn.Module):
-    """MONAI's EfficientNet (B0 block layout, scaled) without its classifier: (B, 3, H, W) -> (B, F) after GAP."""
-
-    B0_BLOCKS = ("r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25", "r2_k5_s22_e6_i24_o40_se0.25",
-                 "r3_k3_s22_e6_i40_o80_se0.25", "r3_k5_s11_e6_i80_o112_se0.25", "r4_k5_s22_e6_i112_o192_se0.25",
-                 "r1_k3_s11_e6_i192_o320_se0.25")
+    """EfficientNet (port of MONAI's, B0 block layout, scaled) without its classifier: (B, 3, H, W) -> (B, F) after
+    GAP."""
 
     def __init__(self, config: SliceGradeConfig) -> None:
         super().__init__()
-        from monai.networks.nets import EfficientNet
-
-        self.net = EfficientNet(list(self.B0_BLOCKS), spatial_dims=2, in_channels=3, num_classes=1,
-                                width_coefficient=config.efficientnet_width,
+        self.net = EfficientNet(B0_BLOCKS, in_channels=3, num_classes=1, width_coefficient=config.efficientnet_width,
                                 depth_coefficient=config.efficientnet_depth, dropout_rate=0.0,
                                 image_size=config.crop)
         self.out_features = self.net._fc.in_features
