@@ -18,7 +18,7 @@
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +28,32 @@ _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
 
 def _components(mask: np.ndarray):
     return ndimage.label(mask, structure=_CONNECTIVITY)
+
+
+def _tumor_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The bounding box (slices) of the non-zero voxels, None when there are none."""
+    box = []
+    for axis in range(labels.ndim):
+        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def _within_tumor_box(labels: np.ndarray, filter_crop: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``filter_crop`` applied to the tumor's bounding box only (every component lies inside it, so the result is
+    that of the whole volume at a fraction of the work); returns ``labels`` itself when nothing changes."""
+    box = _tumor_box(labels)
+    if box is None:
+        return labels
+    crop = labels[box]
+    filtered = filter_crop(crop)
+    if filtered is crop:
+        return labels
+    out = labels.copy()
+    out[box] = filtered
+    return out
 
 
 def bounding_box_density(mask: np.ndarray) -> float:
@@ -44,6 +70,12 @@ def lesion_filter(labels: np.ndarray, spacing_zyx: Sequence[float], min_core_ml:
                   keep_fraction: float = 0.6) -> np.ndarray:
     """See the module docstring. labels (Z, Y, X) contiguous, spacing_zyx in mm; returns a new array (or
     ``labels`` itself when nothing is dropped)."""
+    return _within_tumor_box(labels, lambda crop: _lesion_filter(crop, spacing_zyx, min_core_ml, min_near_ml, near_mm,
+                                                                 density_threshold, keep_fraction))
+
+
+def _lesion_filter(labels: np.ndarray, spacing_zyx: Sequence[float], min_core_ml: float, min_near_ml: float,
+                   near_mm: float, density_threshold: float, keep_fraction: float) -> np.ndarray:
     tumor = labels > 0
     components, count = _components(tumor)
     if count <= 1:
@@ -84,7 +116,12 @@ def _box_distance_mm(a: Tuple[slice, ...], b: Tuple[slice, ...], spacing_zyx: Se
 
 
 def remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_volume_ml: float = 0.1) -> np.ndarray:
-    """Erase whole-tumor components below ``min_volume_ml`` except the largest; returns a new label array."""
+    """Erase whole-tumor components below ``min_volume_ml`` except the largest; returns a new label array (or
+    ``labels`` itself when nothing is erased)."""
+    return _within_tumor_box(labels, lambda crop: _remove_small_components(crop, voxel_volume_ml, min_volume_ml))
+
+
+def _remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_volume_ml: float) -> np.ndarray:
     components, count = _components(labels > 0)
     if count <= 1:
         return labels

@@ -88,3 +88,25 @@ def test_volumes_in_millilitres_and_ratios():
     r = ratios(volumes)
     assert abs(r["ncr"] + r["ed"] + r["et"] - 1) < 1e-3 and r["ed"] == round(0.8 / 0.88, 4)
     assert ratios(volumes_ml(np.zeros((2, 2, 2), np.uint8), 1.0)) == {"ncr": 0.0, "ed": 0.0, "et": 0.0}
+
+
+def test_filters_on_the_tumor_box_equal_the_whole_volume_computation():
+    """The filters work on the tumor's bounding box only; the result must be that of the whole volume."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((40, 50, 60), np.uint8)
+    labels[10:20, 10:22, 12:25] = 2
+    labels[13:17, 13:18, 15:20] = 3
+    for _ in range(12):  # scattered small blobs, some touching the volume's border
+        z, y, x = rng.integers(0, 38), rng.integers(0, 48), rng.integers(0, 58)
+        labels[z:z + 2, y:y + 2, x:x + 2] = rng.integers(1, 4)
+    filtered = remove_small_components(labels, 0.001, min_volume_ml=0.01)
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    sizes = ndimage.sum(labels > 0, components, index=np.arange(1, count + 1))
+    expected = labels.copy()
+    for i, n in enumerate(sizes):
+        if n < 10 and i != int(np.argmax(sizes)):
+            expected[components == i + 1] = 0
+    assert np.array_equal(filtered, expected) and (filtered != labels).any()
+    assert remove_small_components(np.zeros((5, 5, 5), np.uint8), 0.001) is not None
