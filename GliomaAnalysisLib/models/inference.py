@@ -31,62 +31,88 @@ def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:
     return torch.device("cpu"), warnings
 
 
-def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+def channel_masks(model: GliomaSegNet, rng: Optional[np.random.Generator]) -> List[np.ndarray]:
+    """One (1, C) float32 mask per channel-dropout layer of ``model`` (:meth:`GliomaSegNet.dropout_channels`): with
+    ``rng`` each channel is dropped with the network's dropout probability and the others scaled by 1 / (1 - p), as
+    Dropout3d samples; without, all ones (a plain pass)."""
+    p = model.config.dropout
+    if rng is None or p <= 0:
+        return [np.ones((1, c), np.float32) for c in model.dropout_channels()]
+    return [((rng.random((1, c)) >= p) / (1.0 - p)).astype(np.float32) for c in model.dropout_channels()]
+
+
+def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks: List[torch.Tensor]) -> torch.Tensor:
     """Softmax probabilities (1, 4, Z, Y, X) of a padded input (1, 4, Z, Y, X)."""
     if x[0, 0].numel() <= MAX_WHOLE_VOLUME_VOXELS:
-        return torch.softmax(model(x, presence), dim=1)
+        return torch.softmax(model(x, presence, masks), dim=1)
     from monai.inferers import sliding_window_inference
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(patch, presence.expand(patch.shape[0], -1)), dim=1)
+        n = patch.shape[0]
+        return torch.softmax(model(patch, presence.expand(n, -1), [m.expand(n, -1) for m in masks]), dim=1)
 
     return sliding_window_inference(x, SLIDING_WINDOW_ROI, 1, predictor, overlap=0.25, mode="gaussian")
 
 
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
             passes: int = 1, mc_dropout: bool = False, seed: int = 0,
-            progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+            progress: Optional[Callable[[str], None]] = None,
+            weights_sha256: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes.
 
     image: float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence: (4,).
     Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings), where the
-    uncertainty is the predictive entropy of the mean divided by ln 4. A CUDA failure or out-of-memory falls
-    back to the CPU with a warning. Deterministic on the CPU for a given ``seed``.
+    uncertainty is the predictive entropy of the mean divided by ln 4. MC-dropout masks come from NumPy's generator
+    seeded with ``seed`` (:func:`channel_masks`), so every pass is reproducible. With ``weights_sha256`` (the model
+    card's: a model whose weights no longer change) a CPU run goes through ONNX Runtime (models/onnx_engine.py),
+    else torch. A CUDA failure or out-of-memory falls back to the CPU with a warning.
     """
     warnings: List[str] = []
     passes = max(1, min(passes, len(FLIP_SETS)))
-    torch.manual_seed(seed)
-    if mc_dropout:
-        model.enable_mc_dropout()
-    else:
-        model.eval()
+    rng = np.random.default_rng(seed) if mc_dropout else None
+    engine = None
+    if weights_sha256 and device.type == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
+        from .onnx_engine import segmentation_engine
+
+        engine, why = segmentation_engine(model, weights_sha256, torch.get_num_threads())
+        if engine is None:
+            warnings.append(f"ONNX Runtime not used ({why}); the network ran in torch")
+    model.eval()
     total = None
     with torch.inference_mode():
         for index in range(passes):
             flips = FLIP_SETS[index]
             if progress:
                 progress(f"network pass {index + 1}/{passes}")
-            x = torch.from_numpy(np.ascontiguousarray(image))[None]
-            x = torch.flip(x, flips) if flips else x
-            try:
-                out = _run_on(model, x, presence, device)
-            except RuntimeError as exc:
-                if device.type != "cuda":
-                    raise
-                warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
-                device = torch.device("cpu")
-                model.to(device)
-                out = _run_on(model, x, presence, device)
+            masks = channel_masks(model, rng)
+            x = np.ascontiguousarray(np.flip(image[None], flips) if flips else image[None])
+            if engine is not None:
+                try:
+                    out = torch.from_numpy(engine(x, np.asarray(presence, np.float32)[None], masks))
+                except Exception as exc:  # e.g. a damaged cached graph: torch gives the same result
+                    warnings.append(f"ONNX Runtime failed ({type(exc).__name__}); the network ran in torch")
+                    engine = None
+            if engine is None:
+                try:
+                    out = _run_on(model, x, presence, masks, device)
+                except RuntimeError as exc:
+                    if device.type != "cuda":
+                        raise
+                    warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
+                    device = torch.device("cpu")
+                    model.to(device)
+                    out = _run_on(model, x, presence, masks, device)
             out = torch.flip(out, flips) if flips else out
             total = out if total is None else total + out
-    model.eval()
     mean = (total / passes)[0].numpy()
     entropy = -(mean * np.log(np.clip(mean, 1e-8, 1.0))).sum(axis=0) / math.log(mean.shape[0])
     return mean.astype(np.float32), np.clip(entropy, 0, 1).astype(np.float32), warnings
 
 
-def _run_on(model: GliomaSegNet, x: torch.Tensor, presence: np.ndarray, device: torch.device) -> torch.Tensor:
+def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, masks: List[np.ndarray],
+            device: torch.device) -> torch.Tensor:
+    """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) run on ``device``."""
     model.to(device)
     p = torch.from_numpy(np.asarray(presence, dtype=np.float32))[None].to(device)
-    return _forward(model, x.to(device), p).float().cpu()
-
+    return _forward(model, torch.from_numpy(x).to(device), p,
+                    [torch.from_numpy(m).to(device) for m in masks]).float().cpu()

@@ -18,7 +18,7 @@ every decoder block, so MC-dropout at inference samples the decoding of every sc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,13 @@ class ResidualBlock(nn.Module):
             nn.Conv3d(channels, channels, 3, padding=1, bias=False), _norm(channels))
         self.act = nn.LeakyReLU(0.01, inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.body(x))
+    def forward(self, x: torch.Tensor, channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, Z, Y, X); channel_mask (B, C) replaces the dropout layer when given (MC-dropout sampling with
+        masks drawn outside the network, see :func:`GliomaSegNet.forward`)."""
+        if channel_mask is None:
+            return self.act(x + self.body(x))
+        hidden = self.body[:3](x) * channel_mask[:, :, None, None, None]
+        return self.act(x + self.body[4:](hidden))
 
 
 class ModalityFusionStem(nn.Module):
@@ -118,10 +123,23 @@ class TransformerBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
             return x
-        b, c, z, y, w = x.shape
         tokens = (x + self.position(x)).flatten(2).transpose(1, 2)  # (B, N, C)
-        tokens = self.norm(self.encoder(tokens))
-        return x + tokens.transpose(1, 2).reshape(b, c, z, y, w)
+        for layer in self.encoder.layers:
+            tokens = self._layer(layer, tokens)
+        return x + self.norm(tokens).transpose(1, 2).reshape(x.shape)
+
+    def _layer(self, layer: nn.TransformerEncoderLayer, tokens: torch.Tensor) -> torch.Tensor:
+        """``layer``'s own computation (pre-norm, GELU) on tokens (B, N, C), written out with sizes left to -1 so
+        that the ONNX export keeps the token count N dynamic (nn.MultiheadAttention's export fixes it)."""
+        b, _, c = tokens.shape
+        heads = layer.self_attn.num_heads
+        q, k, v = F.linear(layer.norm1(tokens), layer.self_attn.in_proj_weight,
+                           layer.self_attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))  # (B, heads, N, C/heads)
+        attention = F.scaled_dot_product_attention(q, k, v, dropout_p=layer.self_attn.dropout if self.training else 0.0)
+        attention = layer.self_attn.out_proj(attention.transpose(1, 2).reshape(b, -1, c))
+        tokens = tokens + layer.dropout1(attention)
+        return tokens + layer.dropout2(layer.linear2(layer.dropout(F.gelu(layer.linear1(layer.norm2(tokens))))))
 
 
 class GliomaSegNet(nn.Module):
@@ -149,9 +167,11 @@ class GliomaSegNet(nn.Module):
             self.decoder.append(ResidualBlock(widths[level], dropout=config.dropout))
         self.head = nn.Conv3d(widths[0], N_CLASSES, 1)
 
-    def encode(self, x: torch.Tensor, presence: torch.Tensor) -> List[torch.Tensor]:
+    def encode(self, x: torch.Tensor, presence: torch.Tensor,
+               bottleneck_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Encoder features, one per level: (B, widths[l], Z/2^l, Y/2^l, X/2^l); the last one after the
-        transformer bottleneck. Used by ``forward`` and by the classifiers that read these features."""
+        transformer bottleneck. Used by ``forward`` and by the classifiers that read these features.
+        bottleneck_mask (B, widths[-1]) replaces the bottleneck's dropout when given."""
         divisor = self.config.divisor
         if any(n % divisor for n in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
@@ -162,15 +182,34 @@ class GliomaSegNet(nn.Module):
                 features = self.down[level - 1](features)
             features = block(features)
             levels.append(features)
-        levels[-1] = self.transformer(self.bottleneck_dropout(levels[-1]))
+        deepest = levels[-1]
+        if bottleneck_mask is None:
+            deepest = self.bottleneck_dropout(deepest)
+        else:
+            deepest = deepest * bottleneck_mask[:, :, None, None, None]
+        levels[-1] = self.transformer(deepest)
         return levels
 
-    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        skips = self.encode(x, presence)
+    def dropout_channels(self) -> List[int]:
+        """Channels of each channel-dropout layer, in the order of ``forward``'s ``channel_masks``: the bottleneck,
+        then the decoder blocks from the deepest to the finest."""
+        widths = self.config.widths
+        return [widths[-1]] + [widths[level] for level in range(len(widths) - 2, -1, -1)]
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor,
+                channel_masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Logits (B, 4, Z, Y, X) of x (B, 4, Z, Y, X) and presence (B, 4).
+
+        channel_masks: one (B, C) tensor per entry of :meth:`dropout_channels` (0 for a dropped channel, else
+        1 / (1 - dropout)); when given they replace the Dropout3d layers, so an MC-dropout pass is a plain function
+        of its inputs (the same in torch and in the exported ONNX graph). The transformer's own dropout stays off.
+        """
+        masks = list(channel_masks) if channel_masks is not None else [None] * len(self.dropout_channels())
+        skips = self.encode(x, presence, masks[0])
         features = skips.pop()
-        for reduce, block in zip(self.reduce, self.decoder):
+        for reduce, block, mask in zip(self.reduce, self.decoder, masks[1:]):
             features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
-            features = block(features + skips.pop())
+            features = block(features + skips.pop(), mask)
         return self.head(features)
 
     def enable_mc_dropout(self) -> None:

@@ -96,7 +96,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     passes = 1 if fast else QUALITY_PASSES
     say(f"segmenting on {torch_device.type} ({passes} pass{'es' if passes > 1 else ''})")
     probabilities, entropy, run_warnings = predict(net, pre.image, pre.presence, torch_device, passes=passes,
-                                                   mc_dropout=uncertainty and not fast, progress=say)
+                                                   mc_dropout=uncertainty and not fast, progress=say,
+                                                   weights_sha256=card["sha256"])
     warnings += run_warnings
     et_assessable = bool(pre.presence[T1CE_CHANNEL])
     if not et_assessable:

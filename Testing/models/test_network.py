@@ -60,3 +60,15 @@ def test_config_round_trips_through_a_dict():
     assert NetworkConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ValueError):
         NetworkConfig(widths=(8, 16), encoder_blocks=(1,))
+
+
+def test_the_written_out_transformer_layers_compute_what_torch_layers_compute():
+    torch.manual_seed(2)
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=2,
+                                     transformer_heads=4, dropout=0.2)).eval()
+    x = torch.randn(2, 16, 3, 4, 5)
+    with torch.no_grad():
+        ours = net.transformer(x)
+        tokens = (x + net.transformer.position(x)).flatten(2).transpose(1, 2)
+        reference = net.transformer.norm(net.transformer.encoder(tokens)).transpose(1, 2).reshape(x.shape) + x
+    assert torch.allclose(ours, reference, atol=1e-5)
