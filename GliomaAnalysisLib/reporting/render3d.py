@@ -38,10 +38,13 @@ def _vtk():
     return vtk, numpy_support
 
 
-def _image_data(vtk, numpy_support, volume: np.ndarray, spacing_zyx: Sequence[float]):
+def _image_data(vtk, numpy_support, volume: np.ndarray, spacing_zyx: Sequence[float],
+                corner_zyx: Sequence[int] = (0, 0, 0)):
+    """vtkImageData of volume (z, y, x) whose first voxel is voxel ``corner_zyx`` of the full grid."""
     image = vtk.vtkImageData()
     image.SetDimensions(volume.shape[2], volume.shape[1], volume.shape[0])
     image.SetSpacing(spacing_zyx[2], spacing_zyx[1], spacing_zyx[0])
+    image.SetOrigin(*(float(c * s) for c, s in zip(reversed(corner_zyx), reversed(spacing_zyx))))
     array = numpy_support.numpy_to_vtk(np.ascontiguousarray(volume, dtype=np.uint8).ravel(), deep=True,
                                        array_type=vtk.VTK_UNSIGNED_CHAR)
     image.GetPointData().SetScalars(array)
@@ -83,9 +86,13 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
         actor.GetProperty().SetColor(0.75, 0.75, 0.8)
         actor.GetProperty().SetOpacity(0.12)
         renderer.AddActor(actor)
-    image = _image_data(vtk, numpy_support, labels, spacing_zyx)
+    # surfaces of the tumor's bounding box only (one voxel of margin closes them): a fraction of the volume's work
+    box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(labels)) if labels.any() \
+        else tuple(slice(0, 0) for _ in labels.shape)
+    tumor = labels[box]
+    image = _image_data(vtk, numpy_support, tumor, spacing_zyx, [b.start for b in box])
     for value, colour in LABEL_COLOURS.items():
-        if not np.any(labels == value):
+        if not np.any(tumor == value):
             continue
         mapper = vtk.vtkPolyDataMapper()
         keep.append(_surface(vtk, image, value))

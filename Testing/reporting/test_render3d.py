@@ -1,0 +1,31 @@
+"""The 3D rendering of the report draws the tumor's surfaces from its bounding box only."""
+import io
+
+import numpy as np
+import pytest
+
+
+def _render(labels):
+    from GliomaAnalysisLib.reporting.render3d import render_tumor
+
+    try:
+        return render_tumor(labels, (1.0, 1.0, 1.0), size=160)
+    except Exception as exc:  # no OpenGL (EGL) on this machine
+        pytest.skip(f"offscreen rendering unavailable: {exc}")
+
+
+def test_rendering_does_not_depend_on_where_the_tumor_sits_in_the_volume():
+    from PIL import Image
+
+    labels = np.zeros((24, 28, 26), np.uint8)
+    labels[4:20, 5:22, 6:20] = 2
+    labels[8:16, 9:18, 10:16] = 3
+    labels[10:14, 11:15, 12:14] = 1
+    small = np.asarray(Image.open(io.BytesIO(_render(labels))).convert("RGB"), int)
+    padded = np.zeros((70, 60, 80), np.uint8)
+    padded[30:54, 3:31, 50:76] = labels
+    large = np.asarray(Image.open(io.BytesIO(_render(padded))).convert("RGB"), int)
+    assert small.shape == (160, 160, 3)
+    assert np.abs(small - large).max() <= 2  # same picture: the camera frames the surfaces wherever they are
+    yellow = (small[..., 0] > 150) & (small[..., 1] > 150) & (small[..., 2] < 100)
+    assert yellow.sum() > 20 and (small.sum(-1) < 700).sum() > 1000  # the enhancing shell and the tumor are drawn
