@@ -25,7 +25,7 @@ _LAZY = {
     "write_outputs": ("reporting.writers", "write_outputs"),
     "analyze_folder": ("batch", "analyze_folder"),
 }
-"""Names whose modules import torch, matplotlib or VTK: loaded on first use, so importing the package stays light."""
+"""Names whose modules import torch, ONNX Runtime or VTK: loaded on first use, so importing the package stays light."""
 
 
 def __getattr__(name: str):

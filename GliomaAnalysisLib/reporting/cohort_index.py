@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import html
 import os
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..pipeline.result import AnalysisResult
+from .png import encode_png
 
 INDEX_FILE = "index.html"
 THUMBNAIL_FILE = "thumbnail.png"
@@ -44,18 +43,6 @@ def thumbnail_png(result: AnalysisResult, size: int = 128) -> bytes:
     rgb = np.where(mask, 0.45 * rgb + 0.55 * colour, rgb)
     step = max(1, int(np.ceil(max(rgb.shape[:2]) / size)))
     return encode_png(rgb[::-1][::step, ::step].astype(np.uint8))  # rows flipped: anterior at the top
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG of an (h, w, 3) uint8 array."""
-    height, width = rgb.shape[:2]
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + np.ascontiguousarray(row).tobytes() for row in rgb)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
 def write_index(out: Path, rows: Sequence[Mapping[str, object]]) -> Path:

@@ -15,6 +15,7 @@ from scipy.spatial import ConvexHull, QhullError
 from ..errors import GliomaAnalysisError
 from ..io.image_io import read_image
 from ..io.labels import guess_convention, to_contiguous
+from .png import draw_text, encode_png, text_width
 
 
 @dataclass
@@ -115,22 +116,45 @@ def comparison_text(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def comparison_figure(result: Dict) -> bytes:
-    """Bar chart of the subregion volumes at A and B, with the bidimensional products in the title."""
-    from .figures import _png, _pyplot
+def _nice_step(top: float, ticks: int = 4) -> float:
+    """A 1, 2 or 5 x 10^k step giving about ``ticks`` ticks up to ``top``."""
+    raw = max(top, 1e-9) / ticks
+    power = 10.0 ** np.floor(np.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
 
-    plt = _pyplot()
+
+def comparison_figure(result: Dict) -> bytes:
+    """PNG bar chart of the subregion volumes (mL) at A (blue) and B (orange), with the ET bidimensional products
+    in the title; drawn with numpy and a bitmap font."""
     regions = list(result["volumes"])
-    a = [result["volumes"][r]["a_ml"] for r in regions]
-    b = [result["volumes"][r]["b_ml"] for r in regions]
-    x = np.arange(len(regions))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(x - 0.2, a, 0.4, label="A", color="#88aacc")
-    ax.bar(x + 0.2, b, 0.4, label="B", color="#cc6644")
-    ax.set_xticks(x, [r.upper() for r in regions])
-    ax.set_ylabel("volume (mL)")
+    values = np.array([[result["volumes"][r][k] for k in ("a_ml", "b_ml")] for r in regions], float)
+    peak = max(float(values.max()), 1.0)
+    step = _nice_step(peak)
+    top_value = step * int(np.ceil(peak / step - 1e-9))
+    width, height, left, top, bottom = 520, 320, 70, 50, 270  # canvas and plot area (pixels)
+    canvas = np.full((height, width, 3), 255, np.uint8)
     bi = result["et_bidimensional"]
-    ax.set_title(f"ET bidimensional product {bi['a']['product_mm2']:.0f} -> {bi['b']['product_mm2']:.0f} mm^2",
-                 fontsize=10)
-    ax.legend()
-    return _png(fig)
+    draw_text(canvas, f"ET bidimensional product {bi['a']['product_mm2']:.0f} -> {bi['b']['product_mm2']:.0f} mm^2",
+              10, left)
+    draw_text(canvas, "volume (mL)", 30, 4)
+    for tick in np.arange(0, top_value + step / 2, step):
+        y = int(round(bottom - (bottom - top) * tick / top_value))
+        canvas[y, left:width - 10] = 225  # grid line
+        label = f"{tick:g}"
+        draw_text(canvas, label, y - 5, left - 6 - text_width(label))
+    group = (width - 10 - left) / len(regions)
+    colours = {0: (136, 170, 204), 1: (204, 102, 68)}  # A, B
+    for index, region in enumerate(regions):
+        centre = left + group * (index + 0.5)
+        for which, value in enumerate(values[index]):
+            x0 = int(round(centre + (which - 1) * group * 0.4))
+            y0 = int(round(bottom - (bottom - top) * value / top_value))
+            canvas[y0:bottom, x0:x0 + int(group * 0.4)] = colours[which]
+        draw_text(canvas, region, bottom + 8, int(centre - text_width(region) / 2))
+    canvas[top:bottom + 1, left] = 0
+    canvas[bottom, left:width - 10] = 0  # axes
+    for which, name in enumerate("AB"):
+        x = width - 80 + 36 * which
+        canvas[height - 22:height - 12, x:x + 14] = colours[which]
+        draw_text(canvas, name, height - 22, x + 18)
+    return encode_png(canvas)

@@ -14,20 +14,40 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..models.evidence import NOT_ASSESSABLE, RULE
-from .figures import map_figure, overlay_figure, probability_bars
+from .figures import LABEL_COLOURS, LABEL_NAMES, css_gradient, map_figure, overlay_figure, probability_bars
 from .narrative import AUTOMATIC_NOTICE, build_narrative
 from ..pipeline.result import RESEARCH_USE, AnalysisResult
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .disclaimer{background:#fde8e8;border:1px solid #e0a0a0;padding:8px}.auto{background:#f3f3f8;padding:8px}
-figure{margin:.5em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}.warn{color:#a15c00}"""
+figure{margin:.5em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}.warn{color:#a15c00}
+.swatch{display:inline-block;width:1.6em;height:.9em;margin:0 .3em 0 .9em;vertical-align:middle}
+.colourbar{display:inline-block;width:12em;height:.9em;margin:0 .4em;vertical-align:middle;border:1px solid #999}"""
 
 
-def _img(png: bytes, caption: str, figure_id: str) -> str:
+def _img(png: bytes, caption: str, figure_id: str, key: str = "") -> str:
+    """A <figure> with the PNG embedded, its caption and ``key`` (HTML: legend or colour bar) under it."""
     data = base64.b64encode(png).decode("ascii")
     return (f'<figure id="{figure_id}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            f"<figcaption>{html.escape(caption)}{key}</figcaption></figure>")
+
+
+def _svg(svg: str, caption: str, figure_id: str) -> str:
+    return f'<figure id="{figure_id}">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _legend() -> str:
+    """The label colours as HTML swatches."""
+    return "<br>" + "".join(f'<span class="swatch" style="background:rgb'
+                            f'{tuple(round(255 * c) for c in LABEL_COLOURS[label])}"></span>{name}'
+                            for label, name in LABEL_NAMES.items())
+
+
+def _colour_bar(cmap: str, vmax: float = 1.0) -> str:
+    """An HTML colour bar of ``cmap`` from 0 to ``vmax``."""
+    return (f'<br>0<span class="colourbar" data-cmap="{cmap}" style="background:{css_gradient(cmap)}"></span>'
+            f"{vmax:g}")
 
 
 DECIMALS = {"probability": 2, "volume": 1, "fraction": 2, "seconds": 2}
@@ -76,17 +96,19 @@ def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
         backgrounds = {first: oriented(result.images[first])}
     parts = []
     if backgrounds:
+        rows = ", ".join(name.upper() for name in backgrounds)
         parts.append(_img(overlay_figure(backgrounds, labels, spacing),
-                          "Axial, coronal and sagittal slices through the tumor centre; NCR red, ED green, ET yellow",
-                          "fig-overlay"))
-        background = next(iter(backgrounds.values()))
+                          f"Slices through the tumor centre: columns axial (anterior at the top), coronal and sagittal "
+                          f"(superior at the top); rows {rows}. Label overlay:", "fig-overlay", _legend()))
+        background_name, background = next(iter(backgrounds.items()))
         maps = {f"P({name.upper()})": oriented(image) for name, image in result.probabilities.items()}
-        parts.append(_img(map_figure(background, maps, labels, spacing), "Class probability heat maps",
-                          "fig-probability"))
+        parts.append(_img(map_figure(background, maps, labels, spacing),
+                          f"Class probability heat maps over {background_name.upper()}: rows {', '.join(maps)}; "
+                          f"columns axial, coronal, sagittal. Probability:", "fig-probability", _colour_bar("hot")))
         parts.append(_img(map_figure(background, {"uncertainty": oriented(result.uncertainty)}, labels, spacing,
                                      cmap="viridis"),
-                          "Voxel uncertainty (normalised predictive entropy of the TTA / MC-dropout passes)",
-                          "fig-uncertainty"))
+                          "Voxel uncertainty (normalised predictive entropy of the TTA / MC-dropout passes); columns "
+                          "axial, coronal, sagittal. Uncertainty:", "fig-uncertainty", _colour_bar("viridis")))
     try:
         from .render3d import render_tumor
 
@@ -119,8 +141,8 @@ def _prediction_section(report: Dict) -> str:
            "<table><tr><th>task</th><th>label</th><th>probability</th><th>uncertainty</th><th>evidence</th>"
            "<th>real-data figure</th><th>model</th></tr>", *rows, "</table>"]
     if bars:
-        out.append(_img(probability_bars(bars, "multi-task heads"), "Predicted probabilities with their "
-                        "uncertainty", "fig-predictions"))
+        out.append(_svg(probability_bars(bars, "multi-task heads"), "Predicted probabilities with their "
+                        "uncertainty (whiskers: +- uncertainty; dotted line: 0.5)", "fig-predictions"))
     fusion = report.get("mgmt_late_fusion")
     if fusion:
         per, weights = fusion["per_modality"], fusion.get("weights", {})
@@ -130,7 +152,7 @@ def _prediction_section(report: Dict) -> str:
                   f"{_num(weights.get(m), f'mgmt_late_fusion.weights.{m}')}</tr>" for m, p in per.items()],
                 f"<tr><th>fused</th>{_num(fusion['fused'], 'mgmt_late_fusion.fused')}<td></td></tr></table>",
                 f"<table><tr><th>evidence</th>{_evidence_cells(fusion, 'mgmt_late_fusion')}</tr></table>",
-                _img(probability_bars([(m, p, None) for m, p in per.items() if p is not None]
+                _svg(probability_bars([(m, p, None) for m, p in per.items() if p is not None]
                                       + [("fused", fusion["fused"], fusion.get("uncertainty"))],
                                       "MGMT methylation probability"), "MGMT late fusion", "fig-mgmt")]
     grade = report.get("slice_grade")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from GliomaAnalysisLib.batch import analyze_folder
-from GliomaAnalysisLib.reporting.cohort_index import encode_png
+from GliomaAnalysisLib.reporting.png import encode_png
 from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
 
 from conftest import SMALL_SIZE, SMALL_SPACING

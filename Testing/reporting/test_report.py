@@ -26,7 +26,7 @@ class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
         self.figures, self.numbers, self.statements, self.ids = {}, [], [], set()
-        self.shown, self.texts = [], []
+        self.shown, self.texts, self.svgs, self.keys = [], [], {}, {}
         self._figure, self._json, self._statement = None, None, None
 
     def handle_starttag(self, tag, attrs):
@@ -37,6 +37,12 @@ class _Page(HTMLParser):
             self._figure = attrs.get("id")
         if tag == "img" and self._figure:
             self.figures[self._figure] = attrs["src"]
+        if tag == "svg" and self._figure:
+            self.svgs[self._figure] = []
+        if tag in ("rect", "line") and self._figure in self.svgs:  # SVG shapes: (class, attributes)
+            self.svgs[self._figure].append((attrs.get("class"), attrs))
+        if tag == "span" and self._figure and "class" in attrs:  # legend swatches and colour bars
+            self.keys.setdefault(self._figure, []).append(attrs)
         if tag == "td" and "data-json" in attrs:
             self._json = (attrs["data-json"], attrs.get("data-value"))
         if tag == "p" and "data-values" in attrs:
@@ -89,6 +95,23 @@ def test_html_has_every_figure_and_none_is_blank(analysed):
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"), float)
         assert pixels.shape[0] > 100 and pixels.std() > 5, name
     assert {"disclaimer", "narrative"} <= page.ids
+    swatches = [k["style"] for k in page.keys["fig-overlay"] if k["class"] == "swatch"]
+    assert swatches == ["background:rgb(217, 51, 51)", "background:rgb(51, 191, 76)", "background:rgb(255, 217, 26)"]
+    for figure, cmap in (("fig-probability", "hot"), ("fig-uncertainty", "viridis")):
+        (bar,) = page.keys[figure]
+        assert bar["data-cmap"] == cmap and bar["style"].startswith("background:linear-gradient(to right, rgb(")
+
+
+def _bars(shapes):
+    """Probabilities drawn by an SVG bar chart, as fractions of its axis: bar lengths, whisker ends (left, right, ...)
+    and the dotted line."""
+    (axis,) = [a for kind, a in shapes if kind == "axis"]
+    left, width = float(axis["x"]), float(axis["width"])
+    bars = [float(a["width"]) / width for kind, a in shapes if kind == "bar"]
+    assert all(float(a["x"]) == left for kind, a in shapes if kind == "bar")
+    whiskers = [(float(a[end]) - left) / width for kind, a in shapes if kind == "whisker" for end in ("x1", "x2")]
+    (half,) = [(float(a["x1"]) - left) / width for kind, a in shapes if kind == "half"]
+    return bars, whiskers, half
 
 
 def test_every_number_in_the_html_equals_report_json(analysed):
@@ -322,7 +345,12 @@ def test_predictions_show_with_bars_and_numbers_from_the_report(analysed, tmp_pa
     report = json.loads((tmp_path / "report.json").read_text())
     page = _Page()
     page.feed((tmp_path / "report.html").read_text())
-    assert {"fig-predictions", "fig-mgmt"} <= set(page.figures)
+    assert {"fig-predictions", "fig-mgmt"} <= set(page.svgs)
+    bars, whiskers, half = _bars(page.svgs["fig-predictions"])
+    assert bars == pytest.approx([0.83, 0.71, 0.58], abs=0.001) and half == pytest.approx(0.5, abs=0.001)
+    assert whiskers == pytest.approx([0.76, 0.90, 0.59, 0.83, 0.38, 0.78], abs=0.001)  # p -+ uncertainty
+    bars, whiskers, _ = _bars(page.svgs["fig-mgmt"])
+    assert bars == pytest.approx([0.61, 0.52, 0.574], abs=0.001) and whiskers == []  # t1ce, flair, fused
     paths = dict(page.numbers)
     assert paths["predictions.grade.probability"] == 0.83 and paths["mgmt_late_fusion.fused"] == 0.574
     assert paths["slice_grade.attention"] == 0.81 and paths["slice_grade.n_slices"] == 23
