@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..pipeline.result import AnalysisResult
+from .figures import LABEL_ALPHA, LABEL_COLOURS
 from .png import encode_png
 
 INDEX_FILE = "index.html"
@@ -23,26 +24,26 @@ THUMBNAIL_FILE = "thumbnail.png"
 COLUMNS = (("case", "case"), ("status", "status"), ("wt_ml", "WT mL"), ("tc_ml", "TC mL"), ("et_ml", "ET mL"),
            ("ed_ml", "ED mL"), ("ncr_ml", "NCR mL"), ("grade", "grade"), ("idh", "IDH"),
            ("codeletion_1p19q", "1p/19q"), ("mgmt", "MGMT"), ("qc_flags", "QC flags"), ("error", "error"))
-_COLOURS = np.array([[0, 0, 0], [217, 51, 51], [51, 191, 77], [255, 217, 26]], dtype=np.float32)
+_COLOURS = np.array([(0.0, 0.0, 0.0)] + [LABEL_COLOURS[k] for k in (1, 2, 3)], dtype=np.float32) * 255
 
 
 def thumbnail_png(result: AnalysisResult, size: int = 128) -> bytes:
-    """PNG of the axial slice through the tumor's centre (or the middle slice): reference image in grey, labels
-    blended in colour, about ``size`` pixels wide."""
-    labels = sitk.GetArrayViewFromImage(result.labels)
-    image = sitk.GetArrayViewFromImage(result.images[result.reference]) if result.reference in result.images \
-        else np.zeros(labels.shape, np.float32)
+    """PNG of the axial slice through the tumor's centre (or the middle slice), in LPS orientation (anterior at the
+    top, the patient's right on the left as radiologists read): reference image in grey, labels blended in colour,
+    about ``size`` pixels wide."""
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labels, "LPS"))
+    image = sitk.GetArrayFromImage(sitk.DICOMOrient(result.images[result.reference], "LPS")) \
+        if result.reference in result.images else np.zeros(labels.shape, np.float32)
     tumor = np.argwhere(labels > 0)
     z = int(np.round(tumor[:, 0].mean())) if len(tumor) else labels.shape[0] // 2
     grey = np.asarray(image[z], dtype=np.float32)
     high = float(np.percentile(grey, 99.5)) or 1.0
     rgb = np.repeat(np.clip(grey / high, 0, 1)[..., None] * 255, 3, axis=2)
     slice_labels = np.asarray(labels[z]).astype(int).clip(0, 3)
-    colour = _COLOURS[slice_labels]
     mask = (slice_labels > 0)[..., None]
-    rgb = np.where(mask, 0.45 * rgb + 0.55 * colour, rgb)
+    rgb = np.where(mask, (1 - LABEL_ALPHA) * rgb + LABEL_ALPHA * _COLOURS[slice_labels], rgb)
     step = max(1, int(np.ceil(max(rgb.shape[:2]) / size)))
-    return encode_png(rgb[::-1][::step, ::step].astype(np.uint8))  # rows flipped: anterior at the top
+    return encode_png(np.round(rgb[::step, ::step]).astype(np.uint8))
 
 
 def write_index(out: Path, rows: Sequence[Mapping[str, object]]) -> Path:

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from GliomaAnalysisLib.batch import analyze_folder
@@ -68,3 +69,32 @@ def test_index_sorts_and_shows_thumbnails_in_chromium(results):
         assert dom.count('data-loaded="1"') == 3  # every thumbnail decoded by the browser
     by_case = _dom(f"file://{results / 'index.html'}#sort=case:asc")
     assert re.findall(r'<tr class="case[^"]*" data-case="([^"]+)"', by_case) == ["bad", "p0", "p1", "p2"]
+
+
+def test_thumbnail_is_in_lps_orientation_whatever_the_storage_order():
+    """A tumor on the patient's left and anterior shows at the right and top of the thumbnail, for an image stored
+    in LPS and for the same image stored in RAS order."""
+    import io
+
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from GliomaAnalysisLib.pipeline.result import AnalysisResult
+    from GliomaAnalysisLib.reporting.cohort_index import thumbnail_png
+
+    grey = np.full((20, 40, 40), 100.0, np.float32)  # z, y, x in LPS: x grows to the patient's left
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[8:12, 2:8, 30:38] = 3  # anterior (small y), left (large x)
+    pictures = []
+    for flip in (False, True):
+        image, label_image = sitk.GetImageFromArray(grey), sitk.GetImageFromArray(labels)
+        if flip:  # the same physical volume stored right-to-left and posterior-to-anterior (RAS)
+            image = sitk.Flip(image, [True, True, False])
+            label_image = sitk.Flip(label_image, [True, True, False])
+        result = AnalysisResult.__new__(AnalysisResult)
+        result.labels, result.images, result.reference = label_image, {"t1ce": image}, "t1ce"
+        pictures.append(np.asarray(Image.open(io.BytesIO(thumbnail_png(result, size=40))).convert("RGB"), int))
+    for rgb in pictures:
+        coloured = np.argwhere(np.abs(rgb[..., 0] - rgb[..., 2]) > 30)
+        assert coloured[:, 0].max() < 10 and coloured[:, 1].min() >= 28  # top rows, right-hand columns
+    assert np.array_equal(pictures[0], pictures[1])
