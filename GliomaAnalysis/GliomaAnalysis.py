@@ -6,6 +6,7 @@ QTimer so the GUI stays responsive, Cancel (or closing the scene) kills the proc
 into the scene (GliomaAnalysisModuleLib/scene.py) only when the run succeeded. Research use only; not a medical device.
 """
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -331,9 +332,7 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self, ask=True):
         """torch through the PyTorch extension, the rest through Slicer's installer after asking; False if declined
         (or, in ``ask=False`` mode on a machine without the PyTorch extension, not possible)."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:  # found, not imported: only the child process needs torch
             try:
                 import PyTorchUtils
             except ImportError:

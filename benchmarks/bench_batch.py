@@ -1,0 +1,60 @@
+"""Cohort throughput of ``glioma-analysis batch`` with 1 and 2 jobs, against single ``analyze`` processes.
+
+    python benchmarks/bench_batch.py [--root ../shared/data/brats18] [--cases 10] [--threads 2]
+
+Takes the first --cases case folders under --root (their files linked into a temporary cohort), runs one single
+``glioma-analysis analyze`` of the first case (whole process), then ``batch --jobs 1`` and ``batch --jobs 2`` over
+all of them, and prints the seconds per case and cases per hour of each. One untimed warm-up analysis first exports
+the network to the ONNX cache.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
+
+
+def run(command, env) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(ROOT))
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads in all (batch shares them among jobs)")
+    args = parser.parse_args()
+    folders = sorted(p for p in Path(args.root).iterdir() if p.is_dir())[:args.cases]
+    if not folders:
+        raise SystemExit(f"{args.root}: no case folders")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    cli = str(Path(sys.executable).with_name("glioma-analysis"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = Path(tmp) / "cohort"
+        for folder in folders:
+            (cohort / folder.name).mkdir(parents=True)
+            for image in folder.iterdir():
+                if "_seg" not in image.name:  # ground truth is not an input
+                    os.symlink(image.resolve(), cohort / folder.name / image.name)
+        first = str(cohort / folders[0].name)
+        run([cli, "analyze", first, "--out", f"{tmp}/warm-up"], env)
+        single = run([cli, "analyze", first, "--out", f"{tmp}/single"], env)
+        print(f"single analyze process (first case):      {single:6.1f} s")
+        for jobs in (1, 2):
+            seconds = run([cli, "batch", str(cohort), "--out", f"{tmp}/batch-{jobs}", "--jobs", str(jobs)], env)
+            per_case = seconds / len(folders)
+            print(f"batch --jobs {jobs}, {len(folders)} cases: {seconds:6.1f} s = {per_case:5.2f} s per case, "
+                  f"{3600 / per_case:6.0f} cases per hour", flush=True)
+    print(f"threads: {args.threads}, cases from {args.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Dice of the shipped model's default analysis on every real case, to check that a speed change keeps the outputs.
+
+    python benchmarks/compare_outputs.py --out before.json     # in a checkout of the commit before the change
+    python benchmarks/compare_outputs.py --out after.json      # in the checkout with the change
+    python benchmarks/compare_outputs.py --compare before.json after.json
+
+Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
+``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
+expert labels and writes them with the label volumes per case. --compare prints the per-case and mean differences.
+Run it from the checkout whose code you measure (the repository root is put first on sys.path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPOSITORY = Path.cwd()
+SHARED = REPOSITORY.parent / "shared" / "data"
+REGIONS = ("wt", "tc", "et")
+
+
+def score(roots, threads: int) -> dict:
+    sys.path.insert(0, str(REPOSITORY))
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    from GliomaAnalysisLib import analyze, load_case
+    from GliomaAnalysisLib.io.labels import regions
+
+    cases = {}
+    for root in roots:
+        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            case = load_case(folder)
+            if case.segmentation is None:
+                continue
+            start = time.perf_counter()
+            result = analyze(case, classify=False)
+            predicted = regions(_contiguous(sitk.GetArrayFromImage(result.labels)))
+            truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
+            cases[folder.name] = {
+                **{k: float(2 * (predicted[k] & truth[k]).sum() / max(1, predicted[k].sum() + truth[k].sum()))
+                   for k in REGIONS},
+                "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
+            print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
+    return {"repository": str(REPOSITORY), "cases": cases,
+            "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in REGIONS}}
+
+
+def _contiguous(labels):
+    from GliomaAnalysisLib.io.labels import to_contiguous
+
+    return to_contiguous(labels) if labels.max() > 3 else labels
+
+
+def compare(before_path: str, after_path: str) -> None:
+    before, after = (json.loads(Path(p).read_text())["cases"] for p in (before_path, after_path))
+    common = sorted(set(before) & set(after))
+    print(f"{'case':<28}" + "".join(f"{k.upper():>18}" for k in REGIONS))
+    for case in common:
+        print(f"{case:<28}" + "".join(f"{before[case][k]:8.4f} -> {after[case][k]:6.4f}" for k in REGIONS))
+    for k in REGIONS:
+        differences = [after[c][k] - before[c][k] for c in common]
+        mean_before = sum(before[c][k] for c in common) / len(common)
+        mean_after = sum(after[c][k] for c in common) / len(common)
+        print(f"{k.upper()}: mean {mean_before:.4f} -> {mean_after:.4f} (difference {mean_after - mean_before:+.4f}; "
+              f"per case from {min(differences):+.4f} to {max(differences):+.4f}; {len(common)} cases)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--roots", nargs="+", default=[str(SHARED / "brats18"), str(SHARED / "brats-extra")])
+    parser.add_argument("--out", help="write the per-case Dice here (JSON)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    args = parser.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return
+    result = score(args.roots, args.threads)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print("mean", {k: round(v, 4) for k, v in result["mean"].items()})
+
+
+if __name__ == "__main__":
+    main()
