@@ -114,6 +114,18 @@ def test_shipped_model_segments_a_phantom():
     assert scores["wt"] > PHANTOM_WT_DICE_BOUND, scores
 
 
+def test_shipped_model_claims_no_enhancement_in_a_tumor_without_it():
+    """An LGG phantom whose core does not enhance (labels NCR + ED only): the default analysis finds its core and
+    reports no enhancing tumor."""
+    from GliomaAnalysisLib.synthetic.phantom import Markers, make_phantom
+    phantom = make_phantom(0, (120, 120, 78), (2.0, 2.0, 2.0),
+                           markers=Markers("LGG", "mutant", "intact", "unmethylated"))
+    truth = to_contiguous(phantom.labels)
+    assert truth.max() == 2 and (truth == 1).sum() * 8e-3 > 4  # the premise: a core of about 5 mL, no ET
+    result = analyze(load_case({m: phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")}), classify=False)
+    assert result.volumes_ml["et"] < 1.0 and result.volumes_ml["tc"] > 2.0, result.volumes_ml
+
+
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data not present at {REAL_DATA}")
 def test_shipped_model_on_a_real_validation_case():
     case = load_case(REAL_DATA / "Brats18_CBICA_AQN_1")  # in the model card's validation split
