@@ -32,3 +32,13 @@ def test_inspect_reports_missing_modalities_and_resampling(tmp_path, phantom_dir
     summary = json.loads(result.stdout)
     assert summary["missing"] == ["t1", "t2"] and summary["presence"] == [0.0, 1.0, 0.0, 1.0]
     assert "flair: origin differ" in result.stderr and summary["warnings"]
+
+
+def test_the_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_path, phantom_dir):
+    """The command leaves with os._exit (no interpreter teardown): what it printed and its status must survive."""
+    ok = subprocess.run([sys.executable, "-m", "GliomaAnalysisLib.cli", "inspect", str(phantom_dir)],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and set(json.loads(ok.stdout)["inputs"]) == {"t1", "t1ce", "t2", "flair"}
+    bad = subprocess.run([sys.executable, "-m", "GliomaAnalysisLib.cli", "inspect", str(tmp_path / "absent")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "glioma-analysis: error:" in bad.stderr and "absent" in bad.stderr
