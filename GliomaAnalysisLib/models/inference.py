@@ -3,7 +3,7 @@ flip test-time augmentation, MC-dropout, and the voxel uncertainty of the result
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,25 +31,33 @@ def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:
     return torch.device("cpu"), warnings
 
 
-def channel_masks(model: GliomaSegNet, rng: Optional[np.random.Generator]) -> List[np.ndarray]:
-    """One (1, C) float32 mask per channel-dropout layer of ``model`` (:meth:`GliomaSegNet.dropout_channels`): with
-    ``rng`` each channel is dropped with the network's dropout probability and the others scaled by 1 / (1 - p), as
-    Dropout3d samples; without, all ones (a plain pass)."""
+def dropout_masks(model: GliomaSegNet, spatial_zyx: Sequence[int],
+                  rng: Optional[np.random.Generator]) -> List[np.ndarray]:
+    """One float32 mask per dropout layer of ``model`` (:meth:`GliomaSegNet.dropout_mask_shapes`, batch axis first)
+    for an input of ``spatial_zyx`` voxels: with ``rng`` each unit is dropped with the network's dropout probability
+    and the others scaled by 1 / (1 - p), as torch's dropout samples in training mode; without, all ones (a plain
+    pass; shape (1, ..., 1), which broadcasts)."""
     p = model.config.dropout
+    shapes = model.dropout_mask_shapes(spatial_zyx)
     if rng is None or p <= 0:
-        return [np.ones((1, c), np.float32) for c in model.dropout_channels()]
-    return [((rng.random((1, c)) >= p) / (1.0 - p)).astype(np.float32) for c in model.dropout_channels()]
+        return [np.ones((1,) * (len(shape) + 1), np.float32) for shape in shapes]
+    return [((rng.random((1, *shape), dtype=np.float32) >= p) / np.float32(1.0 - p)).astype(np.float32)
+            for shape in shapes]
 
 
-def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks: List[torch.Tensor]) -> torch.Tensor:
-    """Softmax probabilities (1, 4, Z, Y, X) of a padded input (1, 4, Z, Y, X)."""
+MaskSampler = Callable[[Sequence[int]], List[torch.Tensor]]
+"""spatial (Z, Y, X) of one forward call -> its dropout masks (see :func:`dropout_masks`)."""
+
+
+def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks_for: MaskSampler) -> torch.Tensor:
+    """Softmax probabilities (1, 4, Z, Y, X) of a padded input (1, 4, Z, Y, X); each forward call (the whole volume,
+    or each window of the sliding window) draws its own masks."""
     if x[0, 0].numel() <= MAX_WHOLE_VOLUME_VOXELS:
-        return torch.softmax(model(x, presence, masks), dim=1)
+        return torch.softmax(model(x, presence, masks_for(x.shape[2:])), dim=1)
     from monai.inferers import sliding_window_inference
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
-        n = patch.shape[0]
-        return torch.softmax(model(patch, presence.expand(n, -1), [m.expand(n, -1) for m in masks]), dim=1)
+        return torch.softmax(model(patch, presence.expand(patch.shape[0], -1), masks_for(patch.shape[2:])), dim=1)
 
     return sliding_window_inference(x, SLIDING_WINDOW_ROI, 1, predictor, overlap=0.25, mode="gaussian")
 
@@ -63,7 +71,7 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
     image: float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence: (4,).
     Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings), where the
     uncertainty is the predictive entropy of the mean divided by ln 4. MC-dropout masks come from NumPy's generator
-    seeded with ``seed`` (:func:`channel_masks`), so every pass is reproducible. With ``weights_sha256`` (the model
+    seeded with ``seed`` (:func:`dropout_masks`), so every pass is reproducible. With ``weights_sha256`` (the model
     card's: a model whose weights no longer change) a CPU run goes through ONNX Runtime (models/onnx_engine.py),
     else torch. A CUDA failure or out-of-memory falls back to the CPU with a warning.
     """
@@ -84,24 +92,24 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
             flips = FLIP_SETS[index]
             if progress:
                 progress(f"network pass {index + 1}/{passes}")
-            masks = channel_masks(model, rng)
             x = np.ascontiguousarray(np.flip(image[None], flips) if flips else image[None])
             if engine is not None:
                 try:
+                    masks = dropout_masks(model, image.shape[1:], rng)
                     out = torch.from_numpy(engine(x, np.asarray(presence, np.float32)[None], masks))
                 except Exception as exc:  # e.g. a damaged cached graph: torch gives the same result
                     warnings.append(f"ONNX Runtime failed ({type(exc).__name__}); the network ran in torch")
                     engine = None
             if engine is None:
                 try:
-                    out = _run_on(model, x, presence, masks, device)
+                    out = _run_on(model, x, presence, rng, device)
                 except RuntimeError as exc:
                     if device.type != "cuda":
                         raise
                     warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
                     device = torch.device("cpu")
                     model.to(device)
-                    out = _run_on(model, x, presence, masks, device)
+                    out = _run_on(model, x, presence, rng, device)
             out = torch.flip(out, flips) if flips else out
             total = out if total is None else total + out
     mean = (total / passes)[0].numpy()
@@ -109,10 +117,14 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
     return mean.astype(np.float32), np.clip(entropy, 0, 1).astype(np.float32), warnings
 
 
-def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, masks: List[np.ndarray],
+def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator],
             device: torch.device) -> torch.Tensor:
-    """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) run on ``device``."""
+    """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) run in torch on ``device``; dropout masks from
+    ``rng`` (None: a plain pass)."""
     model.to(device)
     p = torch.from_numpy(np.asarray(presence, dtype=np.float32))[None].to(device)
-    return _forward(model, torch.from_numpy(x).to(device), p,
-                    [torch.from_numpy(m).to(device) for m in masks]).float().cpu()
+
+    def masks_for(spatial: Sequence[int]) -> List[torch.Tensor]:
+        return [torch.from_numpy(m).to(device) for m in dropout_masks(model, spatial, rng)]
+
+    return _forward(model, torch.from_numpy(x).to(device), p, masks_for).float().cpu()

@@ -120,26 +120,53 @@ class TransformerBottleneck(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers > 0 else None
         self.norm = nn.LayerNorm(channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    MASKS_PER_LAYER = 4
+    """Dropout masks of one layer, in order: attention weights (B, heads, N, N), attention output (B, N, C), MLP
+    hidden (B, N, M), MLP output (B, N, C); N tokens, C channels, M the MLP width."""
+
+    def mask_shapes(self, tokens: int) -> List[Tuple[int, ...]]:
+        """Per-sample shapes of every layer's dropout masks (see ``MASKS_PER_LAYER``) for ``tokens`` tokens."""
+        if self.encoder is None:
+            return []
+        shapes = []
+        for layer in self.encoder.layers:
+            c = layer.linear1.in_features
+            shapes += [(layer.self_attn.num_heads, tokens, tokens), (tokens, c), (tokens, layer.linear1.out_features),
+                       (tokens, c)]
+        return shapes
+
+    def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """x (B, C, Z, Y, X); ``masks`` (``MASKS_PER_LAYER`` per layer) replace the dropout layers when given."""
         if self.encoder is None:
             return x
         tokens = (x + self.position(x)).flatten(2).transpose(1, 2)  # (B, N, C)
-        for layer in self.encoder.layers:
-            tokens = self._layer(layer, tokens)
+        per = self.MASKS_PER_LAYER
+        for k, layer in enumerate(self.encoder.layers):
+            tokens = self._layer(layer, tokens, None if masks is None else masks[per * k:per * (k + 1)])
         return x + self.norm(tokens).transpose(1, 2).reshape(x.shape)
 
-    def _layer(self, layer: nn.TransformerEncoderLayer, tokens: torch.Tensor) -> torch.Tensor:
+    def _layer(self, layer: nn.TransformerEncoderLayer, tokens: torch.Tensor,
+               masks: Optional[Sequence[torch.Tensor]]) -> torch.Tensor:
         """``layer``'s own computation (pre-norm, GELU) on tokens (B, N, C), written out with sizes left to -1 so
-        that the ONNX export keeps the token count N dynamic (nn.MultiheadAttention's export fixes it)."""
+        that the ONNX export keeps the token count N dynamic (nn.MultiheadAttention's export fixes it). With
+        ``masks`` the four dropouts multiply by them (MC-dropout with masks drawn outside the network)."""
         b, _, c = tokens.shape
         heads = layer.self_attn.num_heads
         q, k, v = F.linear(layer.norm1(tokens), layer.self_attn.in_proj_weight,
                            layer.self_attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))  # (B, heads, N, C/heads)
-        attention = F.scaled_dot_product_attention(q, k, v, dropout_p=layer.self_attn.dropout if self.training else 0.0)
+        if masks is None:
+            attention = F.scaled_dot_product_attention(q, k, v,
+                                                       dropout_p=layer.self_attn.dropout if self.training else 0.0)
+        else:
+            weights = torch.softmax(q @ k.transpose(-2, -1) * (c // heads) ** -0.5, dim=-1)
+            attention = (weights * masks[0]) @ v
         attention = layer.self_attn.out_proj(attention.transpose(1, 2).reshape(b, -1, c))
-        tokens = tokens + layer.dropout1(attention)
-        return tokens + layer.dropout2(layer.linear2(layer.dropout(F.gelu(layer.linear1(layer.norm2(tokens))))))
+        tokens = tokens + (layer.dropout1(attention) if masks is None else attention * masks[1])
+        hidden = F.gelu(layer.linear1(layer.norm2(tokens)))
+        hidden = layer.dropout(hidden) if masks is None else hidden * masks[2]
+        out = layer.linear2(hidden)
+        return tokens + (layer.dropout2(out) if masks is None else out * masks[3])
 
 
 class GliomaSegNet(nn.Module):
@@ -168,10 +195,11 @@ class GliomaSegNet(nn.Module):
         self.head = nn.Conv3d(widths[0], N_CLASSES, 1)
 
     def encode(self, x: torch.Tensor, presence: torch.Tensor,
-               bottleneck_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+               bottleneck_masks: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Encoder features, one per level: (B, widths[l], Z/2^l, Y/2^l, X/2^l); the last one after the
         transformer bottleneck. Used by ``forward`` and by the classifiers that read these features.
-        bottleneck_mask (B, widths[-1]) replaces the bottleneck's dropout when given."""
+        bottleneck_masks: the bottleneck's channel mask (B, widths[-1]) then the transformer's masks; they replace
+        those dropout layers when given."""
         divisor = self.config.divisor
         if any(n % divisor for n in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
@@ -183,32 +211,40 @@ class GliomaSegNet(nn.Module):
             features = block(features)
             levels.append(features)
         deepest = levels[-1]
-        if bottleneck_mask is None:
-            deepest = self.bottleneck_dropout(deepest)
+        if bottleneck_masks is None:
+            levels[-1] = self.transformer(self.bottleneck_dropout(deepest))
         else:
-            deepest = deepest * bottleneck_mask[:, :, None, None, None]
-        levels[-1] = self.transformer(deepest)
+            levels[-1] = self.transformer(deepest * bottleneck_masks[0][:, :, None, None, None],
+                                          bottleneck_masks[1:])
         return levels
 
-    def dropout_channels(self) -> List[int]:
-        """Channels of each channel-dropout layer, in the order of ``forward``'s ``channel_masks``: the bottleneck,
-        then the decoder blocks from the deepest to the finest."""
+    def dropout_mask_shapes(self, spatial_zyx: Sequence[int]) -> List[Tuple[int, ...]]:
+        """Per-sample shapes of ``forward``'s ``dropout_masks`` for an input of ``spatial_zyx`` voxels, in order: the
+        bottleneck's channels, the transformer's masks (``TransformerBottleneck.mask_shapes``), then the channels of
+        each decoder block from the deepest to the finest."""
         widths = self.config.widths
-        return [widths[-1]] + [widths[level] for level in range(len(widths) - 2, -1, -1)]
+        tokens = 1
+        for n in spatial_zyx:
+            tokens *= n // self.config.divisor
+        return ([(widths[-1],)] + self.transformer.mask_shapes(tokens)
+                + [(widths[level],) for level in range(len(widths) - 2, -1, -1)])
 
     def forward(self, x: torch.Tensor, presence: torch.Tensor,
-                channel_masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                dropout_masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Logits (B, 4, Z, Y, X) of x (B, 4, Z, Y, X) and presence (B, 4).
 
-        channel_masks: one (B, C) tensor per entry of :meth:`dropout_channels` (0 for a dropped channel, else
-        1 / (1 - dropout)); when given they replace the Dropout3d layers, so an MC-dropout pass is a plain function
-        of its inputs (the same in torch and in the exported ONNX graph). The transformer's own dropout stays off.
+        dropout_masks: one tensor per entry of :meth:`dropout_mask_shapes` (with the batch axis first; any shape that
+        broadcasts, e.g. all ones of shape (1, 1)), 0 for a dropped unit, else 1 / (1 - dropout). When given they
+        replace every dropout layer, so an MC-dropout pass is a plain function of its inputs: the same in torch and
+        in the exported ONNX graph, reproducible from the masks' random generator.
         """
-        masks = list(channel_masks) if channel_masks is not None else [None] * len(self.dropout_channels())
-        skips = self.encode(x, presence, masks[0])
+        decoders = len(self.decoder)
+        masks = list(dropout_masks) if dropout_masks is not None else None
+        skips = self.encode(x, presence, None if masks is None else masks[:-decoders])
         features = skips.pop()
-        for reduce, block, mask in zip(self.reduce, self.decoder, masks[1:]):
+        for index, (reduce, block) in enumerate(zip(self.reduce, self.decoder)):
             features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
+            mask = None if masks is None else masks[len(masks) - decoders + index]
             features = block(features + skips.pop(), mask)
         return self.head(features)
 

@@ -1,12 +1,13 @@
 """The segmentation network on ONNX Runtime (CPU).
 
 The network is exported once per weights file (named by its sha256) into ``<user cache>/onnx/`` and run by ONNX
-Runtime afterwards: the same function as the torch module (MC-dropout through explicit channel masks, see
-:meth:`GliomaSegNet.forward`; the softmax in NumPy, which is 10x cheaper than ONNX Runtime's over the class axis) at about 1.7x less CPU time per pass on a BraTS case
-(``benchmarks/bench_analyze.py`` prints the network's share). Without the ``onnxruntime`` package, or when the export
+Runtime afterwards: the same function as the torch module (MC-dropout through explicit dropout masks, see
+:meth:`GliomaSegNet.forward`; the softmax in NumPy, 10x cheaper than ONNX Runtime's over the class axis) at about
+1.7x less CPU time per pass on a BraTS case (``benchmarks/bench_analyze.py`` prints the network's share). Without the ``onnxruntime`` package, or when the export
 fails, :func:`segmentation_engine` returns None and the caller runs torch.
 
-    inputs   x (B, 4, Z, Y, X) float32, presence (B, 4) float32, mask0..maskK (B, C_k) float32
+    inputs   x (B, 4, Z, Y, X) float32, presence (B, 4) float32, mask0..maskK float32 (one per dropout layer,
+             GliomaSegNet.dropout_mask_shapes; every axis dynamic, so all-ones masks may be (1, ..., 1))
     output   logits (B, 4, Z, Y, X) float32 (background, NCR, ED, ET); the engine returns their softmax
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 """Part of the cached file's name: bump it when the export changes, so stale graphs are never reused."""
 OPSET = 17
 
@@ -44,12 +45,14 @@ def export_onnx(model) -> bytes:
         def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
             return self.net(x, presence, list(masks))
 
-    channels = model.dropout_channels()
     size = 2 * model.config.divisor
-    example = (torch.zeros(1, 4, size, size, size), torch.ones(1, 4), *[torch.ones(1, c) for c in channels])
-    mask_names = [f"mask{k}" for k in range(len(channels))]
+    shapes = model.dropout_mask_shapes((size, size, size))
+    example = (torch.zeros(1, 4, size, size, size), torch.ones(1, 4), *[torch.ones(1, *shape) for shape in shapes])
+    mask_names = [f"mask{k}" for k in range(len(shapes))]
     dynamic = {"x": {0: "batch", 2: "z", 3: "y", 4: "x"}, "presence": {0: "batch"},
-               "logits": {0: "batch", 2: "z", 3: "y", 4: "x"}, **{m: {0: "batch"} for m in mask_names}}
+               "logits": {0: "batch", 2: "z", 3: "y", 4: "x"},
+               **{name: {axis: f"{name}_{axis}" for axis in range(len(shape) + 1)}
+                  for name, shape in zip(mask_names, shapes)}}
     was_training = model.training
     model.eval()
     buffer = io.BytesIO()
@@ -73,15 +76,19 @@ class OnnxSegmentation:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_mem_pattern = False  # the planned block held ~200 MB more at the peak, at no speed gain
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.run_options = onnxruntime.RunOptions()
+        # give the arena's activations back after every pass: it otherwise keeps the largest pass's ~400 MB
+        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.mask_names = [i.name for i in self.session.get_inputs() if i.name.startswith("mask")]
 
     def __call__(self, x: np.ndarray, presence: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-        """x (B, 4, Z, Y, X), presence (B, 4), masks (B, C_k) -> probabilities (B, 4, Z, Y, X), all float32."""
+        """x (B, 4, Z, Y, X), presence (B, 4), dropout masks -> probabilities (B, 4, Z, Y, X), all float32."""
         feed = {"x": np.ascontiguousarray(x, dtype=np.float32),
                 "presence": np.ascontiguousarray(presence, dtype=np.float32),
                 **{name: np.ascontiguousarray(m, dtype=np.float32) for name, m in zip(self.mask_names, masks)}}
-        logits = self.session.run(None, feed)[0]
+        logits = self.session.run(None, feed, self.run_options)[0]
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
         logits /= logits.sum(axis=1, keepdims=True)

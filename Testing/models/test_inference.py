@@ -57,10 +57,10 @@ def test_a_cuda_failure_falls_back_to_the_cpu_with_a_warning(net, monkeypatch):
     image, presence = _image()
     real = inference._run_on
 
-    def flaky(model, x, presence, masks, device):
+    def flaky(model, x, presence, rng, device):
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, x, presence, masks, device)
+        return real(model, x, presence, rng, device)
 
     monkeypatch.setattr(inference, "_run_on", flaky)
     probs, _, warnings = predict(net, image, presence, torch.device("cuda"), passes=2)

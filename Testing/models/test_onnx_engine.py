@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 import GliomaAnalysisLib.models.onnx_engine as onnx_engine
-from GliomaAnalysisLib.models.inference import channel_masks, predict
+from GliomaAnalysisLib.models.inference import dropout_masks, predict
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 
@@ -30,20 +30,23 @@ def _image(shape=(4, 24, 32, 16)):
     return rng.normal(size=shape).astype(np.float32)
 
 
-def test_onnx_equals_torch_with_and_without_channel_masks_at_a_size_not_exported(net):
+def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported(net):
     engine, why = onnx_engine.segmentation_engine(net, "a" * 64, 1)
     assert engine is not None, why
     x = _image()[None]
     presence = np.array([[1, 0, 1, 1]], np.float32)
     for rng in (None, np.random.default_rng(5)):
-        masks = channel_masks(net, rng)
+        masks = dropout_masks(net, x.shape[2:], rng)
         with torch.no_grad():
             expected = torch.softmax(net(torch.from_numpy(x), torch.from_numpy(presence),
                                          [torch.from_numpy(m) for m in masks]), dim=1).numpy()
         got = engine(x, presence, masks)
         assert got.shape == (1, 4, 24, 32, 16)
         np.testing.assert_allclose(got, expected, atol=2e-4)
-    assert np.any(masks[0] == 0) and np.allclose(masks[0][masks[0] > 0], 1 / 0.7)
+    tokens = (24 // 4) * (32 // 4) * (16 // 4)
+    assert len(masks) == 1 + 4 + 2 and masks[1].shape == (1, 2, tokens, tokens)  # 1 layer, 2 heads
+    for mask in masks:
+        assert np.any(mask == 0) and np.allclose(mask[mask > 0], 1 / 0.7)
 
 
 def test_predict_through_onnx_matches_torch_mc_dropout_and_is_reproducible(net):
@@ -91,3 +94,19 @@ def test_without_onnxruntime_torch_runs_with_a_warning(net, monkeypatch):
     reference, _, _ = predict(net, image, presence, torch.device("cpu"))
     assert np.array_equal(probs, reference)
     assert len(warnings) == 1 and "onnxruntime package is not installed" in warnings[0]
+
+
+def test_masked_passes_sample_every_dropout_layer_as_torch_training_mode_does(net):
+    """MC-dropout with masks drawn outside the network spreads the output as much as torch's own dropout does."""
+    x, presence = torch.from_numpy(_image()[None]), torch.ones(1, 4)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        masked = torch.stack([net(x, presence, [torch.from_numpy(m) for m in dropout_masks(net, x.shape[2:], rng)])
+                              for _ in range(12)])
+        net.enable_mc_dropout()
+        torch.manual_seed(0)
+        native = torch.stack([net(x, presence) for _ in range(12)])
+        net.eval()
+    ratio = float(masked.std(0).mean() / native.std(0).mean())
+    assert 0.8 < ratio < 1.25, ratio
+    assert abs(float(masked.mean() - native.mean())) < 0.05 * float(native.abs().mean())
