@@ -107,3 +107,22 @@ def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:
     origin = corner + direction @ (new_spacing / 2)
     return Geometry(tuple(int(n) for n in new_size), tuple(float(s) for s in new_spacing),
                     tuple(float(o) for o in origin), geometry.direction)
+
+
+def lps_array(image: sitk.Image) -> Tuple[np.ndarray, Tuple[float, float, float]]:
+    """``image``'s voxels as a (z, y, x) array in LPS order (x towards the patient's left, y posterior, z superior)
+    and their spacing (z, y, x), mm: what ``sitk.DICOMOrient(image, "LPS")`` gives, but as a transposed and flipped
+    view of the image's own buffer, without a copy. Valid while ``image`` lives; read-only."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)  # column j: physical direction of index axis j
+    axis_of = np.abs(direction).argmax(axis=0)
+    if sorted(axis_of.tolist()) != [0, 1, 2]:  # degenerate (two index axes closest to one physical axis)
+        oriented = sitk.DICOMOrient(image, "LPS")
+        return sitk.GetArrayFromImage(oriented), tuple(reversed(oriented.GetSpacing()))
+    array = sitk.GetArrayViewFromImage(image)  # numpy axis 2 - j is index axis j
+    spacing = image.GetSpacing()
+    index_axes = [int(np.flatnonzero(axis_of == k)[0]) for k in (2, 1, 0)]  # S, P, L: the output's z, y, x
+    out = np.transpose(array, [2 - j for j in index_axes])
+    for position, (k, j) in enumerate(zip((2, 1, 0), index_axes)):
+        if direction[k, j] < 0:
+            out = np.flip(out, position)
+    return out, tuple(float(spacing[j]) for j in index_axes)

@@ -13,6 +13,8 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..io.geometry import lps_array
+
 METHOD = ("approximate: tumor centroid within the brain mask's bounding box on the LPS orientation, coarse "
           "rules per lobe, no atlas")
 LOBE_RULES = (
@@ -46,7 +48,7 @@ def brain_mask(images: Mapping[str, sitk.Image]) -> Optional[np.ndarray]:
 def _lps(array: np.ndarray, like: sitk.Image) -> np.ndarray:
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.CopyInformation(like)
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")) > 0  # (z: S, y: P, x: L) increasing
+    return lps_array(image)[0] > 0  # (z: S, y: P, x: L) increasing
 
 
 def tumor_location(labels: sitk.Image, images: Mapping[str, sitk.Image]) -> Optional[Dict]:

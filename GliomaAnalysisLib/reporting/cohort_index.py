@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
+from ..io.geometry import lps_array
 from ..pipeline.result import AnalysisResult
 from .figures import LABEL_ALPHA, LABEL_COLOURS
 from .png import encode_png
@@ -31,9 +31,9 @@ def thumbnail_png(result: AnalysisResult, size: int = 128) -> bytes:
     """PNG of the axial slice through the tumor's centre (or the middle slice), in LPS orientation (anterior at the
     top, the patient's right on the left as radiologists read): reference image in grey, labels blended in colour,
     about ``size`` pixels wide."""
-    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labels, "LPS"))
-    image = sitk.GetArrayFromImage(sitk.DICOMOrient(result.images[result.reference], "LPS")) \
-        if result.reference in result.images else np.zeros(labels.shape, np.float32)
+    labels = lps_array(result.labels)[0]
+    image = lps_array(result.images[result.reference])[0] if result.reference in result.images \
+        else np.zeros(labels.shape, np.float32)
     tumor = np.argwhere(labels > 0)
     z = int(np.round(tumor[:, 0].mean())) if len(tumor) else labels.shape[0] // 2
     grey = np.asarray(image[z], dtype=np.float32)

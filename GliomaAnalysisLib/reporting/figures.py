@@ -37,10 +37,15 @@ def colour_lut(name: str) -> np.ndarray:
 
 def tumor_centre(labels: np.ndarray) -> Tuple[int, int, int]:
     """Voxel (z, y, x) at the tumor's centre of mass (the volume centre without a tumor)."""
-    points = np.argwhere(labels > 0)
-    if points.size == 0:
+    tumor = labels > 0
+    count = int(tumor.sum())
+    if count == 0:
         return tuple(n // 2 for n in labels.shape)
-    return tuple(int(round(v)) for v in points.mean(axis=0))
+    centre = []
+    for axis in range(3):  # the mean index along each axis, from the per-slice counts (no list of all voxels)
+        per_slice = tumor.sum(axis=tuple(a for a in range(3) if a != axis))
+        centre.append(int(round(float(np.dot(np.arange(len(per_slice)), per_slice)) / count)))
+    return tuple(centre)
 
 
 def _slice(volume: np.ndarray, view: str, centre: Sequence[int]) -> np.ndarray:

@@ -87,9 +87,11 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
         actor.GetProperty().SetOpacity(0.12)
         renderer.AddActor(actor)
     # surfaces of the tumor's bounding box only (one voxel of margin closes them): a fraction of the volume's work
-    box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(labels)) if labels.any() \
-        else tuple(slice(0, 0) for _ in labels.shape)
-    tumor = labels[box]
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(0, int(present[0]) - 1), int(present[-1]) + 2) if present.size else slice(0, 0))
+    tumor = labels[tuple(box)]
     image = _image_data(vtk, numpy_support, tumor, spacing_zyx, [b.start for b in box])
     for value, colour in LABEL_COLOURS.items():
         if not np.any(tumor == value):

@@ -13,6 +13,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
+from ..io.geometry import lps_array
 from ..models.evidence import NOT_ASSESSABLE, RULE
 from .figures import LABEL_COLOURS, LABEL_NAMES, css_gradient, map_figure, overlay_figure, probability_bars
 from .narrative import AUTOMATIC_NOTICE, build_narrative
@@ -84,11 +85,10 @@ def _evidence_cells(entry: Dict, path: str) -> str:
 
 
 def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
-    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labels, "LPS"))
-    spacing = tuple(reversed(sitk.DICOMOrient(result.labels, "LPS").GetSpacing()))
+    labels, spacing = lps_array(result.labels)
 
     def oriented(image: sitk.Image) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+        return lps_array(image)[0]  # a view: the figures read three slices of each volume
 
     backgrounds = {m: oriented(result.images[m]) for m in ("t1ce", "flair") if m in result.images}
     if not backgrounds and result.images:
