@@ -1,6 +1,10 @@
 """Shared fixtures: small synthetic phantoms written to disk, and the real-data folder when present."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 from GliomaAnalysisLib.synthetic.phantom import make_phantom, write_phantom
+
+# The user cache (exported ONNX graphs, downloaded models) of this test session, for every test and the processes
+# they start: the suite never writes into the home folder nor reuses what an earlier version left there.
+os.environ["GLIOMA_ANALYSIS_CACHE"] = tempfile.mkdtemp(prefix="glioma-analysis-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GLIOMA_ANALYSIS_CACHE"], ignore_errors=True)
 
 SMALL_SIZE = (96, 96, 62)  # the BraTS field of view at 2.5 mm: same anatomy, ~0.3 s per phantom
 SMALL_SPACING = (2.5, 2.5, 2.5)
