@@ -176,47 +176,29 @@ def import_module_file():
     return module
 
 
-class Application:
-    """A scene with the logics Slicer gives the module (references kept: slicer-core empties the colour tables when
-    the colour logic is collected), published as slicer.mrmlScene / slicer.modules.*.logic()."""
+def module_scene():
+    """The test suite's scene with Slicer's logics (Testing/slicer/slicer_core_scene.py), plus the three slice
+    composite nodes of Slicer's default layout (setSliceViewerLayers sets them), published as slicer.mrmlScene and
+    slicer.modules.*.logic() as the module finds them in Slicer."""
+    import slicer
 
-    def __init__(self):
-        import slicer
-        from vtkmodules.vtkCommonCore import vtkCollection
+    sys.path.insert(0, str(ROOT / "Testing" / "slicer"))
+    from slicer_core_scene import Application
 
-        self.scene = slicer.vtkMRMLScene()
-        self.app = slicer.vtkSlicerApplicationLogic()
-        self.app.SetMRMLScene(self.scene)
-        self.app.GetColorLogic().SetMRMLScene(self.scene)
-        self.app.GetColorLogic().AddDefaultColorNodes()
-        self.app.SetSliceLogics(vtkCollection())
-        self.app.SetViewLogics(vtkCollection())
-        self.logics = {}
-        for name, logic in (("Colors", slicer.vtkSlicerColorLogic()), ("Volumes", slicer.vtkSlicerVolumesLogic()),
-                            ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic()),
-                            ("Terminologies", slicer.vtkSlicerTerminologiesModuleLogic()),
-                            ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic()),
-                            ("Tables", slicer.vtkSlicerTablesLogic())):
-            logic.SetMRMLApplicationLogic(self.app)
-            logic.SetMRMLScene(self.scene)
-            self.app.SetModuleLogic(name, logic)
-            self.logics[name] = logic
-        for view in ("Red", "Yellow", "Green"):  # what setSliceViewerLayers sets, as in Slicer's default layout
-            composite = slicer.vtkMRMLSliceCompositeNode()
-            composite.SetLayoutName(view)
-            self.scene.AddNode(composite)
-        slicer.mrmlScene = self.scene
-        slicer.modules = types.SimpleNamespace(
-            volumes=types.SimpleNamespace(logic=lambda: self.logics["Volumes"]),
-            segmentations=types.SimpleNamespace(logic=lambda: self.logics["Segmentations"]),
-            terminologies=types.SimpleNamespace(logic=lambda: self.logics["Terminologies"]))
-        slicer.app.applicationLogic = lambda: self.app
-
-    def close(self):
-        self.scene.Clear(True)
+    application = Application()
+    for view in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        application.scene.AddNode(composite)
+    slicer.modules = types.SimpleNamespace(
+        volumes=types.SimpleNamespace(logic=lambda: application.logics["Volumes"]),
+        segmentations=types.SimpleNamespace(logic=lambda: application.logics["Segmentations"]),
+        terminologies=types.SimpleNamespace(logic=lambda: application.logics["Terminologies"]))
+    slicer.app.applicationLogic = lambda: application.app
+    return application
 
 
-def load_case_nodes(application: Application, case: Path) -> Dict:
+def load_case_nodes(application, case: Path) -> Dict:
     """The case's volume files as scalar volume nodes; modality -> node by the selectors' rule (node names)."""
     from GliomaAnalysisModuleLib import scene
     from GliomaAnalysisModuleLib.helpers import VOLUME_SUFFIXES, assign_nodes, node_name_for_file
@@ -367,12 +349,12 @@ def main() -> None:
             print("(warm-up run done, not timed)", flush=True)
         clicks, clis = [], []
         for k in range(args.repeats):
-            application = Application()
+            application = module_scene()
             try:
                 inputs = load_case_nodes(application, case)
                 clicks.append(click(module, python, inputs))
             finally:
-                application.close()
+                application.scene.Clear(True)
             clis.append(plain_cli(python, case, os.path.join(tmp, f"cli-{k}")))
             shutil.rmtree(os.path.join(tmp, f"cli-{k}"), ignore_errors=True)
             print(f"repeat {k + 1}/{args.repeats}: module {clicks[-1]['times']['total click-to-result']:.2f} s, "
