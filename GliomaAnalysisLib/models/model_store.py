@@ -10,13 +10,14 @@ import urllib.parse
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, Union
 
 from ..errors import GliomaAnalysisError
-from .network import GliomaSegNet, NetworkConfig
+
+if TYPE_CHECKING:  # torch is imported only to build a network: a run from cached ONNX graphs never needs it
+    import torch
+
+    from .network import GliomaSegNet
 
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources" / "models"
 DEFAULT_SEGMENTATION_MODEL = "glioma_seg"
@@ -96,9 +97,11 @@ def download_model(name: str, card_url: str, weights_url: str, folder: Optional[
     return card_path
 
 
-def save_model(model: torch.nn.Module, card: Dict, folder: Union[str, "os.PathLike[str]"], name: str) -> Path:
+def save_model(model: "torch.nn.Module", card: Dict, folder: Union[str, "os.PathLike[str]"], name: str) -> Path:
     """Write ``name.safetensors`` and ``name.json`` (the card, completed with ``model.config.to_dict()`` and sha256)
     atomically."""
+    from safetensors.torch import save_file
+
     weights, card_path = model_paths(name, folder)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # float16 on disk halves the file (6 MB instead of 12); loading casts back to float32.
@@ -130,15 +133,9 @@ def load_card(name: str = DEFAULT_SEGMENTATION_MODEL, folder: Optional[Union[str
         raise ModelError(f"{card_path}: unreadable model card ({exc})") from None
 
 
-def _build_segmentation_net(card: Dict) -> GliomaSegNet:
-    return GliomaSegNet(NetworkConfig.from_dict(card["network"]))
-
-
-def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
-               folder: Optional[Union[str, "os.PathLike[str]"]] = None,
-               build: Callable[[Dict], torch.nn.Module] = _build_segmentation_net) -> Tuple[torch.nn.Module, Dict]:
-    """Build the network from the card (``build(card)``, the segmentation network by default) and load its weights
-    after checking their sha256; returns (model in eval mode, card)."""
+def load_verified_card(name: str = DEFAULT_SEGMENTATION_MODEL,
+                       folder: Optional[Union[str, "os.PathLike[str]"]] = None) -> Dict:
+    """The model card of ``name`` after checking that its weights file exists and has the card's sha256."""
     card = load_card(name, folder)
     weights, _ = model_paths(name, folder)
     if not weights.is_file():
@@ -147,6 +144,24 @@ def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
     if actual != card.get("sha256"):
         raise ModelError(f"{weights}: sha256 {actual[:12]}... does not match the model card of '{name}' "
                          f"({str(card.get('sha256'))[:12]}...): corrupt or replaced file")
+    return card
+
+
+def _build_segmentation_net(card: Dict) -> "GliomaSegNet":
+    from .network import GliomaSegNet, NetworkConfig
+
+    return GliomaSegNet(NetworkConfig.from_dict(card["network"]))
+
+
+def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
+               folder: Optional[Union[str, "os.PathLike[str]"]] = None,
+               build: Callable[[Dict], "torch.nn.Module"] = _build_segmentation_net) -> Tuple["torch.nn.Module", Dict]:
+    """Build the network from the card (``build(card)``, the segmentation network by default) and load its weights
+    after checking their sha256; returns (model in eval mode, card)."""
+    from safetensors.torch import load_file
+
+    card = load_verified_card(name, folder)
+    weights, _ = model_paths(name, folder)
     try:
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
         model = build(card)
@@ -157,8 +172,10 @@ def load_model(name: str = DEFAULT_SEGMENTATION_MODEL,
     return model, card
 
 
-def load_state(model: torch.nn.Module, path: Union[str, "os.PathLike[str]"]) -> None:
+def load_state(model: "torch.nn.Module", path: Union[str, "os.PathLike[str]"]) -> None:
     """Load raw safetensors weights into ``model`` (training checkpoints)."""
+    from safetensors.torch import load_file
+
     model.load_state_dict(load_file(str(path)))
 
 

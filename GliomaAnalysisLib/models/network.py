@@ -17,47 +17,14 @@ every decoder block, so MC-dropout at inference samples the decoding of every sc
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-N_MODALITIES = 4
-N_CLASSES = 4
-
-
-@dataclass
-class NetworkConfig:
-    """Width, depth and transformer of the network (stored in the model card)."""
-
-    widths: Tuple[int, ...] = (16, 32, 64, 128)
-    encoder_blocks: Tuple[int, ...] = (1, 1, 2, 2)
-    transformer_layers: int = 2
-    transformer_heads: int = 4
-    transformer_mlp_ratio: float = 2.0
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
-        self.encoder_blocks = tuple(int(b) for b in self.encoder_blocks)
-        if len(self.widths) != len(self.encoder_blocks):
-            raise ValueError("widths and encoder_blocks need one entry per level")
-        if self.widths[-1] % self.transformer_heads:
-            raise ValueError("the deepest width must be divisible by transformer_heads")
-
-    @property
-    def divisor(self) -> int:
-        """Every spatial size must be a multiple of this."""
-        return 2 ** (len(self.widths) - 1)
-
-    def to_dict(self) -> Dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Dict) -> "NetworkConfig":
-        return cls(**data)
+from .network_config import (N_CLASSES, N_MODALITIES, TRANSFORMER_MASKS_PER_LAYER, NetworkConfig,  # noqa: F401
+                             dropout_mask_shapes)
 
 
 def _norm(channels: int) -> nn.Module:
@@ -120,20 +87,7 @@ class TransformerBottleneck(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers > 0 else None
         self.norm = nn.LayerNorm(channels)
 
-    MASKS_PER_LAYER = 4
-    """Dropout masks of one layer, in order: attention weights (B, heads, N, N), attention output (B, N, C), MLP
-    hidden (B, N, M), MLP output (B, N, C); N tokens, C channels, M the MLP width."""
-
-    def mask_shapes(self, tokens: int) -> List[Tuple[int, ...]]:
-        """Per-sample shapes of every layer's dropout masks (see ``MASKS_PER_LAYER``) for ``tokens`` tokens."""
-        if self.encoder is None:
-            return []
-        shapes = []
-        for layer in self.encoder.layers:
-            c = layer.linear1.in_features
-            shapes += [(layer.self_attn.num_heads, tokens, tokens), (tokens, c), (tokens, layer.linear1.out_features),
-                       (tokens, c)]
-        return shapes
+    MASKS_PER_LAYER = TRANSFORMER_MASKS_PER_LAYER
 
     def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """x (B, C, Z, Y, X); ``masks`` (``MASKS_PER_LAYER`` per layer) replace the dropout layers when given."""
@@ -219,15 +173,8 @@ class GliomaSegNet(nn.Module):
         return levels
 
     def dropout_mask_shapes(self, spatial_zyx: Sequence[int]) -> List[Tuple[int, ...]]:
-        """Per-sample shapes of ``forward``'s ``dropout_masks`` for an input of ``spatial_zyx`` voxels, in order: the
-        bottleneck's channels, the transformer's masks (``TransformerBottleneck.mask_shapes``), then the channels of
-        each decoder block from the deepest to the finest."""
-        widths = self.config.widths
-        tokens = 1
-        for n in spatial_zyx:
-            tokens *= n // self.config.divisor
-        return ([(widths[-1],)] + self.transformer.mask_shapes(tokens)
-                + [(widths[level],) for level in range(len(widths) - 2, -1, -1)])
+        """Per-sample shapes of ``forward``'s ``dropout_masks`` (see :func:`network_config.dropout_mask_shapes`)."""
+        return dropout_mask_shapes(self.config, spatial_zyx)
 
     def forward(self, x: torch.Tensor, presence: torch.Tensor,
                 dropout_masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:

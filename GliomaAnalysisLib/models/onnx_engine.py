@@ -1,29 +1,60 @@
-"""The segmentation network on ONNX Runtime (CPU).
+"""Networks on ONNX Runtime (CPU), exported once per weights file, so that a run whose graphs are cached never
+imports torch (1.3 s of a run on a laptop CPU).
 
-The network is exported once per weights file (named by its sha256) into ``<user cache>/onnx/`` and run by ONNX
-Runtime afterwards: the same function as the torch module (MC-dropout through explicit dropout masks, see
-:meth:`GliomaSegNet.forward`; the softmax in NumPy, 10x cheaper than ONNX Runtime's over the class axis) at about
-1.7x less CPU time per pass on a BraTS case (``benchmarks/bench_analyze.py`` prints the network's share). Without the ``onnxruntime`` package, or when the export
-fails, :func:`segmentation_engine` returns None and the caller runs torch.
+A stored model runs as named *parts*: the segmentation network; a classifier's feature extractor and its
+MC-dropout head (dropout masks are inputs, drawn by NumPy, so a sampled pass is a plain function of its inputs).
+Each part is a torch module whose ``forward`` takes float32 tensors in ``PartSpec.input_names`` order, described
+by the model's ``parts_of(model)``. :func:`load_parts` returns callables for the parts of a stored model:
 
-    inputs   x (B, 4, Z, Y, X) float32, presence (B, 4) float32, mask0..maskK float32 (one per dropout layer,
-             GliomaSegNet.dropout_mask_shapes; every axis dynamic, so all-ones masks may be (1, ..., 1))
-    output   logits (B, 4, Z, Y, X) float32 (background, NCR, ED, ET); the engine returns their softmax
+* ONNX Runtime sessions of graphs cached as ``<user cache>/onnx/<model>-<sha256[:32]>-<part>-v<ENGINE_VERSION>-
+  opset<OPSET>.onnx`` (the weights' sha256 from the checked model card names the graph), exported from the torch
+  model on first use; the segmentation network runs in 1.7x less CPU time than in eager torch;
+* :class:`TorchPart` (torch itself) when ONNX Runtime is not installed or an export fails, with a warning; also
+  for in-memory models (training, tests): :func:`torch_parts`.
+
+    part(**inputs: np.ndarray) -> List[np.ndarray]   the outputs, in PartSpec.output_names order
 """
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-ENGINE_VERSION = 3
-"""Part of the cached file's name: bump it when the export changes, so stale graphs are never reused."""
+ENGINE_VERSION = 4
+"""Part of the cached file's name: bump it when an export changes, so stale graphs are never reused."""
 OPSET = 17
+_threads: Optional[int] = None
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Intra-op threads of the ONNX Runtime sessions created from now on (None: one per CPU core)."""
+    global _threads
+    _threads = threads
+
+
+def threads() -> int:
+    return max(1, _threads or os.cpu_count() or 1)
+
+
+Part = Callable[..., List[np.ndarray]]
+
+
+@dataclass
+class PartSpec:
+    """A torch module (``forward(*inputs)`` in ``input_names`` order, returning a tensor or a tuple of tensors) and
+    what its export needs: example inputs (NumPy, float32), input and output names, and the dynamic axes."""
+
+    module: Any
+    example: Tuple[np.ndarray, ...]
+    input_names: Tuple[str, ...]
+    output_names: Tuple[str, ...]
+    dynamic_axes: Mapping[str, Mapping[int, str]]
 
 
 def onnx_cache() -> Path:
@@ -33,74 +64,83 @@ def onnx_cache() -> Path:
     return user_cache() / "onnx"
 
 
-def export_onnx(model) -> bytes:
-    """The ONNX graph (bytes) of ``model`` (a GliomaSegNet, left unchanged) with the mask inputs."""
+def graph_path(model_name: str, weights_sha256: str, part: str) -> Path:
+    return onnx_cache() / f"{model_name}-{weights_sha256[:32]}-{part}-v{ENGINE_VERSION}-opset{OPSET}.onnx"
+
+
+def export_part(spec: PartSpec) -> bytes:
+    """The ONNX graph (bytes) of ``spec.module`` (left unchanged)."""
     import torch
 
-    class Exported(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
-            return self.net(x, presence, list(masks))
-
-    size = 2 * model.config.divisor
-    shapes = model.dropout_mask_shapes((size, size, size))
-    example = (torch.zeros(1, 4, size, size, size), torch.ones(1, 4), *[torch.ones(1, *shape) for shape in shapes])
-    mask_names = [f"mask{k}" for k in range(len(shapes))]
-    dynamic = {"x": {0: "batch", 2: "z", 3: "y", 4: "x"}, "presence": {0: "batch"},
-               "logits": {0: "batch", 2: "z", 3: "y", 4: "x"},
-               **{name: {axis: f"{name}_{axis}" for axis in range(len(shape) + 1)}
-                  for name, shape in zip(mask_names, shapes)}}
-    was_training = model.training
-    model.eval()
+    module = spec.module
+    was_training = module.training
+    module.eval()
     buffer = io.BytesIO()
     try:
         # gradients on while tracing: without them torch takes the transformer's fused inference kernel, which
         # has no ONNX export
-        torch.onnx.export(Exported(model), example, buffer, input_names=["x", "presence", *mask_names],
-                          output_names=["logits"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(module, tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in spec.example), buffer,
+                          input_names=list(spec.input_names), output_names=list(spec.output_names),
+                          dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()}, opset_version=OPSET,
+                          dynamo=False)
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return buffer.getvalue()
 
 
-class OnnxSegmentation:
-    """An ONNX Runtime session of the segmentation network; call it like the torch module's softmax."""
+class OnnxPart:
+    """An ONNX Runtime session; ``part(**inputs)`` -> outputs (float32 NumPy arrays)."""
 
-    def __init__(self, graph: bytes, threads: int) -> None:
+    def __init__(self, graph: bytes, intra_threads: Optional[int] = None) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
+        options.intra_op_num_threads = intra_threads or threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_mem_pattern = False  # the planned block held ~200 MB more at the peak, at no speed gain
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.run_options = onnxruntime.RunOptions()
-        # give the arena's activations back after every pass: it otherwise keeps the largest pass's ~400 MB
+        # give the arena's activations back after every run: it otherwise keeps the largest pass's ~400 MB
         self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self.mask_names = [i.name for i in self.session.get_inputs() if i.name.startswith("mask")]
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, x: np.ndarray, presence: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-        """x (B, 4, Z, Y, X), presence (B, 4), dropout masks -> probabilities (B, 4, Z, Y, X), all float32."""
-        feed = {"x": np.ascontiguousarray(x, dtype=np.float32),
-                "presence": np.ascontiguousarray(presence, dtype=np.float32),
-                **{name: np.ascontiguousarray(m, dtype=np.float32) for name, m in zip(self.mask_names, masks)}}
-        logits = self.session.run(None, feed, self.run_options)[0]
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)
-        return logits
+    def __call__(self, **inputs: np.ndarray) -> List[np.ndarray]:
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in self.input_names}
+        return self.session.run(None, feed, self.run_options)
 
 
-def _cached_graph(model, weights_sha256: str) -> bytes:
-    """The exported graph from the cache, exporting (and caching, when the folder is writable) on first use."""
-    path = onnx_cache() / f"glioma_seg-{weights_sha256[:32]}-v{ENGINE_VERSION}-opset{OPSET}.onnx"
-    if path.is_file():
-        return path.read_bytes()
-    graph = export_onnx(model)
+class TorchPart:
+    """The same call as :class:`OnnxPart`, run by the torch module of ``spec`` (in eval mode, on its device)."""
+
+    def __init__(self, spec: PartSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, **inputs: np.ndarray) -> List[np.ndarray]:
+        import torch
+
+        module = self.spec.module
+        device = next(module.parameters()).device
+        module.eval()
+        with torch.inference_mode():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)).to(device)
+                           for name in self.spec.input_names])
+        return [t.float().cpu().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def torch_parts(specs: Mapping[str, PartSpec]) -> Dict[str, Part]:
+    """Parts run by torch, for a model in memory (training, tests)."""
+    return {name: TorchPart(spec) for name, spec in specs.items()}
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _store(path: Path, graph: bytes) -> None:
+    """Write ``graph`` to the cache atomically; a read-only cache only costs the export on every run."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
@@ -108,21 +148,69 @@ def _cached_graph(model, weights_sha256: str) -> bytes:
             handle.write(graph)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache only costs the export on every run
-    return graph
+        pass
 
 
-@lru_cache(maxsize=4)
-def segmentation_engine(model, weights_sha256: str, threads: int) -> Tuple[Optional[OnnxSegmentation], str]:
-    """(engine, "") for ``model`` whose weights file has ``weights_sha256`` (the model card's), with ``threads``
-    intra-op threads; (None, why) when ONNX Runtime is not installed or the export failed, and torch must run the
-    network. Cached per process; only for a model whose weights no longer change (a loaded, shipped model), since
-    the sha256 names the cached graph."""
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
+def compile_part(spec: PartSpec, path: Path) -> Tuple[Part, str]:
+    """(an ONNX Runtime session of ``spec`` exported to ``path``, "") or (a TorchPart, why) when ONNX Runtime is
+    missing or the export fails."""
+    if not onnxruntime_available():
+        return TorchPart(spec), "the onnxruntime package is not installed"
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None, "the onnxruntime package is not installed"
-    try:
-        return OnnxSegmentation(_cached_graph(model, weights_sha256), threads), ""
-    except Exception as exc:  # an export or runtime limitation: torch runs the network instead
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        graph = export_part(spec)
+        part = OnnxPart(graph)
+    except Exception as exc:  # an export or runtime limitation: torch runs the part instead
+        return TorchPart(spec), _why(exc)
+    _store(path, graph)
+    return part, ""
+
+
+@lru_cache(maxsize=16)
+def load_parts(model_name: str, folder: Optional[str], parts: Tuple[str, ...],
+               parts_of: Callable[[Any], Mapping[str, PartSpec]],
+               build: Optional[Callable[[Dict], Any]] = None) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
+    """(parts, model card, warnings) of stored model ``model_name`` (``model_store.model_paths``; the weights'
+    sha256 is checked against the card). Cached graphs are loaded without torch; a missing one is exported from
+    the torch model (``build(card)`` with the stored weights; ``parts_of(model)`` names its parts). Cached per
+    process; call ``load_parts.cache_clear()`` after replacing a model's files."""
+    from .model_store import load_verified_card
+
+    card = load_verified_card(model_name, folder)
+    paths = {part: graph_path(model_name, card["sha256"], part) for part in parts}
+    loaded: Dict[str, Part] = {}
+    if onnxruntime_available():
+        for part, path in paths.items():
+            if path.is_file():
+                try:
+                    loaded[part] = OnnxPart(path.read_bytes())
+                except Exception:  # a damaged cached graph: exported again below
+                    pass
+    warnings: List[str] = []
+    missing = [part for part in parts if part not in loaded]
+    if missing:
+        from .model_store import load_model_cached
+
+        model, _ = load_model_cached(model_name, folder, *(() if build is None else (build,)))
+        specs = parts_of(model)
+        for part in missing:
+            loaded[part], why = compile_part(specs[part], paths[part])
+            if why:
+                warnings.append(f"ONNX Runtime not used for {model_name} ({why}); torch ran it")
+    return loaded, card, tuple(dict.fromkeys(warnings))
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax over ``axis``, in place (10x cheaper in NumPy than ONNX Runtime's over the class axis)."""
+    logits -= logits.max(axis=axis, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=axis, keepdims=True)
+    return logits
+
+
+def stack_masks(masks: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+    """Inputs ``mask0 .. maskK`` of a part from a list of masks."""
+    return {f"mask{k}": m for k, m in enumerate(masks)}
