@@ -1,20 +1,17 @@
-"""Running the segmentation network on a working-grid volume: device choice, whole-volume or sliding-window,
-flip test-time augmentation, MC-dropout, and the voxel uncertainty of the resulting mean."""
+"""The segmentation network in torch: device choice, whole-volume or sliding-window forward passes, and the
+test-time passes of models/segment.py (flips, MC-dropout masks, mean and uncertainty). Training and GPU runs use
+this; a stored model on the CPU runs from its ONNX graph without torch (pipeline/analysis.py)."""
 from __future__ import annotations
 
-import math
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .network import GliomaSegNet
+from .segment import FLIP_SETS, MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes  # noqa: F401
 
-MAX_WHOLE_VOLUME_VOXELS = 160 ** 3
-"""Working grids larger than this run through MONAI's sliding window instead of one forward pass."""
 SLIDING_WINDOW_ROI = (128, 128, 128)
-FLIP_SETS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
-"""Tensor axes (of B, C, Z, Y, X) flipped in successive test-time passes; the first pass is unflipped."""
 
 
 def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:
@@ -29,20 +26,6 @@ def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:
     if requested == "cuda":
         warnings.append("CUDA was requested but is not available; ran on the CPU")
     return torch.device("cpu"), warnings
-
-
-def dropout_masks(model: GliomaSegNet, spatial_zyx: Sequence[int],
-                  rng: Optional[np.random.Generator]) -> List[np.ndarray]:
-    """One float32 mask per dropout layer of ``model`` (:meth:`GliomaSegNet.dropout_mask_shapes`, batch axis first)
-    for an input of ``spatial_zyx`` voxels: with ``rng`` each unit is dropped with the network's dropout probability
-    and the others scaled by 1 / (1 - p), as torch's dropout samples in training mode; without, all ones (a plain
-    pass; shape (1, ..., 1), which broadcasts)."""
-    p = model.config.dropout
-    shapes = model.dropout_mask_shapes(spatial_zyx)
-    if rng is None or p <= 0:
-        return [np.ones((1,) * (len(shape) + 1), np.float32) for shape in shapes]
-    return [((rng.random((1, *shape), dtype=np.float32) >= p) / np.float32(1.0 - p)).astype(np.float32)
-            for shape in shapes]
 
 
 MaskSampler = Callable[[Sequence[int]], List[torch.Tensor]]
@@ -64,67 +47,41 @@ def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks
 
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
             passes: int = 1, mc_dropout: bool = False, seed: int = 0,
-            progress: Optional[Callable[[str], None]] = None,
-            weights_sha256: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes.
+            progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes in torch
+    (:func:`segment.mean_over_passes`).
 
     image: float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence: (4,).
-    Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings), where the
-    uncertainty is the predictive entropy of the mean divided by ln 4. MC-dropout masks come from NumPy's generator
-    seeded with ``seed`` (:func:`dropout_masks`), so every pass is reproducible. With ``weights_sha256`` (the model
-    card's: a model whose weights no longer change) a CPU run goes through ONNX Runtime (models/onnx_engine.py),
-    else torch. A CUDA failure or out-of-memory falls back to the CPU with a warning.
+    Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings). A CUDA failure
+    or out-of-memory falls back to the CPU with a warning.
     """
     warnings: List[str] = []
-    passes = max(1, min(passes, len(FLIP_SETS)))
-    rng = np.random.default_rng(seed) if mc_dropout else None
-    engine = None
-    if weights_sha256 and device.type == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
-        from .onnx_engine import segmentation_engine
-
-        engine, why = segmentation_engine(model, weights_sha256, torch.get_num_threads())
-        if engine is None:
-            warnings.append(f"ONNX Runtime not used ({why}); the network ran in torch")
+    state = {"device": device}
     model.eval()
-    total = None
+
+    def run_pass(x: np.ndarray, p: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+        try:
+            return _run_on(model, x, p, rng, state["device"]).numpy()
+        except RuntimeError as exc:
+            if state["device"].type != "cuda":
+                raise
+            warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
+            state["device"] = torch.device("cpu")
+            return _run_on(model, x, p, rng, state["device"]).numpy()
+
     with torch.inference_mode():
-        for index in range(passes):
-            flips = FLIP_SETS[index]
-            if progress:
-                progress(f"network pass {index + 1}/{passes}")
-            x = np.ascontiguousarray(np.flip(image[None], flips) if flips else image[None])
-            if engine is not None:
-                try:
-                    masks = dropout_masks(model, image.shape[1:], rng)
-                    out = torch.from_numpy(engine(x, np.asarray(presence, np.float32)[None], masks))
-                except Exception as exc:  # e.g. a damaged cached graph: torch gives the same result
-                    warnings.append(f"ONNX Runtime failed ({type(exc).__name__}); the network ran in torch")
-                    engine = None
-            if engine is None:
-                try:
-                    out = _run_on(model, x, presence, rng, device)
-                except RuntimeError as exc:
-                    if device.type != "cuda":
-                        raise
-                    warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
-                    device = torch.device("cpu")
-                    model.to(device)
-                    out = _run_on(model, x, presence, rng, device)
-            out = torch.flip(out, flips) if flips else out
-            total = out if total is None else total + out
-    mean = (total / passes)[0].numpy()
-    entropy = -(mean * np.log(np.clip(mean, 1e-8, 1.0))).sum(axis=0) / math.log(mean.shape[0])
-    return mean.astype(np.float32), np.clip(entropy, 0, 1).astype(np.float32), warnings
+        mean, entropy = mean_over_passes(run_pass, image, presence, passes, mc_dropout, seed, progress)
+    return mean, entropy, warnings
 
 
 def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator],
             device: torch.device) -> torch.Tensor:
-    """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) run in torch on ``device``; dropout masks from
-    ``rng`` (None: a plain pass)."""
+    """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) and presence (1, 4) run in torch on
+    ``device``; dropout masks from ``rng`` (None: a plain pass)."""
     model.to(device)
-    p = torch.from_numpy(np.asarray(presence, dtype=np.float32))[None].to(device)
+    p = torch.from_numpy(np.asarray(presence, dtype=np.float32)).to(device)
 
     def masks_for(spatial: Sequence[int]) -> List[torch.Tensor]:
-        return [torch.from_numpy(m).to(device) for m in dropout_masks(model, spatial, rng)]
+        return [torch.from_numpy(m).to(device) for m in dropout_masks(model.config, spatial, rng)]
 
     return _forward(model, torch.from_numpy(x).to(device), p, masks_for).float().cpu()

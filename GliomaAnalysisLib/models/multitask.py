@@ -15,14 +15,13 @@ heads (seed 001, eq. 6); calibration is a temperature per task (from the model c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..preprocessing.cropping import crop_padded, pad_to_multiple, tumor_box
-from .network import GliomaSegNet, NetworkConfig
+from .network_config import NetworkConfig
+from .onnx_engine import Part, PartSpec, torch_parts
 
 TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
 TASK_LABELS: Dict[str, Tuple[str, str]] = {
@@ -61,79 +60,6 @@ def pooled_dim(config: "MultiTaskConfig") -> int:
     return 2 * (widths[-2] + widths[-1]) + 2 * widths[-1]
 
 
-def _pool(features: torch.Tensor) -> torch.Tensor:
-    """GAP and GMP over the spatial axes: (B, C, Z, Y, X) -> (B, 2C)."""
-    return torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
-
-
-class ChannelAttentionFusion(nn.Module):
-    """Concatenated local and global vectors, re-weighted by learned sigmoid gates, mapped to ``out_features``."""
-
-    def __init__(self, in_features: int, out_features: int, reduction: int = 4) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(in_features)
-        self.gate = nn.Sequential(nn.Linear(in_features, in_features // reduction), nn.ReLU(inplace=True),
-                                  nn.Linear(in_features // reduction, in_features), nn.Sigmoid())
-        self.project = nn.Sequential(nn.Linear(in_features, out_features), nn.GELU())
-
-    def forward(self, vector: torch.Tensor) -> torch.Tensor:
-        vector = self.norm(vector)
-        return self.project(vector * self.gate(vector))
-
-
-class SummarizeSeparate(nn.Module):
-    """A shared summary of the fused features, then one branch per task that sees the summary and the features."""
-
-    def __init__(self, features: int, hidden: int, dropout: float, tasks: Sequence[str] = TASKS) -> None:
-        super().__init__()
-        self.summarize = nn.Sequential(nn.Linear(features, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                                       nn.Dropout(dropout))
-        self.separate = nn.ModuleDict({
-            task: nn.Sequential(nn.Linear(features + hidden, hidden // 2), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(hidden // 2, 2))
-            for task in tasks})
-
-    def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
-        summary = self.summarize(features)
-        joint = torch.cat([features, summary], dim=1)
-        return {task: branch(joint) for task, branch in self.separate.items()}
-
-
-class MultiTaskNet(nn.Module):
-    """Backbone (a GliomaSegNet) + fusion + heads; ``forward(local, global, presence) -> {task: logits (B, 2)}``."""
-
-    def __init__(self, config: Optional[MultiTaskConfig] = None) -> None:
-        super().__init__()
-        self.config = config = config or MultiTaskConfig()
-        self.backbone = GliomaSegNet(NetworkConfig.from_dict(config.backbone))
-        self.fusion = ChannelAttentionFusion(pooled_dim(config), config.fused_features)
-        self.heads = SummarizeSeparate(config.fused_features, config.hidden, config.dropout)
-
-    def pooled_features(self, local: torch.Tensor, global_: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        """Backbone features pooled into one vector per case: (B, 2 * (w[-2] + w[-1]) + 2 * w[-1])."""
-        local_levels = self.backbone.encode(local, presence)
-        global_levels = self.backbone.encode(global_, presence)
-        return torch.cat([_pool(local_levels[-2]), _pool(local_levels[-1]), _pool(global_levels[-1])], dim=1)
-
-    def classify(self, pooled: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Heads on pooled features (B, F) -> {task: logits (B, 2)}."""
-        return self.heads(self.fusion(pooled))
-
-    def forward(self, local: torch.Tensor, global_: torch.Tensor, presence: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.classify(self.pooled_features(local, global_, presence))
-
-    def freeze_backbone(self) -> None:
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
-
-    def heads_dropout(self, active: bool) -> None:
-        """Switch dropout of the fusion and heads on (MC-dropout) or off; the backbone stays in eval mode."""
-        self.eval()
-        for module in list(self.fusion.modules()) + list(self.heads.modules()):
-            if isinstance(module, nn.Dropout):
-                module.train(active)
-
-
 def network_inputs(image: np.ndarray, labels: np.ndarray, config: MultiTaskConfig, divisor: int = 8,
                    box: Optional[Tuple[slice, ...]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(local (4, *local_crop), global (4, Z', Y', X')) float32 from a working-grid image (4, Z, Y, X) and labels.
@@ -151,47 +77,82 @@ def network_inputs(image: np.ndarray, labels: np.ndarray, config: MultiTaskConfi
             np.ascontiguousarray(pad_to_multiple(pooled, divisor), dtype=np.float32))
 
 
-def probability_of_positive(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Calibrated P(positive) from 2-class logits (B, 2): sigmoid((l1 - l0) / T)."""
-    return torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
+def probability_of_positive(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated P(positive) from 2-class logits (..., 2): sigmoid((l1 - l0) / T)."""
+    return 1.0 / (1.0 + np.exp(-(logits[..., 1] - logits[..., 0]) / temperature))
 
 
-def predict_markers(model: MultiTaskNet, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
+MULTITASK_PARTS = ("features", "heads")
+"""The backbone's pooled features, then the fusion and heads with dropout masks as inputs (multitask_net.py)."""
+
+
+def multitask_parts_of(model) -> Dict[str, PartSpec]:
+    """The parts of a MultiTaskNet (imports torch: only called to export a graph or for a model in memory)."""
+    from .multitask_net import multitask_parts
+
+    return multitask_parts(model)
+
+
+def build_multitask(card: Dict):
+    """Model-store builder: the MultiTaskNet described by a multi-task model card (imports torch)."""
+    from .multitask_net import build_multitask as build
+
+    return build(card)
+
+
+def head_masks(config: MultiTaskConfig, samples: int, rng: Optional[np.random.Generator]) -> list:
+    """Dropout masks of the heads for ``samples`` rows: the summary's (samples, hidden), then each task's
+    (samples, hidden // 2); with ``rng`` inverted dropout (0 or 1 / (1 - p)), else all ones."""
+    shapes = [(samples, config.hidden)] + [(samples, config.hidden // 2)] * len(TASKS)
+    if rng is None or config.dropout <= 0:
+        return [np.ones(shape, np.float32) for shape in shapes]
+    keep = 1.0 - config.dropout
+    return [((rng.random(shape, dtype=np.float32) < keep) / np.float32(keep)).astype(np.float32) for shape in shapes]
+
+
+def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
                     mc_samples: int = MC_SAMPLES, seed: int = 0) -> Dict[str, Dict]:
     """Predictions per task: ``{label, probability (of that label), uncertainty, probability_positive}``.
 
-    image float32 (4, Z, Y, X) working grid; presence (4,); labels uint8 (Z, Y, X) (the predicted segmentation).
-    probability is the mean of ``mc_samples`` MC-dropout passes of the heads over one backbone pass; uncertainty
-    is their standard deviation (eq. 6). Deterministic for a given ``seed``.
+    model_or_parts: a MultiTaskNet, or its parts (``MULTITASK_PARTS``, e.g. from ``onnx_engine.load_parts``; the
+    layout then comes from ``card["network"]``). image float32 (4, Z, Y, X) working grid; presence (4,); labels
+    uint8 (Z, Y, X) (the predicted segmentation). probability is the mean of ``mc_samples`` MC-dropout passes of
+    the heads over one backbone pass (masks from NumPy's generator seeded with ``seed``: reruns are identical);
+    uncertainty is their standard deviation (eq. 6).
     """
-    local, global_ = network_inputs(image, labels, model.config, model.backbone.config.divisor)
-    temperatures = {task: float(card.get("calibration", {}).get(task, {}).get("temperature", 1.0)) for task in TASKS}
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model.heads_dropout(False)
-        with torch.inference_mode():
-            p = torch.from_numpy(np.asarray(presence, dtype=np.float32))[None]
-            pooled = model.pooled_features(torch.from_numpy(local)[None], torch.from_numpy(global_)[None], p)
-            model.heads_dropout(mc_samples > 1)
-            samples = {task: [] for task in TASKS}
-            for _ in range(max(1, mc_samples)):
-                logits = model.classify(pooled)
-                for task in TASKS:
-                    samples[task].append(float(probability_of_positive(logits[task], temperatures[task])[0]))
-    finally:
-        model.heads_dropout(False)
-        torch.random.set_rng_state(generator_state)
+    parts: Mapping[str, Part]
+    if isinstance(model_or_parts, Mapping):
+        parts, config = model_or_parts, MultiTaskConfig.from_dict(card["network"])
+    else:
+        parts, config = torch_parts(multitask_parts_of(model_or_parts)), model_or_parts.config
+    divisor = NetworkConfig.from_dict(config.backbone).divisor
+    local, global_ = network_inputs(image, labels, config, divisor)
+    temperatures = np.array([float(card.get("calibration", {}).get(task, {}).get("temperature", 1.0))
+                             for task in TASKS])
+    pooled = parts["features"](**{"local": local[None], "global": global_[None],
+                                  "presence": np.asarray(presence, np.float32)[None]})[0]
+    samples = max(1, mc_samples)
+    rng = np.random.default_rng(seed) if mc_samples > 1 else None
+    masks = head_masks(config, samples, rng)
+    logits = parts["heads"](pooled=np.repeat(pooled, samples, axis=0),
+                            **{f"mask{k}": m for k, m in enumerate(masks)})[0]  # (samples, T, 2)
+    values = probability_of_positive(logits.astype(np.float64), temperatures)  # (samples, T)
     out = {}
-    for task in TASKS:
-        values = np.array(samples[task])
-        positive = float(values.mean())
+    for t, task in enumerate(TASKS):
+        positive = float(values[:, t].mean())
         label = TASK_LABELS[task][int(positive >= 0.5)]
         out[task] = {"label": label, "probability": round(positive if positive >= 0.5 else 1 - positive, 4),
-                     "uncertainty": round(float(values.std()), 4), "probability_positive": round(positive, 4)}
+                     "uncertainty": round(float(values[:, t].std()), 4), "probability_positive": round(positive, 4)}
     return out
 
 
-def build_multitask(card: Dict) -> MultiTaskNet:
-    """Model-store builder: the network described by a multi-task model card."""
-    return MultiTaskNet(MultiTaskConfig.from_dict(card["network"]))
+_TORCH_NAMES = ("ChannelAttentionFusion", "SummarizeSeparate", "MultiTaskNet")
+
+
+def __getattr__(name: str):
+    """The torch modules (multitask_net.py), imported on first use so that this module stays torch-free."""
+    if name in _TORCH_NAMES:
+        from . import multitask_net
+
+        return getattr(multitask_net, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onnx_engine import PartSpec
 from .network_config import (N_CLASSES, N_MODALITIES, TRANSFORMER_MASKS_PER_LAYER, NetworkConfig,  # noqa: F401
                              dropout_mask_shapes)
 
@@ -201,3 +202,32 @@ class GliomaSegNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Dropout, nn.Dropout3d)):
                 module.train()
+
+
+class _NetworkWithMaskInputs(nn.Module):
+    """``forward(x, presence, *masks)``: the network with its dropout masks as separate inputs (for the export)."""
+
+    def __init__(self, net: GliomaSegNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        return self.net(x, presence, list(masks))
+
+
+def segmentation_parts(model: GliomaSegNet) -> Dict[str, PartSpec]:
+    """The one part of the segmentation model (models/onnx_engine.py): inputs x (B, 4, Z, Y, X), presence (B, 4)
+    and mask0..maskK (``dropout_mask_shapes``, every axis dynamic so all-ones masks may be (1, ..., 1)); output
+    logits (B, 4, Z, Y, X)."""
+    import numpy as np
+
+    size = 2 * model.config.divisor
+    shapes = model.dropout_mask_shapes((size, size, size))
+    names = [f"mask{k}" for k in range(len(shapes))]
+    example = (np.zeros((1, 4, size, size, size), np.float32), np.ones((1, 4), np.float32),
+               *[np.ones((1, *shape), np.float32) for shape in shapes])
+    dynamic = {"x": {0: "batch", 2: "z", 3: "y", 4: "x"}, "presence": {0: "batch"},
+               "logits": {0: "batch", 2: "z", 3: "y", 4: "x"},
+               **{name: {axis: f"{name}_{axis}" for axis in range(len(shape) + 1)} for name, shape in zip(names, shapes)}}
+    return {"network": PartSpec(_NetworkWithMaskInputs(model), example, ("x", "presence", *names), ("logits",),
+                                dynamic)}

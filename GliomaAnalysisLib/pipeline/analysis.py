@@ -16,10 +16,11 @@ import SimpleITK as sitk
 from ..io.case import Case, load_case, require_analysable_extent
 from .classify import Classification, classify_case
 from ..preprocessing.clinical import prepare as prepare_clinical
-from ..models.inference import predict, select_device
+from ..models.network_config import NetworkConfig
+from ..models.segment import resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
-from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_model_cached
+from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .postprocess import lesion_filter, merge_enhancement_into_core, remove_small_components, suppress_small_enhancement
 from ..preprocessing.preprocess import preprocess
 from .result import AnalysisResult
@@ -80,24 +81,25 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     prepared = prepare_clinical(case, preprocessing, clinical_backend, device, progress=say)
     model_case = prepared.case  # co-registered (BrainLes: skull-stripped, atlas space); outputs go back to case
     lap("clinical_preprocessing")
-    net, card = load_model_cached(model, None if model_dir is None else str(model_dir))
-    torch_device, warnings = select_device(device)
+    model_folder = None if model_dir is None else str(model_dir)
+    card = load_verified_card(model, model_folder)
+    config = NetworkConfig.from_dict(card["network"])
+    device_type, warnings = resolve_device(device)
     warnings = list(prepared.warnings) + warnings
     lap("model")
 
     say("preprocessing")
-    pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=net.config.divisor,
+    pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=config.divisor,
                      include_labels=False)
     needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
-                          net.config.widths[0])
+                          config.widths[0])
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
     lap("preprocess")
 
     passes = 1 if fast else QUALITY_PASSES
-    say(f"segmenting on {torch_device.type} ({passes} pass{'es' if passes > 1 else ''})")
-    probabilities, entropy, run_warnings = predict(net, pre.image, pre.presence, torch_device, passes=passes,
-                                                   mc_dropout=uncertainty and not fast, progress=say,
-                                                   weights_sha256=card["sha256"])
+    say(f"segmenting on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
+    probabilities, entropy, run_warnings = segment(model, model_folder, config, pre.image, pre.presence, device_type,
+                                                   passes, mc_dropout=uncertainty and not fast, progress=say)
     warnings += run_warnings
     et_assessable = bool(pre.presence[T1CE_CHANNEL])
     if not et_assessable:
@@ -109,8 +111,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     classification = Classification()
     if classify:
         working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-        classification = classify_case(pre.image, pre.presence, working_labels,
-                                       None if model_dir is None else str(model_dir), uncertainty, say)
+        classification = classify_case(pre.image, pre.presence, working_labels, model_folder, uncertainty, say)
         warnings += classification.warnings
         lap("classify")
 
@@ -155,7 +156,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         predictions=classification.predictions,
         mgmt_late_fusion=classification.mgmt_late_fusion,
         slice_grade=classification.slice_grade,
-        settings={"device": torch_device.type, "fast": fast, "passes": passes, "classify": classify,
+        settings={"device": device_type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable,
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},

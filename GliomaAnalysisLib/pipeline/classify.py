@@ -22,7 +22,7 @@ from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import predict_mgmt_fusion
 from ..models.model_store import ModelError, load_model_cached
-from ..models.multitask import MC_SAMPLES, build_multitask, predict_markers
+from ..models.multitask import MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of, predict_markers
 from .result import PREDICTION_TASKS
 from ..models.slice_grade import SLICE_GRADE_MODEL, build_slice_grade, predict_slice_grade
 

@@ -13,6 +13,9 @@ import numpy as np
 
 from .figures import LABEL_COLOURS
 
+BRAIN_SURFACE_MM = 4.0
+"""Sampling of the translucent brain surface drawn around the tumor."""
+
 
 def _vtk():
     """The few VTK modules needed (importing all of ``vtk`` costs ~1.5 s)."""
@@ -74,7 +77,8 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
     if brain is not None and brain.any():
-        step = 2  # the brain is context only: half resolution is plenty
+        # the brain is context only: its surface at about 4 mm (a quarter of the work of 2 mm, 0.3 s less)
+        step = max(1, int(round(BRAIN_SURFACE_MM / min(spacing_zyx))))
         brain_image = _image_data(vtk, numpy_support, brain[::step, ::step, ::step].astype(np.uint8),
                                   [s * step for s in spacing_zyx])
         actor = vtk.vtkActor()

@@ -147,8 +147,68 @@ def test_predict_markers_fields_and_determinism():
 
 
 def test_temperature_softens_probability():
-    logits = torch.tensor([[0.0, 3.0]])
-    assert float(probability_of_positive(logits, 1.0)) > float(probability_of_positive(logits, 3.0)) > 0.5
+    logits = np.array([[0.0, 3.0]])
+    assert probability_of_positive(logits, 1.0)[0] > probability_of_positive(logits, 3.0)[0] > 0.5
+    assert abs(float(probability_of_positive(logits, 1.0)[0]) - 1 / (1 + np.exp(-3.0))) < 1e-12
+
+
+def test_onnx_parts_equal_torch_and_masks_replace_the_dropout_layers():
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.multitask import head_masks, multitask_parts_of
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart, export_part, torch_parts
+
+    torch.manual_seed(0)
+    model = MultiTaskNet(tiny_config()).eval()
+    specs = multitask_parts_of(model)
+    reference = torch_parts(specs)
+    onnx = {name: OnnxPart(export_part(spec), 1) for name, spec in specs.items()}
+    rng = np.random.default_rng(2)
+    feed = {"local": rng.normal(size=(1, 4, *model.config.local_crop)).astype(np.float32),
+            "global": rng.normal(size=(1, 4, 16, 24, 32)).astype(np.float32),  # not the exported size
+            "presence": np.array([[1, 0, 1, 1]], np.float32)}
+    pooled = onnx["features"](**feed)[0]
+    np.testing.assert_allclose(pooled, reference["features"](**feed)[0], atol=1e-4)
+    masks = head_masks(model.config, 5, np.random.default_rng(0))
+    heads = {"pooled": np.repeat(pooled, 5, axis=0), **{f"mask{k}": m for k, m in enumerate(masks)}}
+    sampled = onnx["heads"](**heads)[0]
+    np.testing.assert_allclose(sampled, reference["heads"](**heads)[0], atol=1e-4)
+    assert sampled.shape == (5, len(TASKS), 2) and np.ptp(sampled[:, 0, 1]) > 0  # the masks differ per row
+    # all-ones masks are the eval-mode heads; a mask equals torch's dropout of the same units
+    plain = onnx["heads"](pooled=pooled, **{f"mask{k}": m[:1] * 0 + 1 for k, m in enumerate(masks)})[0]
+    with torch.no_grad():
+        expected = model.classify(torch.from_numpy(pooled))
+    np.testing.assert_allclose(plain[0], np.stack([expected[t][0].numpy() for t in TASKS]), atol=1e-4)
+
+
+def test_predictions_through_onnx_parts_equal_the_torch_model():
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.multitask import multitask_parts_of
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart, export_part
+
+    torch.manual_seed(0)
+    model = MultiTaskNet(tiny_config()).eval()
+    parts = {name: OnnxPart(export_part(spec), 1) for name, spec in multitask_parts_of(model).items()}
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(4, 24, 32, 32)).astype(np.float32)
+    labels = np.zeros((24, 32, 32), dtype=np.uint8)
+    labels[8:14, 10:20, 10:20] = 3
+    card = {"network": model.config.to_dict(), "calibration": {"idh": {"temperature": 1.5}}}
+    through_torch = predict_markers(model, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
+    through_onnx = predict_markers(parts, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
+    for task in TASKS:
+        assert through_onnx[task]["label"] == through_torch[task]["label"]
+        for key in ("probability", "uncertainty", "probability_positive"):
+            assert abs(through_onnx[task][key] - through_torch[task][key]) <= 2e-4
+
+
+def test_the_prediction_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, GliomaAnalysisLib.models.multitask, GliomaAnalysisLib.models.segment, "
+            "GliomaAnalysisLib.pipeline.analysis; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):

@@ -1,0 +1,122 @@
+"""Test-time passes of the segmentation network, in NumPy: flips, MC-dropout masks, the mean probabilities and
+their voxel uncertainty. The network itself is a callable (an ONNX Runtime part of a stored model, see
+models/onnx_engine.py, or torch in models/inference.py), so a run from cached graphs never imports torch.
+
+    run_pass(x (1, 4, Z, Y, X), presence (1, 4), rng) -> probabilities (1, 4, Z, Y, X), all float32; the pass draws
+    its dropout masks from rng (None: a plain pass)
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .network_config import NetworkConfig, dropout_mask_shapes
+from .onnx_engine import Part, PartSpec, softmax
+
+SEGMENTATION_PARTS = ("network",)
+"""The segmentation model's one part: the whole network with its dropout masks as inputs."""
+MAX_WHOLE_VOLUME_VOXELS = 160 ** 3
+"""Working grids larger than this run in torch through MONAI's sliding window (models/inference.py) instead of one
+whole-volume pass."""
+FLIP_SETS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
+"""Array axes (of B, C, Z, Y, X) flipped in successive test-time passes; the first pass is unflipped."""
+
+RunPass = Callable[[np.ndarray, np.ndarray, Optional[np.random.Generator]], np.ndarray]
+
+
+def segmentation_parts_of(model) -> Dict[str, PartSpec]:
+    """The parts of a GliomaSegNet (imports torch: only called to export a graph)."""
+    from .network import segmentation_parts
+
+    return segmentation_parts(model)
+
+
+def dropout_masks(config: NetworkConfig, spatial_zyx: Sequence[int],
+                  rng: Optional[np.random.Generator]) -> List[np.ndarray]:
+    """One float32 mask per dropout layer of the network (:func:`network_config.dropout_mask_shapes`, batch axis
+    first) for an input of ``spatial_zyx`` voxels: with ``rng`` each unit is dropped with the network's dropout
+    probability and the others scaled by 1 / (1 - p), as torch's dropout samples in training mode; without, all
+    ones (a plain pass; shape (1, ..., 1), which broadcasts)."""
+    p = config.dropout
+    shapes = dropout_mask_shapes(config, spatial_zyx)
+    if rng is None or p <= 0:
+        return [np.ones((1,) * (len(shape) + 1), np.float32) for shape in shapes]
+    return [((rng.random((1, *shape), dtype=np.float32) >= p) / np.float32(1.0 - p)).astype(np.float32)
+            for shape in shapes]
+
+
+def part_pass(network: Part, config: NetworkConfig) -> RunPass:
+    """``run_pass`` of the segmentation model's ``network`` part (logits -> softmax in NumPy)."""
+
+    def run(x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+        masks = dropout_masks(config, x.shape[2:], rng)
+        feed = {"x": x, "presence": presence, **{f"mask{k}": m for k, m in enumerate(masks)}}
+        return softmax(network(**feed)[0])
+
+    return run
+
+
+def mean_over_passes(run_pass: RunPass, image: np.ndarray, presence: np.ndarray,
+                     passes: int = 1, mc_dropout: bool = False, seed: int = 0,
+                     progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) passes.
+
+    image float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence (4,). Returns (probabilities
+    float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1]): the predictive entropy of the mean divided by
+    ln 4. MC-dropout masks come from NumPy's generator seeded with ``seed``, so every pass is reproducible.
+    """
+    passes = max(1, min(passes, len(FLIP_SETS)))
+    rng = np.random.default_rng(seed) if mc_dropout else None
+    p = np.asarray(presence, np.float32)[None]
+    total = None
+    for index in range(passes):
+        flips = FLIP_SETS[index]
+        if progress:
+            progress(f"network pass {index + 1}/{passes}")
+        x = np.ascontiguousarray(np.flip(image[None], flips) if flips else image[None], dtype=np.float32)
+        out = run_pass(x, p, rng)
+        out = np.flip(out, flips) if flips else out
+        total = out.copy() if total is None else total + out
+    mean = total[0] / passes
+    entropy = -(mean * np.log(np.clip(mean, 1e-8, 1.0))).sum(axis=0) / math.log(mean.shape[0])
+    return mean.astype(np.float32), np.clip(entropy, 0, 1).astype(np.float32)
+
+
+def resolve_device(requested: str = "auto") -> Tuple[str, List[str]]:
+    """("cpu" | "cuda", warnings) for ``auto`` | ``cpu`` | ``cuda``: CUDA when available. On Linux without an NVIDIA
+    driver CUDA cannot be, and torch is not imported to ask."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {requested!r}")
+    no_driver = sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia/version")
+    if requested == "cpu" or (requested == "auto" and no_driver):
+        return "cpu", []
+    from .inference import select_device
+
+    device, warnings = select_device(requested)
+    return device.type, warnings
+
+
+def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
+            presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
+            progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(probabilities (4, Z, Y, X), uncertainty (Z, Y, X), warnings) of stored model ``model_name`` (config from its
+    card) over ``passes`` test-time passes. On the CPU the network runs from its cached ONNX graph (exported on
+    first use); on CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
+    if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
+        from .onnx_engine import load_parts
+
+        parts, _, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of)
+        mean, entropy = mean_over_passes(part_pass(parts["network"], config), image, presence, passes, mc_dropout,
+                                         progress=progress)
+        return mean, entropy, list(warnings)
+    import torch
+
+    from .inference import predict
+    from .model_store import load_model_cached
+
+    net, _ = load_model_cached(model_name, model_dir)
+    return predict(net, image, presence, torch.device(device), passes, mc_dropout, progress=progress)
