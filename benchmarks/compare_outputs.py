@@ -3,6 +3,7 @@
     python benchmarks/compare_outputs.py --out before.json     # in a checkout of the commit before the change
     python benchmarks/compare_outputs.py --out after.json      # in the checkout with the change
     python benchmarks/compare_outputs.py --compare before.json after.json
+    python benchmarks/compare_outputs.py --passes 2 --out two.json   # a change of the quality passes, measured
 
 Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
 ``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
@@ -16,21 +17,26 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPOSITORY = Path.cwd()
 SHARED = REPOSITORY.parent / "shared" / "data"
 REGIONS = ("wt", "tc", "et")
 
 
-def score(roots, threads: int) -> dict:
+def score(roots, threads: int, passes: Optional[int] = None) -> dict:
     sys.path.insert(0, str(REPOSITORY))
     import numpy as np
     import SimpleITK as sitk
-    import torch
 
-    torch.set_num_threads(threads)
     from GliomaAnalysisLib import analyze, load_case
     from GliomaAnalysisLib.io.labels import regions
+    from GliomaAnalysisLib.models import onnx_engine
+    from GliomaAnalysisLib.pipeline import analysis
+
+    onnx_engine.set_threads(threads)
+    if passes:
+        analysis.QUALITY_PASSES = passes  # what a change of the default would do
 
     cases = {}
     for root in roots:
@@ -47,7 +53,7 @@ def score(roots, threads: int) -> dict:
                    for k in REGIONS},
                 "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
             print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
-    return {"repository": str(REPOSITORY), "cases": cases,
+    return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "cases": cases,
             "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in REGIONS}}
 
 
@@ -76,12 +82,14 @@ def main() -> None:
     parser.add_argument("--roots", nargs="+", default=[str(SHARED / "brats18"), str(SHARED / "brats-extra")])
     parser.add_argument("--out", help="write the per-case Dice here (JSON)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, help="network passes of the default (quality) analysis to measure "
+                        "(default: the checkout's QUALITY_PASSES)")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
         return
-    result = score(args.roots, args.threads)
+    result = score(args.roots, args.threads, args.passes)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print("mean", {k: round(v, 4) for k, v in result["mean"].items()})
