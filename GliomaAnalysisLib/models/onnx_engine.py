@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -77,12 +78,15 @@ def export_part(spec: PartSpec) -> bytes:
     module.eval()
     buffer = io.BytesIO()
     try:
-        # gradients on while tracing: without them torch takes the transformer's fused inference kernel, which
-        # has no ONNX export
-        torch.onnx.export(module, tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in spec.example), buffer,
-                          input_names=list(spec.input_names), output_names=list(spec.output_names),
-                          dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()}, opset_version=OPSET,
-                          dynamo=False)
+        with warnings.catch_warnings():
+            # the tracer's notes on Python branches are for developers (every part is tested equal to torch);
+            # gradients stay on while tracing: without them torch takes the transformer's fused inference kernel,
+            # which has no ONNX export
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in spec.example), buffer,
+                              input_names=list(spec.input_names), output_names=list(spec.output_names),
+                              dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()}, opset_version=OPSET,
+                              dynamo=False)
     finally:
         module.train(was_training)
     return buffer.getvalue()
