@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import re
 import tempfile
 import time
@@ -261,6 +262,10 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
 
 
 def _limit_threads(threads: int) -> None:
-    import torch
+    """Threads of each worker: ONNX Runtime's sessions, and torch's if a network must run in torch."""
+    from .models import onnx_engine
 
-    torch.set_num_threads(threads)
+    onnx_engine.set_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when it is first imported
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)

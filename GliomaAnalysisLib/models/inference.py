@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .network import GliomaSegNet
-from .segment import FLIP_SETS, MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes  # noqa: F401
+from .segment import MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes
 
 SLIDING_WINDOW_ROI = (128, 128, 128)
 

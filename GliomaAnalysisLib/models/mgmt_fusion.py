@@ -22,28 +22,31 @@ crop is downsampled 32 times) would remove each channel's mean, i.e. most of wha
 ``backbone_norm="instance"`` gives the paper's literal choice.
 
 MC-dropout (seed 001, eq. 6): the dropout layers sit after the feature extractor, so the extractor runs once per
-modality and only the LSTM head is sampled; ``uncertainty`` is the standard deviation of the fused probability over
-the stochastic passes. The reported probabilities are those of the deterministic (dropout off) pass.
+modality and only the LSTM head is sampled, all samples in one batched call whose dropout masks are inputs drawn by
+NumPy; ``uncertainty`` is the standard deviation of the fused probability over the stochastic passes. The reported
+probabilities are those of the deterministic (dropout off) pass.
+
+This module needs no torch: the torch modules live in ``models/mgmt_fusion_net.py``, and the prediction runs the
+ensemble as parts (``models/onnx_engine.py``), two per modality m: ``features_<m>`` (slices (1, S, C, C) ->
+features (1, S, F)) and ``head_<m>`` (features, mask_in (B, S, F), mask_out (B, H) -> logits (B,)), as ONNX Runtime
+sessions of a stored model or torch for a model in memory.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..errors import GliomaAnalysisError
 from ..io.modalities import MODALITIES
-from .efficientnet import B0_BLOCKS, EfficientNet
-from .model_store import load_model
+from .onnx_engine import Part, PartSpec
+
+if TYPE_CHECKING:
+    from .mgmt_fusion_net import MGMTFusionEnsemble
 
 DEFAULT_MODEL_NAME = "mgmt_fusion"
-EFFICIENTNET_B0_BLOCKS = B0_BLOCKS
-"""EfficientNet-b0 block arguments (MONAI's string format); width/depth coefficients scale them."""
 _NORMS = {"layer": ("group", {"num_groups": 1}), "instance": ("instance", {"affine": True}),
           "batch": ("batch", {"eps": 1e-3, "momentum": 0.01})}
 
@@ -91,60 +94,6 @@ class MGMTFusionConfig:
     @classmethod
     def from_dict(cls, data: Mapping) -> "MGMTFusionConfig":
         return cls(**dict(data))
-
-
-class SliceSequenceClassifier(nn.Module):
-    """One modality's model: slices (B, S, C, C) float32 z-scored -> logit (B,)."""
-
-    def __init__(self, config: MGMTFusionConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.to_rgb = nn.Conv2d(1, 3, kernel_size=3, padding=1)
-        self.backbone = EfficientNet(EFFICIENTNET_B0_BLOCKS, in_channels=3, num_classes=config.feature_dim,
-                                     width_coefficient=config.width_coefficient,
-                                     depth_coefficient=config.depth_coefficient, dropout_rate=0.0,
-                                     image_size=config.crop_size, norm=_NORMS[config.backbone_norm],
-                                     drop_connect_rate=config.drop_connect)
-        self.feature_norm = nn.LayerNorm(config.feature_dim)
-        self.dropout_in = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(config.feature_dim, config.lstm_hidden, num_layers=config.lstm_layers, batch_first=True,
-                            dropout=config.dropout if config.lstm_layers > 1 else 0.0)
-        self.dropout_out = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.lstm_hidden, 1)
-
-    def features(self, slices: torch.Tensor) -> torch.Tensor:
-        """(B, S, C, C) -> normalised per-slice features (B, S, F)."""
-        b, s, h, w = slices.shape
-        x = self.backbone(self.to_rgb(slices.reshape(b * s, 1, h, w)))
-        return self.feature_norm(x).reshape(b, s, -1)
-
-    def head(self, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Features (B, S, F), valid slice counts (B,) (default: all S) -> logits (B,)."""
-        x = self.dropout_in(features)
-        if lengths is None:
-            _, (hidden, _) = self.lstm(x)
-        else:
-            packed = pack_padded_sequence(x, lengths.to("cpu", torch.int64), batch_first=True, enforce_sorted=False)
-            _, (hidden, _) = self.lstm(packed)
-        return self.classifier(self.dropout_out(hidden[-1])).squeeze(-1)
-
-    def forward(self, slices: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Slices (B, S, C, C), optional lengths (B,) for right-padded sequences -> logits (B,)."""
-        return self.head(self.features(slices), lengths)
-
-
-class MGMTFusionEnsemble(nn.Module):
-    """The per-modality models, ``models[modality]``; fusion weights and temperatures live in the model card."""
-
-    def __init__(self, config: Optional[MGMTFusionConfig] = None) -> None:
-        super().__init__()
-        self.config = config or MGMTFusionConfig()
-        self.models = nn.ModuleDict({m: SliceSequenceClassifier(self.config) for m in self.config.modalities})
-
-
-def build_from_card(card: Mapping) -> MGMTFusionEnsemble:
-    """The (untrained) ensemble described by a model card's ``network`` entry (``model_store.load_model`` build)."""
-    return MGMTFusionEnsemble(MGMTFusionConfig.from_dict(card["network"]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,83 +197,123 @@ def _weights(card: Mapping, modalities: Sequence[str]) -> Dict[str, float]:
     return {m: float(stored.get(m, 1.0)) for m in modalities}
 
 
-def _set_dropout(module: nn.Module, active: bool) -> None:
-    for layer in module.modules():
-        if isinstance(layer, nn.Dropout):
-            layer.train(active)
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction
 
 
-@torch.no_grad()
-def predict_mgmt_fusion(ensemble: MGMTFusionEnsemble, card: Mapping, image: np.ndarray, presence: np.ndarray,
+def mgmt_parts(card: Mapping) -> Tuple[str, ...]:
+    """Part names of the ensemble a model card's ``network`` entry describes: ``features_<m>``, ``head_<m>`` for each
+    of its modalities m."""
+    return tuple(f"{kind}_{m}" for m in MGMTFusionConfig.from_dict(card["network"]).modalities
+                 for kind in ("features", "head"))
+
+
+MGMT_PARTS: Tuple[str, ...] = mgmt_parts({"network": MGMTFusionConfig().to_dict()})
+"""The parts of an ensemble of all four modalities (the default config)."""
+
+
+def mgmt_parts_of(model: "MGMTFusionEnsemble") -> Dict[str, PartSpec]:
+    """The parts of an MGMTFusionEnsemble (imports torch: only called to export a graph or for a model in memory)."""
+    from .mgmt_fusion_net import mgmt_fusion_parts
+
+    return mgmt_fusion_parts(model)
+
+
+def build_from_card(card: Mapping) -> "MGMTFusionEnsemble":
+    """Model-store builder: the (untrained) ensemble a model card describes (imports torch)."""
+    from .mgmt_fusion_net import build_from_card as build
+
+    return build(card)
+
+
+def load_mgmt_fusion(folder: Optional[Union[str, "os.PathLike[str]"]] = None,
+                     name: str = DEFAULT_MODEL_NAME) -> Tuple["MGMTFusionEnsemble", Dict]:
+    """(ensemble in eval mode, card) of the stored model, sha256 checked (imports torch; see
+    ``mgmt_fusion_net.load_mgmt_fusion``)."""
+    from .mgmt_fusion_net import load_mgmt_fusion as load
+
+    return load(folder, name)
+
+
+def dropout_masks(config: MGMTFusionConfig, samples: int, n_slices: int,
+                  rng: Optional[np.random.Generator]) -> Tuple[np.ndarray, np.ndarray]:
+    """(mask_in (samples, S, F), mask_out (samples, H)) float32 for a head part: with ``rng`` each unit is dropped
+    with the config's dropout probability p and the others scaled by 1 / (1 - p), as torch's dropout in training
+    mode; without, all ones (dropout off)."""
+    shapes = ((samples, n_slices, config.feature_dim), (samples, config.lstm_hidden))
+    if rng is None or config.dropout <= 0:
+        return tuple(np.ones(shape, np.float32) for shape in shapes)
+    keep = 1.0 - config.dropout
+    return tuple(((rng.random(shape, dtype=np.float32) < keep) / np.float32(keep)).astype(np.float32)
+                 for shape in shapes)
+
+
+def _probability(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64) / temperature))
+
+
+def predict_mgmt_fusion(model_or_parts: Any, card: Mapping, image: np.ndarray, presence: np.ndarray,
                         labels: np.ndarray, mc_samples: int = 16, seed: int = 0,
                         weights: Optional[Mapping[str, float]] = None) -> Dict:
     """MGMT methylation probability of one case from the late-fusion ensemble.
 
-    image float32 (4, Z, Y, X) z-scored on the 2 mm working grid in MODALITIES order; presence (4,) of 0/1; labels
-    uint8 (Z, Y, X) contiguous (0 bg, 1 NCR, 2 ED, 3 ET), the predicted segmentation. ``weights`` overrides the
-    card's fusion weights. Returns::
+    model_or_parts: an MGMTFusionEnsemble (run by torch), or its parts (``mgmt_parts(card)``, e.g. from
+    ``onnx_engine.load_parts``; the config then comes from ``card["network"]``). image float32 (4, Z, Y, X) z-scored
+    on the 2 mm working grid in MODALITIES order; presence (4,) of 0/1; labels uint8 (Z, Y, X) contiguous (0 bg,
+    1 NCR, 2 ED, 3 ET), the predicted segmentation. ``weights`` overrides the card's fusion weights. Returns::
 
         {"per_modality": {"t1": p | None, ...}, "weights": {"t1": w, ...} (renormalised over present, 0 absent),
          "fused": p, "uncertainty": std of the fused probability over ``mc_samples`` MC-dropout passes (0 if none),
          "temperatures": {...}, "n_slices": S, "slices_from": "tumor" | "brain_centre", "mc_samples": M}
 
-    Deterministic for a given ``seed`` (the global torch RNG is left untouched). Raises MGMTFusionError when no
-    modality the ensemble knows is present.
+    The MC-dropout masks come from NumPy's generator seeded with ``seed``: reruns are identical (no global random
+    state is used). Raises MGMTFusionError when no modality the ensemble knows is present.
     """
-    config = ensemble.config
+    parts: Mapping[str, Part]
+    if isinstance(model_or_parts, Mapping):
+        parts, config = model_or_parts, MGMTFusionConfig.from_dict(card["network"])
+    else:
+        from .onnx_engine import torch_parts
+
+        parts, config = torch_parts(mgmt_parts_of(model_or_parts)), model_or_parts.config
     presence = np.asarray(presence, dtype=np.float32).reshape(-1)
     if presence.shape != (len(MODALITIES),):
         raise MGMTFusionError(f"presence must have {len(MODALITIES)} entries, got {presence.shape}")
-    present = [m for i, m in enumerate(MODALITIES) if presence[i] > 0.5 and m in ensemble.models]
+    present = [m for i, m in enumerate(MODALITIES) if presence[i] > 0.5 and m in config.modalities]
     if not present:
         raise MGMTFusionError("MGMT late fusion: no modality present (need at least one of "
                               f"{', '.join(config.modalities)})")
     selection = select_slices(np.asarray(image, dtype=np.float32), np.asarray(labels), config)
-    device = next(ensemble.parameters()).device
+    n_slices = len(selection.z)
     temperatures = _temperatures(card, config.modalities)
     fusion_weights = dict(weights) if weights is not None else _weights(card, config.modalities)
 
-    was_training = ensemble.training
-    ensemble.eval()
-    features: Dict[str, torch.Tensor] = {}
+    features: Dict[str, np.ndarray] = {}
     probabilities: Dict[str, Optional[float]] = {m: None for m in MODALITIES}
     for m in present:
-        slices = torch.from_numpy(selection.crops[MODALITIES.index(m)][None]).to(device)
-        features[m] = ensemble.models[m].features(slices)
-        logit = ensemble.models[m].head(features[m])
-        probabilities[m] = float(torch.sigmoid(logit / temperatures[m]).item())
+        features[m] = parts[f"features_{m}"](slices=selection.crops[MODALITIES.index(m)][None])[0]
+        mask_in, mask_out = dropout_masks(config, 1, n_slices, None)
+        logit = parts[f"head_{m}"](features=features[m], mask_in=mask_in, mask_out=mask_out)[0]
+        probabilities[m] = float(_probability(logit, temperatures[m])[0])
     fused, renormalised = fuse_probabilities(probabilities, fusion_weights)
 
-    samples: List[float] = []
+    uncertainty = 0.0
     if mc_samples > 0:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _set_dropout(ensemble, True)
-            try:
-                for _ in range(mc_samples):
-                    sampled = {m: None for m in MODALITIES}
-                    for m in present:
-                        logit = ensemble.models[m].head(features[m])
-                        sampled[m] = float(torch.sigmoid(logit / temperatures[m]).item())
-                    samples.append(fuse_probabilities(sampled, fusion_weights)[0])
-            finally:
-                _set_dropout(ensemble, False)
-    ensemble.train(was_training)
+        rng = np.random.default_rng(seed)
+        samples = np.zeros(mc_samples)
+        for m in present:
+            mask_in, mask_out = dropout_masks(config, mc_samples, n_slices, rng)
+            logits = parts[f"head_{m}"](features=np.repeat(features[m], mc_samples, axis=0), mask_in=mask_in,
+                                        mask_out=mask_out)[0]
+            samples += renormalised[m] * _probability(logits, temperatures[m])
+        uncertainty = float(np.std(samples))
     return {
         "per_modality": probabilities,
         "weights": renormalised,
         "fused": fused,
-        "uncertainty": float(np.std(samples)) if samples else 0.0,
+        "uncertainty": uncertainty,
         "temperatures": {m: temperatures[m] for m in present},
-        "n_slices": int(len(selection.z)),
+        "n_slices": int(n_slices),
         "slices_from": selection.source,
         "mc_samples": int(mc_samples),
     }
-
-
-def load_mgmt_fusion(folder: Optional[Union[str, "os.PathLike[str]"]] = None,
-                     name: str = DEFAULT_MODEL_NAME) -> Tuple[MGMTFusionEnsemble, Dict]:
-    """Load the ensemble and its card (sha256 checked) from ``folder`` (default: bundled Resources/models, else the
-    user cache); returns (ensemble in eval mode, card)."""
-    model, card = load_model(name, folder, build=build_from_card)
-    return model, card

@@ -144,15 +144,3 @@ def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence
         out[task] = {"label": label, "probability": round(positive if positive >= 0.5 else 1 - positive, 4),
                      "uncertainty": round(float(values[:, t].std()), 4), "probability_positive": round(positive, 4)}
     return out
-
-
-_TORCH_NAMES = ("ChannelAttentionFusion", "SummarizeSeparate", "MultiTaskNet")
-
-
-def __getattr__(name: str):
-    """The torch modules (multitask_net.py), imported on first use so that this module stays torch-free."""
-    if name in _TORCH_NAMES:
-        from . import multitask_net
-
-        return getattr(multitask_net, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,23 +14,27 @@ A tumor-centred crop at a fixed physical size (128 mm at 2 mm voxels) rather tha
 the working grid is already isotropic, so every pixel has the same physical size in every case and the tumor fills
 the input instead of a few percent of a resized brain; no interpolation is needed at inference.
 
+The network (slice_grade_net.py, torch) runs as two parts (``SLICE_GRADE_PARTS``): ``features`` (the backbone and
+GAP) and ``head``, whose dropout mask is an input; MC-dropout masks are drawn by NumPy, so the prediction runs on
+ONNX Runtime parts (``onnx_engine.load_parts``) or on a torch model alike.
+
 Missing T1CE, T2 or FLAIR: the channel is set to zero (what the network saw in training under channel dropout)
 and a warning is returned; all three missing: no prediction (probabilities None and a reason). Nothing here
-imports slicer, qt or the ``training`` package.
+imports torch, slicer, qt or the ``training`` package.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch import nn
 
 from .calibration import apply_temperature
-from .efficientnet import B0_BLOCKS, EfficientNet
 from ..io.modalities import MODALITIES
-from .model_store import load_model
+from .onnx_engine import Part, PartSpec, torch_parts
+
+if TYPE_CHECKING:
+    from .slice_grade_net import SliceGradeNet
 
 SLICE_GRADE_MODEL = "slice_grade"
 SLICE_CHANNELS = ("t1ce", "t2", "flair")
@@ -41,6 +45,8 @@ DEFAULT_AGGREGATION = "attention"
 LABELS = ("LGG", "HGG")
 MC_SAMPLES = 20
 MC_SEED = 20240
+SLICE_GRADE_PARTS = ("features", "head")
+"""The backbone's pooled features, then the head with its dropout mask as an input (slice_grade_net.py)."""
 
 
 @dataclass
@@ -77,80 +83,26 @@ class SliceGradeConfig:
         return cls(**data)
 
 
-def _small_cnn(widths: Sequence[int], in_channels: int = 3) -> Tuple[nn.Module, int]:
-    """Blocks of two 3x3 conv-BN-ReLU, 2x2 max-pooling between blocks; returns (module, output channels)."""
-    layers: List[nn.Module] = []
-    previous = in_channels
-    for index, width in enumerate(widths):
-        if index:
-            layers.append(nn.MaxPool2d(2))
-        for _ in range(2):
-            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True)]
-            previous = width
-    return nn.Sequential(*layers), previous
+def build_slice_grade(card: Dict[str, Any]) -> "SliceGradeNet":
+    """Model-store builder: the network described by a model card's ``network`` entry (imports torch)."""
+    from .slice_grade_net import build_slice_grade as build
+
+    return build(card)
 
 
-class _EfficientNetFeatures(nn.Module):
-    """EfficientNet (port of MONAI's, B0 block layout, scaled) without its classifier: (B, 3, H, W) -> (B, F) after
-    GAP."""
-
-    def __init__(self, config: SliceGradeConfig) -> None:
-        super().__init__()
-        self.net = EfficientNet(B0_BLOCKS, in_channels=3, num_classes=1, width_coefficient=config.efficientnet_width,
-                                depth_coefficient=config.efficientnet_depth, dropout_rate=0.0,
-                                image_size=config.crop)
-        self.out_features = self.net._fc.in_features
-        self.net._fc = nn.Identity()
-        self.net._dropout = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class SliceGradeNet(nn.Module):
-    """(B, 3, crop, crop) slices in [0, 1] -> (B,) logits of HGG. Head: GAP -> Linear(hidden) ReLU -> Dropout ->
-    Linear(1) (seed 002)."""
-
-    def __init__(self, config: Optional[SliceGradeConfig] = None) -> None:
-        super().__init__()
-        self.config = config or SliceGradeConfig()
-        if self.config.backbone == "efficientnet":
-            self.backbone = _EfficientNetFeatures(self.config)
-            features = self.backbone.out_features
-        else:
-            self.backbone, features = _small_cnn(self.config.widths)
-        self.fc1 = nn.Linear(features, self.config.hidden)
-        self.fc2 = nn.Linear(self.config.hidden, 1)
-        self.dropout = nn.Dropout(self.config.dropout)
-        for layer in (self.fc1, self.fc2):  # He normal, as the seed's head
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, F) globally average-pooled backbone features."""
-        out = self.backbone(x)
-        return out.mean(dim=(2, 3)) if out.dim() == 4 else out
-
-    def head(self, features: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, F) -> (B,) logits. ``mask`` (B, hidden) replaces the dropout layer (MC-dropout with fixed masks)."""
-        hidden = torch.relu(self.fc1(features))
-        hidden = hidden * mask if mask is not None else self.dropout(hidden)
-        return self.fc2(hidden).squeeze(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def build_slice_grade(card: Dict[str, Any]) -> SliceGradeNet:
-    """The network described by a model card's ``network`` entry."""
-    return SliceGradeNet(SliceGradeConfig.from_dict(card["network"]))
-
-
-def load_slice_grade(folder: Optional[str] = None) -> Tuple[SliceGradeNet, Dict[str, Any]]:
+def load_slice_grade(folder: Optional[str] = None) -> Tuple["SliceGradeNet", Dict[str, Any]]:
     """The stored slice-grade model (bundled ``Resources/models`` by default) in eval mode, and its card; the
-    weights' sha256 is checked against the card (``ModelError`` otherwise)."""
-    return load_model(SLICE_GRADE_MODEL, folder, build=build_slice_grade)
+    weights' sha256 is checked against the card (``ModelError`` otherwise). Imports torch."""
+    from .slice_grade_net import load_slice_grade as load
+
+    return load(folder)
+
+
+def slice_grade_parts_of(model: "SliceGradeNet") -> Dict[str, PartSpec]:
+    """The parts of a SliceGradeNet (imports torch: only called to export a graph or for a model in memory)."""
+    from .slice_grade_net import slice_grade_parts
+
+    return slice_grade_parts(model)
 
 
 # ----------------------------------------------------------------------------------------------- slice preparation
@@ -280,11 +232,11 @@ def aggregate(probabilities: Sequence[float]) -> Dict[str, Optional[float]]:
 
 # ------------------------------------------------------------------------------------------------------- inference
 
-def _mc_masks(samples: int, n: int, hidden: int, rate: float) -> torch.Tensor:
-    """Seeded inverted-dropout masks (samples, n, hidden): the same masks for the same case every run."""
-    generator = torch.Generator().manual_seed(MC_SEED)
-    keep = torch.rand((samples, n, hidden), generator=generator) >= rate
-    return keep.float() / (1.0 - rate)
+def _mc_masks(samples: int, n: int, hidden: int, rate: float) -> np.ndarray:
+    """Inverted-dropout masks float32 (samples, n, hidden) from NumPy's generator seeded with ``MC_SEED``: 0 for a
+    dropped unit (probability ``rate``), else 1 / (1 - rate); the same masks for the same case every run."""
+    keep = np.random.default_rng(MC_SEED).random((samples, n, hidden), dtype=np.float32) >= rate
+    return (keep / np.float32(1.0 - rate)).astype(np.float32)
 
 
 def empty_result(reason: str, warnings: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -295,38 +247,56 @@ def empty_result(reason: str, warnings: Optional[List[str]] = None) -> Dict[str,
             "reason": reason, "warnings": list(warnings or [])}
 
 
-@torch.no_grad()
-def slice_probabilities(model: SliceGradeNet, slices: np.ndarray, temperature: float = 1.0,
-                        mc_samples: int = 0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _parts_and_config(model_or_parts: Union["SliceGradeNet", Mapping[str, Part]],
+                      config: Optional[SliceGradeConfig]) -> Tuple[Mapping[str, Part], SliceGradeConfig]:
+    """A SliceGradeNet's parts (run by torch) and config, or the given parts and ``config``."""
+    if not isinstance(model_or_parts, Mapping):
+        return torch_parts(slice_grade_parts_of(model_or_parts)), model_or_parts.config
+    if config is None:
+        raise ValueError("slice-grade parts need the network's SliceGradeConfig (the model card's network entry)")
+    return model_or_parts, config
+
+
+def slice_probabilities(model_or_parts: Union["SliceGradeNet", Mapping[str, Part]], slices: np.ndarray,
+                        temperature: float = 1.0, mc_samples: int = 0, config: Optional[SliceGradeConfig] = None
+                        ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Calibrated P(HGG) per slice float64 (N,) from ``slices`` (N, 3, crop, crop); with ``mc_samples`` > 0 also
-    (mc_samples, N) MC-dropout probabilities of the head (seeded masks)."""
-    model.eval()
-    device = next(model.parameters()).device
-    features = model.features(torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)).to(device))
-    plain = apply_temperature(model.head(features).double().cpu().numpy(), temperature)
+    (mc_samples, N) MC-dropout probabilities of the head (seeded masks, one head call over mc_samples * N rows).
+
+    model_or_parts: a SliceGradeNet (config: its own), or its parts (``SLICE_GRADE_PARTS``, e.g. from
+    ``onnx_engine.load_parts``) with ``config``.
+    """
+    parts, config = _parts_and_config(model_or_parts, config)
+    n, hidden = len(slices), config.hidden
+    features = parts["features"](x=slices)[0]  # (N, F)
+    plain = parts["head"](features=features, mask=np.ones((n, hidden), np.float32))[0]
     if mc_samples <= 0:
-        return plain, None
-    masks = _mc_masks(mc_samples, len(slices), model.config.hidden, model.config.dropout).to(device)
-    logits = torch.stack([model.head(features, masks[s]) for s in range(mc_samples)])
-    return plain, apply_temperature(logits.double().cpu().numpy(), temperature)
+        return apply_temperature(plain, temperature), None
+    masks = _mc_masks(mc_samples, n, hidden, config.dropout).reshape(mc_samples * n, hidden)
+    sampled = parts["head"](features=np.tile(features, (mc_samples, 1)), mask=masks)[0].reshape(mc_samples, n)
+    return apply_temperature(plain, temperature), apply_temperature(sampled, temperature)
 
 
-def predict_slice_grade(model: SliceGradeNet, card: Dict[str, Any], image: np.ndarray, presence: np.ndarray,
-                        labels: np.ndarray, mc_samples: int = MC_SAMPLES) -> Dict[str, Any]:
+def predict_slice_grade(model_or_parts: Union["SliceGradeNet", Mapping[str, Part]], card: Dict[str, Any],
+                        image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
+                        mc_samples: int = MC_SAMPLES) -> Dict[str, Any]:
     """Patient-level grade from the axial tumor slices of one case.
 
-    image float32 (4, Z, Y, X) z-scored working grid; presence (4,) 1/0 per modality; labels (Z, Y, X) predicted
-    label map (tumor > 0). Returns (report.json ``slice_grade``):
+    model_or_parts: a SliceGradeNet, or its parts (``SLICE_GRADE_PARTS``, e.g. from ``onnx_engine.load_parts``;
+    the config then comes from ``card["network"]``). image float32 (4, Z, Y, X) z-scored working grid; presence
+    (4,) 1/0 per modality; labels (Z, Y, X) predicted label map (tumor > 0). Returns (report.json ``slice_grade``):
 
     * ``majority`` (fraction of HGG slice votes), ``soft``, ``attention``: P(HGG) in [0, 1] or None;
     * ``labels``: "HGG"/"LGG" per aggregation (>= 0.5 is HGG, so a majority tie is HGG);
     * ``default`` ("attention"), ``label``, ``probability``: the default aggregation's;
     * ``uncertainty``: standard deviation of the default probability over ``mc_samples`` MC-dropout passes of the
-      head (None with ``mc_samples`` 0: not measured);
+      head (masks from NumPy's generator seeded with ``MC_SEED``: reruns are identical; None with ``mc_samples``
+      0: not measured);
     * ``n_slices``, ``slices`` (Z indices), ``slice_probabilities``, ``temperature``, ``reason`` (why there is no
       prediction, else None), ``warnings``.
     """
-    config = model.config
+    network = card.get("network")
+    parts, config = _parts_and_config(model_or_parts, None if network is None else SliceGradeConfig.from_dict(network))
     presence = np.asarray(presence)
     missing = [m for m, c in zip(SLICE_CHANNELS, CHANNEL_INDEX) if not presence[c]]
     if len(missing) == len(SLICE_CHANNELS):
@@ -339,7 +309,7 @@ def predict_slice_grade(model: SliceGradeNet, card: Dict[str, Any], image: np.nd
     if len(z) == 0:
         return empty_result("no tumor slice in the segmentation", warnings)
     temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    p, mc = slice_probabilities(model, slices, temperature, mc_samples)
+    p, mc = slice_probabilities(parts, slices, temperature, mc_samples, config)
     result = aggregate(p)
     default = result[DEFAULT_AGGREGATION]
     spread = float(np.std([attention_fusion(row) for row in mc])) if mc is not None else None

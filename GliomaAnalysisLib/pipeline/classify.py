@@ -12,7 +12,7 @@ stands either way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,11 +20,13 @@ from ..errors import GliomaAnalysisError
 from ..models.evidence import task_evidence
 from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
-from ..models.mgmt_fusion import predict_mgmt_fusion
-from ..models.model_store import ModelError, load_model_cached
+from ..models.mgmt_fusion import mgmt_parts, mgmt_parts_of, predict_mgmt_fusion
+from ..models.model_store import ModelError, load_card
 from ..models.multitask import MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of, predict_markers
+from ..models.onnx_engine import load_parts
+from ..models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, build_slice_grade, predict_slice_grade,
+                                  slice_grade_parts_of)
 from .result import PREDICTION_TASKS
-from ..models.slice_grade import SLICE_GRADE_MODEL, build_slice_grade, predict_slice_grade
 
 MULTITASK_MODEL = "glioma_multitask"
 
@@ -48,37 +50,55 @@ def _model_entry(card: Dict, task: str) -> Dict[str, str]:
 Say = Callable[[str], None]
 
 
-def _multitask(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+def _multitask(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
                labels: np.ndarray, uncertainty: bool, say: Say) -> None:
     say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
-    predictions = predict_markers(model, card, image, presence, labels, mc_samples=MC_SAMPLES if uncertainty else 1)
+    predictions = predict_markers(parts, card, image, presence, labels, mc_samples=MC_SAMPLES if uncertainty else 1)
     out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
 
 
-def _mgmt_fusion(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+def _mgmt_fusion(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
                  labels: np.ndarray, uncertainty: bool, say: Say) -> None:
     say("classifying MGMT (per-modality late fusion)")
-    out.mgmt_late_fusion = predict_mgmt_fusion(model, card, image, presence, labels,
+    out.mgmt_late_fusion = predict_mgmt_fusion(parts, card, image, presence, labels,
                                                mc_samples=16 if uncertainty else 0)
     out.mgmt_late_fusion.update(task_evidence(card, "mgmt"))
 
 
-def _slice_grade(model, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
+def _slice_grade(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
                  labels: np.ndarray, uncertainty: bool, say: Say) -> None:
     say("classifying grade from tumor slices")
-    out.slice_grade = predict_slice_grade(model, card, image, presence, labels, mc_samples=20 if uncertainty else 0)
+    out.slice_grade = predict_slice_grade(parts, card, image, presence, labels, mc_samples=20 if uncertainty else 0)
     out.slice_grade.update(task_evidence(card, "grade"))
     out.warnings += out.slice_grade.pop("warnings", [])
     if out.slice_grade.get("reason"):
         out.warnings.append(f"slice grade: {out.slice_grade['reason']}")
 
 
+@dataclass(frozen=True)
+class Classifier:
+    """One classifier: its stored model, its parts (names from the card; ``parts_of(model)`` and ``build(card)``
+    import torch and run only to export a graph, models/onnx_engine.py), its title in warnings, its task in
+    report.models, and the function that fills its report fields."""
+
+    model: str
+    part_names: Callable[[Dict], Tuple[str, ...]]
+    parts_of: Callable
+    build: Callable
+    title: str
+    task: str
+    run: Callable
+
+
 CLASSIFIERS = (
-    (MULTITASK_MODEL, build_multitask, "multi-task classifier", "grade, IDH, 1p/19q, MGMT", _multitask),
-    (MGMT_FUSION_MODEL, build_mgmt_fusion, "MGMT late-fusion ensemble", "MGMT (late fusion)", _mgmt_fusion),
-    (SLICE_GRADE_MODEL, build_slice_grade, "slice-grade classifier", "grade (2D slices)", _slice_grade),
+    Classifier(MULTITASK_MODEL, lambda card: MULTITASK_PARTS, multitask_parts_of, build_multitask,
+               "multi-task classifier", "grade, IDH, 1p/19q, MGMT", _multitask),
+    Classifier(MGMT_FUSION_MODEL, mgmt_parts, mgmt_parts_of, build_mgmt_fusion, "MGMT late-fusion ensemble",
+               "MGMT (late fusion)", _mgmt_fusion),
+    Classifier(SLICE_GRADE_MODEL, lambda card: SLICE_GRADE_PARTS, slice_grade_parts_of, build_slice_grade,
+               "slice-grade classifier", "grade (2D slices)", _slice_grade),
 )
-"""(model name, builder, title in warnings, task in report.models, runner) of each classifier, in run order."""
+"""The classifiers, in run order."""
 
 
 def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, model_dir: Optional[str] = None,
@@ -88,16 +108,19 @@ def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, m
     say = progress or (lambda message: None)
     if not (labels > 0).any():
         out.warnings.append("no tumor was segmented; classifiers read a crop at the brain's centre")
-    for name, build, title, task, run in CLASSIFIERS:
+    for classifier in CLASSIFIERS:
         try:
-            model, card = load_model_cached(name, model_dir, build)
+            names = classifier.part_names(load_card(classifier.model, model_dir))
+            parts, card, warnings = load_parts(classifier.model, model_dir, names, classifier.parts_of,
+                                               classifier.build)
         except ModelError as exc:
-            out.warnings.append(f"{title} skipped: {exc}")
+            out.warnings.append(f"{classifier.title} skipped: {exc}")
             continue
+        out.warnings += warnings
         try:
-            run(model, card, out, image, presence, labels, uncertainty, say)
+            classifier.run(parts, card, out, image, presence, labels, uncertainty, say)
         except GliomaAnalysisError as exc:  # e.g. no modality the MGMT ensemble knows is present
             out.warnings.append(str(exc))
             continue
-        out.models.append(_model_entry(card, task))
+        out.models.append(_model_entry(card, classifier.task))
     return out

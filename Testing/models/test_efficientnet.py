@@ -104,10 +104,11 @@ def test_building_the_shipped_classifiers_does_not_import_monai():
     code = ("import sys\n"
             "from GliomaAnalysisLib.pipeline.classify import CLASSIFIERS\n"
             "from GliomaAnalysisLib.models.model_store import RESOURCES, load_model\n"
-            "from GliomaAnalysisLib.models.slice_grade import SliceGradeConfig, SliceGradeNet\n"
-            "for name, build, *_ in CLASSIFIERS:\n"
-            "    if (RESOURCES / f'{name}.json').is_file():\n"
-            "        load_model(name, None, build)\n"
+            "from GliomaAnalysisLib.models.slice_grade import SliceGradeConfig\n"
+            "from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet\n"
+            "for c in CLASSIFIERS:\n"
+            "    if (RESOURCES / f'{c.model}.json').is_file():\n"
+            "        load_model(c.model, None, c.build)\n"
             "SliceGradeNet(SliceGradeConfig(backbone='efficientnet'))\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'monai'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
 """MGMT late-fusion ensemble (seed 000): model shapes, slice selection, fusion with missing modalities, model store
-round trip, determinism, and learning in a short training run."""
+round trip, determinism, the ONNX parts against torch, and learning in a short training run."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from GliomaAnalysisLib.models.calibration import sigmoid
-from GliomaAnalysisLib.models.mgmt_fusion import (MGMTFusionConfig, MGMTFusionEnsemble, MGMTFusionError,
-                                           fuse_probabilities, load_mgmt_fusion,
-                                           predict_mgmt_fusion, select_slices)
+from GliomaAnalysisLib.models.mgmt_fusion import (MGMT_PARTS, MGMTFusionConfig, MGMTFusionError, build_from_card,
+                                                  dropout_masks, fuse_probabilities, load_mgmt_fusion, mgmt_parts,
+                                                  mgmt_parts_of, predict_mgmt_fusion, select_slices)
+from GliomaAnalysisLib.models.mgmt_fusion_net import MGMTFusionEnsemble
 from GliomaAnalysisLib.models.model_store import ModelError, model_paths, save_model
 from GliomaAnalysisLib.io.modalities import MODALITIES
 
@@ -182,6 +183,130 @@ def test_model_store_round_trip_with_sha256(ensemble, tmp_path):
     with pytest.raises(ModelError, match="does not match the model card of 'mgmt_fusion'"):
         load_mgmt_fusion(tmp_path)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parts (models/onnx_engine.py): what runs without torch
+
+
+@pytest.fixture(scope="module")
+def onnx_parts(ensemble):
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart, export_part
+
+    return {name: OnnxPart(export_part(spec), 1) for name, spec in mgmt_parts_of(ensemble).items()}
+
+
+def test_part_names_come_from_the_card():
+    assert MGMT_PARTS == ("features_t1", "head_t1", "features_t1ce", "head_t1ce", "features_t2", "head_t2",
+                          "features_flair", "head_flair")
+    card = {"network": MGMTFusionConfig(modalities=("t1", "flair"), crop_size=32, width_coefficient=0.25,
+                                        depth_coefficient=0.25, feature_dim=8, lstm_hidden=8).to_dict()}
+    assert mgmt_parts(card) == ("features_t1", "head_t1", "features_flair", "head_flair")
+    assert tuple(mgmt_parts_of(build_from_card(card))) == mgmt_parts(card)
+
+
+def test_dropout_masks_are_inverted_dropout():
+    mask_in, mask_out = dropout_masks(TINY, 400, 5, np.random.default_rng(0))
+    assert mask_in.shape == (400, 5, TINY.feature_dim) and mask_out.shape == (400, TINY.lstm_hidden)
+    for mask in (mask_in, mask_out):
+        assert mask.dtype == np.float32 and set(np.unique(mask)) == {0.0, np.float32(1 / 0.8)}
+        assert np.mean(mask == 0) == pytest.approx(TINY.dropout, abs=0.02)
+    ones = dropout_masks(TINY, 1, 5, None)
+    assert [m.shape for m in ones] == [(1, 5, TINY.feature_dim), (1, TINY.lstm_hidden)]
+    assert all(np.all(m == 1) for m in ones)
+
+
+def test_masks_replace_the_dropout_layers(ensemble):
+    """All-ones masks give the eval-mode head, a mask gives torch's dropout of the same units."""
+    model = ensemble.models["t1ce"]
+    torch.manual_seed(2)
+    features = torch.randn(3, 4, TINY.feature_dim)
+    mask_in, mask_out = (torch.from_numpy(m) for m in dropout_masks(TINY, 3, 4, np.random.default_rng(1)))
+    with torch.no_grad():
+        plain = model.head(features)
+        np.testing.assert_allclose(model.head(features, masks=(torch.ones(3, 4, 8), torch.ones(3, 8))), plain,
+                                   atol=1e-6)
+        _, (hidden, _) = model.lstm(features * mask_in)
+        expected = model.classifier(hidden[-1] * mask_out).squeeze(-1)
+        np.testing.assert_allclose(model.head(features, masks=(mask_in, mask_out)), expected, atol=1e-6)
+    assert not torch.allclose(expected, plain, atol=1e-3)
+
+
+def test_onnx_parts_equal_the_torch_parts(ensemble, onnx_parts):
+    from GliomaAnalysisLib.models.onnx_engine import torch_parts
+
+    reference = torch_parts(mgmt_parts_of(ensemble))
+    assert set(onnx_parts) == set(reference) == set(MGMT_PARTS)
+    rng = np.random.default_rng(0)
+    for m in ("t1", "flair"):
+        for s in (1, 5):  # neither is the exported sequence length
+            slices = rng.standard_normal((1, s, 32, 32)).astype(np.float32)
+            features = onnx_parts[f"features_{m}"](slices=slices)[0]
+            assert features.shape == (1, s, TINY.feature_dim)
+            np.testing.assert_allclose(features, reference[f"features_{m}"](slices=slices)[0], atol=1e-4)
+            for samples, draw in ((1, None), (6, rng)):  # the deterministic pass, then a masked MC pass
+                mask_in, mask_out = dropout_masks(TINY, samples, s, draw)
+                feed = {"features": np.repeat(features, samples, axis=0), "mask_in": mask_in, "mask_out": mask_out}
+                logits = onnx_parts[f"head_{m}"](**feed)[0]
+                assert logits.shape == (samples,)
+                np.testing.assert_allclose(logits, reference[f"head_{m}"](**feed)[0], atol=1e-4)
+            assert np.ptp(logits) > 1e-4  # the masks differ per row
+
+
+def test_prediction_through_onnx_parts_equals_the_torch_model(ensemble, onnx_parts):
+    image, labels = _case()
+    card = {"network": TINY.to_dict(), "fusion": {"weights": {"t1": 1, "t1ce": 3, "t2": 1, "flair": 2},
+                                                  "temperatures": {"t2": 1.5}}}
+    for presence in (ALL, np.array([0, 1, 0, 1], np.float32)):
+        through_torch = predict_mgmt_fusion(ensemble, card, image, presence, labels, mc_samples=8, seed=5)
+        through_onnx = predict_mgmt_fusion(onnx_parts, card, image, presence, labels, mc_samples=8, seed=5)
+        assert {k: v for k, v in through_onnx.items() if k not in ("per_modality", "fused", "uncertainty")} == \
+            {k: v for k, v in through_torch.items() if k not in ("per_modality", "fused", "uncertainty")}
+        for m in MODALITIES:
+            if presence[MODALITIES.index(m)]:
+                assert through_onnx["per_modality"][m] == pytest.approx(through_torch["per_modality"][m], abs=1e-5)
+            else:
+                assert through_onnx["per_modality"][m] is None is through_torch["per_modality"][m]
+        assert through_onnx["fused"] == pytest.approx(through_torch["fused"], abs=1e-5)
+        assert through_onnx["uncertainty"] == pytest.approx(through_torch["uncertainty"], abs=1e-4)
+        assert through_onnx["uncertainty"] > 1e-4
+        again = predict_mgmt_fusion(onnx_parts, card, image, presence, labels, mc_samples=8, seed=5)
+        assert again == through_onnx  # bit-identical reruns
+
+
+def test_stored_model_runs_from_cached_graphs(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart, load_parts
+
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    config = MGMTFusionConfig.from_dict(dict(TINY.to_dict(), modalities=["t1", "flair"]))
+    torch.manual_seed(3)
+    save_model(build_from_card({"network": config.to_dict()}), {"version": "test"}, tmp_path / "models",
+               "mgmt_fusion")
+    loaded, card = load_mgmt_fusion(tmp_path / "models")
+    image, labels = _case()
+    expected = predict_mgmt_fusion(loaded, card, image, ALL, labels, mc_samples=4)
+    load_parts.cache_clear()
+    for _ in range(2):  # exported, then read back from the cache
+        parts, _, warnings = load_parts("mgmt_fusion", str(tmp_path / "models"), mgmt_parts(card), mgmt_parts_of,
+                                        build_from_card)
+        load_parts.cache_clear()
+        assert warnings == () and all(isinstance(part, OnnxPart) for part in parts.values())
+        result = predict_mgmt_fusion(parts, card, image, ALL, labels, mc_samples=4)
+        assert result["per_modality"]["t1ce"] is None and result["weights"]["t1ce"] == 0.0
+        assert result["fused"] == pytest.approx(expected["fused"], abs=1e-5)
+        assert result["uncertainty"] == pytest.approx(expected["uncertainty"], abs=1e-4)
+    assert len(list((tmp_path / "cache" / "onnx").glob("mgmt_fusion-*.onnx"))) == 4
+
+
+def test_the_prediction_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, GliomaAnalysisLib.models.mgmt_fusion; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training. MGMT on the phantoms is a weak signal: the shipped run (about 20 min on the CPU, full-size models) reaches

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from GliomaAnalysisLib.models.multitask import (TASK_LABELS, TASKS, MultiTaskConfig, MultiTaskNet, network_inputs,
-                                         predict_markers, probability_of_positive)
+from GliomaAnalysisLib.models.multitask import (TASK_LABELS, TASKS, MultiTaskConfig, network_inputs, predict_markers,
+                                                probability_of_positive)
+from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 from GliomaAnalysisLib.models.network import NetworkConfig
 from training.common.losses import UncertaintyWeighting, masked_task_loss
 from training.multitask.multitask_data import mixed_targets, tumor_cutmix

@@ -1,19 +1,24 @@
 """Slice-grade classifier (seed 002): aggregation, slice preparation, missing modalities, storage, determinism,
-and a short training run on small phantoms."""
+ONNX Runtime parts against torch, a torch-free prediction, and a short training run on small phantoms."""
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from GliomaAnalysisLib.models.calibration import apply_temperature
 from GliomaAnalysisLib.models.model_store import RESOURCES, save_model
-from GliomaAnalysisLib.models.slice_grade import (SliceGradeConfig, SliceGradeNet, aggregate, attention_fusion,
-                                           attention_weights, centred_crop, label_of, load_slice_grade,
-                                           majority_vote, minmax_normalise, predict_slice_grade, prepare_slices,
-                                           select_slices, soft_vote)
+from GliomaAnalysisLib.models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, SliceGradeConfig, _mc_masks,
+                                           aggregate, attention_fusion, attention_weights, build_slice_grade,
+                                           centred_crop, label_of, load_slice_grade, majority_vote,
+                                           minmax_normalise, predict_slice_grade, prepare_slices, select_slices,
+                                           slice_grade_parts_of, slice_probabilities, soft_vote)
+from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from conftest import small_phantom_samples
 
@@ -185,6 +190,138 @@ def test_deterministic_including_mc_dropout():
     second = predict_slice_grade(model, {}, image, presence, labels)
     assert first == second and first["uncertainty"] > 0
     assert predict_slice_grade(model, {}, image, presence, labels, mc_samples=0)["uncertainty"] is None
+
+
+def test_mc_masks_are_seeded_inverted_dropout():
+    masks = _mc_masks(20, 6, 16, 0.5)
+    assert masks.shape == (20, 6, 16) and masks.dtype == np.float32
+    assert set(np.unique(masks)) == {0.0, 2.0} and 0.45 < np.mean(masks == 0) < 0.55
+    assert np.array_equal(masks, _mc_masks(20, 6, 16, 0.5))
+    assert np.allclose(np.unique(_mc_masks(4, 6, 16, 0.2)), [0, 1.25])
+
+
+# ---------------------------------------------------------------------------------------------- ONNX Runtime parts
+
+def _onnx_parts(model):
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart, export_part
+
+    return {name: OnnxPart(export_part(spec), 1) for name, spec in slice_grade_parts_of(model).items()}
+
+
+def test_onnx_parts_equal_the_torch_parts_plain_and_masked():
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.onnx_engine import torch_parts
+
+    model = _model(seed=1)
+    reference, onnx = torch_parts(slice_grade_parts_of(model)), _onnx_parts(model)
+    assert tuple(onnx) == SLICE_GRADE_PARTS
+    x = np.random.default_rng(4).random((5, 3, TINY.crop, TINY.crop), dtype=np.float32)  # 5: not the exported 2
+    features = onnx["features"](x=x)[0]
+    assert features.shape == (5, 8)  # the last width
+    np.testing.assert_allclose(features, reference["features"](x=x)[0], atol=1e-4)
+    ones = np.ones((5, TINY.hidden), np.float32)
+    plain = onnx["head"](features=features, mask=ones)[0]
+    np.testing.assert_allclose(plain, reference["head"](features=features, mask=ones)[0], atol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(plain, model(torch.from_numpy(x)).numpy(), atol=1e-4)  # all ones: eval mode
+    masks = _mc_masks(3, 5, TINY.hidden, TINY.dropout).reshape(15, TINY.hidden)
+    tiled = np.tile(features, (3, 1))
+    sampled = onnx["head"](features=tiled, mask=masks)[0]
+    assert sampled.shape == (15,) and np.abs(sampled - np.tile(plain, 3)).max() > 1e-3  # the masks drop units
+    np.testing.assert_allclose(sampled, reference["head"](features=tiled, mask=masks)[0], atol=1e-4)
+
+
+def test_slice_probabilities_batch_the_mc_samples_in_sample_order():
+    pytest.importorskip("onnxruntime")
+    model = _model(seed=2)
+    x = np.random.default_rng(5).random((4, 3, TINY.crop, TINY.crop), dtype=np.float32)
+    plain, mc = slice_probabilities(model, x, 1.5, mc_samples=3)
+    masks = torch.from_numpy(_mc_masks(3, 4, TINY.hidden, TINY.dropout))
+    with torch.no_grad():
+        features = model.features(torch.from_numpy(x))
+        expected = np.stack([model.head(features, masks[s]).numpy() for s in range(3)])
+        np.testing.assert_allclose(plain, apply_temperature(model(torch.from_numpy(x)).numpy(), 1.5), atol=1e-6)
+    assert mc.shape == (3, 4) and plain.dtype == mc.dtype == np.float64
+    np.testing.assert_allclose(mc, apply_temperature(expected, 1.5), atol=1e-6)
+    onnx_plain, onnx_mc = slice_probabilities(_onnx_parts(model), x, 1.5, 3, TINY)
+    np.testing.assert_allclose(onnx_plain, plain, atol=1e-5)
+    np.testing.assert_allclose(onnx_mc, mc, atol=1e-5)
+    assert slice_probabilities(model, x, 1.5)[1] is None
+    with pytest.raises(ValueError):
+        slice_probabilities(_onnx_parts(model), x)  # parts without their config
+
+
+def _stored_parts(folder):
+    from GliomaAnalysisLib.models.onnx_engine import load_parts
+
+    return load_parts(SLICE_GRADE_MODEL, str(folder), SLICE_GRADE_PARTS, slice_grade_parts_of, build_slice_grade)
+
+
+@pytest.fixture()
+def onnx_cache(tmp_path, monkeypatch):
+    """An empty graph cache for this test (and the processes it starts)."""
+    pytest.importorskip("onnxruntime")
+    from GliomaAnalysisLib.models.onnx_engine import load_parts
+
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    load_parts.cache_clear()
+    yield tmp_path / "cache" / "onnx"
+    load_parts.cache_clear()
+
+
+def test_prediction_through_stored_onnx_parts_equals_the_torch_model(tmp_path, onnx_cache):
+    from GliomaAnalysisLib.models.onnx_engine import OnnxPart
+
+    image, presence, labels = _case()
+    presence[2] = 0  # T2 missing: the warning comes through as well
+    save_model(_model(seed=7), {"version": "test", "calibration": {"temperature": 1.3}}, tmp_path, "slice_grade")
+    model, card = load_slice_grade(str(tmp_path))
+    parts, parts_card, warnings = _stored_parts(tmp_path)
+    assert warnings == () and all(isinstance(parts[name], OnnxPart) for name in SLICE_GRADE_PARTS)
+    assert len(list(onnx_cache.glob("slice_grade-*.onnx"))) == 2 and parts_card == card
+    through_torch = predict_slice_grade(model, card, image, presence, labels)
+    through_onnx = predict_slice_grade(parts, card, image, presence, labels)
+    assert set(through_onnx) == set(through_torch)
+    for key, value in through_torch.items():
+        if key in ("majority", "soft", "attention", "probability", "uncertainty"):
+            assert through_onnx[key] == pytest.approx(value, abs=1e-5 if key != "uncertainty" else 1e-4), key
+        elif key == "slice_probabilities":
+            np.testing.assert_allclose(through_onnx[key], value, atol=1e-4)
+        else:
+            assert through_onnx[key] == value, key
+    assert through_torch["uncertainty"] > 0 and len(through_torch["warnings"]) == 1
+    assert predict_slice_grade(parts, card, image, presence, labels) == through_onnx  # bit-identical rerun
+    plain = predict_slice_grade(parts, card, image, presence, labels, mc_samples=0)
+    assert plain["uncertainty"] is None and plain["slice_probabilities"] == through_onnx["slice_probabilities"]
+
+
+def test_a_prediction_from_cached_graphs_runs_without_torch_and_reruns_identically(tmp_path, onnx_cache):
+    image, presence, labels = _case(seed=3)
+    np.savez(tmp_path / "case.npz", image=image, presence=presence, labels=labels)
+    save_model(_model(seed=8), {"version": "test", "calibration": {"temperature": 0.8}}, tmp_path, "slice_grade")
+    parts, card, _ = _stored_parts(tmp_path)  # exports the graphs to the cache
+    here = predict_slice_grade(parts, card, image, presence, labels)
+    code = ("import json, sys\n"
+            "import numpy as np\n"
+            "from GliomaAnalysisLib.models.onnx_engine import load_parts\n"
+            "from GliomaAnalysisLib.models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, "
+            "build_slice_grade, predict_slice_grade, slice_grade_parts_of)\n"
+            f"folder = {str(tmp_path)!r}\n"
+            "case = np.load(folder + '/case.npz')\n"
+            "parts, card, _ = load_parts(SLICE_GRADE_MODEL, folder, SLICE_GRADE_PARTS, slice_grade_parts_of, "
+            "build_slice_grade)\n"
+            "result = predict_slice_grade(parts, card, case['image'], case['presence'], case['labels'])\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'result': result}))\n")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out["torch"] is False
+    assert out["result"] == here and here["uncertainty"] > 0 and here["n_slices"] == 6
+
+
+def test_the_prediction_module_imports_without_torch():
+    code = "import sys, GliomaAnalysisLib.models.slice_grade; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("config", [SliceGradeConfig(), SliceGradeConfig(backbone="efficientnet", crop=32)])

@@ -157,7 +157,8 @@ def test_semi_supervised_run_writes_both_stages_and_pseudo_label_report(tmp_path
 def test_head_pseudo_labels_respect_thresholds_and_keep_real_labels():
     import torch
 
-    from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, MultiTaskNet, pooled_dim
+    from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, pooled_dim
+    from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
     from GliomaAnalysisLib.models.network import NetworkConfig
     from training.advanced.semi_supervised_heads import pseudo_label
 

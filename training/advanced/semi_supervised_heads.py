@@ -28,7 +28,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, MultiTaskNet
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig
+from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import load_classification_split
 from ..multitask.export_multitask import _task_arrays

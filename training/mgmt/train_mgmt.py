@@ -48,9 +48,9 @@ from safetensors.torch import load_file, save_file
 from scipy.optimize import minimize
 
 from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
-from GliomaAnalysisLib.models.mgmt_fusion import (DEFAULT_MODEL_NAME, MGMTFusionConfig, MGMTFusionEnsemble,
-                                           SliceSequenceClassifier, crop_slices, fuse_probabilities,
-                                           select_slices)
+from GliomaAnalysisLib.models.mgmt_fusion import (DEFAULT_MODEL_NAME, MGMTFusionConfig, crop_slices,
+                                                  fuse_probabilities, select_slices)
+from GliomaAnalysisLib.models.mgmt_fusion_net import MGMTFusionEnsemble, SliceSequenceClassifier
 from GliomaAnalysisLib.models.inference import predict
 from GliomaAnalysisLib.models.model_store import load_model, save_model
 from GliomaAnalysisLib.io.modalities import MODALITIES

@@ -19,7 +19,8 @@ import torch
 
 from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
 from GliomaAnalysisLib.models.model_store import load_model, save_model
-from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASK_LABELS, TASKS, MultiTaskConfig, MultiTaskNet
+from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASK_LABELS, TASKS, MultiTaskConfig
+from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import ClassificationSample, load_classification_split
 from ..common.metrics import binary_report

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from GliomaAnalysisLib.models.model_store import load_model
-from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, MultiTaskNet
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig
+from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import ClassificationSample, class_weights, load_classification_split
 from ..common.config import parse_args as parse_with_config

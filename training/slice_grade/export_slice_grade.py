@@ -21,9 +21,9 @@ from scipy.optimize import minimize_scalar
 
 from GliomaAnalysisLib.models.calibration import TEMPERATURE_BOUNDS, apply_temperature, fit_temperature
 from GliomaAnalysisLib.models.model_store import RESOURCES, save_model
-from GliomaAnalysisLib.models.slice_grade import (AGGREGATIONS, SLICE_CHANNELS, SLICE_GRADE_MODEL, SliceGradeNet,
-                                           aggregate, attention_fusion, load_slice_grade, predict_slice_grade,
-                                           prepare_slices)
+from GliomaAnalysisLib.models.slice_grade import (AGGREGATIONS, SLICE_CHANNELS, SLICE_GRADE_MODEL, aggregate,
+                                           attention_fusion, load_slice_grade, predict_slice_grade, prepare_slices)
+from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from ..common.classification_data import ClassificationSample, ClassificationSplit
 from ..common.metrics import binary_report

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from GliomaAnalysisLib.models.slice_grade import SliceGradeConfig, SliceGradeNet, aggregate
+from GliomaAnalysisLib.models.slice_grade import SliceGradeConfig, aggregate
+from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from ..common.classification_data import ClassificationSplit, load_classification_split
 from ..common.config import parse_args as parse_with_config
