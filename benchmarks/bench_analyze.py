@@ -46,9 +46,9 @@ sitk.WriteImage(image, sys.argv[3] + "/segmentation.nii.gz", True)
 PROFILE_CHILD = r'''
 import json, sys, time
 start = time.perf_counter()
-import torch
-torch.set_num_threads(int(sys.argv[2]))
 import numpy, SimpleITK, onnxruntime
+from GliomaAnalysisLib.models import onnx_engine
+onnx_engine.set_threads(int(sys.argv[2]))
 from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.reporting.writers import write_outputs
 imports = time.perf_counter() - start
@@ -56,7 +56,7 @@ result = analyze(sys.argv[1], device="cpu")
 written = time.perf_counter()
 write_outputs(result, sys.argv[3])
 print(json.dumps({"imports": imports, **result.timings_s, "write": time.perf_counter() - written,
-                  "process": time.perf_counter() - start}))
+                  "process": time.perf_counter() - start, "torch_imported": "torch" in sys.modules}))
 '''
 
 
@@ -116,7 +116,9 @@ def main() -> None:
                                                       str(args.threads), out], env)[2].strip().splitlines()[-1]))
     print(f"profile of the default analysis (medians of {len(profiles)} in-process runs, seconds):")
     for part in profiles[0]:
-        print(f"  {part:<24} {statistics.median(p[part] for p in profiles):6.2f}")
+        if part != "torch_imported":
+            print(f"  {part:<24} {statistics.median(p[part] for p in profiles):6.2f}")
+    print(f"torch imported by a run: {any(p['torch_imported'] for p in profiles)}")
     print(f"case: {Path(case_dir).name}, threads: {args.threads}")
 
 
