@@ -92,7 +92,7 @@ def main() -> None:
             case_dir = str(write_phantom(make_phantom(2024), tmp))
         timed_process(cli + [case_dir, "--out", f"{tmp}/warm-up"], env)  # exports the ONNX graph once
         rows: Dict[str, Tuple[float, float]] = {}
-        for label, flags, repeats in (("analyze (default: 4 passes, classifiers, report)", [], args.repeats),
+        for label, flags, repeats in (("analyze (default: 2 passes, classifiers, report)", [], args.repeats),
                                       ("analyze --fast (1 pass)", ["--fast"], args.repeats),
                                       ("analyze --fast --no-classify", ["--fast", "--no-classify"], args.repeats),
                                       ("MONAI SegResNet-16 sliding window 128^3/0.5", None, args.monai_repeats)):

@@ -21,7 +21,7 @@ from GliomaAnalysisLib.synthetic.phantom import make_phantom
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=None)
-    parser.add_argument("--quality", action="store_true", help="4 passes instead of --fast")
+    parser.add_argument("--quality", action="store_true", help="the default quality passes instead of --fast")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

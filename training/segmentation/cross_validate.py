@@ -6,7 +6,7 @@
 
 For each fold (stratified by grade and source, ``training/common/folds.py``): train on the other folds
 (``train_segmentation``, resumed from its checkpoint), store the fold model as a model card + weights, then analyse
-each held-out case with ``GliomaAnalysisLib.analyze`` at default settings (4 passes, full resolution) without
+each held-out case with ``GliomaAnalysisLib.analyze`` at default settings (``QUALITY_PASSES``, full resolution) without
 post-processing and keep its probabilities (cropped to the brain, float16) as ``RUN/oof/<case>.npz``: every
 post-processing choice is then scored on the same out-of-fold predictions. With all modalities, and with each
 single modality missing (``--missing``, one fast pass).
@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.io.labels import regions, to_contiguous
 from GliomaAnalysisLib.pipeline.measures import dice
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
 from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components, suppress_small_enhancement
 
 from ..common.config import parse_args
@@ -246,7 +247,7 @@ def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str,
 def markdown(result: Dict, pictures: Dict[str, str]) -> str:
     chosen = result["chosen"]
     lines = [f"# Segmentation cross-validation ({result['cases']} real cases, folds {result['folds_done']})", "",
-             "Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings (4 passes), full "
+             f"Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings ({QUALITY_PASSES} passes), full "
              "resolution, against the expert labels. Produced by `python -m training.segmentation.cross_validate "
              "--config training/configs/segmentation.yaml --run-dir RUN --table training/results/segmentation_cv.md`.",
              "", "| post-processing | WT mean (SD) | TC mean (SD) | ET mean (SD) | worst WT |", "| --- | --- | --- | --- | --- |"]

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from safetensors.torch import load_file
 
 from GliomaAnalysisLib import MODALITIES, load_case
-from GliomaAnalysisLib.pipeline.analysis import analyze
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, analyze
 from GliomaAnalysisLib.io.labels import to_contiguous
 from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, save_model
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
                                                                config["validation_cases"], drop=modality)
     card["validation"] = {
         "cases": len(config["validation_cases"]),
-        "how": "GliomaAnalysisLib.analyze, default settings (4 passes: flip TTA + MC-dropout), full resolution",
+        "how": f"GliomaAnalysisLib.analyze, default settings ({QUALITY_PASSES} passes: flip TTA + MC-dropout), full resolution",
         "metrics": validation,
         "caveat": "one fixed split of 24 cases (6 validation); expect lower and different figures on other data",
     }
