@@ -45,8 +45,13 @@ def dropout_masks(config: NetworkConfig, spatial_zyx: Sequence[int],
     shapes = dropout_mask_shapes(config, spatial_zyx)
     if rng is None or p <= 0:
         return [np.ones((1,) * (len(shape) + 1), np.float32) for shape in shapes]
-    return [((rng.random((1, *shape), dtype=np.float32) >= p) / np.float32(1.0 - p)).astype(np.float32)
-            for shape in shapes]
+    scale = np.float32(1.0) / np.float32(1.0 - p)
+    masks = []
+    for shape in shapes:  # in place: the attention masks hold millions of units
+        mask = (rng.random((1, *shape), dtype=np.float32) >= p).astype(np.float32)
+        mask *= scale
+        masks.append(mask)
+    return masks
 
 
 def part_pass(network: Part, config: NetworkConfig) -> RunPass:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +17,7 @@ from ..io.geometry import lps_array
 from ..models.evidence import NOT_ASSESSABLE, RULE
 from .figures import LABEL_COLOURS, LABEL_NAMES, css_gradient, map_figure, overlay_figure, probability_bars
 from .narrative import AUTOMATIC_NOTICE, build_narrative
+from .render3d import RenderError, start_render
 from ..pipeline.result import RESEARCH_USE, AnalysisResult
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;color:#222}
@@ -84,16 +85,39 @@ def _evidence_cells(entry: Dict, path: str) -> str:
             f'{html.escape(level)}</td><td title="{title}">{figure}</td>')
 
 
-def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
-    labels, spacing = lps_array(result.labels)
+def _oriented(image: sitk.Image) -> np.ndarray:
+    return lps_array(image)[0]  # a view: the figures read three slices of each volume
 
-    def oriented(image: sitk.Image) -> np.ndarray:
-        return lps_array(image)[0]  # a view: the figures read three slices of each volume
 
-    backgrounds = {m: oriented(result.images[m]) for m in ("t1ce", "flair") if m in result.images}
+def _backgrounds(result: AnalysisResult) -> Dict[str, np.ndarray]:
+    """LPS views of the images behind the figures: T1CE and FLAIR, else the first image."""
+    backgrounds = {m: _oriented(result.images[m]) for m in ("t1ce", "flair") if m in result.images}
     if not backgrounds and result.images:
         first = next(iter(result.images))
-        backgrounds = {first: oriented(result.images[first])}
+        backgrounds = {first: _oriented(result.images[first])}
+    return backgrounds
+
+
+def start_tumor_view(result: AnalysisResult) -> Callable[[], bytes]:
+    """Start the report's 3D view of ``result`` (render3d.start_render: in a child process on Linux, so it overlaps
+    the writing of the other outputs); returns the function that waits for its PNG bytes."""
+    labels, spacing = lps_array(result.labels)
+    backgrounds = _backgrounds(result)
+    brain = next(iter(backgrounds.values())) > 0 if backgrounds else None
+    try:
+        return start_render(labels, spacing, brain)
+    except Exception as exc:  # no VTK, or no process could be started: reported where the figure would be
+        error = exc
+
+        def failed() -> bytes:
+            raise error
+
+        return failed
+
+
+def _figures(result: AnalysisResult, warnings: List[str], tumor_view: Callable[[], bytes]) -> List[str]:
+    labels, spacing = lps_array(result.labels)
+    backgrounds = _backgrounds(result)
     parts = []
     if backgrounds:
         rows = ", ".join(name.upper() for name in backgrounds)
@@ -101,22 +125,20 @@ def _figures(result: AnalysisResult, warnings: List[str]) -> List[str]:
                           f"Slices through the tumor centre: columns axial (anterior at the top), coronal and sagittal "
                           f"(superior at the top); rows {rows}. Label overlay:", "fig-overlay", _legend()))
         background_name, background = next(iter(backgrounds.items()))
-        maps = {f"P({name.upper()})": oriented(image) for name, image in result.probabilities.items()}
+        maps = {f"P({name.upper()})": _oriented(image) for name, image in result.probabilities.items()}
         parts.append(_img(map_figure(background, maps, labels, spacing),
                           f"Class probability heat maps over {background_name.upper()}: rows {', '.join(maps)}; "
                           f"columns axial, coronal, sagittal. Probability:", "fig-probability", _colour_bar("hot")))
-        parts.append(_img(map_figure(background, {"uncertainty": oriented(result.uncertainty)}, labels, spacing,
+        parts.append(_img(map_figure(background, {"uncertainty": _oriented(result.uncertainty)}, labels, spacing,
                                      cmap="viridis"),
                           "Voxel uncertainty (normalised predictive entropy of the TTA / MC-dropout passes); columns "
                           "axial, coronal, sagittal. Uncertainty:", "fig-uncertainty", _colour_bar("viridis")))
     try:
-        from .render3d import render_tumor
-
-        brain = next(iter(backgrounds.values())) > 0 if backgrounds else None
-        parts.append(_img(render_tumor(labels, spacing, brain), "3D rendering of the subregions "
+        parts.append(_img(tumor_view(), "3D rendering of the subregions "
                           "(translucent edema around the core) inside the brain surface", "fig-3d"))
     except Exception as exc:  # rendering needs OpenGL (EGL or a display); the report stays useful without it
-        warnings.append(f"3D rendering unavailable ({type(exc).__name__}: {str(exc)[:80]})")
+        reason = str(exc) if isinstance(exc, RenderError) else f"{type(exc).__name__}: {exc}"
+        warnings.append(f"3D rendering unavailable ({reason[:100]})")
     return parts
 
 
@@ -178,10 +200,14 @@ def _location_section(report: Dict) -> str:
             f"(right to left, anterior to posterior, inferior to superior). Midline shift is not measured.</p>")
 
 
-def render_report(result: AnalysisResult, report: Dict, figures: bool = True) -> str:
-    """The HTML page for ``report`` (the dict written as report.json) and the images of ``result``."""
+def render_report(result: AnalysisResult, report: Dict, figures: bool = True,
+                  tumor_view: Optional[Callable[[], bytes]] = None) -> str:
+    """The HTML page for ``report`` (the dict written as report.json) and the images of ``result``; ``tumor_view``:
+    the 3D view started earlier by :func:`start_tumor_view` (started here when None)."""
     warnings = list(report["warnings"])
-    figure_html = _figures(result, warnings) if figures and result.images else []
+    figure_html = []
+    if figures and result.images:
+        figure_html = _figures(result, warnings, tumor_view or start_tumor_view(result))
     inputs = "".join(f"<tr><th>{html.escape(f['modality'])}</th><td>{html.escape(f['path'])}</td></tr>"
                      for f in report["inputs"]["files"])
     missing = ", ".join(report["inputs"]["missing"]) or "none"

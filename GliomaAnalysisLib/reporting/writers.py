@@ -11,13 +11,13 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import List, Union
+from typing import Callable, List, Optional, Union
 
 import SimpleITK as sitk
 
 from ..io.atomic import staged_folder
 from ..pipeline.result import AnalysisResult
-from .report_html import render_report
+from .report_html import render_report, start_tumor_view
 
 CONTRACT_FILES = ("segmentation.nii.gz", "prob_ncr.nii.gz", "prob_ed.nii.gz", "prob_et.nii.gz",
                   "uncertainty.nii.gz", "report.json", "report.html")
@@ -51,18 +51,33 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
     if dicom_seg and not sitk.GetArrayViewFromImage(result.labels).any():
         result.warnings.append("DICOM SEG not written: the segmentation is empty")
         dicom_seg = False
-    _write_image(result.label_image(convention), folder / "segmentation.nii.gz")
-    for name, image in result.probabilities.items():
-        _write_image(image, folder / f"prob_{name}.nii.gz")
-    _write_image(result.uncertainty, folder / "uncertainty.nii.gz")
+    # the report's 3D view renders in a child process (Linux) while the maps are written
+    tumor_view = start_tumor_view(result) if figures and result.images else None
+    try:
+        _write_image(result.label_image(convention), folder / "segmentation.nii.gz")
+        for name, image in result.probabilities.items():
+            _write_image(image, folder / f"prob_{name}.nii.gz")
+        _write_image(result.uncertainty, folder / "uncertainty.nii.gz")
+    except BaseException:
+        _collect(tumor_view)
+        raise
     report = result.report(convention)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.html").write_text(render_report(result, report, figures=figures))
+    (folder / "report.html").write_text(render_report(result, report, figures=figures, tumor_view=tumor_view))
     (folder / LOG_FILE).write_text("\n".join(result.log) + "\n")
     names = list(CONTRACT_FILES) + [LOG_FILE]
     if dicom_seg:
         names += _write_dicom(result, folder)
     return names
+
+
+def _collect(tumor_view: Optional[Callable[[], bytes]]) -> None:
+    """Wait for a started 3D view whose report will not be written (no child process is left behind)."""
+    try:
+        if tumor_view is not None:
+            tumor_view()
+    except Exception:
+        pass
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:

@@ -1,5 +1,6 @@
 """The 3D rendering of the report draws the tumor's surfaces from its bounding box only."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -29,3 +30,18 @@ def test_rendering_does_not_depend_on_where_the_tumor_sits_in_the_volume():
     assert np.abs(small - large).max() <= 2  # same picture: the camera frames the surfaces wherever they are
     yellow = (small[..., 0] > 150) & (small[..., 1] > 150) & (small[..., 2] < 100)
     assert yellow.sum() > 20 and (small.sum(-1) < 700).sum() > 1000  # the enhancing shell and the tumor are drawn
+
+
+def test_the_background_render_gives_the_same_picture_and_reports_failures():
+    from GliomaAnalysisLib.reporting.render3d import RenderError, start_render
+
+    labels = np.zeros((24, 28, 26), np.uint8)
+    labels[4:20, 5:22, 6:20] = 2
+    labels[8:16, 9:18, 10:16] = 3
+    direct = _render(labels)
+    assert start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct  # byte-identical PNG from the child
+    failing = start_render(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0), size=160)  # 2D: the render raises
+    with pytest.raises(RenderError, match=r"^\w+Error: "):
+        failing()
+    children = os.popen(f"ps --ppid {os.getpid()} -o stat=").read().split()
+    assert "Z" not in "".join(children)  # every child was waited for
