@@ -70,8 +70,9 @@ def build_command(python: str, inputs: Dict[str, str], out_dir: str, device: str
 
 
 _STAGES = (("loading", 0.05), ("case ", 0.08), ("clinical input", 0.1), ("preprocessing", 0.12),
-           ("memory estimate", 0.15), ("segmenting", 0.2), ("classifying", 0.8), ("mapping results back", 0.85),
+           ("memory estimate", 0.15), ("segmenting", 0.2), ("classifying", 0.8), ("mapping results back", 0.8),
            ("done", 1.0))
+"""Fraction done at each CLI message; the classifiers and the mapping back run side by side (same fraction)."""
 _PASS = re.compile(r"network pass (\d+)/(\d+)")
 
 
@@ -103,7 +104,7 @@ def _evidence(value: Dict) -> str:
 
 _STATES = (("loading", "Starting"), ("case ", "Starting"), ("clinical input", "Registering"),
            ("preprocessing", "Starting"), ("segmenting", "Segmenting"), ("network pass", "Segmenting"),
-           ("classifying", "Classifying"), ("mapping results back", "Segmenting"))
+           ("classifying", "Classifying"), ("mapping results back", "Classifying"))
 
 
 def run_state(message: str) -> Optional[str]:

@@ -2,12 +2,16 @@
 
 case -> preprocess (card's spacing, brain crop, z-score) -> network (TTA / MC-dropout passes) -> probabilities
 back to the reference grid (linear) -> labels = argmax there -> lesion filter + small-component removal ->
-volumes, ratios, uncertainty summary -> AnalysisResult.
+volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers (pipeline/classify.py) read the working-grid
+arrays and run in a worker thread while the probabilities go back to the reference grid (ONNX Runtime releases the
+GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited for them after the
+mapping back (``classify_wait``).
 """
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
@@ -43,6 +47,12 @@ def argmax_uint8(maps: List[np.ndarray]) -> np.ndarray:
         labels[better] = index
         np.maximum(best, values, out=best)
     return labels
+
+
+def _timed(function: Callable, *args):
+    """(function(*args), seconds it took)."""
+    start = time.perf_counter()
+    return function(*args), time.perf_counter() - start
 
 
 def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DEFAULT_SEGMENTATION_MODEL,
@@ -110,23 +120,28 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     lap("network")
 
     classification = Classification()
-    if classify:
-        working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-        classification = classify_case(pre.image, pre.presence, working_labels, model_folder, uncertainty, say)
-        warnings += classification.warnings
-        lap("classify")
-
-    say("mapping results back to the input grid")
-    # 3 decimals are plenty for a probability and make the files compress ~10x better
-    reference_probs = []
-    for p in probabilities:
-        array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
-        reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
-    labels = argmax_uint8(reference_probs)
-    del reference_probs[0]  # background: only needed for the argmax
-    uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
-                               PROBABILITY_DECIMALS)
-    lap("resample")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the classifiers (ONNX Runtime, which releases the GIL) run while the maps go back to the input grid
+        pending = None
+        if classify:
+            working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+            pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
+                                  uncertainty, say)
+        say("mapping results back to the input grid")
+        # 3 decimals are plenty for a probability and make the files compress ~10x better
+        reference_probs = []
+        for p in probabilities:
+            array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
+            reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
+        labels = argmax_uint8(reference_probs)
+        del reference_probs[0]  # background: only needed for the argmax
+        uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
+                                   PROBABILITY_DECIMALS)
+        lap("resample")
+        if pending is not None:
+            classification, timings["classify"] = pending.result()
+            warnings += classification.warnings
+            lap("classify_wait")
 
     voxel_ml = case.geometry.voxel_volume_ml
     if postprocess:

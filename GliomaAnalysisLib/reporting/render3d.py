@@ -141,7 +141,7 @@ class RenderError(RuntimeError):
 def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None,
                  size: int = 480) -> Callable[[], bytes]:
     """Start :func:`render_tumor` and return a function that waits for its PNG bytes (raising what the rendering
-    raised; from the child process as a :class:`RenderError`). On Linux the rendering runs in a forked child process (it reads the arrays the fork
+    raised; from the child process as a :class:`RenderError`; every call gives the same answer). On Linux the rendering runs in a forked child process (it reads the arrays the fork
     shares and sends back the PNG through a pipe), so it overlaps the caller's work; elsewhere (no fork; macOS's
     frameworks are not fork-safe) it runs when its result is asked for."""
     if not sys.platform.startswith("linux"):
@@ -158,14 +158,15 @@ def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
             pipe.write(pickle.dumps(reply))
         os._exit(0)
     os.close(write_end)
+    reply: list = []
 
-    def result() -> bytes:
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(pid, 0)
-        if not data:
-            raise RenderError("the 3D rendering process ended without a result")
-        ok, value = pickle.loads(data)
+    def result() -> bytes:  # waits once; later calls give the same answer
+        if not reply:
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+            reply.append(pickle.loads(data) if data else (False, "the 3D rendering process ended without a result"))
+        ok, value = reply[0]
         if not ok:
             raise RenderError(value)
         return value

@@ -58,12 +58,11 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
         for name, image in result.probabilities.items():
             _write_image(image, folder / f"prob_{name}.nii.gz")
         _write_image(result.uncertainty, folder / "uncertainty.nii.gz")
-    except BaseException:
+        report = result.report(convention)
+        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "report.html").write_text(render_report(result, report, figures=figures, tumor_view=tumor_view))
+    finally:
         _collect(tumor_view)
-        raise
-    report = result.report(convention)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.html").write_text(render_report(result, report, figures=figures, tumor_view=tumor_view))
     (folder / LOG_FILE).write_text("\n".join(result.log) + "\n")
     names = list(CONTRACT_FILES) + [LOG_FILE]
     if dicom_seg:
@@ -72,7 +71,7 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
 
 
 def _collect(tumor_view: Optional[Callable[[], bytes]]) -> None:
-    """Wait for a started 3D view whose report will not be written (no child process is left behind)."""
+    """Wait for a started 3D view (no child process is left behind, also when the report was not written)."""
     try:
         if tumor_view is not None:
             tumor_view()

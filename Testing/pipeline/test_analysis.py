@@ -1,5 +1,6 @@
 """End-to-end analysis: contract files, exact geometry, modality subsets, and Dice of the shipped model."""
 import json
+import os
 from importlib import resources
 
 import jsonschema
@@ -83,13 +84,15 @@ def test_cli_writes_every_contract_file_and_a_valid_report(tmp_path, phantom_dir
 def test_failed_run_leaves_no_output(tmp_path, phantom_dir, tiny_model_dir, monkeypatch):
     import GliomaAnalysisLib.reporting.writers as writers
 
-    def broken(result, report, figures=True):
+    def broken(result, report, figures=True, tumor_view=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(writers, "render_report", broken)
     out = tmp_path / "out"
     assert main(["analyze", str(phantom_dir), "--out", str(out), "--model-dir", str(tiny_model_dir), "--fast"]) == 2
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+    zombies = [line for line in os.popen(f"ps --ppid {os.getpid()} -o stat=").read().split() if "Z" in line]
+    assert zombies == []  # the 3D view's child process was waited for
 
 
 def _dice(prediction, truth):

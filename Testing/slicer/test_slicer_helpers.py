@@ -137,8 +137,12 @@ def test_child_process_options_hide_the_windows_console(monkeypatch):
 
 def test_run_states_follow_the_cli_messages():
     assert [run_state(m) for m in ("loading inputs", "clinical input: co-registering flair to t1ce (rigid)",
-                                   "segmenting (4 passes)", "network pass 2/4", "classifying", "done")] == [
-        "Starting", "Registering", "Segmenting", "Segmenting", "Classifying", None]
+                                   "segmenting (2 passes)", "network pass 2/2", "classifying",
+                                   "mapping results back to the input grid", "done")] == [
+        "Starting", "Registering", "Segmenting", "Segmenting", "Classifying", "Classifying", None]
+    # the classifiers and the mapping back run side by side: their messages never move the progress backwards
+    assert parse_progress("[glioma-analysis] classifying MGMT")[0] == parse_progress(
+        "[glioma-analysis] mapping results back to the input grid")[0]
 
 
 def test_command_line_carries_the_clinical_preprocessing_choices():
