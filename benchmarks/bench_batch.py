@@ -2,10 +2,10 @@
 
     python benchmarks/bench_batch.py [--root ../shared/data/brats18] [--cases 10] [--threads 2]
 
-Takes the first --cases case folders under --root (their files linked into a temporary cohort), runs one single
-``glioma-analysis analyze`` of the first case (whole process), then ``batch --jobs 1`` and ``batch --jobs 2`` over
-all of them, and prints the seconds per case and cases per hour of each. One untimed warm-up analysis first exports
-the network to the ONNX cache.
+Takes the first --cases case folders under --root (their files linked into a temporary cohort), runs one
+``glioma-analysis analyze`` process per case (the baseline: what a shell loop costs), then ``batch --jobs 1`` and
+``batch --jobs 2`` over all of them, and prints the seconds per case and cases per hour of each. One untimed warm-up
+analysis first exports the networks to the ONNX cache.
 """
 from __future__ import annotations
 
@@ -46,13 +46,16 @@ def main() -> None:
                     os.symlink(image.resolve(), cohort / folder.name / image.name)
         first = str(cohort / folders[0].name)
         run([cli, "analyze", first, "--out", f"{tmp}/warm-up"], env)
-        single = run([cli, "analyze", first, "--out", f"{tmp}/single"], env)
-        print(f"single analyze process (first case):      {single:6.1f} s")
+        single = sum(run([cli, "analyze", str(cohort / f.name), "--out", f"{tmp}/single-{f.name}"], env)
+                     for f in folders) / len(folders)
+        print(f"one analyze process per case, {len(folders)} cases: {single:5.2f} s per case, "
+              f"{3600 / single:6.0f} cases per hour", flush=True)
         for jobs in (1, 2):
             seconds = run([cli, "batch", str(cohort), "--out", f"{tmp}/batch-{jobs}", "--jobs", str(jobs)], env)
             per_case = seconds / len(folders)
             print(f"batch --jobs {jobs}, {len(folders)} cases: {seconds:6.1f} s = {per_case:5.2f} s per case, "
-                  f"{3600 / per_case:6.0f} cases per hour", flush=True)
+                  f"{3600 / per_case:6.0f} cases per hour, {single - per_case:+.2f} s a case against one process "
+                  f"per case", flush=True)
     print(f"threads: {args.threads}, cases from {args.root}")
 
 

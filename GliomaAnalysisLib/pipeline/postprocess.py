@@ -31,7 +31,7 @@ def _components(mask: np.ndarray):
     return ndimage.label(mask, structure=_CONNECTIVITY)
 
 
-def _tumor_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
+def nonzero_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
     """The bounding box (slices) of the non-zero voxels, None when there are none."""
     box = []
     for axis in range(labels.ndim):
@@ -45,7 +45,7 @@ def _tumor_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
 def _within_tumor_box(labels: np.ndarray, filter_crop: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``filter_crop`` applied to the tumor's bounding box only (every component lies inside it, so the result is
     that of the whole volume at a fraction of the work); returns ``labels`` itself when nothing changes."""
-    box = _tumor_box(labels)
+    box = nonzero_box(labels)
     if box is None:
         return labels
     crop = labels[box]

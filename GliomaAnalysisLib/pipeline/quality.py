@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .postprocess import nonzero_box
 from .result import AnalysisResult
 
 UNCERTAIN_MEAN = 0.35
@@ -57,6 +58,9 @@ def _flag(name: str, detail: str) -> Dict[str, str]:
 
 
 def _far_components(tumor: np.ndarray, spacing: np.ndarray, voxel_ml: float) -> List[Dict[str, str]]:
+    # on the tumor's bounding box: every component lies in it, and so does the straight line between any two of
+    # their voxels, so the distances are those of the whole volume (at a fraction of the work)
+    tumor = tumor[nonzero_box(tumor)]
     components, count = ndimage.label(tumor)
     if count < 2:
         return []

@@ -75,3 +75,19 @@ def test_inputs_that_look_unregistered(clean):
     images["flair"] = moved
     flags = qc_flags(dataclasses.replace(clean, images=images))
     assert [f["flag"] for f in flags] == ["unregistered"] and "flair" in flags[0]["detail"]
+
+
+def test_distant_component_distances_are_those_of_the_whole_volume():
+    """The check runs on the tumor's bounding box; the gap it reports must be the whole volume's."""
+    from scipy import ndimage
+
+    from GliomaAnalysisLib.pipeline.quality import FAR_MM, _far_components
+
+    tumor = np.zeros((60, 70, 80), bool)
+    tumor[10:20, 10:20, 10:20] = True  # main lesion
+    tumor[40:44, 50:54, 60:64] = True  # a far one, 64 voxels
+    spacing = np.array([1.0, 1.0, 1.0])
+    flags = _far_components(tumor, spacing, 1.0 / 1000 * 8)  # 0.512 mL at 8 uL voxels
+    distance = ndimage.distance_transform_edt(~(ndimage.label(tumor)[0] == 1), sampling=spacing)
+    gap = distance[40:44, 50:54, 60:64].min()
+    assert gap > FAR_MM and flags and f"farthest {gap:.0f} mm" in flags[0]["detail"]
