@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import GliomaAnalysisError
 from ..io.modalities import MODALITIES
-from .onnx_engine import Part, PartSpec
+from .onnx_engine import Part, PartSpec, dropout_mask
 
 if TYPE_CHECKING:
     from .mgmt_fusion_net import MGMTFusionEnsemble
@@ -241,11 +241,7 @@ def dropout_masks(config: MGMTFusionConfig, samples: int, n_slices: int,
     with the config's dropout probability p and the others scaled by 1 / (1 - p), as torch's dropout in training
     mode; without, all ones (dropout off)."""
     shapes = ((samples, n_slices, config.feature_dim), (samples, config.lstm_hidden))
-    if rng is None or config.dropout <= 0:
-        return tuple(np.ones(shape, np.float32) for shape in shapes)
-    keep = 1.0 - config.dropout
-    return tuple(((rng.random(shape, dtype=np.float32) < keep) / np.float32(keep)).astype(np.float32)
-                 for shape in shapes)
+    return tuple(dropout_mask(rng, shape, config.dropout) for shape in shapes)
 
 
 def _probability(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..preprocessing.cropping import crop_padded, pad_to_multiple, tumor_box
 from .network_config import NetworkConfig
-from .onnx_engine import Part, PartSpec, torch_parts
+from .onnx_engine import Part, PartSpec, dropout_mask, torch_parts
 
 TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
 TASK_LABELS: Dict[str, Tuple[str, str]] = {
@@ -104,10 +104,7 @@ def head_masks(config: MultiTaskConfig, samples: int, rng: Optional[np.random.Ge
     """Dropout masks of the heads for ``samples`` rows: the summary's (samples, hidden), then each task's
     (samples, hidden // 2); with ``rng`` inverted dropout (0 or 1 / (1 - p)), else all ones."""
     shapes = [(samples, config.hidden)] + [(samples, config.hidden // 2)] * len(TASKS)
-    if rng is None or config.dropout <= 0:
-        return [np.ones(shape, np.float32) for shape in shapes]
-    keep = 1.0 - config.dropout
-    return [((rng.random(shape, dtype=np.float32) < keep) / np.float32(keep)).astype(np.float32) for shape in shapes]
+    return [dropout_mask(rng, shape, config.dropout) for shape in shapes]
 
 
 def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,

@@ -215,6 +215,11 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return logits
 
 
-def stack_masks(masks: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
-    """Inputs ``mask0 .. maskK`` of a part from a list of masks."""
-    return {f"mask{k}": m for k, m in enumerate(masks)}
+def dropout_mask(rng: Optional[np.random.Generator], shape: Sequence[int], p: float) -> np.ndarray:
+    """A float32 dropout mask of ``shape`` for a part's mask input: with ``rng`` each unit is 0 with probability
+    ``p``, else 1 / (1 - p) (torch's dropout in training mode); without (or p <= 0), all ones (dropout off)."""
+    if rng is None or p <= 0:
+        return np.ones(shape, np.float32)
+    mask = (rng.random(tuple(shape), dtype=np.float32) >= p).astype(np.float32)
+    mask *= np.float32(1.0) / np.float32(1.0 - p)  # in place: attention masks hold millions of units
+    return mask

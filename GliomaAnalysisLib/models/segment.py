@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .network_config import NetworkConfig, dropout_mask_shapes
-from .onnx_engine import Part, PartSpec, softmax
+from .onnx_engine import Part, PartSpec, dropout_mask, softmax
 
 SEGMENTATION_PARTS = ("network",)
 """The segmentation model's one part: the whole network with its dropout masks as inputs."""
@@ -41,17 +41,10 @@ def dropout_masks(config: NetworkConfig, spatial_zyx: Sequence[int],
     first) for an input of ``spatial_zyx`` voxels: with ``rng`` each unit is dropped with the network's dropout
     probability and the others scaled by 1 / (1 - p), as torch's dropout samples in training mode; without, all
     ones (a plain pass; shape (1, ..., 1), which broadcasts)."""
-    p = config.dropout
     shapes = dropout_mask_shapes(config, spatial_zyx)
-    if rng is None or p <= 0:
+    if rng is None:
         return [np.ones((1,) * (len(shape) + 1), np.float32) for shape in shapes]
-    scale = np.float32(1.0) / np.float32(1.0 - p)
-    masks = []
-    for shape in shapes:  # in place: the attention masks hold millions of units
-        mask = (rng.random((1, *shape), dtype=np.float32) >= p).astype(np.float32)
-        mask *= scale
-        masks.append(mask)
-    return masks
+    return [dropout_mask(rng, (1, *shape), config.dropout) for shape in shapes]
 
 
 def part_pass(network: Part, config: NetworkConfig) -> RunPass:

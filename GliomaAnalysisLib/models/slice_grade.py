@@ -31,7 +31,7 @@ import numpy as np
 
 from .calibration import apply_temperature
 from ..io.modalities import MODALITIES
-from .onnx_engine import Part, PartSpec, torch_parts
+from .onnx_engine import Part, PartSpec, dropout_mask, torch_parts
 
 if TYPE_CHECKING:
     from .slice_grade_net import SliceGradeNet
@@ -235,8 +235,7 @@ def aggregate(probabilities: Sequence[float]) -> Dict[str, Optional[float]]:
 def _mc_masks(samples: int, n: int, hidden: int, rate: float) -> np.ndarray:
     """Inverted-dropout masks float32 (samples, n, hidden) from NumPy's generator seeded with ``MC_SEED``: 0 for a
     dropped unit (probability ``rate``), else 1 / (1 - rate); the same masks for the same case every run."""
-    keep = np.random.default_rng(MC_SEED).random((samples, n, hidden), dtype=np.float32) >= rate
-    return (keep / np.float32(1.0 - rate)).astype(np.float32)
+    return dropout_mask(np.random.default_rng(MC_SEED), (samples, n, hidden), rate)
 
 
 def empty_result(reason: str, warnings: Optional[List[str]] = None) -> Dict[str, Any]:
