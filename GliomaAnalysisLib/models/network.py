@@ -196,13 +196,6 @@ class GliomaSegNet(nn.Module):
             features = block(features + skips.pop(), mask)
         return self.head(features)
 
-    def enable_mc_dropout(self) -> None:
-        """Eval mode everywhere except dropout layers (for MC-dropout sampling)."""
-        self.eval()
-        for module in self.modules():
-            if isinstance(module, (nn.Dropout, nn.Dropout3d)):
-                module.train()
-
 
 class _NetworkWithMaskInputs(nn.Module):
     """``forward(x, presence, *masks)``: the network with its dropout masks as separate inputs (for the export)."""

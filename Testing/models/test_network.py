@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -44,16 +45,23 @@ def test_sizes_must_be_divisible(net):
 
 
 def test_mc_dropout_samples_differ_while_eval_is_deterministic():
+    from GliomaAnalysisLib.models.segment import dropout_masks
+
     torch.manual_seed(1)
     net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
                                      transformer_heads=2, dropout=0.3))
     x, p = torch.randn(1, 4, 16, 16, 16), torch.ones(1, 4)
     net.eval()
+    rng = np.random.default_rng(0)
+
+    def sampled():
+        return net(x, p, [torch.from_numpy(m) for m in dropout_masks(net.config, (16, 16, 16), rng)])
+
     with torch.no_grad():
         assert torch.equal(net(x, p), net(x, p))
-        net.enable_mc_dropout()
-        assert not torch.equal(net(x, p), net(x, p))
-        assert not any(m.training for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d))
+        assert not torch.equal(sampled(), sampled())
+        ones = [torch.from_numpy(m) for m in dropout_masks(net.config, (16, 16, 16), None)]
+        assert torch.allclose(net(x, p, ones), net(x, p), atol=1e-5)  # all-ones masks: the eval-mode network
 
 
 def test_config_round_trips_through_a_dict():

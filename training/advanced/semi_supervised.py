@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from GliomaAnalysisLib.models.network import GliomaSegNet
+from GliomaAnalysisLib.models.segment import dropout_masks
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
 
 from ..common.config import parse_args
@@ -98,16 +99,18 @@ def mc_dropout_statistics(model: GliomaSegNet, image: np.ndarray, passes: int = 
     pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
     x = torch.from_numpy(np.pad(image, pad))[None]
     presence = torch.ones(1, 4)
-    torch.manual_seed(seed)
-    model.enable_mc_dropout()
+    rng = np.random.default_rng(seed)  # the masks of the analysis's MC-dropout (models/segment.py)
+    was_training = model.training
+    model.eval()
     total = torch.zeros((N_CLASSES,) + x.shape[2:], dtype=torch.float64)
     squares = torch.zeros_like(total)
     with torch.inference_mode():
         for _ in range(passes):
-            p = torch.softmax(model(x, presence), dim=1)[0].double()
+            masks = [torch.from_numpy(m) for m in dropout_masks(model.config, x.shape[2:], rng)]
+            p = torch.softmax(model(x, presence, masks), dim=1)[0].double()
             total += p
             squares += p * p
-    model.train()
+    model.train(was_training)
     mean = total / passes
     std = torch.sqrt(torch.clamp(squares / passes - mean * mean, min=0.0))
     crop = (slice(None),) + tuple(slice(0, n) for n in shape)
