@@ -111,7 +111,8 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, Path], missing: bo
             np.savez_compressed(tmp, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
                                 truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
                                 box=np.array([[s.start, s.stop] for s in box]), fold=fold,
-                                spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds)
+                                spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
+                                passes=result.settings["passes"])
             tmp.replace(out)
             print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)
 
@@ -156,6 +157,7 @@ def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
     scores["uncertainty_in_tumor"] = float(data["uncertainty"][raw > 0].astype(np.float32).mean()) if (raw > 0).any() \
         else 0.0
     scores["fold"] = int(data["fold"])
+    scores["passes"] = int(data["passes"]) if "passes" in data else 4  # predictions before the field: 4 passes
     return scores
 
 
@@ -179,6 +181,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "folds_done": sorted({row["fold"] for row in rows.values()}),
+              "passes": sorted({row["passes"] for row in rows.values()}),
               "variants": summaries, "chosen": chosen, "worst_cases": worst,
               "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
               "missing_modality": missing, "per_case": rows,
@@ -247,7 +250,8 @@ def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str,
 def markdown(result: Dict, pictures: Dict[str, str]) -> str:
     chosen = result["chosen"]
     lines = [f"# Segmentation cross-validation ({result['cases']} real cases, folds {result['folds_done']})", "",
-             f"Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings ({QUALITY_PASSES} passes), full "
+             f"Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings "
+             f"({' and '.join(map(str, result.get('passes', [QUALITY_PASSES])))} network passes), full "
              "resolution, against the expert labels. Produced by `python -m training.segmentation.cross_validate "
              "--config training/configs/segmentation.yaml --run-dir RUN --table training/results/segmentation_cv.md`.",
              "", "| post-processing | WT mean (SD) | TC mean (SD) | ET mean (SD) | worst WT |", "| --- | --- | --- | --- | --- |"]
