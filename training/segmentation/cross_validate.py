@@ -84,11 +84,13 @@ def store_fold_model(run: Path, fold: int) -> Path:
 def predict_held_out(run: Path, fold: int, folders: Dict[str, Path], missing: bool) -> None:
     """Analyse every held-out case of ``fold`` (default settings, no post-processing) into RUN/oof/."""
     from GliomaAnalysisLib.models.model_store import load_model_cached
+    from GliomaAnalysisLib.models.onnx_engine import load_parts
     from GliomaAnalysisLib.pipeline.analysis import analyze
 
     config = json.loads((run / f"fold{fold}" / "config.json").read_text())
     model_dir = store_fold_model(run, fold)
     load_model_cached.cache_clear()
+    load_parts.cache_clear()
     variants: List[Optional[str]] = [None] + (list(MODALITIES) if missing else [])
     for case_id in config["validation_cases"]:
         for drop in variants:

@@ -1,10 +1,14 @@
-"""Turn a training run into shipped weights + model card, with validation metrics measured by the real pipeline.
+"""Turn a training run into shipped weights + model card, with metrics measured by the real pipeline.
 
     python -m training.segmentation.export_segmentation RUN_DIR [--out Resources/models] [--name glioma_seg]
+        [--cv-report CV_RUN/cv_report.json] [--version 0.2.0]
 
-Every validation case of the run's split is analysed with ``GliomaAnalysisLib.analyze`` (default settings) at
-full resolution, with all modalities and with each one missing; the card records Dice and HD95 per region, the
-split, the training set-up and the sha256 of the weights.
+The card leads with the recipe's cross-validation (``--cv-report``: every real case scored once, out of fold, by
+``training/segmentation/cross_validate.py``): mean, SD and SE per region, the per-case table, the worst cases,
+the ET-free cases and each single modality missing. A run trained on all cases (``--fold all``) has no validation
+split; a run with one is also scored on it with ``GliomaAnalysisLib.analyze`` (default settings, full resolution,
+with all modalities and with each one missing; Dice and HD95). The card also records the training set-up and the
+sha256 of the weights.
 """
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, analyze
 from GliomaAnalysisLib.io.labels import to_contiguous
 from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, save_model
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+from GliomaAnalysisLib.models.onnx_engine import load_parts
 
 from ..common.datasets import BRATS18, discover_cases
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
 MODEL_VERSION = "0.1.0"
+"""The version of an export without ``--version``."""
 
 
 def training_seconds(log: List[Dict]) -> float:
@@ -42,10 +48,17 @@ def training_seconds(log: List[Dict]) -> float:
     return total + last
 
 
-def base_card(run_config: Dict, training_log: List[Dict]) -> Dict:
+def _loss(dice_weight: float) -> str:
+    if not dice_weight:
+        return "soft-target cross-entropy (NCR and ET merged in crops without T1CE)"
+    return (f"soft-target cross-entropy + {dice_weight} x region Dice (WT, TC, ET; ET scored only in crops with "
+            f"T1CE)")
+
+
+def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_VERSION) -> Dict:
     args = run_config["args"]
     return {
-        "version": MODEL_VERSION,
+        "version": version,
         "task": "glioma subregion segmentation",
         "disclaimer": "Research use only; not a medical device.",
         "inputs": {"modalities": list(MODALITIES), "any_subset": True,
@@ -64,8 +77,7 @@ def base_card(run_config: Dict, training_log: List[Dict]) -> Dict:
         "validation_split": run_config["validation_cases"],
         "training": {"steps": args["steps"], "batch": args["batch"], "crop_voxels": args["crop"],
                      "optimizer": "AdamW", "peak_lr": args["lr"], "schedule": "50-step warm-up, cosine",
-                     "loss": f"soft-target cross-entropy + {args.get('dice_weight', 0.5)} x region Dice "
-                             "(WT, TC, ET; ET scored only in crops with T1CE)",
+                     "loss": _loss(args.get("dice_weight", 0.5)),
                      "foreground_probability": args.get("foreground_probability"),
                      "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3},
                      "augmentation": "rotation, scaling, flips; per-channel gamma, contrast, brightness, noise, "
@@ -96,27 +108,63 @@ def evaluate_model(model_dir: Path, name: str, gt_root: Path, cases: List[str],
     return {"mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}, "cases": rows}
 
 
+def cross_validation_section(report: Dict) -> Dict:
+    """The card's ``cross_validation`` entry from a ``cross_validate`` report (cv_report.json)."""
+    chosen = report["chosen"]
+    rows = [{"case": case, "fold": row["fold"], **{r: round(row[chosen][r], 4) for r in ("wt", "tc", "et")},
+             **{f"{r}_ml": round(row[chosen][f"{r}_ml_pred"], 2) for r in ("wt", "tc", "et")},
+             **{f"{r}_ml_true": round(row[chosen][f"{r}_ml_true"], 2) for r in ("wt", "tc", "et")}}
+            for case, row in sorted(report["per_case"].items())]
+    return {"cases": report["cases"], "folds": report["folds_done"], "network_passes": report.get("passes"),
+            "post_processing": chosen, "dice": report["variants"][chosen], "worst_cases": report["worst_cases"],
+            "et_free_cases_predicted_et_ml": report["et_free_cases"],
+            "missing_modality": report["missing_modality"], "per_case": rows,
+            "how": "out-of-fold predictions of GliomaAnalysisLib.analyze (default settings, full resolution) "
+                   "of the fold models of this recipe, folds stratified by grade and source "
+                   "(training/segmentation/cross_validate.py)"}
+
+
+def _cross_validation_lines(cv: Dict) -> List[str]:
+    dice = cv["dice"]
+    lines = [f"## Cross-validation: {cv['cases']} real cases, folds {cv['folds']} ({cv['how']})", "",
+             "| region | mean Dice | SD | SE | worst |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.upper()} | {dice[r]['mean']:.3f} | {dice[r]['sd']:.3f} | {dice[r]['se']:.3f} | "
+              f"{dice[r]['min']:.3f} |" for r in ("wt", "tc", "et")]
+    lines += ["", f"Worst cases: {', '.join(cv['worst_cases'])}. ET-free cases, predicted ET: "
+              + (", ".join(f"{c} {v:.2f} mL" for c, v in cv["et_free_cases_predicted_et_ml"].items()) or "none"),
+              "", "| without | WT | TC | ET |", "| --- | --- | --- | --- |"]
+    lines += [f"| {m} | {v['wt']:.3f} | {v['tc']:.3f} | {v['et']:.3f} |" for m, v in cv["missing_modality"].items()]
+    lines += ["", "| case | fold | WT | TC | ET | WT mL (true) | ET mL (true) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['case']} | {r['fold']} | {r['wt']:.3f} | {r['tc']:.3f} | {r['et']:.3f} | {r['wt_ml']:.1f} "
+              f"({r['wt_ml_true']:.1f}) | {r['et_ml']:.1f} ({r['et_ml_true']:.1f}) |" for r in cv["per_case"]]
+    return lines + [""]
+
+
 def card_markdown(card: Dict) -> str:
-    """A human-readable model card from the JSON card."""
-    metrics = card["validation"]["metrics"]
+    """A human-readable model card from the JSON card: the cross-validation first, when the card has it."""
     lines = [f"# Model card: {card['name']} {card['version']}", "",
-             f"{card['task']}. {card['disclaimer']}", "",
-             f"- Network: GMMAS-style CNN-transformer, {card['network']}",
+             f"{card['task']}. {card['disclaimer']}", ""]
+    if card.get("cross_validation"):
+        lines += _cross_validation_lines(card["cross_validation"])
+    lines += [f"- Network: GMMAS-style CNN-transformer, {card['network']}",
              f"- Inputs: any subset of {', '.join(card['inputs']['modalities'])}; {card['inputs']['expects']}",
              f"- Preprocessing: {card['preprocessing']}",
-             f"- Training data: {len(card['training_data']['real_cases'])} real BraTS 2018 cases + "
-             f"{card['training_data']['synthetic_phantoms']} synthetic phantoms",
+             f"- Training data: {len(card['training_data']['real_cases'])} real cases "
+             f"({card['training_data']['source']}) + {card['training_data']['synthetic_phantoms']} synthetic "
+             f"phantoms",
              f"- Training: {card['training']}",
-             f"- Validation split ({card['validation']['cases']} real cases): {', '.join(card['validation_split'])}",
-             f"- Evaluation: {card['validation']['how']}",
-             f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", "",
-             "| inputs | Dice WT | Dice TC | Dice ET | Dice ED | HD95 WT (mm) | HD95 TC | HD95 ET |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for setting, values in metrics.items():
-        m = values["mean"]
-        lines.append(f"| {setting} | {m['dice_wt']:.3f} | {m['dice_tc']:.3f} | {m['dice_et']:.3f} | "
-                     f"{m['dice_ed']:.3f} | {m['hd95_wt']:.1f} | {m['hd95_tc']:.1f} | {m['hd95_et']:.1f} |")
-    lines += ["", f"Caveat: {card['validation']['caveat']}.", ""]
+             f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
+    validation = card.get("validation")
+    if validation:
+        lines += [f"## Validation split ({validation['cases']} real cases): {', '.join(card['validation_split'])}",
+                  "", f"{validation['how']}", "",
+                  "| inputs | Dice WT | Dice TC | Dice ET | Dice ED | HD95 WT (mm) | HD95 TC | HD95 ET |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for setting, values in validation["metrics"].items():
+            m = values["mean"]
+            lines.append(f"| {setting} | {m['dice_wt']:.3f} | {m['dice_tc']:.3f} | {m['dice_et']:.3f} | "
+                         f"{m['dice_ed']:.3f} | {m['hd95_wt']:.1f} | {m['hd95_tc']:.1f} | {m['hd95_et']:.1f} |")
+        lines += ["", f"Caveat: {validation['caveat']}.", ""]
     return "\n".join(lines)
 
 
@@ -129,6 +177,8 @@ def main(argv=None) -> int:
                         help="data root holding the validation cases of the run")
     parser.add_argument("--weights", default=None, help="weights file (default RUN_DIR/final.safetensors)")
     parser.add_argument("--skip-missing", action="store_true", help="skip the missing-modality evaluation")
+    parser.add_argument("--cv-report", help="cv_report.json of the recipe's cross-validation (leads the card)")
+    parser.add_argument("--version", default=MODEL_VERSION)
     args = parser.parse_args(argv)
 
     run = Path(args.run_dir)
@@ -136,23 +186,30 @@ def main(argv=None) -> int:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
     model.load_state_dict(load_file(args.weights or str(run / "final.safetensors")))
-    card = base_card(config, log)
+    card = base_card(config, log, args.version)
+    if args.cv_report:
+        card["cross_validation"] = cross_validation_section(json.loads(Path(args.cv_report).read_text()))
     out = Path(args.out)
     save_model(model, card, out, args.name)
 
     start = time.perf_counter()
     load_model_cached.cache_clear()
-    validation = {"all_modalities": evaluate_model(out, args.name, Path(args.data), config["validation_cases"])}
-    if not args.skip_missing:
-        for modality in MODALITIES:
-            validation[f"without_{modality}"] = evaluate_model(out, args.name, Path(args.data),
-                                                               config["validation_cases"], drop=modality)
-    card["validation"] = {
-        "cases": len(config["validation_cases"]),
-        "how": f"GliomaAnalysisLib.analyze, default settings ({QUALITY_PASSES} passes: flip TTA + MC-dropout), full resolution",
-        "metrics": validation,
-        "caveat": "one fixed split of 24 cases (6 validation); expect lower and different figures on other data",
-    }
+    load_parts.cache_clear()
+    validation = {}
+    if config["validation_cases"]:
+        validation["all_modalities"] = evaluate_model(out, args.name, Path(args.data), config["validation_cases"])
+        if not args.skip_missing:
+            for modality in MODALITIES:
+                validation[f"without_{modality}"] = evaluate_model(out, args.name, Path(args.data),
+                                                                   config["validation_cases"], drop=modality)
+        card["validation"] = {
+            "cases": len(config["validation_cases"]),
+            "how": f"GliomaAnalysisLib.analyze, default settings ({QUALITY_PASSES} passes: flip TTA + MC-dropout), "
+                   f"full resolution",
+            "metrics": validation,
+            "caveat": f"one fixed split of {len(config['validation_cases'])} validation cases; the cross-validation "
+                      f"(when present) is the figure to read",
+        }
     card["training_curve"] = [r for r in log if "val_dice" in r]
     card_path = save_model(model, card, out, args.name)
     card_path.with_suffix(".md").write_text(card_markdown(json.loads(card_path.read_text())))

@@ -1,0 +1,49 @@
+"""The segmentation model card leads with the recipe's cross-validation; a model trained on every case has no
+validation split, and the card says where its figures come from."""
+import json
+
+from training.segmentation.export_segmentation import card_markdown, cross_validation_section
+
+from GliomaAnalysisLib.models.model_store import RESOURCES
+
+
+def _row(fold, wt, tc, et, et_true):
+    variant = {"wt": wt, "tc": tc, "et": et, "wt_ml_pred": 40.0, "tc_ml_pred": 10.0, "et_ml_pred": 0.0 if et_true == 0
+               else 3.0, "wt_ml_true": 38.0, "tc_ml_true": 9.0, "et_ml_true": et_true}
+    return {"none": variant, "lesion_filter": variant, "uncertainty_in_tumor": 0.1, "fold": fold, "passes": 2}
+
+
+REPORT = {
+    "cases": 3, "folds_done": [0, 1], "passes": [2], "chosen": "lesion_filter",
+    "variants": {"lesion_filter": {r: {"mean": 0.7, "sd": 0.2, "se": 0.1, "min": 0.4} for r in ("wt", "tc", "et")}},
+    "worst_cases": ["LGG_1", "B", "A"], "et_free_cases": {"LGG_1": 0.0},
+    "missing_modality": {"flair": {"cases": 3, "wt": 0.55, "tc": 0.6, "et": 0.5}},
+    "per_case": {"A": _row(0, 0.91, 0.8, 0.75, 5.0), "B": _row(1, 0.8, 0.7, 0.6, 2.0),
+                 "LGG_1": _row(1, 0.4, 0.3, 1.0, 0.0)},
+}
+
+
+def test_the_cross_validation_leads_the_card_with_every_case():
+    cv = cross_validation_section(REPORT)
+    assert cv["cases"] == 3 and cv["folds"] == [0, 1] and cv["network_passes"] == [2]
+    assert [r["case"] for r in cv["per_case"]] == ["A", "B", "LGG_1"]
+    assert cv["per_case"][0]["wt"] == 0.91 and cv["per_case"][2]["et_ml"] == 0.0
+    card = {"name": "glioma_seg", "version": "0.2.0", "task": "glioma subregion segmentation",
+            "disclaimer": "Research use only.", "network": {}, "inputs": {"modalities": ["t1"], "expects": "x"},
+            "preprocessing": {}, "training_data": {"real_cases": ["A", "B", "LGG_1"], "synthetic_phantoms": 0,
+                                                   "source": "brats"},
+            "training": {}, "weights_file": "w", "weights_dtype": "float16", "sha256": "0" * 64,
+            "validation_split": [], "cross_validation": cv}
+    text = card_markdown(card)
+    assert text.index("## Cross-validation: 3 real cases") < text.index("- Network:")
+    assert "| WT | 0.700 | 0.200 | 0.100 | 0.400 |" in text
+    assert "| LGG_1 | 1 | 0.400 | 0.300 | 1.000 | 40.0 (38.0) | 0.0 (0.0) |" in text
+    assert "| flair | 0.550 | 0.600 | 0.500 |" in text and "LGG_1 0.00 mL" in text
+    assert "Validation split" not in text  # trained on every case: no split to report
+
+
+def test_the_shipped_card_with_a_validation_split_still_renders():
+    card = json.loads((RESOURCES / "glioma_seg.json").read_text())
+    text = card_markdown(card)
+    assert text.startswith(f"# Model card: glioma_seg {card['version']}") and "## Validation split" in text
+    assert f"{card['validation']['metrics']['all_modalities']['mean']['dice_wt']:.3f}" in text
