@@ -144,13 +144,18 @@ def onnxruntime_available() -> bool:
 
 
 def _store(path: Path, graph: bytes) -> None:
-    """Write ``graph`` to the cache atomically; a read-only cache only costs the export on every run."""
+    """Write ``graph`` to the cache atomically, and delete the same part's graphs of other engine versions or
+    opsets (never used again); a read-only cache only costs the export on every run."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(graph)
         os.replace(tmp, path)
+        stem = path.name[:path.name.rindex(f"-v{ENGINE_VERSION}-")]
+        for stale in path.parent.glob(f"{stem}-v*-opset*.onnx"):
+            if stale != path:
+                stale.unlink()
     except OSError:
         pass
 
