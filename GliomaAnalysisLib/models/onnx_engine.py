@@ -152,10 +152,12 @@ def _store(path: Path, graph: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(graph)
         os.replace(tmp, path)
-        stem = path.name[:path.name.rindex(f"-v{ENGINE_VERSION}-")]
-        for stale in path.parent.glob(f"{stem}-v*-opset*.onnx"):
-            if stale != path:
-                stale.unlink()
+        stem = path.name[:path.name.rindex(f"-v{ENGINE_VERSION}-")]  # <model>-<sha256[:32]>-<part>
+        model_and_weights = stem[:stem.rindex("-")]  # engine version 3 named whole networks without a part
+        for pattern in (f"{stem}-v*-opset*.onnx", f"{model_and_weights}-v*-opset*.onnx"):
+            for stale in path.parent.glob(pattern):
+                if stale != path:
+                    stale.unlink()
     except OSError:
         pass
 

@@ -81,9 +81,11 @@ def test_a_stored_model_is_exported_once_and_then_loaded_from_the_cache(net, cac
     # a graph of an older engine version is deleted when the current one is stored
     stale = cache / f"tiny_seg-{card['sha256'][:32]}-network-v{onnx_engine.ENGINE_VERSION - 1}-opset17.onnx"
     other_part = cache / f"tiny_seg-{card['sha256'][:32]}-head-v{onnx_engine.ENGINE_VERSION - 1}-opset17.onnx"
-    stale.write_bytes(b"old"), other_part.write_bytes(b"old")
+    version_3 = cache / f"tiny_seg-{card['sha256'][:32]}-v3-opset17.onnx"  # whole networks had no part name
+    for path in (stale, other_part, version_3):
+        path.write_bytes(b"old")
     onnx_engine._store(files[0], files[0].read_bytes())
-    assert not stale.exists() and other_part.exists() and files[0].exists()
+    assert not stale.exists() and not version_3.exists() and other_part.exists() and files[0].exists()
 
     def no_export(spec):
         raise AssertionError("exported again")
