@@ -134,6 +134,10 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
     return data
 
 
+GUI_MODULES = ("slicer", "qt", "PyQt5", "PySide2", "PySide6")
+"""Modules whose presence means a GUI process, which is never forked."""
+
+
 class RenderError(RuntimeError):
     """The rendering failed in the child process; the message is "<exception type>: <its message>"."""
 
@@ -141,10 +145,14 @@ class RenderError(RuntimeError):
 def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None,
                  size: int = 480) -> Callable[[], bytes]:
     """Start :func:`render_tumor` and return a function that waits for its PNG bytes (raising what the rendering
-    raised; from the child process as a :class:`RenderError`; every call gives the same answer). On Linux the rendering runs in a forked child process (it reads the arrays the fork
-    shares and sends back the PNG through a pipe), so it overlaps the caller's work; elsewhere (no fork; macOS's
-    frameworks are not fork-safe) it runs when its result is asked for."""
-    if not sys.platform.startswith("linux"):
+    raised; from the child process as a :class:`RenderError`; every call gives the same answer).
+
+    On Linux the rendering runs in a forked child process (it reads the arrays the fork shares and sends back the
+    PNG through a pipe), so it overlaps the caller's work. Elsewhere (no fork; macOS's frameworks are not
+    fork-safe), and inside a GUI process (``GUI_MODULES``: its windowing state must not be forked), it runs when
+    its result is asked for."""
+    in_gui = any(name in sys.modules for name in GUI_MODULES)
+    if not sys.platform.startswith("linux") or in_gui:
         return lambda: render_tumor(labels, spacing_zyx, brain, size)
     read_end, write_end = os.pipe()
     pid = os.fork()

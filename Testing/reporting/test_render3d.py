@@ -45,3 +45,15 @@ def test_the_background_render_gives_the_same_picture_and_reports_failures():
         failing()
     children = os.popen(f"ps --ppid {os.getpid()} -o stat=").read().split()
     assert "Z" not in "".join(children)  # every child was waited for
+
+
+def test_inside_a_gui_process_the_render_runs_in_process(monkeypatch):
+    import sys
+    import types
+
+    from GliomaAnalysisLib.reporting import render3d
+
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setattr(render3d, "render_tumor", lambda *args: b"png from this process")
+    monkeypatch.setattr(os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked a GUI process")))
+    assert render3d.start_render(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0))() == b"png from this process"
