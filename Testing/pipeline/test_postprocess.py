@@ -48,7 +48,8 @@ def test_a_core_free_tumor_beside_a_larger_core_free_blob_is_kept():
 
 def test_a_larger_low_blob_never_erases_the_tumor():
     """glioma_seg 0.1.0's filter ranked components by peak density (1.0 for both) and broke the tie by label order,
-    bottom of the brain first: a 7.2 mL low edema-only blob beside a 4.2 mL tumor won and the tumor was erased."""
+    bottom of the brain first: a 7.2 mL low edema-only blob beside a 4.2 mL tumor won and the tumor was erased.
+    Now the cored tumor is a lesion; the largest component is kept as well (never erased by a rule about cores)."""
     labels = np.zeros((90, 120, 120), dtype=np.uint8)
     spacing = (1.0, 1.0, 1.0)
     blob = _ball(labels.shape, (12, 30, 60), 12)  # 7.2 mL, low (cerebellum / skull base), edema only
@@ -57,10 +58,24 @@ def test_a_larger_low_blob_never_erases_the_tumor():
     labels[tumor] = 2
     labels[_ball(labels.shape, (60, 80, 60), 5)] = 1
     labels[_ball(labels.shape, (60, 80, 60), 3)] = 3
+    labels[_ball(labels.shape, (80, 10, 10), 3)] = 2  # a far edema-only speck goes
     assert blob.sum() > tumor.sum()
     out = lesion_filter(labels, spacing)
-    assert np.array_equal(out > 0, tumor)
+    assert np.array_equal(out > 0, tumor | blob)
     assert np.array_equal(out[tumor], labels[tumor])
+
+
+def test_the_largest_component_survives_small_cored_false_positives():
+    """Cross-validation, BraTS2021_00009: the real tumor read as 5.5 mL with 0.08 mL of core (under the 0.1 mL
+    rule) far from two small cored false positives; the old filter kept only those (WT 0.47 -> 0.00)."""
+    labels = np.zeros((60, 100, 100), dtype=np.uint8)
+    spacing = (2.0, 2.0, 2.0)
+    tumor = _ball(labels.shape, (30, 70, 70), 5)  # 515 voxels x 8 uL = 4.1 mL, core-free
+    labels[tumor] = 2
+    for centre in ((10, 10, 10), (50, 10, 20)):
+        labels[_ball(labels.shape, centre, 2)] = 3  # 33 voxels = 0.26 mL each, all enhancing
+    out = lesion_filter(labels, spacing)
+    assert np.array_equal(out[tumor], labels[tumor]) and (out == 3).sum() == (labels == 3).sum()
 
 
 def test_edema_beside_the_tumor_and_a_second_cored_focus_are_kept():
