@@ -8,7 +8,7 @@ None (unknown; left out of that task's loss and metrics):
     codeletion_1p19q  1 = codeleted, 0 = intact
     mgmt              1 = methylated, 0 = unmethylated
 
-Real cases (``../shared/data/brats18``) carry grade for all and IDH for a few; phantoms carry all four (simulated).
+Real cases (``../shared/data/brats18``, ``../shared/data/brats-extra``) carry grade for most and IDH for a few; phantoms carry all four (simulated).
 The split is fixed: real cases follow the segmentation split (``VALIDATION_CASES``), phantoms are split by index
 (train / validation for calibration and early stopping / test held out for the reported metrics).
 """
@@ -75,27 +75,54 @@ def phantom_cohort(cache: Path, n: int, seed: int = 500) -> Path:
     return root
 
 
-def load_classification_split(real_root: Optional[Path], cache: Path, n_phantoms: int = 240, phantom_seed: int = 500,
-                              real_labels: Optional[Path] = None) -> ClassificationSplit:
-    """Real cases of ``real_root`` (targets from ``real_labels``, default ``real_root/labels.csv``) and
-    ``n_phantoms`` phantoms, in the fixed split. ``real_root`` None: phantoms only."""
+def load_real_samples(roots: Sequence[Path], cache: Path) -> List[ClassificationSample]:
+    """Every labelled real case of ``roots``, targets from each root's ``labels.csv`` (unknown where a case or the
+    table is absent)."""
+    samples = []
+    for root in roots:
+        labels = Path(root) / "labels.csv"
+        table = read_labels(labels) if labels.is_file() else {}
+        for found in discover_cases(root):
+            samples.append(_sample(found, cache, table.get(found.case_id, CaseTargets()), "real"))
+    return samples
+
+
+def load_classification_split(real_root: "Optional[Path | Sequence[Path]]", cache: Path, n_phantoms: int = 240,
+                              phantom_seed: int = 500, real_labels: Optional[Path] = None,
+                              real_validation: Sequence[str] = tuple(VALIDATION_CASES)) -> ClassificationSplit:
+    """Real cases of ``real_root`` (one folder or several; targets from ``real_labels``, default each root's
+    ``labels.csv``) and ``n_phantoms`` phantoms, in the fixed split: real cases named in ``real_validation`` validate,
+    the others train. ``real_root`` None: phantoms only."""
     split = ClassificationSplit([], [], [])
     if real_root is not None:
-        table = read_labels(real_labels or Path(real_root) / "labels.csv")
-        for found in discover_cases(real_root):
-            targets = table.get(found.case_id, CaseTargets())
-            sample = _sample(found, cache, targets, "real")
-            (split.validation if found.case_id in VALIDATION_CASES else split.train).append(sample)
+        if real_labels is not None:
+            table = read_labels(real_labels)
+            real = [_sample(found, cache, table.get(found.case_id, CaseTargets()), "real")
+                    for found in discover_cases(real_root)]
+        else:
+            real = load_real_samples([real_root] if isinstance(real_root, (str, Path)) else real_root, cache)
+        for sample in real:
+            (split.validation if sample.case_id in real_validation else split.train).append(sample)
     if n_phantoms:
-        root = phantom_cohort(cache, n_phantoms, phantom_seed)
-        table = read_labels(root / "labels.csv")
-        n_train = int(round(PHANTOM_SPLIT[0] * n_phantoms))
-        n_val = int(round(PHANTOM_SPLIT[1] * n_phantoms))
-        for index, found in enumerate(discover_cases(root)):
-            sample = _sample(found, cache, table[found.case_id], "phantom")
-            part = split.train if index < n_train else split.validation if index < n_train + n_val else split.test
-            part.append(sample)
+        train, validation, test = phantom_split(cache, n_phantoms, phantom_seed)
+        split.train += train
+        split.validation += validation
+        split.test += test
     return split
+
+
+def phantom_split(cache: Path, n_phantoms: int, phantom_seed: int = 500,
+                  ) -> Tuple[List[ClassificationSample], List[ClassificationSample], List[ClassificationSample]]:
+    """(train, validation, test) phantoms by index (``PHANTOM_SPLIT``), generated once into ``cache``."""
+    root = phantom_cohort(cache, n_phantoms, phantom_seed)
+    table = read_labels(root / "labels.csv")
+    n_train = int(round(PHANTOM_SPLIT[0] * n_phantoms))
+    n_val = int(round(PHANTOM_SPLIT[1] * n_phantoms))
+    parts: Tuple[List[ClassificationSample], ...] = ([], [], [])
+    for index, found in enumerate(discover_cases(root)):
+        part = 0 if index < n_train else 1 if index < n_train + n_val else 2
+        parts[part].append(_sample(found, cache, table[found.case_id], "phantom"))
+    return parts
 
 
 def class_weights(samples: Sequence[ClassificationSample], task: str) -> Tuple[float, float]:

@@ -23,6 +23,7 @@ from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASK_LABELS, TASKS, M
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import ClassificationSample, load_classification_split
+from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.metrics import binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
@@ -55,15 +56,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("Resources/models"))
-    parser.add_argument("--real-root", type=Path, default=Path("../shared/data/brats18"))
+    parser.add_argument("--real-root", type=Path, nargs="+", default=[Path("../shared/data/brats18")])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--n-phantoms", type=int, default=240)
     parser.add_argument("--seg-model", default="glioma_seg")
+    parser.add_argument("--seg-model-dir", type=Path, default=None, help="folder of --seg-model (default: shipped)")
+    parser.add_argument("--all-real-train", action="store_true", help="the run trained on every real case")
+    parser.add_argument("--cv-report", type=Path, default=None,
+                        help="cv_report.json of training.multitask.cross_validate: the card's real-case evidence")
+    parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    split = load_classification_split(args.real_root, args.cache, args.n_phantoms)
-    seg, seg_card = load_model(args.seg_model)
+    split = load_classification_split(args.real_root, args.cache, args.n_phantoms,
+                                      real_validation=() if args.all_real_train else VALIDATION_CASES)
+    seg, seg_card = load_model(args.seg_model, args.seg_model_dir)
     model = MultiTaskNet(MultiTaskConfig.from_dict(json.loads((args.run / "network.json").read_text())))
     model.load_state_dict(torch.load(args.run / "best.pt", weights_only=True))
     model.eval()
@@ -73,8 +80,9 @@ def main(argv=None) -> int:
     for task in TASKS:
         z, y = _task_arrays(split.validation, validation_logits, task)
         temperatures[task] = fit_temperature(z, y)
-    groups = {"test_phantoms": split.test,
-              "real_validation": [s for s in split.validation if s.source == "real"]}
+    groups = {"test_phantoms": split.test}
+    if any(s.source == "real" for s in split.validation):
+        groups["real_validation"] = [s for s in split.validation if s.source == "real"]
     logits = {group: mc_probabilities(model, pooled_features(model, samples), MC_SAMPLES)
               for group, samples in groups.items()}
     metrics = evaluate(logits, groups, temperatures)
@@ -91,8 +99,9 @@ def main(argv=None) -> int:
 
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
     done = [r for r in log if r.get("event") == "done"]
+    cross_validation = json.loads(args.cv_report.read_text()) if args.cv_report else None
     card = {
-        "version": "0.1.0",
+        "version": args.version,
         "task": "grade (LGG/HGG), IDH (wildtype/mutant), 1p/19q (intact/codeleted), MGMT (unmethylated/methylated)",
         "architecture": "multitask",
         "disclaimer": "Research use only; not a medical device.",
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
                         for task, t in temperatures.items()},
         "training_data": {
             "real_cases": [s.case_id for s in split.train if s.source == "real"],
-            "real_label_source": "../shared/data/brats18/labels.csv (grade for all, IDH1 for 4 cases)",
+            "real_label_source": ", ".join(f"{root}/labels.csv" for root in args.real_root),
             "phantoms": {"train": sum(s.source == "phantom" for s in split.train),
                          "validation": sum(s.source == "phantom" for s in split.validation),
                          "test": len(split.test),
@@ -110,6 +119,8 @@ def main(argv=None) -> int:
         },
         "validation_split": [s.case_id for s in split.validation],
         "metrics": metrics,
+        **({"real_cross_validation": cv_summary(cross_validation, args.cv_report)} if cross_validation else {}),
+        **({"evidence": cv_evidence(cross_validation, args.cv_report)} if cross_validation else {}),
         "uncertainty_sigmas": done[-1]["sigmas"] if done else None,
         "training": {"steps": done[-1]["step"] if done else None, "seconds": done[-1]["seconds"] if done else None,
                      "log": "log.jsonl"},
@@ -121,6 +132,35 @@ def main(argv=None) -> int:
     (args.out / f"{MODEL_NAME}.md").write_text(model_card_markdown(card))
     print(json.dumps(metrics, indent=1))
     return 0
+
+
+def cv_summary(report: Dict, path: Path) -> Dict:
+    """The card's ``real_cross_validation``: per task n, positives, AUC and its bootstrap interval, Brier."""
+    return {"source": str(path), "folds": report["folds"], "n_cases": report["n_cases"],
+            "tasks": {task: {k: m[k] for k in ("n", "positives", "auc", "auc_95", "accuracy", "brier")}
+                      for task, m in report["tasks"].items()}}
+
+
+def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
+    """The card's ``evidence`` block (``GliomaAnalysisLib/models/evidence.py``) from the out-of-fold AUCs; tasks
+    without a real label say so."""
+    evidence = {}
+    for task in TASKS:
+        m = report["tasks"].get(task)
+        if m is None or m["auc"] is None:
+            evidence[task] = {"metric": "auc", "value": None, "n": 0 if m is None else m["n"], "positives": None,
+                              "negatives": None, "ci95": None, "ci_method": None, "kind": None,
+                              "source": f"{path}: no real case with both classes of this label",
+                              "reason": "never validated on real labels of both classes"}
+            continue
+        evidence[task] = {"metric": "auc", "value": round(m["auc"], 4), "n": m["n"], "positives": m["positives"],
+                          "negatives": m["n"] - m["positives"],
+                          "ci95": {"lower": round(m["auc_95"][0], 4), "upper": round(m["auc_95"][1], 4)},
+                          "ci_method": "bootstrap over cases (2,000 resamples, classes kept)",
+                          "kind": f"{len(report['folds'])}-fold cross-validation over the project's real cases "
+                                  "(each fold's heads on that fold's segmentation network)",
+                          "source": str(path)}
+    return evidence
 
 
 def _fmt(value) -> str:
@@ -141,8 +181,21 @@ def model_card_markdown(card: Dict) -> str:
              "## Where the labels come from", "",
              f"- Real cases: {card['training_data']['real_label_source']}. No real 1p/19q or MGMT label exists here.",
              f"- Phantoms: {card['training_data']['phantoms']['label_source']}. Phantom metrics say the heads can "
-             "read the imaging tendencies built into the phantoms; they say nothing about real tumors.", "",
-             "## Measured (calibrated probabilities, as at inference)", ""]
+             "read the imaging tendencies built into the phantoms; they say nothing about real tumors.", ""]
+    cv = card.get("real_cross_validation")
+    if cv:
+        lines += [f"## Real cases: {len(cv['folds'])}-fold cross-validation ({cv['n_cases']} cases)", "",
+                  "What to expect on real scans. Each fold's heads sit on that fold's segmentation network and never "
+                  f"saw the fold's cases (`{cv['source']}`). Positive class: HGG, IDH mutant.", "",
+                  "| task | cases | positives | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for task, m in cv["tasks"].items():
+            interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
+            lines.append(f"| {task} | {m['n']} | {m['positives']} | {_fmt(m['auc'])} | {interval} | "
+                         f"{_fmt(m['accuracy'])} | {_fmt(m['brier'])} |")
+        lines += ["", "With so few cases of the minority class the interval is wide: read the AUC as a range, not a "
+                  "number. 1p/19q and MGMT have no real label here.", ""]
+    lines += ["## Measured (calibrated probabilities, as at inference)", ""]
     for group, tasks in card["metrics"].items():
         lines += [f"### {group.replace('_', ' ')}", "",
                   "| task | n | positives | AUC | accuracy | F1 | ECE | ECE before T | Brier | temperature |",
@@ -152,9 +205,10 @@ def model_card_markdown(card: Dict) -> str:
                          f"{_fmt(m['f1'])} | {_fmt(m['ece'])} | {_fmt(m['ece_uncalibrated'])} | {_fmt(m['brier'])} | "
                          f"{card['calibration'][task]['temperature']} |")
         lines.append("")
-    lines += ["The real validation set holds 6 cases (5 HGG, 1 LGG; IDH known for 1): its grade AUC rests on one LGG "
-              "case and is anecdotal; AUC is n/a where only one class is present.", "",
-              f"Training: {card['training']['steps']} steps; exported {card['exported']} from commit "
+    if "real_validation" in card["metrics"]:
+        lines += ["The real validation set holds 6 cases (5 HGG, 1 LGG; IDH known for 1): its grade AUC rests on one "
+                  "LGG case and is anecdotal; AUC is n/a where only one class is present.", ""]
+    lines += [f"Training: {card['training']['steps']} steps; exported {card['exported']} from commit "
               f"{card['git_commit_at_export']}; sha256 {card['sha256']}.", ""]
     return "\n".join(lines)
 

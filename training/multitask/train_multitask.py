@@ -25,7 +25,9 @@ from GliomaAnalysisLib.models.model_store import load_model
 from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
-from ..common.classification_data import ClassificationSample, class_weights, load_classification_split
+from ..common.classification_data import (ClassificationSample, ClassificationSplit, class_weights,
+                                          load_classification_split)
+from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.config import parse_args as parse_with_config
 from ..common.losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
 from .multitask_data import evaluation_example, training_example
@@ -121,14 +123,19 @@ def mc_probabilities(model: MultiTaskNet, pooled: torch.Tensor, samples: int = 2
     return {task: (total[task] / samples).numpy() for task in TASKS}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of a training run (the cross-validation adds its own)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--real-root", type=Path, default=Path("../shared/data/brats18"))
+    parser.add_argument("--real-root", type=Path, nargs="+", default=[Path("../shared/data/brats18")],
+                        help="one or more data folders with labels.csv")
     parser.add_argument("--no-real", action="store_true", help="phantoms only")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--n-phantoms", type=int, default=240)
     parser.add_argument("--seg-model", default="glioma_seg")
+    parser.add_argument("--seg-model-dir", type=Path, default=None, help="folder of --seg-model (default: shipped)")
+    parser.add_argument("--all-real-train", action="store_true",
+                        help="every real case trains (validation: phantoms only), as for the shipped model")
     parser.add_argument("--local-crop", type=int, default=64, help="tumor-centred crop edge (voxels of the 2 mm grid)")
     parser.add_argument("--global-downsample", type=int, default=2, help="whole-brain input pooling factor")
     parser.add_argument("--steps", type=int, default=3000)
@@ -143,7 +150,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
-    args = parse_with_config(parser, argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parse_with_config(build_parser(), argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "log.jsonl"
@@ -154,18 +165,37 @@ def main(argv=None) -> int:
             handle.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
 
-    split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms)
+    split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms,
+                                      real_validation=() if args.all_real_train else VALIDATION_CASES)
     start_run_record(args.out, {"args": vars(args)}, classification_split_ids(split), args.seed, "cpu",
                      "training.multitask.train_multitask", config_file=getattr(args, "config", None))
-    seg, seg_card = load_model(args.seg_model)
+    seg, _ = load_model(args.seg_model, args.seg_model_dir)
+    model = build_multitask(seg, args)
+    (args.out / "network.json").write_text(json.dumps(model.config.to_dict(), indent=1))
+    summary = fit_heads(model, split, args, log)
+    finish_run_record(args.out, {"best_validation_loss": summary["best"], "steps": summary["step"],
+                                 "sigmas": summary["sigmas"]},
+                      [args.out / "best.pt"] if (args.out / "best.pt").is_file() else [], summary["seconds"])
+    return 0
+
+
+def build_multitask(seg: torch.nn.Module, args: argparse.Namespace) -> MultiTaskNet:
+    """A multi-task network on ``seg``'s weights (frozen unless ``args.finetune``), heads seeded by ``args.seed``."""
     config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, global_downsample=args.global_downsample,
                              backbone=seg.config.to_dict())
-    (args.out / "network.json").write_text(json.dumps(config.to_dict(), indent=1))
     torch.manual_seed(args.seed)
     model = MultiTaskNet(config)
     model.backbone.load_state_dict(seg.state_dict())
     if not args.finetune:
         model.freeze_backbone()
+    return model
+
+
+def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Namespace, log) -> Dict:
+    """Train the heads (and the backbone with ``args.finetune``) on ``split.train``, early-stopped on the loss of
+    ``split.validation`` (without validation cases: ``args.steps`` steps); keeps ``best.pt`` and a resumable
+    ``checkpoint.pt`` in ``args.out``. Returns {step, best, seconds, sigmas, early_stopped}."""
+    config = model.config
     weighting_tasks = TASKS + (("segmentation",) if args.finetune else ())
     weighting = UncertaintyWeighting(weighting_tasks)
     head_parameters = list(model.fusion.parameters()) + list(model.heads.parameters()) + list(weighting.parameters())
@@ -190,10 +220,12 @@ def main(argv=None) -> int:
             class_weights={t: list(map(float, w)) for t, w in weights.items()}, args={k: str(v) for k, v in
                                                                                         vars(args).items()},
             git_commit=git_commit())
-    validation_pooled = pooled_features(model, split.validation)
+    validation_pooled = pooled_features(model, split.validation) if split.validation else None
     validation_targets = known_targets(split.validation)
 
     def validation_loss() -> float:
+        if validation_pooled is None:
+            return -float(step)  # no validation cases: the latest heads are the best
         model.heads_dropout(False)
         with torch.no_grad():
             losses = head_losses(model.classify(validation_pooled), validation_targets["targets"],
@@ -245,9 +277,8 @@ def main(argv=None) -> int:
                         "elapsed": elapsed, "sigmas": weighting.sigmas()}, checkpoint)
     log(event="done", step=step, best_validation_loss=round(best, 4), seconds=round(elapsed, 1),
         sigmas=weighting.sigmas(), early_stopped=stale >= args.patience)
-    finish_run_record(args.out, {"best_validation_loss": best, "steps": step, "sigmas": weighting.sigmas()},
-                      [args.out / "best.pt"] if (args.out / "best.pt").is_file() else [], elapsed)
-    return 0
+    return {"step": step, "best": best, "seconds": elapsed, "sigmas": weighting.sigmas(),
+            "early_stopped": stale >= args.patience}
 
 
 if __name__ == "__main__":

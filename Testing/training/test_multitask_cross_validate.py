@@ -1,0 +1,81 @@
+"""Cross-validation of the multi-task heads: each fold's heads on that fold's segmentation network, every case
+predicted once by heads that never saw it, and the out-of-fold report."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import small_phantom_samples  # noqa: E402
+
+
+def fake_segmentation_cv(root, folds):
+    """A segmentation CV folder whose fold networks are the shipped weights: fold{k}/config.json + final weights."""
+    from safetensors.torch import save_file
+
+    from GliomaAnalysisLib.models.model_store import load_model
+
+    shipped, _ = load_model()
+    for fold, (train, validation) in folds.items():
+        folder = root / f"fold{fold}"
+        folder.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in shipped.state_dict().items()}, str(folder / "final.safetensors"))
+        (folder / "config.json").write_text(json.dumps({
+            "network": shipped.config.to_dict(), "args": {"spacing": 2.0},
+            "validation_cases": validation, "train_cases": train}))
+
+
+def test_every_case_is_predicted_once_by_heads_that_never_saw_it(tmp_path, monkeypatch):
+    from training.multitask import cross_validate as cv
+
+    samples = small_phantom_samples(10, seed=5)
+    for s in samples:
+        s.source = "real"
+    ids = [s.case_id for s in samples]
+    folds = {0: (ids[5:], ids[:5]), 1: (ids[:5], ids[5:])}
+    fake_segmentation_cv(tmp_path / "seg", folds)
+    args = cv.build_parser().parse_args(["--seg-cv", str(tmp_path / "seg"), "--run-dir", str(tmp_path / "mt"),
+                                         "--local-crop", "32", "--global-downsample", "4", "--views", "1",
+                                         "--steps", "4", "--eval-every", "2", "--batch", "4"])
+    for fold in cv.fold_numbers(tmp_path / "seg", None):
+        cv.run_fold(args, fold, samples, ([], [], []))
+    result = cv.report(tmp_path / "mt")
+    assert sorted(result["cases"]) == sorted(ids)
+    for fold, (train, validation) in folds.items():
+        oof = json.loads((tmp_path / "mt" / "oof" / f"fold{fold}.json").read_text())
+        assert sorted(oof["cases"]) == sorted(validation)
+        assert oof["train_real"] == sorted(train)  # the held-out cases never trained this fold's heads
+        assert oof["temperatures"]["grade"] == 1.0  # no validation phantoms: uncalibrated
+    p = np.array([c["probability"]["grade"] for c in result["cases"].values()])
+    assert ((p > 0) & (p < 1)).all()
+    grade = result["tasks"]["grade"]
+    assert grade["n"] == 10 and grade["positives"] == sum(s.targets["grade"] for s in samples)
+    # a second call resumes: nothing is retrained, the stored predictions are kept
+    stamp = (tmp_path / "mt" / "oof" / "fold0.json").stat().st_mtime_ns
+    cv.run_fold(args, 0, samples, ([], [], []))
+    assert (tmp_path / "mt" / "oof" / "fold0.json").stat().st_mtime_ns == stamp
+
+
+def test_report_auc_and_its_bootstrap_interval(tmp_path):
+    from training.common.metrics import roc_auc
+    from training.multitask import cross_validate as cv
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 20 + [0] * 5)
+    probabilities = np.clip(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.2, len(labels)), 0.01, 0.99)
+    (tmp_path / "oof").mkdir()
+    cases = {f"c{i}": {"targets": {"grade": int(y), "idh": None}, "logit": {},
+                       "probability": {"grade": float(p), "idh": 0.5}}
+             for i, (p, y) in enumerate(zip(probabilities, labels))}
+    (tmp_path / "oof" / "fold0.json").write_text(json.dumps({"fold": 0, "cases": cases}))
+    result = cv.report(tmp_path)
+    grade = result["tasks"]["grade"]
+    assert grade["auc"] == pytest.approx(roc_auc(probabilities, labels))
+    low, high = grade["auc_95"]
+    assert low < grade["auc"] < high and high - low > 0.05  # 5 negatives: a wide interval
+    assert "idh" not in result["tasks"]  # no case knows it
+    assert grade["accuracy"] == pytest.approx(((probabilities >= 0.5) == (labels == 1)).mean())
+    text = cv.markdown(result)
+    assert f"| grade (heads) | 25 | 20 | {grade['auc']:.3f} |" in text

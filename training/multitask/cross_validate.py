@@ -1,0 +1,213 @@
+"""Cross-validation of the multi-task classifier on the real cases, over the segmentation cross-validation's folds.
+
+    python -m training.multitask.cross_validate --config training/configs/multitask.yaml \\
+        --seg-cv runs/cv3_ce --run-dir runs/mtcv [--folds 0,1] [--report-only] [--table results.md]
+
+Fold k's heads sit on fold k's segmentation network (``SEG_CV/fold{k}``, trained without fold k's cases), learn from
+the real cases of the other folds (and the training phantoms, unless ``--n-phantoms 0``), stop early on the
+validation phantoms and take their temperatures from them (no phantoms: a fixed number of steps, temperature 1).
+Fold k's real cases are then predicted once, with the MC-dropout heads as at inference, into ``RUN/oof/fold{k}.json``.
+Every step resumes. The report (``RUN/cv_report.json``, ``--table``) gives per task the out-of-fold AUC with a
+bootstrap 95 % interval, accuracy and Brier score, and the per-case table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.calibration import apply_temperature, brier_score, fit_temperature
+from GliomaAnalysisLib.models.model_store import load_model
+from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS
+
+from ..common.classification_data import ClassificationSample, ClassificationSplit, load_real_samples, phantom_split
+from ..common.config import parse_args
+from ..common.metrics import roc_auc
+from ..segmentation.cross_validate import store_fold_model
+from . import volume_grade
+from .export_multitask import _task_arrays
+from .train_multitask import build_multitask, fit_heads, mc_probabilities, pooled_features
+
+BOOTSTRAP = 2000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train_multitask import build_parser as train_parser
+
+    parser = train_parser()
+    parser.description = __doc__
+    for action in parser._actions:
+        if action.dest == "out":
+            action.required = False  # each fold's folder is RUN/fold{k}
+    parser.add_argument("--seg-cv", type=Path, required=True,
+                        help="segmentation cross-validation run folder (fold{k}/ inside)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="this cross-validation's folder")
+    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: every fold of --seg-cv)")
+    parser.add_argument("--report-only", action="store_true", help="no training: report what is predicted so far")
+    parser.add_argument("--table", type=Path, default=None, help="write the Markdown report here as well")
+    return parser
+
+
+def fold_numbers(seg_cv: Path, folds: Optional[str]) -> List[int]:
+    """The folds to run: ``folds`` (comma-separated) or every ``fold{k}`` of the segmentation run."""
+    if folds:
+        return [int(f) for f in folds.split(",")]
+    return sorted(int(p.name[4:]) for p in seg_cv.glob("fold[0-9]*") if (p / "config.json").is_file())
+
+
+def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSample],
+             phantoms: tuple) -> Path:
+    """Train fold ``fold``'s heads and predict its real cases into RUN/oof/fold{k}.json (skipped when present)."""
+    out = args.run_dir / "oof" / f"fold{fold}.json"
+    if out.is_file():
+        return out
+    seg_config = json.loads((args.seg_cv / f"fold{fold}" / "config.json").read_text())
+    held_out = set(seg_config["validation_cases"])
+    seg, _ = load_model(f"glioma_seg_fold{fold}", store_fold_model(args.seg_cv, fold))
+    fold_args = argparse.Namespace(**{**vars(args), "out": args.run_dir / f"fold{fold}", "resume": True,
+                                      "finetune": False})
+    fold_args.out.mkdir(parents=True, exist_ok=True)
+    train = [s for s in real if s.case_id not in held_out] + list(phantoms[0])
+    split = ClassificationSplit(train, list(phantoms[1]), [])
+    log_path = fold_args.out / "log.jsonl"
+
+    def log(**record) -> None:
+        record.update(fold=fold, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), file=sys.stderr, flush=True)
+
+    model = build_multitask(seg, fold_args)
+    summary = fit_heads(model, split, fold_args, log)
+    model.load_state_dict(torch.load(fold_args.out / "best.pt", weights_only=True))
+    model.eval()
+    temperatures = {task: 1.0 for task in TASKS}
+    if split.validation:
+        logits = mc_probabilities(model, pooled_features(model, split.validation), MC_SAMPLES)
+        temperatures = {task: fit_temperature(*_task_arrays(split.validation, logits, task)) for task in TASKS}
+    validation = [s for s in real if s.case_id in held_out]
+    logits = mc_probabilities(model, pooled_features(model, validation), MC_SAMPLES)
+    cases = {s.case_id: {"targets": s.targets,
+                         "logit": {task: float(logits[task][i]) for task in TASKS},
+                         "probability": {task: float(apply_temperature(logits[task][i:i + 1], temperatures[task])[0])
+                                         for task in TASKS}}
+             for i, s in enumerate(validation)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"fold": fold, "temperatures": temperatures, "steps": summary["step"],
+                               "train_real": sorted(s.case_id for s in train if s.source == "real"),
+                               "cases": cases}, indent=1))
+    return out
+
+
+def bootstrap_auc(probabilities: np.ndarray, labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0,
+                  ) -> Optional[List[float]]:
+    """95 % percentile interval of the AUC over ``n`` case resamples (both classes kept in every resample)."""
+    rng = np.random.default_rng(seed)
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    values = []
+    for _ in range(n):
+        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
+        values.append(roc_auc(probabilities[pick], labels[pick]))
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def binary_metrics(p: np.ndarray, y: np.ndarray) -> Dict:
+    """n, positives, AUC with its bootstrap 95 % interval, accuracy at 0.5 and Brier score of P(positive) p."""
+    auc = roc_auc(p, y)
+    return {"n": len(y), "positives": int(y.sum()), "auc": auc,
+            "auc_95": bootstrap_auc(p, y) if auc is not None else None,
+            "accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": brier_score(p, y)}
+
+
+def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:
+    """Out-of-fold metrics per task over every predicted fold, the per-case table and, given the segmentation
+    cross-validation ``seg_cv``, the grade-from-volumes model's out-of-fold metrics (``volume_grade``)."""
+    folds = [json.loads(p.read_text()) for p in sorted((run / "oof").glob("fold*.json"))]
+    cases = {case_id: {**row, "fold": f["fold"]} for f in folds for case_id, row in f["cases"].items()}
+    tasks = {}
+    for task in TASKS:
+        known = [c for c in cases.values() if c["targets"].get(task) is not None]
+        if known:
+            tasks[task] = binary_metrics(np.array([c["probability"][task] for c in known]),
+                                         np.array([c["targets"][task] for c in known], dtype=float))
+    result = {"folds": [f["fold"] for f in folds], "n_cases": len(cases), "tasks": tasks, "cases": cases}
+    if seg_cv is not None and (seg_cv / "cv_report.json").is_file():
+        features = volume_grade.case_features(seg_cv / "cv_report.json")
+        grades = {c: row["targets"].get("grade") for c, row in cases.items()}
+        volume_p = volume_grade.cross_validated_probabilities(
+            {c: v for c, v in features.items() if c in cases}, grades)
+        for case_id, value in volume_p.items():
+            cases[case_id]["volume_grade"] = value
+        known = [c for c in volume_p if grades.get(c) is not None]
+        result["volume_grade"] = binary_metrics(np.array([volume_p[c] for c in known]),
+                                                np.array([grades[c] for c in known], dtype=float))
+    return result
+
+
+def _auc(m: Dict) -> str:
+    return "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+
+
+def _interval(m: Dict) -> str:
+    return "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
+
+
+def markdown(result: Dict) -> str:
+    """The report as Markdown: the per-task table, then one row per case."""
+    lines = [f"# Multi-task classifier: {len(result['folds'])}-fold cross-validation on {result['n_cases']} real cases",
+             "", "Positive class: grade HGG, IDH mutant, 1p/19q codeleted, MGMT methylated. Probabilities calibrated "
+             "as at inference (temperatures from the validation phantoms of each fold).", "",
+             "| task | cases | positives | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for task, m in result["tasks"].items():
+        lines.append(f"| {task} (heads) | {m['n']} | {m['positives']} | {_auc(m)} | {_interval(m)} | {m['accuracy']:.3f} | "
+                     f"{m['brier']:.3f} |")
+    volume = result.get("volume_grade")
+    if volume:
+        lines += ["", "Grade from the segmentation's volumes (`GliomaAnalysisLib/models/volume_grade.py`: enhancing "
+                  "volume and its share of the whole tumor, from each case's out-of-fold segmentation; fold k's "
+                  "logistic model fitted on the other folds):", "",
+                  "| model | cases | HGG | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
+                  "| --- | --- | --- | --- | --- | --- | --- |",
+                  f"| grade from volumes | {volume['n']} | {volume['positives']} | {_auc(volume)} | "
+                  f"{_interval(volume)} | {volume['accuracy']:.3f} | {volume['brier']:.3f} |"]
+    lines += ["", "| case | fold | grade (truth) | P(HGG) heads | P(HGG) volumes | IDH (truth) | P(IDH mutant) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    names = {"grade": ("LGG", "HGG"), "idh": ("wildtype", "mutant")}
+    for case_id, c in sorted(result["cases"].items()):
+        truth = {t: "?" if c["targets"].get(t) is None else names[t][c["targets"][t]] for t in names}
+        by_volume = "n/a" if c.get("volume_grade") is None else f"{c['volume_grade']:.2f}"
+        lines.append(f"| {case_id} | {c['fold']} | {truth['grade']} | {c['probability']['grade']:.2f} | {by_volume} | "
+                     f"{truth['idh']} | {c['probability']['idh']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    torch.set_num_threads(args.threads)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        real = load_real_samples(args.real_root, args.cache)
+        phantoms = phantom_split(args.cache, args.n_phantoms) if args.n_phantoms else ([], [], [])
+        for fold in fold_numbers(args.seg_cv, args.folds):
+            run_fold(args, fold, real, phantoms)
+    result = report(args.run_dir, args.seg_cv)
+    (args.run_dir / "cv_report.json").write_text(json.dumps(result, indent=1))
+    text = markdown(result)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
