@@ -2,6 +2,8 @@
 
     image (4, Z, Y, X) z-scored, presence (4,), labels (Z, Y, X) = argmax of the network's mean probabilities
       -> multi-task heads       grade, IDH, 1p/19q, MGMT with MC-dropout uncertainty   (report "predictions")
+         grade from volumes     when the multi-task card holds ``grade_from_volumes``, the grade is replaced once
+                                the final volumes are known (``Classification.grade_from_volumes``)
       -> MGMT late fusion       per-modality CNN + LSTM, fused                           ("mgmt_late_fusion")
       -> slice-grade classifier majority / soft / attention over tumor slices           ("slice_grade")
 
@@ -26,6 +28,7 @@ from ..models.multitask import MC_SAMPLES, MULTITASK_PARTS, build_multitask, mul
 from ..models.onnx_engine import load_parts
 from ..models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, build_slice_grade, predict_slice_grade,
                                   slice_grade_parts_of)
+from ..models.volume_grade import predict_grade
 from .result import PREDICTION_TASKS
 
 MULTITASK_MODEL = "glioma_multitask"
@@ -41,6 +44,15 @@ class Classification:
     slice_grade: Optional[Dict[str, Any]] = None
     models: List[Dict[str, str]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    volume_grade: Optional[Dict[str, Any]] = None
+    """The multi-task card's ``grade_from_volumes`` block (and the grade evidence), applied by
+    :meth:`grade_from_volumes` once the final volumes are known."""
+
+    def grade_from_volumes(self, volumes_ml: Dict[str, float]) -> None:
+        """Replace the heads' grade by the card's grade-from-volumes model read on the final volumes (mL)."""
+        if self.volume_grade is not None and self.predictions.get("grade") is not None:
+            block, evidence = self.volume_grade["block"], self.volume_grade["evidence"]
+            self.predictions["grade"] = {**predict_grade(block, volumes_ml), **evidence}
 
 
 def _model_entry(card: Dict, task: str) -> Dict[str, str]:
@@ -55,6 +67,8 @@ def _multitask(parts, card: Dict, out: Classification, image: np.ndarray, presen
     say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
     predictions = predict_markers(parts, card, image, presence, labels, mc_samples=MC_SAMPLES if uncertainty else 1)
     out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
+    if card.get("grade_from_volumes"):
+        out.volume_grade = {"block": card["grade_from_volumes"], "evidence": task_evidence(card, "grade")}
 
 
 def _mgmt_fusion(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
