@@ -151,7 +151,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     lap("postprocess")
 
     volumes = volumes_ml(labels, voxel_ml)
-    classification.grade_from_volumes(volumes)
+    warnings += classification.grade_from_volumes(volumes, et_assessable)
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}
     timings["total"] = time.perf_counter() - start

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import GliomaAnalysisError
-from ..models.evidence import task_evidence
+from ..models.evidence import NOT_ASSESSABLE, task_evidence
 from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import mgmt_parts, mgmt_parts_of, predict_mgmt_fusion
@@ -48,11 +48,22 @@ class Classification:
     """The multi-task card's ``grade_from_volumes`` block (and the grade evidence), applied by
     :meth:`grade_from_volumes` once the final volumes are known."""
 
-    def grade_from_volumes(self, volumes_ml: Dict[str, float]) -> None:
-        """Replace the heads' grade by the card's grade-from-volumes model read on the final volumes (mL)."""
-        if self.volume_grade is not None and self.predictions.get("grade") is not None:
+    def grade_from_volumes(self, volumes_ml: Dict[str, float], et_assessable: bool = True) -> List[str]:
+        """Replace the heads' grade by the card's grade-from-volumes model read on the final volumes (mL). Without
+        T1CE (``et_assessable`` False) the enhancing volume is unknown: the heads' grade stays, marked not
+        assessable. Returns the warnings to add to the report."""
+        grade = self.predictions.get("grade")
+        if self.volume_grade is None or grade is None:
+            return []
+        if et_assessable:
             block, evidence = self.volume_grade["block"], self.volume_grade["evidence"]
             self.predictions["grade"] = {**predict_grade(block, volumes_ml), **evidence}
+            return []
+        reason = ("T1CE is missing: the grade model reads the enhancing volume; this is the multi-task head's "
+                  "answer, which is not validated on real cases")
+        grade["evidence"] = NOT_ASSESSABLE
+        grade["evidence_detail"] = {**grade["evidence_detail"], "reason": reason}
+        return [f"grade: {reason}"]
 
 
 def _model_entry(card: Dict, task: str) -> Dict[str, str]:

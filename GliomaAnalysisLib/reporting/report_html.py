@@ -157,7 +157,7 @@ def _prediction_section(report: Dict) -> str:
                     f"{_num(value['probability'], f'predictions.{task}.probability')}"
                     f"{_num(value['uncertainty'], f'predictions.{task}.uncertainty')}"
                     f"{_evidence_cells(value, f'predictions.{task}')}"
-                    f"<td>{html.escape(str(value.get('model', 'multi-task network')))}</td></tr>")
+                    f"<td>{html.escape(str(value.get('basis') or value.get('model', 'multi-task network')))}</td></tr>")
         bars.append((task, value["probability"], value["uncertainty"]))
     out = ["<h2>Predictions (multi-task network)</h2>", f"<p>{html.escape(_EVIDENCE_NOTE)}</p>",
            "<table><tr><th>task</th><th>label</th><th>probability</th><th>uncertainty</th><th>evidence</th>"

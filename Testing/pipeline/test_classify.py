@@ -139,3 +139,11 @@ def test_grade_from_volumes_replaces_the_heads_grade_when_the_card_holds_it(phan
     assert grade["evidence"] == plain["predictions"]["grade"]["evidence"]  # the card's grade evidence
     assert "basis" not in plain["predictions"]["grade"]
     assert with_block["predictions"]["idh"] == plain["predictions"]["idh"]
+    # without T1CE the enhancing volume is unknown: the heads' grade stays, marked not assessable, with a warning
+    files = {m: str(next(phantom_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t2", "flair")}
+    no_t1ce = analyze(load_case(files), model_dir=tmp_path, fast=True).report()
+    heads = analyze(load_case(files), fast=True).report()["predictions"]["grade"]
+    grade = no_t1ce["predictions"]["grade"]
+    assert grade["probability_positive"] == heads["probability_positive"] and "basis" not in grade
+    assert grade["evidence"] == "not assessable" and "T1CE is missing" in grade["evidence_detail"]["reason"]
+    assert any(w.startswith("grade: T1CE is missing") for w in no_t1ce["warnings"])

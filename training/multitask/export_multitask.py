@@ -26,6 +26,7 @@ from ..common.classification_data import ClassificationSample, load_classificati
 from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.metrics import binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
+from . import volume_grade
 from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
 from ..common.run_record import git_commit
 
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--all-real-train", action="store_true", help="the run trained on every real case")
     parser.add_argument("--cv-report", type=Path, default=None,
                         help="cv_report.json of training.multitask.cross_validate: the card's real-case evidence")
+    parser.add_argument("--seg-cv", type=Path, default=None,
+                        help="segmentation cross-validation folder: fit the grade-from-volumes model on its "
+                             "out-of-fold volumes of every graded real case (card block grade_from_volumes)")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -100,6 +104,13 @@ def main(argv=None) -> int:
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
     done = [r for r in log if r.get("event") == "done"]
     cross_validation = json.loads(args.cv_report.read_text()) if args.cv_report else None
+    volume_block = None
+    if args.seg_cv:
+        features = volume_grade.case_features(args.seg_cv / "cv_report.json")
+        graded = [s for s in split.all() if s.source == "real" and s.known("grade") and s.case_id in features]
+        volume_block = volume_grade.fit_block(np.array([features[s.case_id][0] for s in graded]),
+                                              np.array([s.targets["grade"] for s in graded], dtype=float))
+        volume_block["fitted_on"] = f"out-of-fold volumes of {args.seg_cv / 'cv_report.json'}"
     card = {
         "version": args.version,
         "task": "grade (LGG/HGG), IDH (wildtype/mutant), 1p/19q (intact/codeleted), MGMT (unmethylated/methylated)",
@@ -119,6 +130,7 @@ def main(argv=None) -> int:
         },
         "validation_split": [s.case_id for s in split.validation],
         "metrics": metrics,
+        **({"grade_from_volumes": volume_block} if volume_block else {}),
         **({"real_cross_validation": cv_summary(cross_validation, args.cv_report)} if cross_validation else {}),
         **({"evidence": cv_evidence(cross_validation, args.cv_report)} if cross_validation else {}),
         "uncertainty_sigmas": done[-1]["sigmas"] if done else None,
@@ -136,9 +148,12 @@ def main(argv=None) -> int:
 
 def cv_summary(report: Dict, path: Path) -> Dict:
     """The card's ``real_cross_validation``: per task n, positives, AUC and its bootstrap interval, Brier."""
-    return {"source": str(path), "folds": report["folds"], "n_cases": report["n_cases"],
-            "tasks": {task: {k: m[k] for k in ("n", "positives", "auc", "auc_95", "accuracy", "brier")}
-                      for task, m in report["tasks"].items()}}
+    keys = ("n", "positives", "auc", "auc_95", "accuracy", "brier")
+    out = {"source": str(path), "folds": report["folds"], "n_cases": report["n_cases"],
+           "tasks": {task: {k: m[k] for k in keys} for task, m in report["tasks"].items()}}
+    if report.get("volume_grade"):
+        out["grade_from_volumes"] = {k: report["volume_grade"][k] for k in keys}
+    return out
 
 
 def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
@@ -147,6 +162,8 @@ def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
     evidence = {}
     for task in TASKS:
         m = report["tasks"].get(task)
+        if task == "grade" and report.get("volume_grade"):
+            m = report["volume_grade"]
         if m is None or m["auc"] is None:
             evidence[task] = {"metric": "auc", "value": None, "n": 0 if m is None else m["n"], "positives": None,
                               "negatives": None, "ci95": None, "ci_method": None, "kind": None,
@@ -158,7 +175,9 @@ def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
                           "ci95": {"lower": round(m["auc_95"][0], 4), "upper": round(m["auc_95"][1], 4)},
                           "ci_method": "bootstrap over cases (2,000 resamples, classes kept)",
                           "kind": f"{len(report['folds'])}-fold cross-validation over the project's real cases "
-                                  "(each fold's heads on that fold's segmentation network)",
+                                  + ("(grade from the out-of-fold segmentation's volumes)"
+                                     if task == "grade" and report.get("volume_grade") else
+                                     "(each fold's heads on that fold's segmentation network)"),
                           "source": str(path)}
     return evidence
 
@@ -182,6 +201,18 @@ def model_card_markdown(card: Dict) -> str:
              f"- Real cases: {card['training_data']['real_label_source']}. No real 1p/19q or MGMT label exists here.",
              f"- Phantoms: {card['training_data']['phantoms']['label_source']}. Phantom metrics say the heads can "
              "read the imaging tendencies built into the phantoms; they say nothing about real tumors.", ""]
+    block = card.get("grade_from_volumes")
+    if block:
+        lines += ["## The reported grade comes from the segmentation's volumes", "",
+                  "`analyze` replaces the grade head's answer by a logistic model on two numbers of the final "
+                  "segmentation: log(1 + enhancing volume in mL) and the enhancing share of the whole tumor "
+                  "(`GliomaAnalysisLib/models/volume_grade.py`), fitted on the out-of-fold segmentations of "
+                  f"{block['n']} graded real cases ({block['hgg']} HGG, {block['lgg']} LGG; L2 {block['l2']}). "
+                  f"Standardised weights {block['weights'][0]:.2f} and {block['weights'][1]:.2f}, intercept "
+                  f"{block['intercept']:.2f}. Uncertainty: the standard deviation of P(HGG) over "
+                  f"{len(block['bootstrap'])} bootstrap refits. A non-enhancing high-grade tumor (or an enhancing "
+                  "low-grade one) will be called wrongly, and the answer inherits every error of the ET volume "
+                  "(e.g. without T1CE).", ""]
     cv = card.get("real_cross_validation")
     if cv:
         lines += [f"## Real cases: {len(cv['folds'])}-fold cross-validation ({cv['n_cases']} cases)", "",
@@ -193,6 +224,11 @@ def model_card_markdown(card: Dict) -> str:
             interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
             lines.append(f"| {task} | {m['n']} | {m['positives']} | {_fmt(m['auc'])} | {interval} | "
                          f"{_fmt(m['accuracy'])} | {_fmt(m['brier'])} |")
+        if cv.get("grade_from_volumes"):
+            m = cv["grade_from_volumes"]
+            interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
+            lines.append(f"| grade from volumes (reported) | {m['n']} | {m['positives']} | {_fmt(m['auc'])} | "
+                         f"{interval} | {_fmt(m['accuracy'])} | {_fmt(m['brier'])} |")
         lines += ["", "With so few cases of the minority class the interval is wide: read the AUC as a range, not a "
                   "number. 1p/19q and MGMT have no real label here.", ""]
     lines += ["## Measured (calibrated probabilities, as at inference)", ""]
