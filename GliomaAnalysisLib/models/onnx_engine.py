@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -181,16 +181,19 @@ def compile_part(spec: PartSpec, path: Path) -> Tuple[Part, str]:
 
 
 @lru_cache(maxsize=16)
-def load_parts(model_name: str, folder: Optional[str], parts: Tuple[str, ...],
+def load_parts(model_name: str, folder: Optional[str],
+               parts: Union[Tuple[str, ...], Callable[[Dict], Tuple[str, ...]]],
                parts_of: Callable[[Any], Mapping[str, PartSpec]],
                build: Optional[Callable[[Dict], Any]] = None) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
     """(parts, model card, warnings) of stored model ``model_name`` (``model_store.model_paths``; the weights'
-    sha256 is checked against the card). Cached graphs are loaded without torch; a missing one is exported from
+    sha256 is checked against the card); ``parts`` names the parts, or gives their names from the card. Cached graphs are loaded without torch; a missing one is exported from
     the torch model (``build(card)`` with the stored weights; ``parts_of(model)`` names its parts). Cached per
     process; call ``load_parts.cache_clear()`` after replacing a model's files."""
     from .model_store import load_verified_card
 
     card = load_verified_card(model_name, folder)
+    if callable(parts):
+        parts = parts(card)
     paths = {part: graph_path(model_name, card["sha256"], part) for part in parts}
     loaded: Dict[str, Part] = {}
     if onnxruntime_available():

@@ -23,7 +23,7 @@ from ..models.evidence import NOT_ASSESSABLE, task_evidence
 from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import mgmt_parts, mgmt_parts_of, predict_mgmt_fusion
-from ..models.model_store import ModelError, load_card
+from ..models.model_store import ModelError
 from ..models.multitask import MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of, predict_markers
 from ..models.onnx_engine import load_parts
 from ..models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, build_slice_grade, predict_slice_grade,
@@ -135,9 +135,8 @@ def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, m
         out.warnings.append("no tumor was segmented; classifiers read a crop at the brain's centre")
     for classifier in CLASSIFIERS:
         try:
-            names = classifier.part_names(load_card(classifier.model, model_dir))
-            parts, card, warnings = load_parts(classifier.model, model_dir, names, classifier.parts_of,
-                                               classifier.build)
+            parts, card, warnings = load_parts(classifier.model, model_dir, classifier.part_names,
+                                               classifier.parts_of, classifier.build)
         except ModelError as exc:
             out.warnings.append(f"{classifier.title} skipped: {exc}")
             continue
