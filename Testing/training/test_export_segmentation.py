@@ -47,3 +47,11 @@ def test_the_shipped_card_with_a_validation_split_still_renders():
     text = card_markdown(card)
     assert text.startswith(f"# Model card: glioma_seg {card['version']}") and "## Validation split" in text
     assert f"{card['validation']['metrics']['all_modalities']['mean']['dice_wt']:.3f}" in text
+
+
+def test_the_chosen_post_processing_becomes_the_cards_setting():
+    from training.segmentation.export_segmentation import postprocessing_of
+
+    assert postprocessing_of("lesion_filter+min_et_0.5ml")["min_et_ml"] == 0.5
+    assert postprocessing_of("lesion_filter+min_et_2ml")["min_et_ml"] == 2.0
+    assert postprocessing_of("lesion_filter") == {"min_et_ml": 0.0, "chosen_in_cross_validation": "lesion_filter"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,13 @@ def cross_validation_section(report: Dict) -> Dict:
                    "(training/segmentation/cross_validate.py)"}
 
 
+def postprocessing_of(variant: str) -> Dict:
+    """The card's ``postprocessing`` settings read by ``analyze`` for a variant chosen in cross-validation
+    (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; the lesion filter always runs)."""
+    match = re.search(r"min_et_([0-9.]+)ml", variant)
+    return {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
+
+
 def _cross_validation_lines(cv: Dict) -> List[str]:
     dice = cv["dice"]
     lines = [f"## Cross-validation: {cv['cases']} real cases, folds {cv['folds']} ({cv['how']})", "",
@@ -153,6 +161,8 @@ def card_markdown(card: Dict) -> str:
              f"({card['training_data']['source']}) + {card['training_data']['synthetic_phantoms']} synthetic "
              f"phantoms",
              f"- Training: {card['training']}",
+             *([f"- Post-processing (chosen in cross-validation): lesion filter, then a total enhancing volume "
+                f"under {card['postprocessing']['min_et_ml']:g} mL relabelled NCR"] if card.get("postprocessing") else []),
              f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
     validation = card.get("validation")
     if validation:
@@ -188,7 +198,9 @@ def main(argv=None) -> int:
     model.load_state_dict(load_file(args.weights or str(run / "final.safetensors")))
     card = base_card(config, log, args.version)
     if args.cv_report:
-        card["cross_validation"] = cross_validation_section(json.loads(Path(args.cv_report).read_text()))
+        report = json.loads(Path(args.cv_report).read_text())
+        card["cross_validation"] = cross_validation_section(report)
+        card["postprocessing"] = postprocessing_of(report["chosen"])
     out = Path(args.out)
     save_model(model, card, out, args.name)
 
