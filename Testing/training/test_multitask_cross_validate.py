@@ -79,3 +79,32 @@ def test_report_auc_and_its_bootstrap_interval(tmp_path):
     assert grade["accuracy"] == pytest.approx(((probabilities >= 0.5) == (labels == 1)).mean())
     text = cv.markdown(result)
     assert f"| grade (heads) | 25 | 20 | {grade['auc']:.3f} |" in text
+
+
+def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
+    from GliomaAnalysisLib.models.evidence import evidence_table, task_evidence
+    from training.multitask.export_multitask import cv_evidence, cv_summary, model_card_markdown
+
+    metric = {"n": 28, "positives": 23, "accuracy": 0.86, "brier": 0.1}
+    report = {"folds": [0, 1, 2, 3, 4], "n_cases": 31,
+              "tasks": {"grade": {**metric, "auc": 0.45, "auc_95": [0.2, 0.7]},
+                        "idh": {**metric, "n": 7, "positives": 4, "auc": 0.5, "auc_95": [0.0, 1.0]}},
+              "volume_grade": {**metric, "auc": 0.9, "auc_95": [0.76, 0.99]}}
+    evidence = cv_evidence(report, "runs/mtcv/cv_report.json")
+    assert evidence["grade"]["value"] == 0.9 and evidence["grade"]["negatives"] == 5  # the reported grade's model
+    assert "volumes" in evidence["grade"]["kind"]
+    assert evidence["idh"]["value"] == 0.5 and evidence["idh"]["ci95"] == {"lower": 0.0, "upper": 1.0}
+    assert evidence["mgmt"]["value"] is None and evidence["codeletion_1p19q"]["n"] == 0
+    card = {"name": "glioma_multitask", "evidence": evidence, "real_cross_validation": cv_summary(report, "cv.json"),
+            "backbone": {"model": "glioma_seg", "sha256": "0" * 64},
+            "training_data": {"real_label_source": "labels.csv", "phantoms": {"label_source": "simulated"}},
+            "grade_from_volumes": {"n": 28, "hgg": 23, "lgg": 5, "l2": 1.0, "weights": [1.5, 0.8], "intercept": 2.0,
+                                   "bootstrap": [[1, 1, 1]] * 4},
+            "metrics": {}, "calibration": {}, "training": {"steps": 10}, "exported": "2026-12-02",
+            "git_commit_at_export": "abc", "sha256": "1" * 64}
+    assert task_evidence(card, "grade")["evidence"] == "supported"  # lower bound 0.76 > 0.70
+    assert task_evidence(card, "idh")["evidence"] == "not assessable"
+    text = model_card_markdown(card)
+    assert evidence_table(card) in text
+    assert text.index("Evidence on real cases") < text.index("Heads for grade")
+    assert "| grade from volumes (reported) | 28 | 23 | 0.900 | 0.76-0.99 |" in text

@@ -17,6 +17,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from GliomaAnalysisLib.models.evidence import evidence_section
 from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
 from GliomaAnalysisLib.models.model_store import load_model, save_model
 from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASK_LABELS, TASKS, MultiTaskConfig
@@ -189,18 +190,22 @@ def _fmt(value) -> str:
 def model_card_markdown(card: Dict) -> str:
     """Human-readable model card."""
     lines = [f"# Model card: {card['name']} (multi-task classifier)", "",
-             "> Research use only. Not a medical device.", "",
-             "Heads for grade, IDH, 1p/19q and MGMT on the frozen encoder of the segmentation model "
-             f"`{card['backbone']['model']}` (sha256 {card['backbone']['sha256'][:12]}...): GAP+GMP of a tumor-centred "
-             "128 mm crop (2 mm grid) and of the whole brain at 4 mm, channel-attention fusion, "
-             "\"Summarize and Separate\" heads (seed 001, Fig. A12). Class-weighted cross-entropy per task, labels "
-             "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix. Uncertainty: "
-             "standard deviation over 20 MC-dropout passes of the heads (eq. 6). Temperatures per task fitted on "
-             "the validation split.", "",
-             "## Where the labels come from", "",
-             f"- Real cases: {card['training_data']['real_label_source']}. No real 1p/19q or MGMT label exists here.",
-             f"- Phantoms: {card['training_data']['phantoms']['label_source']}. Phantom metrics say the heads can "
-             "read the imaging tendencies built into the phantoms; they say nothing about real tumors.", ""]
+             "> Research use only. Not a medical device.", ""]
+    if card.get("evidence"):
+        lines += [evidence_section(card, "Levels from the cross-validation over the project's real cases (below); "
+                                         "1p/19q and MGMT were never validated on a real label. Reports show every "
+                                         "prediction with its level.")]
+    lines += ["Heads for grade, IDH, 1p/19q and MGMT on the frozen encoder of the segmentation model "
+              f"`{card['backbone']['model']}` (sha256 {card['backbone']['sha256'][:12]}...): GAP+GMP of a tumor-centred "
+              "128 mm crop (2 mm grid) and of the whole brain at 4 mm, channel-attention fusion, "
+              "\"Summarize and Separate\" heads (seed 001, Fig. A12). Class-weighted cross-entropy per task, labels "
+              "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix. Uncertainty: "
+              "standard deviation over 20 MC-dropout passes of the heads (eq. 6). Temperatures per task fitted on "
+              "the validation split.", "",
+              "## Where the labels come from", "",
+              f"- Real cases: {card['training_data']['real_label_source']}. No real 1p/19q or MGMT label exists here.",
+              f"- Phantoms: {card['training_data']['phantoms']['label_source']}. Phantom metrics say the heads can "
+              "read the imaging tendencies built into the phantoms; they say nothing about real tumors.", ""]
     block = card.get("grade_from_volumes")
     if block:
         lines += ["## The reported grade comes from the segmentation's volumes", "",
