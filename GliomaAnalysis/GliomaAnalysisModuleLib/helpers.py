@@ -125,7 +125,8 @@ def table_rows(report: Dict) -> List[Tuple[str, str, str, str]]:
         if value is None:
             rows.append((task, "not available", "", ""))
         else:
-            rows.append((task, f"{value['label']} (p={value['probability']:.2f})", f"{value['uncertainty']:.3f}",
+            item = f"{task} (from volumes)" if value.get("basis", "").startswith("segmentation volumes") else task
+            rows.append((item, f"{value['label']} (p={value['probability']:.2f})", f"{value['uncertainty']:.3f}",
                          _evidence(value)))
     fusion = report.get("mgmt_late_fusion")
     if fusion:

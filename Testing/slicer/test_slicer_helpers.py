@@ -85,6 +85,9 @@ def test_table_rows_cover_volumes_ratios_and_predictions():
     rows = table_rows(report)
     assert ("grade", "HGG (p=0.90)", "0.050", "exploratory") in rows
     assert ("MGMT late fusion: P(methylated)", "0.62", "0.040", "validated on BraTS") in rows
+    # a grade read from the segmentation's volumes says so
+    report["predictions"]["grade"]["basis"] = "segmentation volumes (enhancing volume and its share of the whole tumor)"
+    assert ("grade (from volumes)", "HGG (p=0.90)", "0.050", "exploratory") in table_rows(report)
 
 
 def test_shipped_term_json_names_the_segments_with_the_dicom_category():
