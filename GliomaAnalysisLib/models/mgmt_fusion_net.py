@@ -91,26 +91,10 @@ def load_mgmt_fusion(folder: Optional[Union[str, "os.PathLike[str]"]] = None,
     return load_model(name, folder, build=build_from_card)
 
 
-class _Features(nn.Module):
-    """``forward(slices)``: a modality's feature extractor (for the export)."""
-
-    def __init__(self, model: SliceSequenceClassifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, slices: torch.Tensor) -> torch.Tensor:
-        return self.model.features(slices)
-
-
-class _Head(nn.Module):
-    """``forward(features, mask_in, mask_out)``: a modality's LSTM head with its dropout masks as inputs."""
-
-    def __init__(self, model: SliceSequenceClassifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor, mask_in: torch.Tensor, mask_out: torch.Tensor) -> torch.Tensor:
-        return self.model.head(features, masks=(mask_in, mask_out))
+def _head_with_masks(model: SliceSequenceClassifier, features: torch.Tensor, mask_in: torch.Tensor,
+                     mask_out: torch.Tensor) -> torch.Tensor:
+    """A modality's LSTM head with its dropout masks as inputs."""
+    return model.head(features, masks=(mask_in, mask_out))
 
 
 def mgmt_fusion_parts(ensemble: MGMTFusionEnsemble) -> Dict[str, PartSpec]:
@@ -120,11 +104,12 @@ def mgmt_fusion_parts(ensemble: MGMTFusionEnsemble) -> Dict[str, PartSpec]:
     sequence = {0: "batch", 1: "slices"}
     specs: Dict[str, PartSpec] = {}
     for m, model in ensemble.models.items():
-        specs[f"features_{m}"] = PartSpec(_Features(model), (np.zeros((1, 2, c, c), np.float32),), ("slices",),
-                                          ("features",), {"slices": {1: "slices"}, "features": {1: "slices"}})
-        specs[f"head_{m}"] = PartSpec(_Head(model), (np.zeros((2, 2, f), np.float32), np.ones((2, 2, f), np.float32),
-                                                     np.ones((2, h), np.float32)),
+        specs[f"features_{m}"] = PartSpec(model, (np.zeros((1, 2, c, c), np.float32),), ("slices",),
+                                          ("features",), {"slices": {1: "slices"}, "features": {1: "slices"}},
+                                          SliceSequenceClassifier.features)
+        specs[f"head_{m}"] = PartSpec(model, (np.zeros((2, 2, f), np.float32), np.ones((2, 2, f), np.float32),
+                                              np.ones((2, h), np.float32)),
                                       ("features", "mask_in", "mask_out"), ("logits",),
                                       {"features": sequence, "mask_in": sequence, "mask_out": {0: "batch"},
-                                       "logits": {0: "batch"}})
+                                       "logits": {0: "batch"}}, _head_with_masks)
     return specs

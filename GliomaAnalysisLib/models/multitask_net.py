@@ -107,23 +107,10 @@ def build_multitask(card: Dict) -> MultiTaskNet:
     return MultiTaskNet(MultiTaskConfig.from_dict(card["network"]))
 
 
-class _Features(nn.Module):
-    def __init__(self, model: MultiTaskNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, local: torch.Tensor, global_: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        return self.model.pooled_features(local, global_, presence)
-
-
-class _Heads(nn.Module):
-    def __init__(self, model: MultiTaskNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pooled: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
-        logits = self.model.classify(pooled, list(masks))
-        return torch.stack([logits[task] for task in TASKS], dim=1)
+def _stacked_logits(model: MultiTaskNet, pooled: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+    """The heads with their dropout masks as inputs: pooled (B, F), masks -> logits (B, T, 2) in TASKS order."""
+    logits = model.classify(pooled, list(masks))
+    return torch.stack([logits[task] for task in TASKS], dim=1)
 
 
 def multitask_parts(model: MultiTaskNet) -> Dict[str, PartSpec]:
@@ -138,9 +125,10 @@ def multitask_parts(model: MultiTaskNet) -> Dict[str, PartSpec]:
     names = tuple(f"mask{k}" for k in range(len(masks)))
     pooled = np.zeros((1, pooled_dim(config)), np.float32)
     return {
-        "features": PartSpec(_Features(model), (local, global_, np.ones((1, 4), np.float32)),
+        "features": PartSpec(model, (local, global_, np.ones((1, 4), np.float32)),
                              ("local", "global", "presence"), ("pooled",),
-                             {"global": {2: "z", 3: "y", 4: "x"}}),
-        "heads": PartSpec(_Heads(model), (pooled, *masks), ("pooled", *names), ("logits",),
-                          {"pooled": {0: "batch"}, "logits": {0: "batch"}, **{n: {0: "batch"} for n in names}}),
+                             {"global": {2: "z", 3: "y", 4: "x"}}, MultiTaskNet.pooled_features),
+        "heads": PartSpec(model, (pooled, *masks), ("pooled", *names), ("logits",),
+                          {"pooled": {0: "batch"}, "logits": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                          _stacked_logits),
     }

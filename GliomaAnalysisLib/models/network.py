@@ -197,15 +197,10 @@ class GliomaSegNet(nn.Module):
         return self.head(features)
 
 
-class _NetworkWithMaskInputs(nn.Module):
-    """``forward(x, presence, *masks)``: the network with its dropout masks as separate inputs (for the export)."""
-
-    def __init__(self, net: GliomaSegNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
-        return self.net(x, presence, list(masks))
+def _logits_with_masks(net: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor,
+                       ) -> torch.Tensor:
+    """The network with its dropout masks as separate inputs."""
+    return net(x, presence, list(masks))
 
 
 def segmentation_parts(model: GliomaSegNet) -> Dict[str, PartSpec]:
@@ -222,5 +217,5 @@ def segmentation_parts(model: GliomaSegNet) -> Dict[str, PartSpec]:
     dynamic = {"x": {0: "batch", 2: "z", 3: "y", 4: "x"}, "presence": {0: "batch"},
                "logits": {0: "batch", 2: "z", 3: "y", 4: "x"},
                **{name: {axis: f"{name}_{axis}" for axis in range(len(shape) + 1)} for name, shape in zip(names, shapes)}}
-    return {"network": PartSpec(_NetworkWithMaskInputs(model), example, ("x", "presence", *names), ("logits",),
-                                dynamic)}
+    return {"network": PartSpec(model, example, ("x", "presence", *names), ("logits",), dynamic,
+                                _logits_with_masks)}

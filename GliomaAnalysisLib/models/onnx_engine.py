@@ -48,14 +48,34 @@ Part = Callable[..., List[np.ndarray]]
 
 @dataclass
 class PartSpec:
-    """A torch module (``forward(*inputs)`` in ``input_names`` order, returning a tensor or a tuple of tensors) and
-    what its export needs: example inputs (NumPy, float32), input and output names, and the dynamic axes."""
+    """A part of a torch model: ``method(module, *inputs)`` (default: ``module(*inputs)``), inputs in
+    ``input_names`` order, returning a tensor or a tuple of tensors; and what its export needs: example inputs
+    (NumPy, float32), input and output names, and the dynamic axes."""
 
     module: Any
     example: Tuple[np.ndarray, ...]
     input_names: Tuple[str, ...]
     output_names: Tuple[str, ...]
     dynamic_axes: Mapping[str, Mapping[int, str]]
+    method: Optional[Callable[..., Any]] = None
+
+    def traceable(self) -> Any:
+        """A torch module whose ``forward(*inputs)`` is the part (``module`` itself without ``method``)."""
+        if self.method is None:
+            return self.module
+        from torch import nn
+
+        module, method = self.module, self.method
+
+        class Part(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = module
+
+            def forward(self, *inputs: Any) -> Any:
+                return method(self.model, *inputs)
+
+        return Part()
 
 
 def onnx_cache() -> Path:
@@ -70,10 +90,10 @@ def graph_path(model_name: str, weights_sha256: str, part: str) -> Path:
 
 
 def export_part(spec: PartSpec) -> bytes:
-    """The ONNX graph (bytes) of ``spec.module`` (left unchanged)."""
+    """The ONNX graph (bytes) of the part ``spec`` (its module left unchanged)."""
     import torch
 
-    module = spec.module
+    module = spec.traceable()
     was_training = module.training
     module.eval()
     buffer = io.BytesIO()
@@ -123,7 +143,7 @@ class TorchPart:
     def __call__(self, **inputs: np.ndarray) -> List[np.ndarray]:
         import torch
 
-        module = self.spec.module
+        module = self.spec.traceable()
         device = next(module.parameters()).device
         module.eval()
         with torch.inference_mode():

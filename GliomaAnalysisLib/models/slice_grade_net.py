@@ -95,24 +95,6 @@ def load_slice_grade(folder: Optional[str] = None) -> Tuple[SliceGradeNet, Dict[
     return load_model(SLICE_GRADE_MODEL, folder, build=build_slice_grade)
 
 
-class _Features(nn.Module):
-    def __init__(self, model: SliceGradeNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
-
-
-class _Head(nn.Module):
-    def __init__(self, model: SliceGradeNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.head(features, mask)
-
-
 def slice_grade_parts(model: SliceGradeNet) -> Dict[str, PartSpec]:
     """The parts (models/onnx_engine.py): ``features`` x (N, 3, crop, crop) -> features (N, F); ``head`` features
     (B, F) and mask (B, hidden) -> logits (B,); N and B dynamic."""
@@ -122,7 +104,8 @@ def slice_grade_parts(model: SliceGradeNet) -> Dict[str, PartSpec]:
     features = np.zeros((2, model.fc1.in_features), np.float32)
     mask = np.ones((2, config.hidden), np.float32)
     return {
-        "features": PartSpec(_Features(model), (x,), ("x",), ("features",), {"x": batch, "features": batch}),
-        "head": PartSpec(_Head(model), (features, mask), ("features", "mask"), ("logits",),
-                         {"features": batch, "mask": batch, "logits": batch}),
+        "features": PartSpec(model, (x,), ("x",), ("features",), {"x": batch, "features": batch},
+                             SliceGradeNet.features),
+        "head": PartSpec(model, (features, mask), ("features", "mask"), ("logits",),
+                         {"features": batch, "mask": batch, "logits": batch}, SliceGradeNet.head),
     }
