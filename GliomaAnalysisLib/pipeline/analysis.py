@@ -25,7 +25,8 @@ from ..models.segment import resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
-from .postprocess import lesion_filter, merge_enhancement_into_core, remove_small_components, suppress_small_enhancement
+from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, remove_small_components,
+                          suppress_small_enhancement)
 from ..preprocessing.preprocess import preprocess
 from .result import AnalysisResult
 
@@ -133,7 +134,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         for p in probabilities:
             array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
             reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
-        labels = argmax_uint8(reference_probs)
+        thresholds = card.get("postprocessing", {}).get("region_thresholds") if postprocess else None
+        labels = decode_regions(*reference_probs[1:], thresholds) if thresholds else argmax_uint8(reference_probs)
         del reference_probs[0]  # background: only needed for the argmax
         uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
                                    PROBABILITY_DECIMALS)

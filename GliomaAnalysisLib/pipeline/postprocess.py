@@ -1,5 +1,9 @@
 """Post-processing of a contiguous label map (0 bg, 1 NCR, 2 ED, 3 ET).
 
+* ``decode_regions``: the label map from the probabilities by thresholds on the nested regions (WT, TC inside it,
+  ET inside TC) instead of the argmax, when the model card sets ``postprocessing.region_thresholds`` (chosen in
+  cross-validation: the argmax under-called ET, which must out-vote NCR and ED at once).
+
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
   hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors), and
   so is the largest component (in cross-validation a lower-grade tumor read with under 0.1 mL of core was erased
@@ -119,6 +123,21 @@ def _remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_vol
     out = labels.copy()
     out[np.isin(components, small)] = 0
     return out
+
+
+def decode_regions(ncr: np.ndarray, ed: np.ndarray, et: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Labels uint8 (0 background, 1 NCR, 2 ED, 3 ET) read from the nested BraTS regions instead of the argmax:
+    WT where P(NCR) + P(ED) + P(ET) > t_wt, TC inside it where P(NCR) + P(ET) > t_tc, ET inside TC where
+    P(ET) > t_et. ``ncr``, ``ed``, ``et``: probability maps of one shape; ``thresholds``: (t_wt, t_tc, t_et)."""
+    t_wt, t_tc, t_et = (float(t) for t in thresholds)
+    core = ncr + et
+    whole = (core + ed) > t_wt
+    tumor_core = whole & (core > t_tc)
+    labels = np.zeros(ncr.shape, dtype=np.uint8)
+    labels[whole] = 2
+    labels[tumor_core] = 1
+    labels[tumor_core & (et > t_et)] = 3
+    return labels
 
 
 def merge_enhancement_into_core(probabilities: np.ndarray) -> np.ndarray:

@@ -136,3 +136,29 @@ def test_shipped_model_on_a_real_validation_case():
     scores = _dice(sitk.GetArrayFromImage(result.labels), to_contiguous(sitk.GetArrayFromImage(case.segmentation)))
     for region, bound in REAL_BOUNDS.items():
         assert scores[region] > bound, scores
+
+
+def test_the_cards_region_thresholds_decide_the_labels(small_phantom, tiny_model_dir, tmp_path):
+    """A card with ``postprocessing.region_thresholds``: the labels are the nested-region decoding of the same
+    probabilities (then the lesion filter); without post-processing the argmax stays."""
+    import json
+    import shutil
+
+    from GliomaAnalysisLib.pipeline.postprocess import decode_regions, lesion_filter, remove_small_components
+
+    for path in tiny_model_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    card_path = tmp_path / "glioma_seg.json"
+    card = json.loads(card_path.read_text())
+    card["postprocessing"] = {"region_thresholds": [0.3, 0.2, 0.1], "min_et_ml": 0.0}
+    card_path.write_text(json.dumps(card))
+    case = load_case({m: small_phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")})
+    result = analyze(case, model_dir=tmp_path, fast=True, classify=False)
+    raw = analyze(case, model_dir=tmp_path, fast=True, classify=False, postprocess=False)
+    maps = [sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")]
+    spacing = tuple(reversed(case.geometry.spacing))
+    expected = remove_small_components(lesion_filter(decode_regions(*maps, (0.3, 0.2, 0.1)), spacing),
+                                       case.geometry.voxel_volume_ml)
+    assert np.array_equal(sitk.GetArrayFromImage(result.labels), expected)
+    raw_labels = sitk.GetArrayFromImage(raw.labels)  # the argmax (no post-processing)
+    assert not np.array_equal(raw_labels, expected)

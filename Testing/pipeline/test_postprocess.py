@@ -132,3 +132,29 @@ def test_filters_on_the_tumor_box_equal_the_whole_volume_computation():
             expected[components == i + 1] = 0
     assert np.array_equal(filtered, expected) and (filtered != labels).any()
     assert remove_small_components(np.zeros((5, 5, 5), np.uint8), 0.001) is not None
+
+
+def test_region_decoding_reads_nested_regions_where_the_argmax_splits_the_vote():
+    from GliomaAnalysisLib.pipeline.postprocess import decode_regions
+
+    # voxels: (NCR, ED, ET) probabilities; background is the rest
+    cases = {"split core vote": ((0.30, 0.35, 0.25), 3),  # argmax: ED; core 0.55 > 0.5 and ET 0.25 > 0.2
+             "edema": ((0.10, 0.60, 0.05), 2), "weak core": ((0.25, 0.30, 0.20), 2),  # core 0.45: not TC
+             "necrosis": ((0.60, 0.20, 0.10), 1), "background": ((0.10, 0.15, 0.10), 0)}
+    ncr, ed, et = (np.array([[[v[k] for v, _ in cases.values()]]], dtype=np.float32) for k in range(3))
+    labels = decode_regions(ncr, ed, et, (0.5, 0.5, 0.2))
+    assert labels.ravel().tolist() == [label for _, label in cases.values()]
+    argmax = np.argmax(np.stack([1 - ncr - ed - et, ncr, ed, et]), axis=0)
+    assert argmax.ravel()[0] == 2  # the case the decoding exists for
+
+
+def test_decoded_regions_are_always_nested():
+    from GliomaAnalysisLib.pipeline.postprocess import decode_regions
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=(20, 20, 20)).astype(np.float32)  # (Z, Y, X, bg/NCR/ED/ET)
+    labels = decode_regions(p[..., 1], p[..., 2], p[..., 3], (0.4, 0.3, 0.1))
+    whole, core, enhancing = labels > 0, np.isin(labels, (1, 3)), labels == 3
+    assert np.array_equal(whole, p[..., 1:].sum(-1) > 0.4)
+    assert np.array_equal(core, whole & (p[..., 1] + p[..., 3] > 0.3))
+    assert np.array_equal(enhancing, core & (p[..., 3] > 0.1))

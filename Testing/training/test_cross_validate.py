@@ -58,3 +58,16 @@ def test_a_perfect_prediction_scores_one(tmp_path):
     assert scores["none"]["wt"] == scores["none"]["tc"] == scores["none"]["et"] == 1.0
     assert scores["lesion_filter+min_et_0.25ml"]["et"] == 0.0  # 64 voxels = 0.064 mL of ET: relabelled NCR
     assert scores["lesion_filter+min_et_0.25ml"]["tc"] == 1.0
+
+
+def test_nested_choice_scores_each_fold_with_the_variant_chosen_on_the_others():
+    from training.segmentation.cross_validate import nested_choice
+
+    def row(fold, a, b):
+        return {"fold": fold, "a": {"wt": a, "tc": a, "et": a}, "b": {"wt": b, "tc": b, "et": b}}
+
+    rows = {"c0": row(0, 0.2, 0.9), "c1": row(1, 0.8, 0.5), "c2": row(2, 0.8, 0.6)}
+    result = nested_choice(rows, ["a", "b"])
+    # fold 0 sees c1, c2 (a better), fold 1 sees c0, c2 (b: 1.5 vs a: 1.0), fold 2 sees c0, c1 (b: 1.4 vs 1.0)
+    assert result["choices"] == {0: "a", 1: "b", 2: "b"}
+    assert result["dice"]["wt"]["mean"] == round((0.2 + 0.5 + 0.6) / 3, 4)  # below either variant's best pick

@@ -55,3 +55,6 @@ def test_the_chosen_post_processing_becomes_the_cards_setting():
     assert postprocessing_of("lesion_filter+min_et_0.5ml")["min_et_ml"] == 0.5
     assert postprocessing_of("lesion_filter+min_et_2ml")["min_et_ml"] == 2.0
     assert postprocessing_of("lesion_filter") == {"min_et_ml": 0.0, "chosen_in_cross_validation": "lesion_filter"}
+    regions = postprocessing_of("regions_0.5_0.4_0.15+lesion_filter+min_et_0.5ml")
+    assert regions["region_thresholds"] == [0.5, 0.4, 0.15] and regions["min_et_ml"] == 0.5
+    assert "region_thresholds" not in postprocessing_of("lesion_filter+min_et_0.5ml")

@@ -117,7 +117,8 @@ def cross_validation_section(report: Dict) -> Dict:
              **{f"{r}_ml_true": round(row[chosen][f"{r}_ml_true"], 2) for r in ("wt", "tc", "et")}}
             for case, row in sorted(report["per_case"].items())]
     return {"cases": report["cases"], "folds": report["folds_done"], "network_passes": report.get("passes"),
-            "post_processing": chosen, "dice": report["variants"][chosen], "worst_cases": report["worst_cases"],
+            "post_processing": chosen, "dice": report["variants"][chosen],
+            "dice_nested": (report.get("nested_choice") or {}).get("dice"), "worst_cases": report["worst_cases"],
             "et_free_cases_predicted_et_ml": report["et_free_cases"],
             "missing_modality": report["missing_modality"], "per_case": rows,
             "how": "out-of-fold predictions of GliomaAnalysisLib.analyze (default settings, full resolution) "
@@ -127,9 +128,22 @@ def cross_validation_section(report: Dict) -> Dict:
 
 def postprocessing_of(variant: str) -> Dict:
     """The card's ``postprocessing`` settings read by ``analyze`` for a variant chosen in cross-validation
-    (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; the lesion filter always runs)."""
+    (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; ``regions_0.5_0.5_0.2+...`` adds
+    ``region_thresholds``; the lesion filter always runs)."""
     match = re.search(r"min_et_([0-9.]+)ml", variant)
-    return {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
+    settings = {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
+    regions = re.match(r"regions_([0-9.]+)_([0-9.]+)_([0-9.]+)\+", variant)
+    if regions:
+        settings["region_thresholds"] = [float(t) for t in regions.groups()]
+    return settings
+
+
+def postprocessing_text(settings: Dict) -> str:
+    """One sentence for the card: how labels are read and cleaned."""
+    decoding = ("labels read from the nested regions (WT where P(WT) > {}, TC inside it where P(TC) > {}, ET inside "
+                "TC where P(ET) > {})".format(*settings["region_thresholds"]) if settings.get("region_thresholds")
+                else "labels by argmax")
+    return (f"{decoding}; lesion filter; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR")
 
 
 def _cross_validation_lines(cv: Dict) -> List[str]:
@@ -138,6 +152,10 @@ def _cross_validation_lines(cv: Dict) -> List[str]:
              "| region | mean Dice | SD | SE | worst |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r.upper()} | {dice[r]['mean']:.3f} | {dice[r]['sd']:.3f} | {dice[r]['se']:.3f} | "
               f"{dice[r]['min']:.3f} |" for r in ("wt", "tc", "et")]
+    if cv.get("dice_nested"):
+        lines += ["", "The post-processing was chosen on these same out-of-fold predictions; chosen for each fold on "
+                  "the other folds only (nested), the means are " + ", ".join(
+                      f"{r.upper()} {cv['dice_nested'][r]['mean']:.3f}" for r in ("wt", "tc", "et")) + "."]
     lines += ["", f"Worst cases: {', '.join(cv['worst_cases'])}. ET-free cases, predicted ET: "
               + (", ".join(f"{c} {v:.2f} mL" for c, v in cv["et_free_cases_predicted_et_ml"].items()) or "none"),
               "", "| without | WT | TC | ET |", "| --- | --- | --- | --- |"]
@@ -161,8 +179,8 @@ def card_markdown(card: Dict) -> str:
              f"({card['training_data']['source']}) + {card['training_data']['synthetic_phantoms']} synthetic "
              f"phantoms",
              f"- Training: {card['training']}",
-             *([f"- Post-processing (chosen in cross-validation): lesion filter, then a total enhancing volume "
-                f"under {card['postprocessing']['min_et_ml']:g} mL relabelled NCR"] if card.get("postprocessing") else []),
+             *([f"- Post-processing (chosen in cross-validation): {postprocessing_text(card['postprocessing'])}"]
+               if card.get("postprocessing") else []),
              f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
     validation = card.get("validation")
     if validation:
