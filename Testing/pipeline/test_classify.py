@@ -114,35 +114,46 @@ def test_evidence_follows_the_card_in_the_model_folder(phantom_dir, tmp_path):
         "the model card states no real-data figure for this task"
 
 
+def _cards_with(folder, grade_block):
+    """The shipped models in ``folder`` (weights linked), the multi-task card's ``grade_from_volumes`` set to
+    ``grade_block`` (None: removed)."""
+    from GliomaAnalysisLib.models.model_store import RESOURCES
+
+    folder.mkdir()
+    for path in RESOURCES.iterdir():
+        if path.suffix == ".safetensors":
+            (folder / path.name).symlink_to(path)
+        elif path.suffix == ".json":
+            card = json.loads(path.read_text())
+            if path.stem == "glioma_multitask":
+                card.pop("grade_from_volumes", None)
+                if grade_block is not None:
+                    card["grade_from_volumes"] = grade_block
+            (folder / path.name).write_text(json.dumps(card))
+    return folder
+
+
 def test_grade_from_volumes_replaces_the_heads_grade_when_the_card_holds_it(phantom_dir, tmp_path):
     """A multi-task card with ``grade_from_volumes``: the report's grade is that model read on the report's own
     final volumes (the heads' IDH stays); without the block the heads' grade stands."""
-    from GliomaAnalysisLib.models.model_store import RESOURCES
     from GliomaAnalysisLib.models.volume_grade import predict_grade
 
     block = {"features": ["log1p_et_ml", "et_share_of_wt"], "mean": [1.0, 0.1], "scale": [1.0, 0.1],
              "weights": [2.0, 1.0], "intercept": 1.5, "bootstrap": [[2.0, 1.0, 1.5], [1.0, 0.5, 1.0], [3.0, 0.0, 2.0]]}
-    for path in RESOURCES.iterdir():
-        if path.suffix == ".safetensors":
-            (tmp_path / path.name).symlink_to(path)
-        elif path.suffix == ".json":
-            card = json.loads(path.read_text())
-            if path.stem == "glioma_multitask":
-                card["grade_from_volumes"] = block
-            (tmp_path / path.name).write_text(json.dumps(card))
-    with_block = analyze(phantom_dir, model_dir=tmp_path, fast=True).report()
-    plain = analyze(phantom_dir, fast=True).report()
-    expected = predict_grade(block, with_block["volumes_ml"])
-    grade = with_block["predictions"]["grade"]
+    with_block, without = _cards_with(tmp_path / "with", block), _cards_with(tmp_path / "without", None)
+    report = analyze(phantom_dir, model_dir=with_block, fast=True).report()
+    plain = analyze(phantom_dir, model_dir=without, fast=True).report()
+    expected = predict_grade(block, report["volumes_ml"])
+    grade = report["predictions"]["grade"]
     assert {k: grade[k] for k in expected} == expected
     assert grade["uncertainty"] > 0  # the three refits disagree
     assert grade["evidence"] == plain["predictions"]["grade"]["evidence"]  # the card's grade evidence
     assert "basis" not in plain["predictions"]["grade"]
-    assert with_block["predictions"]["idh"] == plain["predictions"]["idh"]
+    assert report["predictions"]["idh"] == plain["predictions"]["idh"]
     # without T1CE the enhancing volume is unknown: the heads' grade stays, marked not assessable, with a warning
     files = {m: str(next(phantom_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t2", "flair")}
-    no_t1ce = analyze(load_case(files), model_dir=tmp_path, fast=True).report()
-    heads = analyze(load_case(files), fast=True).report()["predictions"]["grade"]
+    no_t1ce = analyze(load_case(files), model_dir=with_block, fast=True).report()
+    heads = analyze(load_case(files), model_dir=without, fast=True).report()["predictions"]["grade"]
     grade = no_t1ce["predictions"]["grade"]
     assert grade["probability_positive"] == heads["probability_positive"] and "basis" not in grade
     assert grade["evidence"] == "not assessable" and "T1CE is missing" in grade["evidence_detail"]["reason"]
