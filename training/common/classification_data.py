@@ -76,12 +76,11 @@ def phantom_cohort(cache: Path, n: int, seed: int = 500) -> Path:
 
 
 def load_real_samples(roots: Sequence[Path], cache: Path) -> List[ClassificationSample]:
-    """Every labelled real case of ``roots``, targets from each root's ``labels.csv`` (unknown where a case or the
-    table is absent)."""
+    """Every labelled real case of ``roots``, targets from each root's ``labels.csv`` (unknown for a case the table
+    does not list; a missing table is an error)."""
     samples = []
     for root in roots:
-        labels = Path(root) / "labels.csv"
-        table = read_labels(labels) if labels.is_file() else {}
+        table = read_labels(Path(root) / "labels.csv")
         for found in discover_cases(root):
             samples.append(_sample(found, cache, table.get(found.case_id, CaseTargets()), "real"))
     return samples
