@@ -86,23 +86,18 @@ def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
 
 def test_evidence_follows_the_card_in_the_model_folder(phantom_dir, tmp_path):
     """Cards with other levels (as a retraining would write them) change the report without code changes."""
-    from GliomaAnalysisLib.models.model_store import RESOURCES
+    def edit(stem, card):
+        if stem == "glioma_multitask":
+            card["evidence"]["grade"] = {"metric": "auc", "value": 0.86, "n": 31, "positives": 26,
+                                         "negatives": 5, "ci95": {"lower": 0.74, "upper": 0.95},
+                                         "ci_method": "bootstrap over 5-fold CV", "kind": "5-fold CV",
+                                         "source": "test"}
+            card["evidence"]["idh"] = {"metric": "auc", "value": 0.7, "n": 31, "positives": 7,
+                                       "negatives": 24, "source": "test"}
+        if stem == "slice_grade":
+            del card["evidence"]
 
-    for path in RESOURCES.iterdir():
-        if path.suffix == ".safetensors":
-            (tmp_path / path.name).symlink_to(path)
-        elif path.suffix == ".json":
-            card = json.loads(path.read_text())
-            if path.stem == "glioma_multitask":
-                card["evidence"]["grade"] = {"metric": "auc", "value": 0.86, "n": 31, "positives": 26,
-                                             "negatives": 5, "ci95": {"lower": 0.74, "upper": 0.95},
-                                             "ci_method": "bootstrap over 5-fold CV", "kind": "5-fold CV",
-                                             "source": "test"}
-                card["evidence"]["idh"] = {"metric": "auc", "value": 0.7, "n": 31, "positives": 7,
-                                           "negatives": 24, "source": "test"}
-            if path.stem == "slice_grade":
-                del card["evidence"]
-            (tmp_path / path.name).write_text(json.dumps(card))
+    _shipped_cards(tmp_path, edit)
     report = analyze(phantom_dir, model_dir=tmp_path, fast=True).report()
     grade, idh = report["predictions"]["grade"], report["predictions"]["idh"]
     assert grade["evidence"] == "supported" and grade["evidence_detail"]["ci_method"] == "bootstrap over 5-fold CV"
@@ -114,23 +109,32 @@ def test_evidence_follows_the_card_in_the_model_folder(phantom_dir, tmp_path):
         "the model card states no real-data figure for this task"
 
 
-def _cards_with(folder, grade_block):
-    """The shipped models in ``folder`` (weights linked), the multi-task card's ``grade_from_volumes`` set to
-    ``grade_block`` (None: removed)."""
+def _shipped_cards(folder, edit):
+    """The shipped models in ``folder`` (weights linked, cards copied), each card passed through
+    ``edit(stem, card)`` first."""
     from GliomaAnalysisLib.models.model_store import RESOURCES
 
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for path in RESOURCES.iterdir():
         if path.suffix == ".safetensors":
             (folder / path.name).symlink_to(path)
         elif path.suffix == ".json":
             card = json.loads(path.read_text())
-            if path.stem == "glioma_multitask":
-                card.pop("grade_from_volumes", None)
-                if grade_block is not None:
-                    card["grade_from_volumes"] = grade_block
+            edit(path.stem, card)
             (folder / path.name).write_text(json.dumps(card))
     return folder
+
+
+def _cards_with(folder, grade_block):
+    """The shipped models in ``folder``, the multi-task card's ``grade_from_volumes`` set to ``grade_block`` (None:
+    removed)."""
+    def edit(stem, card):
+        if stem == "glioma_multitask":
+            card.pop("grade_from_volumes", None)
+            if grade_block is not None:
+                card["grade_from_volumes"] = grade_block
+
+    return _shipped_cards(folder, edit)
 
 
 def test_grade_from_volumes_replaces_the_heads_grade_when_the_card_holds_it(phantom_dir, tmp_path):
