@@ -57,12 +57,13 @@ def test_a_card_without_evidence_is_not_assessable():
 
 def test_shipped_cards_state_the_held_out_figures_and_their_levels():
     multitask = json.loads((MODELS / "glioma_multitask.json").read_text())
-    grade = task_evidence(multitask, "grade")
-    assert grade["evidence"] == NOT_ASSESSABLE and grade["evidence_detail"]["n"] == 42
-    assert grade["evidence_detail"]["ci95"] == {"lower": 0.34, "upper": 0.76}
+    cv = multitask["real_cross_validation"]  # 5-fold CV over the real cases (training/results/multitask_cv)
+    grade = task_evidence(multitask, "grade")  # the reported grade: from the segmentation's volumes
+    assert grade["evidence_detail"]["n"] == cv["grade_from_volumes"]["n"] == 28
+    assert grade["evidence_detail"]["value"] == round(cv["grade_from_volumes"]["auc"], 4)
+    assert grade["evidence_detail"]["ci95"]["lower"] == round(cv["grade_from_volumes"]["auc_95"][0], 4)
     idh = task_evidence(multitask, "idh")
-    assert idh["evidence"] == NOT_ASSESSABLE and idh["evidence_detail"]["value"] == 0.56
-    assert idh["evidence_detail"]["ci95"] is None
+    assert idh["evidence_detail"]["n"] == cv["tasks"]["idh"]["n"] == 7 and idh["evidence"] == NOT_ASSESSABLE
     for task in ("codeletion_1p19q", "mgmt"):
         assert task_evidence(multitask, task)["evidence_detail"]["value"] is None
     fusion = json.loads((MODELS / "mgmt_fusion.json").read_text())

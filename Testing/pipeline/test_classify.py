@@ -75,11 +75,16 @@ def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
     schema = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
     jsonschema.validate(report, schema)
     assert report["schema_version"] == "1.1"
+    from GliomaAnalysisLib.models.evidence import evidence_level
+    from GliomaAnalysisLib.models.model_store import load_card
+
+    card = load_card("glioma_multitask")
     grade = report["predictions"]["grade"]
-    assert grade["evidence"] == "not assessable"
-    assert grade["evidence_detail"]["ci95"] == {"lower": 0.34, "upper": 0.76}
-    assert grade["evidence_detail"]["model"] == "glioma_multitask" and grade["evidence_detail"]["n"] == 42
-    assert {report["predictions"][t]["evidence"] for t in PREDICTION_TASKS} == {"not assessable"}
+    assert grade["basis"].startswith("segmentation volumes")  # the shipped card holds grade_from_volumes
+    assert grade["evidence_detail"]["model"] == "glioma_multitask" and grade["evidence_detail"]["n"] == 28
+    assert grade["evidence_detail"]["ci95"] == card["evidence"]["grade"]["ci95"]
+    assert grade["evidence"] == evidence_level(card["evidence"]["grade"]["value"], card["evidence"]["grade"]["ci95"])
+    assert {report["predictions"][t]["evidence"] for t in PREDICTION_TASKS if t != "grade"} == {"not assessable"}
     assert report["slice_grade"]["evidence"] == "weak"
     assert report["mgmt_late_fusion"]["evidence"] == "not assessable"
 

@@ -42,11 +42,13 @@ def test_the_cross_validation_leads_the_card_with_every_case():
     assert "Validation split" not in text  # trained on every case: no split to report
 
 
-def test_the_shipped_card_with_a_validation_split_still_renders():
+def test_the_shipped_card_leads_with_its_cross_validation():
     card = json.loads((RESOURCES / "glioma_seg.json").read_text())
     text = card_markdown(card)
-    assert text.startswith(f"# Model card: glioma_seg {card['version']}") and "## Validation split" in text
-    assert f"{card['validation']['metrics']['all_modalities']['mean']['dice_wt']:.3f}" in text
+    assert text.startswith(f"# Model card: glioma_seg {card['version']}") and "Validation split" not in text
+    assert text.index("## Cross-validation: 31 real cases") < text.index("- Network:")
+    assert f"| WT | {card['cross_validation']['dice']['wt']['mean']:.3f} |" in text
+    assert (RESOURCES / "glioma_seg.md").read_text() == text  # the shipped Markdown is the card's
 
 
 def test_the_chosen_post_processing_becomes_the_cards_setting():
