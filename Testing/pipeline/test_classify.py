@@ -6,6 +6,8 @@ import pytest
 
 from GliomaAnalysisLib import analyze
 from GliomaAnalysisLib.io.case import load_case
+from GliomaAnalysisLib.models.evidence import evidence_level
+from GliomaAnalysisLib.models.model_store import load_card
 from GliomaAnalysisLib.models.multitask import TASK_LABELS
 from GliomaAnalysisLib.pipeline.result import PREDICTION_TASKS
 
@@ -75,9 +77,6 @@ def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
     schema = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
     jsonschema.validate(report, schema)
     assert report["schema_version"] == "1.1"
-    from GliomaAnalysisLib.models.evidence import evidence_level
-    from GliomaAnalysisLib.models.model_store import load_card
-
     card = load_card("glioma_multitask")
     grade = report["predictions"]["grade"]
     assert grade["basis"].startswith("segmentation volumes")  # the shipped card holds grade_from_volumes
