@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
@@ -85,6 +86,18 @@ def test_recipe_crops_are_augmented_consistently():
     assert 5 < one_missing and subsets < 45
 
 
+def test_drop_one_weights_choose_which_modality_is_missing():
+    from training.segmentation.augmentation import AugmentationConfig, modality_presence
+
+    rng = np.random.default_rng(0)
+    config = AugmentationConfig(keep_all_probability=0.0, drop_one_probability=1.0, drop_one_weights=(1, 0, 0, 3))
+    missing = [int(np.flatnonzero(modality_presence(rng, np.ones(4, bool), config) == 0)[0]) for _ in range(400)]
+    counts = np.bincount(missing, minlength=4)
+    assert counts[1] == counts[2] == 0 and 240 < counts[3] < 360 and counts[0] + counts[3] == 400
+    only_t1_t2 = modality_presence(rng, np.array([True, False, True, False]), config)  # odds over what is there
+    assert only_t1_t2.tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
 def test_enhancement_is_not_scored_without_t1ce():
     """A crop without T1CE is scored on the core (NCR + ET) only: calling true ET voxels NCR or ET costs the same,
     for any logits. With T1CE the two answers differ."""
@@ -139,6 +152,29 @@ def test_training_checkpoints_and_resumes(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert len(config["validation_cases"]) == 1 and len(config["train_cases"]) == 1
     assert set(config["validation_cases"] + config["train_cases"]) == set(config["folds"])
+
+
+def test_warm_restart_starts_from_the_given_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    data = tmp_path / "data"
+    write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
+    common = ["--data", str(data), "--cache", str(tmp_path / "cache"), "--crop", "16", "--batch", "1",
+              "--fold", "0", "--n-folds", "2", "--spacing", "4", "--steps", "1", "--lr", "0",
+              "--network", json.dumps({"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1,
+                                       "transformer_heads": 2})]
+    assert main(common + ["--run-dir", str(tmp_path / "first"), "--lr", "0.01"]) == 0
+    start = load_file(str(tmp_path / "first" / "final.safetensors"))
+    save_file(start, str(tmp_path / "fold0.safetensors"))
+    assert main(common + ["--run-dir", str(tmp_path / "again"),
+                          "--init-weights", str(tmp_path / "fold{fold}.safetensors")]) == 0
+    again = load_file(str(tmp_path / "again" / "final.safetensors"))  # learning rate 0: the weights stay
+    assert all(torch.equal(start[k], again[k]) for k in start if "num_batches" not in k)
+    fresh = load_file(str(tmp_path / "first" / "final.safetensors"))
+    assert main(common + ["--run-dir", str(tmp_path / "fresh"), "--seed", "5"]) == 0
+    assert any(not torch.equal(fresh[k], v) for k, v in load_file(str(tmp_path / "fresh" / "final.safetensors")).items())
+    with pytest.raises(SystemExit, match="no such file"):
+        main(common + ["--run-dir", str(tmp_path / "x"), "--init-weights", str(tmp_path / "missing.safetensors")])
 
 
 def test_validation_scores_a_perfect_and_an_empty_prediction():

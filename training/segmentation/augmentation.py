@@ -38,6 +38,7 @@ class AugmentationConfig:
     bias_strength: float = 0.3             # max log-amplitude of the bias field
     keep_all_probability: float = 0.5      # modality dropout: all present
     drop_one_probability: float = 0.3      # exactly one modality missing; otherwise a random non-empty subset
+    drop_one_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # which one (t1, t1ce, t2, flair)
 
 
 def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
@@ -94,7 +95,8 @@ def _integer_crop(array: np.ndarray, offset: np.ndarray, size: int, fill: float)
 
 
 def modality_presence(rng: np.random.Generator, available: np.ndarray, config: AugmentationConfig) -> np.ndarray:
-    """Which of the ``available`` (4,) modalities the crop keeps: all, all but one, or a random non-empty subset."""
+    """Which of the ``available`` (4,) modalities the crop keeps: all, all but one (drawn by
+    ``config.drop_one_weights``), or a random non-empty subset."""
     available = np.asarray(available, dtype=bool)
     keep = available.copy()
     draw = rng.random()
@@ -102,7 +104,8 @@ def modality_presence(rng: np.random.Generator, available: np.ndarray, config: A
     if draw < config.keep_all_probability or len(indices) < 2:
         return keep.astype(np.float32)
     if draw < config.keep_all_probability + config.drop_one_probability:
-        keep[rng.choice(indices)] = False
+        weights = np.asarray(config.drop_one_weights, dtype=float)[indices]
+        keep[rng.choice(indices, p=weights / weights.sum())] = False
     else:
         subset = rng.random(len(indices)) < 0.5
         if not subset.any():

@@ -80,10 +80,11 @@ def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_V
                      "optimizer": "AdamW", "peak_lr": args["lr"], "schedule": "50-step warm-up, cosine",
                      "loss": _loss(args.get("dice_weight", 0.5)),
                      "foreground_probability": args.get("foreground_probability"),
-                     "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3},
+                     "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3,
+                                          "drop_one_weights_t1_t1ce_t2_flair": args.get("drop_one_weights", "1,1,1,1")},
                      "augmentation": "rotation, scaling, flips; per-channel gamma, contrast, brightness, noise, "
                                      "blur, bias field; modality dropout (training/segmentation/augmentation.py)",
-                     "fold": args.get("fold"),
+                     "fold": args.get("fold"), "warm_restart_from": args.get("init_weights"),
                      "git_commit_at_start": run_config["git_commit"], "git_commit_at_export": git_commit(),
                      "wall_time_minutes": round(training_seconds(training_log) / 60, 1)},
     }

@@ -66,6 +66,22 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def drop_one_weights(text: str) -> tuple:
+    """'1,1,1,2' -> (1.0, 1.0, 1.0, 2.0): four non-negative odds with a positive sum."""
+    weights = tuple(float(v) for v in str(text).split(","))
+    if len(weights) != 4 or min(weights) < 0 or sum(weights) <= 0:
+        raise SystemExit(f"error: --drop-one-weights {text!r}: give four non-negative numbers (t1,t1ce,t2,flair)")
+    return weights
+
+
+def init_weights_path(args: argparse.Namespace) -> str:
+    """--init-weights with '{fold}' filled in; a missing file is a one-line error."""
+    path = str(args.init_weights).replace("{fold}", str(args.fold))
+    if not Path(path).is_file():
+        raise SystemExit(f"error: --init-weights {path}: no such file")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (also the keys of ``training/configs/segmentation.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--keep-all-probability", type=float, default=0.5,
                         help="modality dropout: share of crops with every modality (then 0.3 one missing, else a subset)")
+    parser.add_argument("--drop-one-weights", default="1,1,1,1",
+                        help="modality dropout: relative odds of each modality (t1,t1ce,t2,flair) being the one missing")
+    parser.add_argument("--init-weights", default=None,
+                        help="start from these weights (safetensors; '{fold}' is replaced by the fold) instead of "
+                             "random ones: a warm restart with a new learning-rate cycle")
     parser.add_argument("--val-every", type=int, default=150)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -106,6 +127,9 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     """Run the training loop of ``args`` (in every torchrun process); returns the trained network (None when no
     labelled case was found). Only rank 0 writes the run folder."""
+    augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability,
+                                      drop_one_weights=drop_one_weights(args.drop_one_weights))
+    init_path = init_weights_path(args) if args.init_weights else None
     context = setup(args.device)
     torch.set_num_threads(args.threads)
     wall_start = time.perf_counter()
@@ -130,7 +154,6 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         fold = int(args.fold)
         real = [c for c in cases if folds[c.case_id] != fold]
         validation = [c for c in cases if folds[c.case_id] == fold]
-    augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability)
     split = {"train_cases": [c.case_id for c in real], "validation_cases": [c.case_id for c in validation]}
     if context.is_main:
         (run / "config.json").write_text(json.dumps({
@@ -155,6 +178,9 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         step = int(state["step"])
         if context.is_main:
             print(f"resumed at step {step}", file=sys.stderr)
+    elif init_path:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(init_path))
     network = wrap(model, context)
     if context.rank:
         torch.manual_seed(args.seed + context.rank)  # dropout masks differ between ranks; rank 0 as one process
