@@ -92,6 +92,53 @@ def resample_to(image: sitk.Image, target: Geometry, interpolator: int = sitk.si
                          target.spacing, target.direction, default_value, pixel_type)
 
 
+def index_to_physical(geometry: Geometry, index_xyz: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices (N, 3), x-y-z order, to physical points (N, 3), mm."""
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    return np.asarray(geometry.origin) + (np.asarray(index_xyz, dtype=float) * np.asarray(geometry.spacing)) @ direction.T
+
+
+def physical_to_index(geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """Physical points (N, 3), mm, to continuous voxel indices (N, 3), x-y-z order."""
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    return ((np.asarray(points, dtype=float) - np.asarray(geometry.origin)) @ direction) / np.asarray(geometry.spacing)
+
+
+def sub_grid(geometry: Geometry, start_xyz: np.ndarray, stop_xyz: np.ndarray) -> Geometry:
+    """The part of ``geometry`` from voxel ``start_xyz`` (inclusive) to ``stop_xyz`` (exclusive)."""
+    origin = index_to_physical(geometry, np.asarray(start_xyz)[None])[0]
+    return Geometry(tuple(int(b - a) for a, b in zip(start_xyz, stop_xyz)), geometry.spacing,
+                    tuple(float(o) for o in origin), geometry.direction)
+
+
+def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry, floor: float) -> np.ndarray:
+    """Linear resampling of ``array`` (z, y, x on ``source``; values >= 0) onto ``target``, computed only where it
+    can reach ``floor``: float32 (z, y, x) on ``target``, exactly 0 where every source voxel that a linear
+    interpolation reads is below ``floor`` (there the full resampling is below ``floor`` too).
+
+    A target voxel's value is a convex combination of the 8 source voxels around it, so outside the target box
+    covering the source voxels >= ``floor`` grown by one source voxel, it is < ``floor``. The box is resampled,
+    the rest left 0: for probability maps rounded to 3 decimals with floor 0.0005, the same result as resampling
+    everything, at the cost of the tumor's region instead of the whole volume.
+    """
+    out = np.zeros(tuple(reversed(target.size)), dtype=np.float32)
+    where = np.argwhere(array >= floor)  # (N, 3) z-y-x
+    if where.size == 0:
+        return out
+    lo, hi = where.min(axis=0)[::-1] - 1, where.max(axis=0)[::-1] + 1  # x-y-z source indices, grown by 1 voxel
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    indices = physical_to_index(target, index_to_physical(source, corners))
+    start = np.clip(np.floor(indices.min(axis=0)).astype(int), 0, target.size)
+    stop = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 1, 0, target.size)
+    if np.any(stop <= start):
+        return out
+    box = sub_grid(target, start, stop)
+    image = source.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+    part = resample_to(image, box, sitk.sitkLinear, pixel_type=sitk.sitkFloat32)  # kept alive while viewed
+    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(part)
+    return out
+
+
 def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:
     """A grid over the same physical extent with a new spacing (same direction, same first-voxel corner).
 

@@ -27,11 +27,14 @@ from .memory import check_memory
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, remove_small_components,
                           suppress_small_enhancement)
-from ..preprocessing.preprocess import preprocess
+from ..preprocessing.prepared import PreparedInput
+from ..preprocessing.preprocess import PreprocessedCase, preprocess
 from .result import AnalysisResult
 
 Progress = Optional[Callable[[str], None]]
 PROBABILITY_DECIMALS = 3
+PROBABILITY_FLOOR = 0.5 * 10 ** -PROBABILITY_DECIMALS
+"""Values below this round to 0 at ``PROBABILITY_DECIMALS``."""
 T1CE_CHANNEL = 1
 """Index of T1CE in MODALITIES order: without it enhancement is not assessable."""
 QUALITY_PASSES = 2
@@ -48,6 +51,18 @@ def argmax_uint8(maps: List[np.ndarray]) -> np.ndarray:
         labels[better] = index
         np.maximum(best, values, out=best)
     return labels
+
+
+def _on_native(prepared: PreparedInput, pre: PreprocessedCase, array: np.ndarray) -> np.ndarray:
+    """A probability or uncertainty map (Z, Y, X, >= 0) on the working grid, onto the native reference grid: float32
+    (z, y, x) rounded to ``PROBABILITY_DECIMALS`` (plenty for a probability; the files compress ~10x better).
+    On the usual path (the model ran on the native grid) only the region where the rounded map is non-zero is
+    resampled (``PreprocessedCase.to_reference_array``): the same values at a fraction of the cost."""
+    if prepared.is_native(pre.reference):
+        out = pre.to_reference_array(array, PROBABILITY_FLOOR)
+    else:
+        out = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(array, "probability")))
+    return np.round(out, PROBABILITY_DECIMALS, out=out)
 
 
 def _timed(function: Callable, *args):
@@ -129,16 +144,13 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
             pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
                                   uncertainty, say)
         say("mapping results back to the input grid")
-        # 3 decimals are plenty for a probability and make the files compress ~10x better
-        reference_probs = []
-        for p in probabilities:
-            array = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(p, "probability")))
-            reference_probs.append(np.round(array, PROBABILITY_DECIMALS, out=array))
         thresholds = card.get("postprocessing", {}).get("region_thresholds") if postprocess else None
+        # the background map is only needed by the argmax; the region thresholds read NCR, ED and ET
+        reference_probs = [None if k == 0 and thresholds else _on_native(prepared, pre, p)
+                           for k, p in enumerate(probabilities)]
         labels = decode_regions(*reference_probs[1:], thresholds) if thresholds else argmax_uint8(reference_probs)
-        del reference_probs[0]  # background: only needed for the argmax
-        uncertainty_map = np.round(sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(entropy, "probability"))),
-                                   PROBABILITY_DECIMALS)
+        del reference_probs[0]
+        uncertainty_map = _on_native(prepared, pre, entropy)
         lap("resample")
         if pending is not None:
             classification, timings["classify"] = pending.result()

@@ -61,6 +61,10 @@ class PreparedInput:
     native_to_model: Optional[sitk.Transform] = None
     """Transform mapping native reference points (mm) to model-space points, when the model ran elsewhere."""
 
+    def is_native(self, geometry: Geometry) -> bool:
+        """Whether an image on ``geometry`` (the model case's grid) already lies on the native reference grid."""
+        return self.native_to_model is None and geometry.matches(self.native.geometry)
+
     def to_native(self, image: sitk.Image, kind: str = "probability") -> sitk.Image:
         """An image on the model case's grid put exactly onto the native reference grid.
 

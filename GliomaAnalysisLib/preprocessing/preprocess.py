@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..io.case import Case
-from ..io.geometry import Geometry, regrid, resample_to
+from ..io.geometry import Geometry, regrid, resample_array_within, resample_to
 from ..io.labels import to_contiguous
 from ..io.modalities import MODALITIES
 
@@ -67,6 +67,14 @@ class PreprocessedCase:
             source = self.working.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
             return resample_to(source, self.reference, sitk.sitkLinear, pixel_type=sitk.sitkFloat32)
         raise ValueError(f"kind must be 'label' or 'probability', not {kind!r}")
+
+    def to_reference_array(self, array: np.ndarray, floor: float) -> np.ndarray:
+        """A map >= 0 on the working grid (Z, Y, X) linearly resampled onto the reference grid, float32 (z, y, x),
+        computed only around the voxels >= ``floor`` and exactly 0 elsewhere (``resample_array_within``)."""
+        if tuple(array.shape) != tuple(reversed(self.working.size)):
+            raise ValueError(f"array shape {array.shape} does not match the working grid "
+                             f"{tuple(reversed(self.working.size))}")
+        return resample_array_within(array, self.working, self.reference, floor)
 
 
 def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm: float = 10.0,

@@ -113,3 +113,21 @@ def test_labels_downsampled_to_2mm_stay_centred_on_the_images():
     assert np.abs(hard - truth).max() <= 0.5 + 1e-6  # hard labels: ties at half-covered edge voxels
     assert np.allclose(pre.soft_labels.sum(axis=0), 1.0, atol=1e-5)
     assert abs(pre.soft_labels[2].sum() * 8 - (labels == 2).sum()) < 1.0  # the volume is kept exactly
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_resampling_only_the_tumor_region_gives_the_rounded_full_resampling(small_phantom, grid):
+    """The analysis resamples each probability map only around its voxels >= 0.0005: after rounding to 3 decimals
+    the result equals resampling everything, on oblique, flipped and permuted grids, blobs at the border included."""
+    images, seg = _restamp(small_phantom, *GRIDS[grid])
+    pre = preprocess(load_case(images, segmentation=seg), spacing=(2.0, 2.0, 2.0), divisible_by=8)
+    rng = np.random.default_rng(0)
+    shape = pre.image.shape[1:]
+    probability = np.full(shape, 3e-4, dtype=np.float32)  # below the floor: rounds to 0 everywhere
+    probability[4:9, 5:11, 3:8] = rng.random((5, 6, 5))
+    probability[-3:, :2, -4:] = rng.random((3, 2, 4))  # touching the grid's faces
+    full = np.round(sitk.GetArrayFromImage(pre.to_reference(probability, "probability")), 3)
+    boxed = np.round(pre.to_reference_array(probability, 0.0005), 3)
+    assert full.shape == boxed.shape and full.max() > 0.5
+    assert np.array_equal(full, boxed)
+    assert not pre.to_reference_array(np.zeros(shape, np.float32), 0.0005).any()
