@@ -9,13 +9,13 @@ import errno
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import SimpleITK as sitk
 
 from ..io.atomic import staged_folder
+from ..io.image_io import gzip_length_matches
 from ..pipeline.result import AnalysisResult
 from .report_html import render_report, start_tumor_view
 
@@ -85,7 +85,7 @@ def _write_image(image: sitk.Image, path: Path) -> None:
     (ENOSPC when the disk is full)."""
     try:
         sitk.WriteImage(image, str(path), True)
-        complete = _gzip_length_matches(path, _NIFTI_HEADER + image.GetNumberOfPixels()
+        complete = gzip_length_matches(path, _NIFTI_HEADER + image.GetNumberOfPixels()
                                         * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent())
         reason = "the file is incomplete after writing"
     except RuntimeError as exc:
@@ -101,16 +101,6 @@ def _write_image(image: sitk.Image, path: Path) -> None:
 
 _NIFTI_HEADER = 352
 """Bytes before the voxels in the NIfTI-1 files ITK writes (348-byte header, 4 extension bytes)."""
-
-
-def _gzip_length_matches(path: Path, expected: int) -> bool:
-    """Whether the gzip trailer of ``path`` records ``expected`` uncompressed bytes (mod 2**32)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(-4, os.SEEK_END)
-            return struct.unpack("<I", handle.read(4))[0] == expected % (1 << 32)
-    except OSError:
-        return False
 
 
 def _write_dicom(result: AnalysisResult, staging: Path) -> List[str]:
