@@ -307,6 +307,15 @@ def _read(value: ImageSource, modality: str) -> "tuple[sitk.Image, str, List[str
     return read_image(path), str(path), []
 
 
+_TINY_COSINE = 1e-12
+
+
+def _without_tiny_cosines(direction: "tuple[float, ...]") -> "tuple[float, ...]":
+    """Direction cosines below 1e-12 set to 0: ITK cannot invert a direction matrix holding subnormal numbers
+    (e.g. sin(1e-308)) and then resamples to zeros; a change far below any geometry tolerance."""
+    return tuple(0.0 if abs(d) < _TINY_COSINE else float(d) for d in direction)
+
+
 def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
               segmentation: Optional[ImageSource], case_id: str) -> Case:
     raw: Dict[str, sitk.Image] = {}
@@ -321,6 +330,7 @@ def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
         values = validate_image(image, name)
         as_float = sitk.GetImageFromArray(values)
         as_float.CopyInformation(image)
+        as_float.SetDirection(_without_tiny_cosines(image.GetDirection()))
         raw[modality], sources[modality] = as_float, name
 
     if reference is None:
