@@ -1,7 +1,7 @@
 """Whole-process wall time and peak memory of ``glioma-analysis analyze`` (default, --fast, --fast --no-classify),
 side by side with MONAI's standard BraTS SegResNet (init_filters 16, blocks_down 1,2,2,4, sliding window 128^3,
 overlap 0.5, random weights) on the same case, each run in its own process; then where the time of one default
-run goes (imports, each analysis stage, writing the outputs).
+and one --fast run goes (imports, each analysis stage, writing the outputs).
 
     python benchmarks/bench_analyze.py [--case DIR] [--repeats 3] [--monai-repeats 1] [--threads 2]
 
@@ -52,7 +52,7 @@ onnx_engine.set_threads(int(sys.argv[2]))
 from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.reporting.writers import write_outputs
 imports = time.perf_counter() - start
-result = analyze(sys.argv[1], device="cpu")
+result = analyze(sys.argv[1], device="cpu", fast=sys.argv[4] == "fast")
 written = time.perf_counter()
 write_outputs(result, sys.argv[3])
 print(json.dumps({"imports": imports, **result.timings_s, "write": time.perf_counter() - written,
@@ -109,16 +109,18 @@ def main() -> None:
         monai = rows["MONAI SegResNet-16 sliding window 128^3/0.5"][0]
         for label in list(rows)[:3]:
             print(f"MONAI / '{label}': {monai / rows[label][0]:.1f}x")
-        profiles = []
-        for k in range(args.repeats):
-            out = f"{tmp}/profile-{k}"
-            profiles.append(json.loads(timed_process([sys.executable, "-c", PROFILE_CHILD, case_dir,
-                                                      str(args.threads), out], env)[2].strip().splitlines()[-1]))
-    print(f"profile of the default analysis (medians of {len(profiles)} in-process runs, seconds):")
-    for part in profiles[0]:
+        profiles: Dict[str, List[Dict]] = {"default": [], "fast": []}
+        for mode, runs in profiles.items():
+            for k in range(args.repeats):
+                out = f"{tmp}/profile-{mode}-{k}"
+                runs.append(json.loads(timed_process([sys.executable, "-c", PROFILE_CHILD, case_dir,
+                                                      str(args.threads), out, mode], env)[2].strip().splitlines()[-1]))
+    print(f"profile (medians of {args.repeats} in-process runs, seconds):  default   --fast")
+    for part in profiles["default"][0]:
         if part != "torch_imported":
-            print(f"  {part:<24} {statistics.median(p[part] for p in profiles):6.2f}")
-    print(f"torch imported by a run: {any(p['torch_imported'] for p in profiles)}")
+            print(f"  {part:<24} " + "  ".join(f"{statistics.median(p.get(part, 0.0) for p in runs):8.2f}"
+                                                for runs in profiles.values()))
+    print(f"torch imported by a run: {any(p['torch_imported'] for runs in profiles.values() for p in runs)}")
     print(f"case: {Path(case_dir).name}, threads: {args.threads}")
 
 
