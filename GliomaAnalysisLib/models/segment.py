@@ -98,6 +98,13 @@ def resolve_device(requested: str = "auto") -> Tuple[str, List[str]]:
     return device.type, warnings
 
 
+def load_segmentation_parts(model_name: str, model_dir: Optional[str]):
+    """(parts, card, warnings) of the stored segmentation model as ONNX Runtime runs it (cached per process)."""
+    from .onnx_engine import load_parts
+
+    return load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of)
+
+
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
             progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
@@ -105,9 +112,7 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     card) over ``passes`` test-time passes. On the CPU the network runs from its cached ONNX graph (exported on
     first use); on CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
-        from .onnx_engine import load_parts
-
-        parts, _, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of)
+        parts, _, warnings = load_segmentation_parts(model_name, model_dir)
         mean, entropy = mean_over_passes(part_pass(parts["network"], config), image, presence, passes, mc_dropout,
                                          progress=progress)
         return mean, entropy, list(warnings)

@@ -18,10 +18,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
-from .classify import Classification, classify_case
+from .classify import CLASSIFIERS, Classification, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
-from ..models.segment import resolve_device, segment
+from ..models.segment import load_segmentation_parts, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
@@ -82,6 +82,35 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
     (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`).
     """
+    model_folder = None if model_dir is None else str(model_dir)
+    device_type, device_warnings = resolve_device(device)
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        models_ready = pool.submit(_load_models, model, model_folder, device_type, classify)
+        return _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
+                        progress, preprocessing, clinical_backend, classify, pool, models_ready)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _load_models(model: str, model_folder: Optional[str], device_type: str, classify: bool) -> None:
+    """Load (on first use: export) the networks a run needs, in a thread beside reading and preprocessing the case.
+    A model that fails to load is left to the main path, which reports it where it belongs (an error for the
+    segmentation model, a warning for a classifier)."""
+    loaders = [lambda: load_segmentation_parts(model, model_folder)] if device_type == "cpu" else []
+    if classify:
+        loaders += [lambda c=c: load_classifier(c, model_folder) for c in CLASSIFIERS]
+    for load in loaders:
+        try:
+            load()
+        except Exception:  # noqa: BLE001 - reported by the main path
+            pass
+
+
+def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
+             fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
+             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, models_ready) -> AnalysisResult:
+    """analyze() with the device resolved and the models loading in ``pool`` (``models_ready``)."""
     timings: Dict[str, float] = {}
     log: List[str] = []
     clock = time.perf_counter()
@@ -105,14 +134,12 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     say(f"case {case.case_id}: {', '.join(case.present)} present; reference grid {case.reference} "
         f"{'x'.join(map(str, case.geometry.size))} at {'x'.join(f'{s:g}' for s in case.geometry.spacing)} mm")
     lap("load")
-    prepared = prepare_clinical(case, preprocessing, clinical_backend, device, progress=say)
+    prepared = prepare_clinical(case, preprocessing, clinical_backend, device_type, progress=say)
     model_case = prepared.case  # co-registered (BrainLes: skull-stripped, atlas space); outputs go back to case
     lap("clinical_preprocessing")
-    model_folder = None if model_dir is None else str(model_dir)
     card = load_verified_card(model, model_folder)
     config = NetworkConfig.from_dict(card["network"])
-    device_type, warnings = resolve_device(device)
-    warnings = list(prepared.warnings) + warnings
+    warnings = list(prepared.warnings) + device_warnings
     lap("model")
 
     say("preprocessing")
@@ -123,6 +150,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
     lap("preprocess")
 
+    models_ready.result()
+    lap("model_wait")
     passes = 1 if fast else QUALITY_PASSES
     say(f"segmenting on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
     probabilities, entropy, run_warnings = segment(model, model_folder, config, pre.image, pre.presence, device_type,
@@ -136,26 +165,25 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     lap("network")
 
     classification = Classification()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # the classifiers (ONNX Runtime, which releases the GIL) run while the maps go back to the input grid
-        pending = None
-        if classify:
-            working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-            pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
-                                  uncertainty, say)
-        say("mapping results back to the input grid")
-        thresholds = card.get("postprocessing", {}).get("region_thresholds") if postprocess else None
-        # the background map is only needed by the argmax; the region thresholds read NCR, ED and ET
-        reference_probs = [None if k == 0 and thresholds else _on_native(prepared, pre, p)
-                           for k, p in enumerate(probabilities)]
-        labels = decode_regions(*reference_probs[1:], thresholds) if thresholds else argmax_uint8(reference_probs)
-        del reference_probs[0]
-        uncertainty_map = _on_native(prepared, pre, entropy)
-        lap("resample")
-        if pending is not None:
-            classification, timings["classify"] = pending.result()
-            warnings += classification.warnings
-            lap("classify_wait")
+    # the classifiers (ONNX Runtime, which releases the GIL) run in ``pool`` while the maps go back to the input grid
+    pending = None
+    if classify:
+        working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
+                              uncertainty, say)
+    say("mapping results back to the input grid")
+    thresholds = card.get("postprocessing", {}).get("region_thresholds") if postprocess else None
+    # the background map is only needed by the argmax; the region thresholds read NCR, ED and ET
+    reference_probs = [None if k == 0 and thresholds else _on_native(prepared, pre, p)
+                       for k, p in enumerate(probabilities)]
+    labels = decode_regions(*reference_probs[1:], thresholds) if thresholds else argmax_uint8(reference_probs)
+    del reference_probs[0]
+    uncertainty_map = _on_native(prepared, pre, entropy)
+    lap("resample")
+    if pending is not None:
+        classification, timings["classify"] = pending.result()
+        warnings += classification.warnings
+        lap("classify_wait")
 
     voxel_ml = case.geometry.voxel_volume_ml
     if postprocess:

@@ -126,6 +126,11 @@ CLASSIFIERS = (
 """The classifiers, in run order."""
 
 
+def load_classifier(classifier: Classifier, model_dir: Optional[str]):
+    """(parts, card, warnings) of one classifier's stored model (cached per process)."""
+    return load_parts(classifier.model, model_dir, classifier.part_names, classifier.parts_of, classifier.build)
+
+
 def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, model_dir: Optional[str] = None,
                   uncertainty: bool = True, progress: Optional[Say] = None) -> Classification:
     """Run every installed classifier on one case (see the module docstring for the arrays)."""
@@ -135,8 +140,7 @@ def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, m
         out.warnings.append("no tumor was segmented; classifiers read a crop at the brain's centre")
     for classifier in CLASSIFIERS:
         try:
-            parts, card, warnings = load_parts(classifier.model, model_dir, classifier.part_names,
-                                               classifier.parts_of, classifier.build)
+            parts, card, warnings = load_classifier(classifier, model_dir)
         except ModelError as exc:
             out.warnings.append(f"{classifier.title} skipped: {exc}")
             continue
