@@ -27,6 +27,8 @@ ET_ENCLOSED = 0.9
 """Share of the enhancing tumor's outer shell lying in the necrotic / non-enhancing core that flags ET inside it."""
 FOREGROUND_DICE = 0.8
 """Agreement of the head foregrounds of two inputs below which they look unregistered."""
+FOREGROUND_STRIDE = 8
+"""Every how many voxels the robust maximum of an input's intensities is read."""
 
 
 def qc_flags(result: AnalysisResult) -> List[Dict[str, str]]:
@@ -83,9 +85,12 @@ def _far_components(tumor: np.ndarray, spacing: np.ndarray, voxel_ml: float) -> 
 
 
 def _enclosed_enhancement(labels: np.ndarray) -> List[Dict[str, str]]:
-    et = labels == 3
-    if not et.any():
+    box = nonzero_box(labels == 3)
+    if box is None:
         return []
+    # the ET's bounding box grown by the one voxel its shell reaches: the same shell as in the whole volume
+    labels = labels[tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)]
+    et = labels == 3
     shell = ndimage.binary_dilation(et) & ~et
     if not shell.any():
         return []
@@ -117,5 +122,6 @@ def _unregistered(result: AnalysisResult) -> List[Dict[str, str]]:
 def _foreground(array: np.ndarray) -> np.ndarray:
     """Voxels above 10 % of the robust maximum: the head, whatever the modality's contrast."""
     values = np.asarray(array, dtype=np.float32)
-    high = float(np.percentile(values, 99)) if values.size else 0.0
+    # the 99th percentile of every 8th voxel: within a fraction of a percent of the full one at an eighth of the cost
+    high = float(np.percentile(values.ravel()[::FOREGROUND_STRIDE], 99)) if values.size else 0.0
     return values > 0.1 * high if high > 0 else np.zeros(values.shape, bool)

@@ -91,3 +91,23 @@ def test_distant_component_distances_are_those_of_the_whole_volume():
     distance = ndimage.distance_transform_edt(~(ndimage.label(tumor)[0] == 1), sampling=spacing)
     gap = distance[40:44, 50:54, 60:64].min()
     assert gap > FAR_MM and flags and f"farthest {gap:.0f} mm" in flags[0]["detail"]
+
+
+@pytest.mark.parametrize("where", ["inside", "at the border"])
+def test_enclosed_enhancement_share_is_that_of_the_whole_volume(where):
+    """The ET-inside-core check reads the ET's bounding box grown by one voxel: the share it reports must be the
+    whole volume's, also when the ET touches the array's faces."""
+    from scipy import ndimage
+
+    from GliomaAnalysisLib.pipeline.quality import _enclosed_enhancement
+
+    labels = np.zeros((30, 40, 50), np.uint8)
+    core, z = (slice(8, 22), slice(10, 20)) if where == "inside" else (slice(0, 10), slice(0, 8))
+    labels[core, 10:30, 10:30] = 1
+    labels[z, 14:26, 14:26] = 3
+    labels[z, 13, 14:20] = 2  # under a tenth of the ET's border on edema, the rest on core
+    et = labels == 3
+    shell = ndimage.binary_dilation(et) & ~et
+    share = float((labels[shell] == 1).mean())
+    flags = _enclosed_enhancement(labels)
+    assert 0.9 <= share < 1 and flags and f"{share:.0%}" in flags[0]["detail"]
