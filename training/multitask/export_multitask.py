@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def evaluate(logits: Dict[str, Dict[str, np.ndarray]], groups: Dict[str, List[Cl
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("Resources/models"))
@@ -71,27 +71,45 @@ def main(argv=None) -> int:
                              "out-of-fold volumes of every graded real case (card block grade_from_volumes)")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     split = load_classification_split(args.real_root, args.cache, args.n_phantoms,
                                       real_validation=() if args.all_real_train else VALIDATION_CASES)
-    seg, seg_card = load_model(args.seg_model, args.seg_model_dir)
+    _, seg_card = load_model(args.seg_model, args.seg_model_dir)
     model = MultiTaskNet(MultiTaskConfig.from_dict(json.loads((args.run / "network.json").read_text())))
     model.load_state_dict(torch.load(args.run / "best.pt", weights_only=True))
     model.eval()
 
-    validation_logits = mc_probabilities(model, pooled_features(model, split.validation), MC_SAMPLES)
-    temperatures = {}
-    for task in TASKS:
-        z, y = _task_arrays(split.validation, validation_logits, task)
-        temperatures[task] = fit_temperature(z, y)
+    temperatures = calibrate(model, split.validation)
     groups = {"test_phantoms": split.test}
     if any(s.source == "real" for s in split.validation):
         groups["real_validation"] = [s for s in split.validation if s.source == "real"]
     logits = {group: mc_probabilities(model, pooled_features(model, samples), MC_SAMPLES)
               for group, samples in groups.items()}
     metrics = evaluate(logits, groups, temperatures)
+    write_plots(logits, groups, temperatures, args.run)
+    volume_block = fit_volume_grade(args.seg_cv, split) if args.seg_cv else None
+    card = build_card(args, split, seg_card, temperatures, metrics, volume_block)
+    path = save_model(model, card, args.out, MODEL_NAME)
+    card = json.loads(path.read_text())
+    (args.out / f"{MODEL_NAME}.md").write_text(model_card_markdown(card))
+    print(json.dumps(metrics, indent=1))
+    return 0
 
+
+def calibrate(model: MultiTaskNet, validation: List[ClassificationSample]) -> Dict[str, float]:
+    """One temperature per task, fitted on the validation samples' MC-dropout logits."""
+    logits = mc_probabilities(model, pooled_features(model, validation), MC_SAMPLES)
+    return {task: fit_temperature(*_task_arrays(validation, logits, task)) for task in TASKS}
+
+
+def write_plots(logits: Dict[str, Dict[str, np.ndarray]], groups: Dict[str, List[ClassificationSample]],
+                temperatures: Dict[str, float], run: Path) -> None:
+    """Reliability and decision-curve plots per task (groups with both classes) into the run folder."""
     for task in TASKS:
         curves = {}
         for group, samples in groups.items():
@@ -99,20 +117,27 @@ def main(argv=None) -> int:
             if len(y) and 0 < y.sum() < len(y):
                 curves[group.replace("_", " ")] = (apply_temperature(z, temperatures[task]), y)
         if curves:
-            calibration_plot(curves, args.run / f"calibration_{task}.png", f"{task}: reliability (calibrated)")
-            decision_curve_plot(curves, args.run / f"decision_curve_{task}.png", f"{task}: decision curve")
+            calibration_plot(curves, run / f"calibration_{task}.png", f"{task}: reliability (calibrated)")
+            decision_curve_plot(curves, run / f"decision_curve_{task}.png", f"{task}: decision curve")
 
+
+def fit_volume_grade(seg_cv: Path, split) -> Dict:
+    """The card's ``grade_from_volumes`` block, fitted on the out-of-fold volumes of every graded real case."""
+    features = volume_grade.case_features(seg_cv / "cv_report.json")
+    graded = [s for s in split.all() if s.source == "real" and s.known("grade") and s.case_id in features]
+    block = volume_grade.fit_block(np.array([features[s.case_id][0] for s in graded]),
+                                   np.array([s.targets["grade"] for s in graded], dtype=float))
+    block["fitted_on"] = f"out-of-fold volumes of {seg_cv / 'cv_report.json'}"
+    return block
+
+
+def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Dict[str, float], metrics: Dict,
+               volume_block: Optional[Dict]) -> Dict:
+    """The model card (before ``save_model`` adds the weights' name and hash)."""
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
     done = [r for r in log if r.get("event") == "done"]
     cross_validation = json.loads(args.cv_report.read_text()) if args.cv_report else None
-    volume_block = None
-    if args.seg_cv:
-        features = volume_grade.case_features(args.seg_cv / "cv_report.json")
-        graded = [s for s in split.all() if s.source == "real" and s.known("grade") and s.case_id in features]
-        volume_block = volume_grade.fit_block(np.array([features[s.case_id][0] for s in graded]),
-                                              np.array([s.targets["grade"] for s in graded], dtype=float))
-        volume_block["fitted_on"] = f"out-of-fold volumes of {args.seg_cv / 'cv_report.json'}"
-    card = {
+    return {
         "version": args.version,
         "task": "grade (LGG/HGG), IDH (wildtype/mutant), 1p/19q (intact/codeleted), MGMT (unmethylated/methylated)",
         "architecture": "multitask",
@@ -140,11 +165,6 @@ def main(argv=None) -> int:
         "git_commit_at_export": git_commit(),
         "exported": time.strftime("%Y-%m-%d"),
     }
-    path = save_model(model, card, args.out, MODEL_NAME)
-    card = json.loads(path.read_text())
-    (args.out / f"{MODEL_NAME}.md").write_text(model_card_markdown(card))
-    print(json.dumps(metrics, indent=1))
-    return 0
 
 
 def cv_summary(report: Dict, path: Path) -> Dict:
