@@ -11,7 +11,7 @@ import sys
 import re
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -80,22 +80,28 @@ def _case_name(source: Path, root: Path) -> str:
     return "__".join(relative.parts) if relative.parts else source.resolve().name
 
 
-def _analyse_one(source: str, target: str, options: Dict) -> CaseOutcome:
-    """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault)."""
+def _load(source: str, options: Dict):
+    """The case at ``source`` (read with the batch's ``channels`` option), for :func:`_analyse_one`."""
     from .io.case import load_case
+
+    return load_case(source, ground_truth=False, channels=options.get("channels"))
+
+
+def _analyse_one(source: str, target: str, options: Dict, loaded: Optional[Future] = None) -> CaseOutcome:
+    """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault).
+    ``loaded``: the case already being read (a future of :func:`_load`), else it is read here."""
     from .pipeline.analysis import analyze
     from .pipeline.quality import qc_flags
     from .reporting.cohort_index import THUMBNAIL_FILE, thumbnail_png
     from .reporting.writers import write_contract_files
 
-    options = dict(options)
-    channels = options.pop("channels", None)
+    analysis_options = {k: v for k, v in options.items() if k != "channels"}
     target_path = Path(target)
     name = target_path.name
     start = time.perf_counter()
     try:
-        case = load_case(source, ground_truth=False, channels=channels)
-        result = analyze(case, **options)  # refuses tiny extents itself
+        case = loaded.result() if loaded is not None else _load(source, options)
+        result = analyze(case, **analysis_options)  # refuses tiny extents itself
         flags = qc_flags(result)
         with staged_folder(target_path, replace=True) as staging:
             write_contract_files(result, staging)
@@ -247,8 +253,14 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
 
 def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
     if jobs <= 1 or len(todo) <= 1:
-        for folder, target in todo:
-            yield _analyse_one(folder, target, options)
+        # one process: the next case is read in a thread while this one is analysed
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            loaded = reader.submit(_load, todo[0][0], options) if todo else None
+            for index, (folder, target) in enumerate(todo):
+                current = loaded
+                if index + 1 < len(todo):
+                    loaded = reader.submit(_load, todo[index + 1][0], options)
+                yield _analyse_one(folder, target, options, current)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:

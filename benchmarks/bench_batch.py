@@ -4,7 +4,8 @@
 
 Takes the first --cases case folders under --root (their files linked into a temporary cohort), runs one
 ``glioma-analysis analyze`` process per case (the baseline: what a shell loop costs), then ``batch --jobs 1`` and
-``batch --jobs 2`` over all of them, and prints the seconds per case and cases per hour of each. One untimed warm-up
+``batch --jobs 2`` over all of them, and prints the seconds per case and cases per hour of each, and the start-up a
+batch pays once (median of 3 processes that import the CLI and open the networks' sessions). One untimed warm-up
 analysis first exports the networks to the ONNX cache.
 """
 from __future__ import annotations
@@ -18,6 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
+START_UP_CHILD = r'''
+from GliomaAnalysisLib.cli import main
+from GliomaAnalysisLib.models.segment import load_segmentation_parts
+from GliomaAnalysisLib.pipeline.classify import CLASSIFIERS, load_classifier
+load_segmentation_parts("glioma_seg", None)
+for classifier in CLASSIFIERS:
+    load_classifier(classifier, None)
+'''
+"""What a batch pays once instead of per case: Python start-up, the CLI's imports, the networks' sessions."""
 
 
 def run(command, env) -> float:
@@ -48,8 +58,10 @@ def main() -> None:
         run([cli, "analyze", first, "--out", f"{tmp}/warm-up"], env)
         single = sum(run([cli, "analyze", str(cohort / f.name), "--out", f"{tmp}/single-{f.name}"], env)
                      for f in folders) / len(folders)
+        start_up = sorted(run([sys.executable, "-c", START_UP_CHILD], env) for _ in range(3))[1]
         print(f"one analyze process per case, {len(folders)} cases: {single:5.2f} s per case, "
-              f"{3600 / single:6.0f} cases per hour", flush=True)
+              f"{3600 / single:6.0f} cases per hour; start-up (Python, imports, sessions) {start_up:.2f} s: "
+              f"a batch case should take <= {single - start_up:.2f} s", flush=True)
         for jobs in (1, 2):
             seconds = run([cli, "batch", str(cohort), "--out", f"{tmp}/batch-{jobs}", "--jobs", str(jobs)], env)
             per_case = seconds / len(folders)
