@@ -71,3 +71,38 @@ def test_nested_choice_scores_each_fold_with_the_variant_chosen_on_the_others():
     # fold 0 sees c1, c2 (a better), fold 1 sees c0, c2 (b: 1.5 vs a: 1.0), fold 2 sees c0, c1 (b: 1.4 vs 1.0)
     assert result["choices"] == {0: "a", 1: "b", 2: "b"}
     assert result["dice"]["wt"]["mean"] == round((0.2 + 0.5 + 0.6) / 3, 4)  # below either variant's best pick
+
+
+def test_compare_runs_pairs_the_cases_both_runs_predicted(tmp_path, capsys):
+    from training.segmentation.compare_runs import main as compare, paired
+
+    truth = np.zeros((24, 24, 24), dtype=np.uint8)
+    truth[4:20, 4:20, 4:20] = 2
+    truth[8:16, 8:16, 8:16] = 3  # 0.512 mL of ET at 1 mm: kept by the 0.5 mL floor
+    perfect = np.stack([(truth == k).astype(np.float16) for k in (1, 2, 3)])
+    half = perfect.copy()
+    half[:, :12] = 0  # the lower half of the tumor missed
+
+    def store(run, name, probabilities):
+        (run / "oof").mkdir(parents=True, exist_ok=True)
+        np.savez(run / "oof" / f"{name}.npz", probabilities=probabilities, truth=truth,
+                 uncertainty=np.zeros_like(probabilities[0]), box=np.array([[0, 24]] * 3), fold=0,
+                 spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
+
+    new, base = tmp_path / "new", tmp_path / "base"
+    for case in ("a", "b"):
+        store(new, case, perfect)
+        store(base, case, perfect if case == "a" else half)
+    store(new, "c", perfect)  # only in one run: left out
+    store(new, "a-without_flair", half)
+    store(base, "a-without_flair", perfect)
+    result = paired(new, base, "", "regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml")
+    half_wt = 2 * (16 * 16 * 8) / (16 ** 3 + 16 * 16 * 8)
+    assert result["cases"] == 2 and result["new"]["wt"] == 1.0
+    assert abs(result["base"]["wt"] - (1 + half_wt) / 2) < 1e-3
+    assert abs(result["difference"]["wt"] - (1 - half_wt) / 2) < 1e-3 and result["se"]["wt"] > 0
+    without = paired(new, base, "-without_flair", "regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml")
+    assert without["cases"] == 1 and abs(without["difference"]["wt"] - (half_wt - 1)) < 1e-3
+    assert compare([str(new), str(base)]) == 0
+    assert "all four         2 cases" in capsys.readouterr().out
+    assert compare([str(new), str(tmp_path / "none")]) == 2

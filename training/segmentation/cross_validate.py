@@ -109,19 +109,25 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, Path], missing: bo
             result = analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, classify=False,
                              postprocess=False, fast=drop is not None)
             seconds = time.perf_counter() - started
-            truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation), case.segmentation_convention)
-            probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
-            uncertainty = sitk.GetArrayFromImage(result.uncertainty)
-            box = _box(truth > 0, probabilities.sum(0) > 0.05)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
-                                truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
-                                box=np.array([[s.start, s.stop] for s in box]), fold=fold,
-                                spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
-                                passes=result.settings["passes"])
-            tmp.replace(out)
+            save_prediction(out, case, result, fold, seconds)
             print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) -> None:
+    """One out-of-fold prediction as ``out`` (.npz, written atomically): the NCR / ED / ET probabilities
+    (float16), the truth and the uncertainty, cropped to the box around the tumor and the prediction."""
+    truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation), case.segmentation_convention)
+    probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
+    uncertainty = sitk.GetArrayFromImage(result.uncertainty)
+    box = _box(truth > 0, probabilities.sum(0) > 0.05)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
+                        truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
+                        box=np.array([[s.start, s.stop] for s in box]), fold=fold,
+                        spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
+                        passes=result.settings["passes"])
+    tmp.replace(out)
 
 
 def _box(*masks: np.ndarray, margin: int = 30) -> tuple:
@@ -291,7 +297,7 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
         mark = " **(chosen)**" if name == chosen else ""
         lines.append(f"| {name}{mark} | " + " | ".join(
             f"{summary[r]['mean']:.3f} ({summary[r]['sd']:.3f})" for r in REGIONS) + f" | {summary['wt']['min']:.3f} |")
-    lines += ["", f"Standard error of the mean (chosen): " + ", ".join(
+    lines += ["", "Standard error of the mean (chosen): " + ", ".join(
         f"{r.upper()} {result['variants'][chosen][r]['se']:.3f}" for r in REGIONS), ""]
     nested = result.get("nested_choice") or {}
     if nested.get("dice"):

@@ -1,0 +1,77 @@
+"""Paired comparison of two cross-validation runs on the cases both predicted out of fold (recipe screens).
+
+    python -m training.segmentation.compare_runs runs/cv4_wr runs/cv3_ce [--variant NAME]
+
+Reads the stored out-of-fold predictions (``RUN/oof/<case>.npz`` and ``<case>-without_<modality>.npz``, written by
+``cross_validate``), scores both runs with the same post-processing variant (default: the shipped card's choice)
+and prints, with all four modalities and with each single modality missing, the mean Dice (WT, TC, ET) of each run
+and the mean paired difference with its standard error over the cases.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from GliomaAnalysisLib import MODALITIES
+
+from .cross_validate import REGIONS, region_variant, score_variants
+
+DEFAULT_VARIANT = region_variant((0.5, 0.5, 0.2))
+
+
+def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
+    """{cases, new: {region: mean}, base: {...}, difference: {...}, se: {...}, per_case: {case: (new, base)}} over
+    the predictions ``*<suffix>.npz`` both runs hold (suffix '' = all four modalities); None when there are none."""
+    names = sorted(p.name for p in (new / "oof").glob(f"*{suffix}.npz")
+                   if (suffix or "-without_" not in p.name) and (base / "oof" / p.name).is_file())
+    if not names:
+        return None
+    rows: List[List[float]] = []
+    per_case = {}
+    for name in names:
+        a, b = score_variants(new / "oof" / name)[variant], score_variants(base / "oof" / name)[variant]
+        rows.append([a[r] for r in REGIONS] + [b[r] for r in REGIONS])
+        per_case[name[:-4]] = ([round(a[r], 4) for r in REGIONS], [round(b[r], 4) for r in REGIONS])
+    values = np.array(rows)
+    difference = values[:, :3] - values[:, 3:]
+    se = difference.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros(3)
+    return {"cases": len(values), "new": dict(zip(REGIONS, values[:, :3].mean(0).round(4))),
+            "base": dict(zip(REGIONS, values[:, 3:].mean(0).round(4))),
+            "difference": dict(zip(REGIONS, difference.mean(0).round(4))), "se": dict(zip(REGIONS, se.round(4))),
+            "per_case": per_case}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("new", type=Path, help="the screened run folder")
+    parser.add_argument("base", type=Path, help="the run it is compared with")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, help="post-processing variant (cross_validate's names)")
+    args = parser.parse_args(argv)
+    for run in (args.new, args.base):
+        if not (run / "oof").is_dir():
+            print(f"error: {run}: no out-of-fold predictions (oof/)", file=sys.stderr)
+            return 2
+    found = False
+    for suffix in [""] + [f"-without_{m}" for m in MODALITIES]:
+        result = paired(args.new, args.base, suffix, args.variant)
+        if result is None:
+            continue
+        found = True
+        if not suffix:
+            for case, (a, b) in result["per_case"].items():
+                print(f"  {case:<24} new {a[0]:.3f} {a[1]:.3f} {a[2]:.3f}   base {b[0]:.3f} {b[1]:.3f} {b[2]:.3f}")
+        fmt = lambda d: " / ".join(f"{d[r]:.3f}" for r in REGIONS)  # noqa: E731
+        print(f"{(suffix.lstrip('-') or 'all four'):<16} {result['cases']} cases: new {fmt(result['new'])}, "
+              f"base {fmt(result['base'])}, paired difference {fmt(result['difference'])} (SE {fmt(result['se'])})")
+    if not found:
+        print(f"error: {args.new} and {args.base} share no out-of-fold prediction", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
