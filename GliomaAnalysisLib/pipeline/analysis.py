@@ -86,18 +86,23 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     device_type, device_warnings = resolve_device(device)
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        models_ready = pool.submit(_load_models, model, model_folder, device_type, classify)
+        # one worker: the segmentation network loads first, the classifiers after it (while the network runs);
+        # classify_case, submitted later, runs after both
+        segmentation_ready = pool.submit(_load_models, model, model_folder, device_type, False)
+        if classify:
+            pool.submit(_load_models, None, model_folder, device_type, True)
         return _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
-                        progress, preprocessing, clinical_backend, classify, pool, models_ready)
+                        progress, preprocessing, clinical_backend, classify, pool, segmentation_ready)
     finally:
         pool.shutdown(wait=True)
 
 
-def _load_models(model: str, model_folder: Optional[str], device_type: str, classify: bool) -> None:
-    """Load (on first use: export) the networks a run needs, in a thread beside reading and preprocessing the case.
-    A model that fails to load is left to the main path, which reports it where it belongs (an error for the
-    segmentation model, a warning for a classifier)."""
-    loaders = [lambda: load_segmentation_parts(model, model_folder)] if device_type == "cpu" else []
+def _load_models(model: Optional[str], model_folder: Optional[str], device_type: str, classify: bool) -> None:
+    """Load (on first use: export) the segmentation network ``model`` (None: not) and with ``classify`` the
+    classifiers, in a thread beside reading and preprocessing the case. A model that fails to load is left to the
+    main path, which reports it where it belongs (an error for the segmentation model, a warning for a
+    classifier)."""
+    loaders = [lambda: load_segmentation_parts(model, model_folder)] if model and device_type == "cpu" else []
     if classify:
         loaders += [lambda c=c: load_classifier(c, model_folder) for c in CLASSIFIERS]
     for load in loaders:
@@ -109,8 +114,9 @@ def _load_models(model: str, model_folder: Optional[str], device_type: str, clas
 
 def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
-             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, models_ready) -> AnalysisResult:
-    """analyze() with the device resolved and the models loading in ``pool`` (``models_ready``)."""
+             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, segmentation_ready) -> AnalysisResult:
+    """analyze() with the device resolved and the models loading in ``pool`` (the segmentation network's future:
+    ``segmentation_ready``)."""
     timings: Dict[str, float] = {}
     log: List[str] = []
     clock = time.perf_counter()
@@ -150,7 +156,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
     lap("preprocess")
 
-    models_ready.result()
+    segmentation_ready.result()
     lap("model_wait")
     passes = 1 if fast else QUALITY_PASSES
     say(f"segmenting on {device_type} ({passes} pass{'es' if passes > 1 else ''})")

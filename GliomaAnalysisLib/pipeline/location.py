@@ -62,12 +62,13 @@ def tumor_location(labels: sitk.Image, images: Mapping[str, sitk.Image]) -> Opti
         return None
     brain, tumor = _lps(mask | tumor, labels), _lps(tumor, labels)
     position = {}
+    tumor_zyx = np.nonzero(tumor)
     for axis, name in ((2, "left_right"), (1, "anterior_posterior"), (0, "inferior_superior")):
         extent = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
         low, high = int(extent[0]), int(extent[-1])
-        centroid = float(np.nonzero(tumor)[axis].mean())
+        centroid = float(tumor_zyx[axis].mean())
         position[name] = round((centroid - low) / max(high - low, 1), 4)
-    x = np.nonzero(tumor)[2]
+    x = tumor_zyx[2]
     extent_x = np.flatnonzero(brain.any(axis=(0, 1)))
     middle = 0.5 * (extent_x[0] + extent_x[-1])
     left_fraction = round(float((x > middle).mean()), 4)
