@@ -33,6 +33,17 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     assert main(args) == 0  # resumable: nothing is trained or predicted again
     assert json.loads((run / "cv_report.json").read_text())["per_case"] == report["per_case"]
 
+    # the field-of-view screen: the same fold models by a sliding window at the crop size, paired case by case
+    from GliomaAnalysisLib.models import inference, segment
+    from training.segmentation.screen_sliding_window import main as screen, sliding_window
+    with sliding_window(16):
+        assert segment.MAX_WHOLE_VOLUME_VOXELS == 0 and inference.SLIDING_WINDOW_ROI == (16, 16, 16)
+    assert segment.MAX_WHOLE_VOLUME_VOXELS == inference.MAX_WHOLE_VOLUME_VOXELS > 0
+    assert screen(["--cv", str(run), "--out", str(tmp_path / "sw"), "--data", str(data)]) == 0
+    for case in folds:
+        windowed, whole = (np.load(r / "oof" / f"{case}.npz")["probabilities"] for r in (tmp_path / "sw", run))
+        assert windowed.shape == whole.shape and not np.array_equal(windowed, whole)
+
     from GliomaAnalysisLib.pipeline import quality
     from training.segmentation.qc_eval import evaluate_flags
     qc = evaluate_flags(run, [data], low_wt=0.7)
@@ -106,3 +117,12 @@ def test_compare_runs_pairs_the_cases_both_runs_predicted(tmp_path, capsys):
     assert compare([str(new), str(base)]) == 0
     assert "all four         2 cases" in capsys.readouterr().out
     assert compare([str(new), str(tmp_path / "none")]) == 2
+    # a published report as the base: its per-case Dice, all four modalities only
+    variant = "regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml"
+    report = tmp_path / "cv_report.json"
+    report.write_text(json.dumps({"per_case": {"a": {variant: {"wt": 0.5, "tc": 0.5, "et": 0.5}},
+                                               "b": {variant: {"wt": 1.0, "tc": 1.0, "et": 1.0}}}}))
+    from_report = paired(new, report, "", variant)
+    assert from_report["cases"] == 2 and from_report["base"]["wt"] == 0.75 and from_report["difference"]["wt"] == 0.25
+    assert paired(new, report, "-without_flair", variant) is None
+    assert compare([str(new), str(report)]) == 0

@@ -1,15 +1,19 @@
 """Paired comparison of two cross-validation runs on the cases both predicted out of fold (recipe screens).
 
     python -m training.segmentation.compare_runs runs/cv4_wr runs/cv3_ce [--variant NAME]
+    python -m training.segmentation.compare_runs runs/cv5_long training/results/segmentation_cv3_ce/cv_report.json
 
 Reads the stored out-of-fold predictions (``RUN/oof/<case>.npz`` and ``<case>-without_<modality>.npz``, written by
 ``cross_validate``), scores both runs with the same post-processing variant (default: the shipped card's choice)
 and prints, with all four modalities and with each single modality missing, the mean Dice (WT, TC, ET) of each run
-and the mean paired difference with its standard error over the cases.
+and the mean paired difference with its standard error over the cases. The base may also be a published
+``cv_report.json`` (its per-case Dice of each variant, all four modalities only): the run folders of a recipe
+do not outlive the machine they were trained on, its report does.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,14 +30,19 @@ DEFAULT_VARIANT = region_variant((0.5, 0.5, 0.2))
 def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
     """{cases, new: {region: mean}, base: {...}, difference: {...}, se: {...}, per_case: {case: (new, base)}} over
     the predictions ``*<suffix>.npz`` both runs hold (suffix '' = all four modalities); None when there are none."""
+    report = json.loads(base.read_text())["per_case"] if base.is_file() else None
+    if report is not None and suffix:
+        return None  # a report holds the all-four Dice per case only
     names = sorted(p.name for p in (new / "oof").glob(f"*{suffix}.npz")
-                   if (suffix or "-without_" not in p.name) and (base / "oof" / p.name).is_file())
+                   if (suffix or "-without_" not in p.name)
+                   and (p.stem in report if report is not None else (base / "oof" / p.name).is_file()))
     if not names:
         return None
     rows: List[List[float]] = []
     per_case = {}
     for name in names:
-        a, b = score_variants(new / "oof" / name)[variant], score_variants(base / "oof" / name)[variant]
+        a = score_variants(new / "oof" / name)[variant]
+        b = report[name[:-4]][variant] if report is not None else score_variants(base / "oof" / name)[variant]
         rows.append([a[r] for r in REGIONS] + [b[r] for r in REGIONS])
         per_case[name[:-4]] = ([round(a[r], 4) for r in REGIONS], [round(b[r], 4) for r in REGIONS])
     values = np.array(rows)
@@ -48,11 +57,11 @@ def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("new", type=Path, help="the screened run folder")
-    parser.add_argument("base", type=Path, help="the run it is compared with")
+    parser.add_argument("base", type=Path, help="the run it is compared with, or its cv_report.json")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="post-processing variant (cross_validate's names)")
     args = parser.parse_args(argv)
     for run in (args.new, args.base):
-        if not (run / "oof").is_dir():
+        if not (run / "oof").is_dir() and not (run is args.base and run.suffix == ".json" and run.is_file()):
             print(f"error: {run}: no out-of-fold predictions (oof/)", file=sys.stderr)
             return 2
     found = False
