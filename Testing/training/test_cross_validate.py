@@ -43,6 +43,10 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     for case in folds:
         windowed, whole = (np.load(r / "oof" / f"{case}.npz")["probabilities"] for r in (tmp_path / "sw", run))
         assert windowed.shape == whole.shape and not np.array_equal(windowed, whole)
+    from training.segmentation.screen_flair_from_t2 import main as flair_screen
+    assert flair_screen(["--cv", str(run), "--out", str(tmp_path / "t2"), "--data", str(data)]) == 0
+    assert sorted(p.name for p in (tmp_path / "t2" / "oof").iterdir()) == sorted(f"{c}-without_flair.npz" for c in folds)
+    assert screen(["--cv", str(tmp_path / "none"), "--out", str(tmp_path / "sw")]) == 2
 
     from GliomaAnalysisLib.pipeline import quality
     from training.segmentation.qc_eval import evaluate_flags

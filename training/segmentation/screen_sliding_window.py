@@ -11,18 +11,14 @@ cross-validation's format, so ``compare_runs`` pairs them with the whole-volume 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 from GliomaAnalysisLib import load_case
 
-from ..common.datasets import REAL_DATA_ROOTS, discover_cases
-from .cross_validate import save_prediction
+from .screening import run_screen
 
 
 @contextlib.contextmanager
@@ -40,36 +36,18 @@ def sliding_window(crop: int) -> Iterator[None]:
         segment.MAX_WHOLE_VOLUME_VOXELS, inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = saved
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cv", type=Path, required=True, help="a cross_validate run folder with its fold models")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS)
-    args = parser.parse_args(argv)
+def analyse_windowed(fold: int, model_dir: Path, config: dict, found, tmp: Path):
+    """(case, result) of ``found`` analysed by its fold model through a sliding window of the fold's crop size."""
     from GliomaAnalysisLib.pipeline.analysis import analyze
 
-    folders = {c.case_id: c for root in args.data if Path(root).is_dir() for c in discover_cases(root)}
-    folds = sorted(args.cv.glob("fold*/model"))
-    if not folds or not folders:
-        print(f"error: {args.cv}: no fold models (foldK/model), or no labelled cases", file=sys.stderr)
-        return 2
-    for model_dir in folds:
-        fold = int(model_dir.parent.name[4:])
-        config = json.loads((model_dir.parent / "config.json").read_text())
-        with sliding_window(int(config["args"]["crop"])):
-            for case_id in config["validation_cases"]:
-                out = args.out / "oof" / f"{case_id}.npz"
-                if out.is_file() or case_id not in folders:
-                    continue
-                found = folders[case_id]
-                case = load_case(found.files, segmentation=found.segmentation, case_id=case_id)
-                started = time.perf_counter()
-                result = analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, device="cpu",
-                                 classify=False, postprocess=False)
-                seconds = time.perf_counter() - started
-                save_prediction(out, case, result, fold, seconds)
-                print(f"fold {fold} {case_id}: {seconds:.1f} s", file=sys.stderr, flush=True)
-    return 0
+    case = load_case(found.files, segmentation=found.segmentation, case_id=found.case_id)
+    with sliding_window(int(config["args"]["crop"])):
+        return case, analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, device="cpu",
+                             classify=False, postprocess=False)
+
+
+def main(argv=None) -> int:
+    return run_screen(argv, __doc__, "", analyse_windowed)
 
 
 if __name__ == "__main__":
