@@ -3,9 +3,9 @@
 case -> preprocess (card's spacing, brain crop, z-score) -> network (TTA / MC-dropout passes) -> probabilities
 back to the reference grid (linear) -> labels = argmax there -> lesion filter + small-component removal ->
 volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers (pipeline/classify.py) read the working-grid
-arrays and run in a worker thread while the probabilities go back to the reference grid (ONNX Runtime releases the
-GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited for them after the
-mapping back (``classify_wait``).
+arrays and run in a worker thread while the probabilities go back to the reference grid and are post-processed
+(ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited
+for them after that (``classify_wait``).
 """
 from __future__ import annotations
 
@@ -186,22 +186,22 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     del reference_probs[0]
     uncertainty_map = _on_native(prepared, pre, entropy)
     lap("resample")
-    if pending is not None:
-        classification, timings["classify"] = pending.result()
-        warnings += classification.warnings
-        lap("classify_wait")
 
     voxel_ml = case.geometry.voxel_volume_ml
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
         labels = suppress_small_enhancement(labels, voxel_ml, float(card.get("postprocessing", {}).get("min_et_ml", 0.0)))
-    lap("postprocess")
-
     volumes = volumes_ml(labels, voxel_ml)
-    warnings += classification.grade_from_volumes(volumes, et_assessable)
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}
+    lap("postprocess")
+
+    if pending is not None:  # the classifiers ran beside the mapping back and the post-processing
+        classification, timings["classify"] = pending.result()
+        warnings += classification.warnings
+        lap("classify_wait")
+    warnings += classification.grade_from_volumes(volumes, et_assessable)
     timings["total"] = time.perf_counter() - start
     say(f"done: WT {volumes['wt']:.1f} mL in {timings['total']:.1f} s")
     log += [f"warning: {w}" for w in warnings]
