@@ -130,3 +130,6 @@ def test_compare_runs_pairs_the_cases_both_runs_predicted(tmp_path, capsys):
     assert from_report["cases"] == 2 and from_report["base"]["wt"] == 0.75 and from_report["difference"]["wt"] == 0.25
     assert paired(new, report, "-without_flair", variant) is None
     assert compare([str(new), str(report)]) == 0
+    (tmp_path / "other.json").write_text('{"cases": 2}')
+    assert compare([str(new), str(tmp_path / "other.json")]) == 2
+    assert "not a cv_report.json" in capsys.readouterr().err

@@ -60,9 +60,18 @@ def main(argv=None) -> int:
     parser.add_argument("base", type=Path, help="the run it is compared with, or its cv_report.json")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="post-processing variant (cross_validate's names)")
     args = parser.parse_args(argv)
-    for run in (args.new, args.base):
-        if not (run / "oof").is_dir() and not (run is args.base and run.suffix == ".json" and run.is_file()):
-            print(f"error: {run}: no out-of-fold predictions (oof/)", file=sys.stderr)
+    if not (args.new / "oof").is_dir() or not (args.base.is_file() or (args.base / "oof").is_dir()):
+        run = args.base if (args.new / "oof").is_dir() else args.new
+        print(f"error: {run}: no out-of-fold predictions (oof/)", file=sys.stderr)
+        return 2
+    if args.base.is_file():
+        try:
+            valid = all(args.variant in row for row in json.loads(args.base.read_text())["per_case"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            valid = False
+        if not valid:
+            print(f"error: {args.base}: not a cv_report.json with per-case Dice of variant {args.variant}",
+                  file=sys.stderr)
             return 2
     found = False
     for suffix in [""] + [f"-without_{m}" for m in MODALITIES]:
