@@ -2,6 +2,7 @@
 
     x (B, 4, Z, Y, X), presence (B, 4)
       -> one convolutional stem per modality, fused by a learnable weighted average over present modalities
+         (``fusion="concat"``: one convolution over all four, absent ones zeroed, modulated by which are present)
       -> residual 3D encoder (stride-2 downsampling, channels doubling)
       -> transformer bottleneck over the 3D tokens of the deepest feature map (convolutional position encoding,
          so any input size works)
@@ -77,6 +78,27 @@ class ModalityFusionStem(nn.Module):
         return fused
 
 
+class ConcatFusionStem(nn.Module):
+    """Early fusion: one convolution over all four modalities (absent ones zeroed), so the first layer can already
+    compare them (T1CE against T1 for enhancement), then a per-channel scale and shift set by which modalities are
+    present (after the instance norm, which would erase constant presence channels)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(N_MODALITIES, width, 3, padding=1, bias=False)
+        self.norm = _norm(width)
+        self.presence_film = nn.Linear(N_MODALITIES, 2 * width)
+        nn.init.zeros_(self.presence_film.weight)
+        nn.init.zeros_(self.presence_film.bias)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """x (B, 4, Z, Y, X), presence (B, 4) in {0, 1} -> features (B, width, Z, Y, X)."""
+        features = self.norm(self.conv(x * presence[:, :, None, None, None]))
+        scale, shift = self.presence_film(presence).chunk(2, dim=1)  # (B, width) each
+        return self.act(features * (1 + scale[:, :, None, None, None]) + shift[:, :, None, None, None])
+
+
 class TransformerBottleneck(nn.Module):
     """Self-attention over the voxels of the deepest feature map, with a depthwise-conv position encoding."""
 
@@ -131,7 +153,7 @@ class GliomaSegNet(nn.Module):
         super().__init__()
         self.config = config = config or NetworkConfig()
         widths = config.widths
-        self.stem = ModalityFusionStem(widths[0])
+        self.stem = ConcatFusionStem(widths[0]) if config.fusion == "concat" else ModalityFusionStem(widths[0])
         self.encoder = nn.ModuleList()
         self.down = nn.ModuleList()
         for level, (width, blocks) in enumerate(zip(widths, config.encoder_blocks)):

@@ -7,6 +7,7 @@ from typing import Dict, List, Sequence, Tuple
 
 N_MODALITIES = 4
 N_CLASSES = 4
+FUSIONS = ("average", "concat")
 
 
 @dataclass
@@ -19,6 +20,7 @@ class NetworkConfig:
     transformer_heads: int = 4
     transformer_mlp_ratio: float = 2.0
     dropout: float = 0.1
+    fusion: str = "average"  # "average": one stem per modality, averaged (seed 001); "concat": one stem over all four
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -27,6 +29,8 @@ class NetworkConfig:
             raise ValueError("widths and encoder_blocks need one entry per level")
         if self.widths[-1] % self.transformer_heads:
             raise ValueError("the deepest width must be divisible by transformer_heads")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
 
     @property
     def divisor(self) -> int:

@@ -30,6 +30,27 @@ def test_absent_channels_are_ignored(net):
         assert torch.allclose(net(x, presence), net(changed, presence))
 
 
+def test_concat_fusion_ignores_absent_channels_and_knows_which_are_present():
+    torch.manual_seed(0)
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2, fusion="concat")).eval()
+    with torch.no_grad():
+        net.stem.presence_film.bias.normal_()  # trained values are non-zero; zero-initialised it would hide the test
+        net.stem.presence_film.weight.normal_()
+        x = torch.randn(1, 4, 16, 16, 16)
+        presence = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+        changed = x.clone()
+        changed[:, 2] = 50.0
+        assert torch.allclose(net(x, presence), net(changed, presence))
+        x[:, 2] = 0.0  # the same zeroed input, told that T2 is present: the output differs
+        assert not torch.allclose(net(x, presence), net(x, torch.ones(1, 4)), atol=1e-4)
+
+
+def test_unknown_fusion_is_refused():
+    with pytest.raises(ValueError, match="fusion"):
+        NetworkConfig(fusion="late")
+
+
 def test_fusion_weights_are_learnable_and_renormalised(net):
     stem = net.stem
     assert stem.weight_logits.requires_grad

@@ -13,11 +13,15 @@ from GliomaAnalysisLib.models.segment import (SEGMENTATION_PARTS, dropout_masks,
                                               segmentation_parts_of)
 
 
-@pytest.fixture()
-def net():
+@pytest.fixture(params=["average", "concat"])
+def net(request):
     torch.manual_seed(0)
-    return GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
-                                      transformer_heads=2, dropout=0.3)).eval()
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2, dropout=0.3, fusion=request.param)).eval()
+    if request.param == "concat":
+        with torch.no_grad():  # trained presence modulation is non-zero (zero-initialised it would not be exported)
+            net.stem.presence_film.weight.normal_()
+    return net
 
 
 @pytest.fixture(autouse=True)
