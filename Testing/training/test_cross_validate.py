@@ -75,6 +75,26 @@ def test_a_perfect_prediction_scores_one(tmp_path):
     assert scores["lesion_filter+min_et_0.25ml"]["tc"] == 1.0
 
 
+def test_a_higher_whole_tumor_threshold_is_scored_and_trims_an_uncertain_halo(tmp_path):
+    """The over-called edema ring of the real out-of-fold predictions (P(WT) 0.5-0.7 outside the truth) is what the
+    WT-threshold variants exist for: scored beside the default 0.5."""
+    truth = np.zeros((24, 24, 24), dtype=np.uint8)
+    truth[6:18, 6:18, 6:18] = 2
+    truth[10:14, 10:14, 10:14] = 1
+    probabilities = np.stack([(truth == k).astype(np.float32) for k in (1, 2, 3)])
+    halo = np.zeros(truth.shape, dtype=bool)
+    halo[4:20, 4:20, 4:20] = True
+    probabilities[1][halo & (truth == 0)] = 0.65
+    path = tmp_path / "c.npz"
+    np.savez(path, probabilities=probabilities.astype(np.float16), truth=truth,
+             uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 24]] * 3), fold=0,
+             spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
+    scores = score_variants(path)
+    default, strict = (scores[f"regions_{t}_0.5_0.2+lesion_filter+min_et_0.5ml"] for t in ("0.5", "0.7"))
+    assert strict["wt"] == 1.0 and abs(default["wt"] - 2 * 12 ** 3 / (12 ** 3 + 16 ** 3)) < 1e-6
+    assert strict["tc"] == default["tc"] == 1.0
+
+
 def test_nested_choice_scores_each_fold_with_the_variant_chosen_on_the_others():
     from training.segmentation.cross_validate import nested_choice
 
