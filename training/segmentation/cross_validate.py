@@ -41,10 +41,11 @@ MIN_ET_CHOICES = (0.0, 0.25, 0.5, 1.0, 2.0)
 """mL: candidate thresholds below which a predicted enhancement is relabelled NCR (scored in CV)."""
 REGIONS = ("wt", "tc", "et")
 REGION_THRESHOLDS = ((0.5, 0.5, 0.15), (0.5, 0.5, 0.2), (0.5, 0.5, 0.3), (0.5, 0.4, 0.2),
-                     (0.6, 0.5, 0.2), (0.7, 0.5, 0.2))
+                     (0.6, 0.5, 0.2), (0.7, 0.5, 0.2), (0.6, 0.6, 0.2), (0.7, 0.6, 0.2))
 """(t_wt, t_tc, t_et) candidates of the nested-region decoding (``postprocess.decode_regions``), scored in CV with
-the lesion filter and the chosen ET floor beside the argmax. The WT thresholds above 0.5: the fold-0 predictions
-over-call edema in a 1-6 mm ring around most CBICA tumors (ninth session, segmentation_screening.md)."""
+the lesion filter and the chosen ET floor beside the argmax. The WT and TC thresholds above 0.5: the fold-0
+predictions over-call edema and core in a 1-6 mm ring around most CBICA tumors (ninth session,
+segmentation_screening.md)."""
 REGION_MIN_ET = 0.5
 
 
