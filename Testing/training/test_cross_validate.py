@@ -153,3 +153,24 @@ def test_compare_runs_pairs_the_cases_both_runs_predicted(tmp_path, capsys):
     (tmp_path / "other.json").write_text('{"cases": 2}')
     assert compare([str(new), str(tmp_path / "other.json")]) == 2
     assert "not a cv_report.json" in capsys.readouterr().err
+
+
+def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
+    from training.segmentation.ensemble_oof import main as ensemble
+
+    truth = np.zeros((20, 20, 20), dtype=np.uint8)
+    truth[5:15, 5:15, 5:15] = 2
+    for run, value, (a, b) in (("r1", 1.0, (2, 18)), ("r2", 0.5, (4, 20))):
+        probabilities = np.zeros((3, 20, 20, 20), np.float32)
+        probabilities[1][truth == 2] = value
+        box = (slice(a, b),) * 3
+        (tmp_path / run / "oof").mkdir(parents=True)
+        np.savez(tmp_path / run / "oof" / "c.npz", probabilities=probabilities[(slice(None),) + box].astype(np.float16),
+                 truth=truth[box], uncertainty=np.zeros((b - a,) * 3, np.float16), box=np.array([[a, b]] * 3),
+                 fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=2)
+    assert ensemble([str(tmp_path / "mean"), str(tmp_path / "r1"), str(tmp_path / "r2")]) == 0
+    mean = np.load(tmp_path / "mean" / "oof" / "c.npz")
+    assert mean["box"].tolist() == [[2, 20]] * 3 and int(mean["passes"]) == 4
+    assert np.allclose(mean["probabilities"][1][3:13, 3:13, 3:13], 0.75)
+    assert np.array_equal(mean["truth"], truth[2:20, 2:20, 2:20])
+    assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
