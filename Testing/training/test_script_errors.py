@@ -39,6 +39,14 @@ def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, messa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("network,message", [('{"fusion": "late"}', "fusion must be one of"), ("{widths", "--network")])
+def test_a_bad_network_override_ends_in_one_line_before_the_run_folder_exists(tmp_path, network, message):
+    result = _run("training.segmentation.train_segmentation", "--run-dir", str(tmp_path / "run"), "--network", network)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode != 0 and len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_discovery_errors(tmp_path):
     with pytest.raises(TrainingDataError, match="data folder not found"):
         discover_cases(tmp_path / "missing")

@@ -66,6 +66,14 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def network_config(text: str) -> NetworkConfig:
+    """--network's JSON overrides applied to the default NetworkConfig; a bad value ends in one error line."""
+    try:
+        return NetworkConfig.from_dict({**NetworkConfig().to_dict(), **json.loads(text)})
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise SystemExit(f"error: --network {text!r}: {exc}") from None
+
+
 def drop_one_weights(text: str) -> tuple:
     """'1,1,1,2' -> (1.0, 1.0, 1.0, 2.0): four non-negative odds with a positive sum."""
     weights = tuple(float(v) for v in str(text).split(","))
@@ -133,10 +141,10 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     context = setup(args.device)
     torch.set_num_threads(args.threads)
     wall_start = time.perf_counter()
+    config = network_config(args.network)  # before the run folder exists: a bad value leaves nothing behind
     run = Path(args.run_dir)
     if context.is_main:
         run.mkdir(parents=True, exist_ok=True)
-    config = NetworkConfig.from_dict({**NetworkConfig().to_dict(), **json.loads(args.network)})
     spacing = (args.spacing,) * 3
     if not context.is_main:
         context.barrier()  # rank 0 fills the cache first (preprocessed arrays)
