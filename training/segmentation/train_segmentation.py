@@ -143,8 +143,6 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     wall_start = time.perf_counter()
     config = network_config(args.network)  # before the run folder exists: a bad value leaves nothing behind
     run = Path(args.run_dir)
-    if context.is_main:
-        run.mkdir(parents=True, exist_ok=True)
     spacing = (args.spacing,) * 3
     if not context.is_main:
         context.barrier()  # rank 0 fills the cache first (preprocessed arrays)
@@ -155,6 +153,8 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         context.close()
         return None
+    if context.is_main:  # only now: a run that cannot start leaves no folder behind
+        run.mkdir(parents=True, exist_ok=True)
     folds = assign_folds(read_case_infos(args.data, [c.case_id for c in cases]), args.n_folds, args.fold_seed)
     if args.fold == "all":
         real, validation = cases, []
