@@ -174,3 +174,26 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
     assert np.allclose(mean["probabilities"][1][3:13, 3:13, 3:13], 0.75)
     assert np.array_equal(mean["truth"], truth[2:20, 2:20, 2:20])
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
+
+
+def test_missing_thresholds_scores_an_under_called_tumor_by_the_whole_tumor_threshold(tmp_path, capsys):
+    """Without FLAIR the edema probability stays low: a lower t_WT recovers it, with all four it costs nothing."""
+    from training.segmentation.missing_thresholds import main, summary
+    truth = np.zeros((24, 24, 24), dtype=np.uint8)
+    truth[6:18, 6:18, 6:18] = 2
+    truth[10:14, 10:14, 10:14] = 1
+    sure = np.stack([(truth == k).astype(np.float32) for k in (1, 2, 3)])
+    faint = sure.copy()
+    faint[1] *= 0.3  # edema at P = 0.3 (the core stays sure)
+    (tmp_path / "oof").mkdir()
+    for name, probabilities in (("c", sure), ("c-without_flair", faint)):
+        np.savez(tmp_path / "oof" / f"{name}.npz", probabilities=probabilities.astype(np.float16), truth=truth,
+                 uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 24]] * 3), fold=0,
+                 spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
+    result = summary(tmp_path, "flair", (0.2, 0.5))
+    assert result["cases"] == 1
+    assert result["all"][0.2]["wt"] == result["all"][0.5]["wt"] == 1.0
+    assert result["without"][0.2]["wt"] == 1.0
+    assert abs(result["without"][0.5]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-6  # only the core is left
+    assert main([str(tmp_path), "--modality", "t2"]) == 2
+    assert "no case with both" in capsys.readouterr().err
