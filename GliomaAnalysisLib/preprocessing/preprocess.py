@@ -176,12 +176,17 @@ def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def zscore(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(array - mean) / std over ``mask`` voxels, 0 outside the mask; float32, same shape."""
+    """(array - mean) / std over ``mask`` voxels, 0 outside the mask; float32, same shape. Intensities so large
+    that float32 statistics overflow (|values| above about 1e19) are standardised in float64 instead of becoming NaN."""
     values = array[mask]
     out = np.zeros(array.shape, dtype=np.float32)
     if values.size == 0:
         return out
-    std = float(values.std())
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(values.std())
+    if not np.isfinite(std):
+        values = values.astype(np.float64)
+        std = float(values.std())
     out[mask] = (values - float(values.mean())) / (std if std > 0 else 1.0)
     return out
 

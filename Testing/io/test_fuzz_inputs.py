@@ -135,6 +135,9 @@ def test_analyze_fast_analyses_or_refuses_in_one_line(tmp_path_factory, fuzz_mod
     event("analysed" if code == 0 else "refused: " + errors[0].split(": ")[-1][:40] if errors else "no message")
     if code == 0:
         assert errors == [] and (root / "out" / "report.json").is_file()
+        for name in ("prob_ncr", "prob_ed", "prob_et", "uncertainty"):  # no NaN from overflowing intensities
+            values = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "out" / f"{name}.nii.gz")))
+            assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1, name
     else:
         assert code == 2 and len(errors) == 1 and errors[0].startswith("glioma-analysis: error: "), err
         assert sorted(p.name for p in root.iterdir()) == ["in"]  # no output folder, no staging folder

@@ -51,7 +51,7 @@ def test_uncertainty_weighting_follows_eq7():
         weighting.log_sigma.copy_(torch.tensor([0.0, np.log(2.0)]))
     losses = {"seg": torch.tensor(1.5), "grade": torch.tensor(4.0)}
     # 1 / (2 sigma^2) L + log sigma: seg 0.75 + 0; grade 4 / 8 + log 2
-    assert float(weighting(losses)) == pytest.approx(0.75 + 0.5 + np.log(2.0), rel=1e-6)
+    assert float(weighting(losses).detach()) == pytest.approx(0.75 + 0.5 + np.log(2.0), rel=1e-6)
     # a larger sigma down-weights its task's loss
     grads = torch.autograd.grad(weighting({"seg": torch.tensor(1.5, requires_grad=True)}) , weighting.log_sigma,
                                 allow_unused=True)[0]

@@ -58,6 +58,17 @@ def test_zscore_and_presence_mask(small_phantom):
     assert np.all(pre.image[0] == 0) and np.all(pre.image[2] == 0)
 
 
+def test_zscore_of_intensities_that_overflow_float32_statistics_is_finite(small_phantom):
+    """A scanner file scaled near float32's limit (seen in the fuzz test): the statistics overflow in float32 (NaN
+    network input before); standardised in float64, the channel is the same as the unscaled one."""
+    image = small_phantom.image("t1ce")
+    peak = float(sitk.GetArrayViewFromImage(image).max())
+    huge = sitk.Cast(image, sitk.sitkFloat32) * (3e37 / peak)
+    pre, reference = preprocess(load_case({"t1ce": huge})), preprocess(load_case({"t1ce": image}))
+    assert np.isfinite(pre.image).all()
+    assert np.allclose(pre.image[1], reference.image[1], atol=1e-3)
+
+
 def test_probabilities_return_by_linear_interpolation(small_phantom):
     case = load_case({"t1ce": small_phantom.image("t1ce")})
     pre = preprocess(case, spacing=(4.0, 4.0, 4.0))
