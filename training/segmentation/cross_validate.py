@@ -164,8 +164,7 @@ def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
     for min_et in MIN_ET_CHOICES[1:]:
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
     for thresholds in REGION_THRESHOLDS:
-        decoded = remove_small_components(lesion_filter(decode_regions(*probabilities, thresholds), spacing), voxel_ml)
-        variants[region_variant(thresholds)] = suppress_small_enhancement(decoded, voxel_ml, REGION_MIN_ET)
+        variants[region_variant(thresholds)] = decode_region_variant(probabilities, thresholds, spacing)
     true_regions = regions(truth)
     scores = {}
     for name, labels in variants.items():
@@ -178,6 +177,15 @@ def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
     scores["fold"] = int(data["fold"])
     scores["passes"] = int(data["passes"]) if "passes" in data else 4  # predictions before the field: 4 passes
     return scores
+
+
+def decode_region_variant(probabilities: np.ndarray, thresholds: Sequence[float],
+                          spacing: Sequence[float]) -> np.ndarray:
+    """Labels (Z, Y, X) of a nested-region decoding variant: (t_WT, t_TC, t_ET) on probabilities (3, Z, Y, X), then
+    the lesion filter, small components removed and the ``REGION_MIN_ET`` floor (spacing in mm, z-y-x)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    decoded = remove_small_components(lesion_filter(decode_regions(*probabilities, thresholds), spacing), voxel_ml)
+    return suppress_small_enhancement(decoded, voxel_ml, REGION_MIN_ET)
 
 
 def region_variant(thresholds: Sequence[float]) -> str:

@@ -20,10 +20,8 @@ import numpy as np
 from GliomaAnalysisLib import MODALITIES
 from GliomaAnalysisLib.io.labels import regions
 from GliomaAnalysisLib.pipeline.measures import dice
-from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter, remove_small_components,
-                                                    suppress_small_enhancement)
 
-from .cross_validate import REGION_MIN_ET, REGIONS
+from .cross_validate import REGIONS, decode_region_variant
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -33,14 +31,10 @@ def dice_by_threshold(path: Path, thresholds: Sequence[float]) -> Dict[float, Di
     data = np.load(path)
     probabilities = data["probabilities"].astype(np.float32)
     spacing = tuple(float(s) for s in data["spacing_zyx"])
-    voxel_ml = float(np.prod(spacing)) / 1000.0
     truth = regions(data["truth"])
     scores = {}
     for t_wt in thresholds:
-        labels = decode_regions(*probabilities, (t_wt, 0.5, 0.2))
-        labels = suppress_small_enhancement(remove_small_components(lesion_filter(labels, spacing), voxel_ml),
-                                            voxel_ml, REGION_MIN_ET)
-        predicted = regions(labels)
+        predicted = regions(decode_region_variant(probabilities, (t_wt, 0.5, 0.2), spacing))
         scores[t_wt] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
     return scores
 
