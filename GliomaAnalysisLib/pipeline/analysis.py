@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
+from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
@@ -25,8 +26,8 @@ from ..models.segment import load_segmentation_parts, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
-from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, remove_small_components,
-                          suppress_small_enhancement)
+from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, region_thresholds_for,
+                          remove_small_components, suppress_small_enhancement)
 from ..preprocessing.prepared import PreparedInput
 from ..preprocessing.preprocess import PreprocessedCase, preprocess
 from .result import AnalysisResult
@@ -178,7 +179,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
                               uncertainty, say)
     say("mapping results back to the input grid")
-    thresholds = card.get("postprocessing", {}).get("region_thresholds") if postprocess else None
+    unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
+    thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # the background map is only needed by the argmax; the region thresholds read NCR, ED and ET
     reference_probs = [None if k == 0 and thresholds else _on_native(prepared, pre, p)
                        for k, p in enumerate(probabilities)]

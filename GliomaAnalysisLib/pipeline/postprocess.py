@@ -2,7 +2,10 @@
 
 * ``decode_regions``: the label map from the probabilities by thresholds on the nested regions (WT, TC inside it,
   ET inside TC) instead of the argmax, when the model card sets ``postprocessing.region_thresholds`` (chosen in
-  cross-validation: the argmax under-called ET, which must out-vote NCR and ED at once).
+  cross-validation: the argmax under-called ET, which must out-vote NCR and ED at once). ``region_thresholds_for``
+  picks them: a card may set other thresholds for a case without a given modality
+  (``postprocessing.missing_region_thresholds``, e.g. ``{"flair": [0.3, 0.5, 0.2]}``: without FLAIR the networks
+  under-call edema, P(WT) stays below 0.5 over much of it; chosen in cross-validation on predictions without it).
 
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
   hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors), and
@@ -24,7 +27,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -123,6 +126,19 @@ def _remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_vol
     out = labels.copy()
     out[np.isin(components, small)] = 0
     return out
+
+
+def region_thresholds_for(settings: Mapping, missing: Sequence[str]) -> Optional[List[float]]:
+    """(t_wt, t_tc, t_et) of a model card's ``postprocessing`` ``settings`` for a case without the ``missing``
+    modalities: the ``missing_region_thresholds`` entry of the first missing modality that has one (in the order of
+    ``missing``), else ``region_thresholds``; None when the card reads labels by argmax."""
+    if not settings.get("region_thresholds"):
+        return None
+    by_missing = settings.get("missing_region_thresholds") or {}
+    for modality in missing:
+        if modality in by_missing:
+            return [float(t) for t in by_missing[modality]]
+    return [float(t) for t in settings["region_thresholds"]]
 
 
 def decode_regions(ncr: np.ndarray, ed: np.ndarray, et: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

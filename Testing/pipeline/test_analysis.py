@@ -166,3 +166,33 @@ def test_the_cards_region_thresholds_decide_the_labels(small_phantom, tiny_model
     assert np.array_equal(sitk.GetArrayFromImage(result.labels), expected)
     raw_labels = sitk.GetArrayFromImage(raw.labels)  # the argmax (no post-processing)
     assert not np.array_equal(raw_labels, expected)
+
+
+def test_a_missing_modality_reads_its_own_region_thresholds(small_phantom, tiny_model_dir, tmp_path):
+    """``postprocessing.missing_region_thresholds`` apply to a case without that modality only: without FLAIR the
+    labels are the decoding at the FLAIR entry's thresholds; with all four, at ``region_thresholds``."""
+    import json
+    import shutil
+
+    from GliomaAnalysisLib.pipeline.postprocess import decode_regions, lesion_filter, remove_small_components
+
+    for path in tiny_model_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    card_path = tmp_path / "glioma_seg.json"
+    card = json.loads(card_path.read_text())
+    card["postprocessing"] = {"region_thresholds": [0.5, 0.5, 0.2], "min_et_ml": 0.0,
+                              "missing_region_thresholds": {"flair": [0.05, 0.5, 0.2]}}
+    card_path.write_text(json.dumps(card))
+    spacing = None
+    for modalities, thresholds in ((("t1", "t1ce", "t2"), (0.05, 0.5, 0.2)),
+                                   (("t1", "t1ce", "t2", "flair"), (0.5, 0.5, 0.2))):
+        case = load_case({m: small_phantom.image(m) for m in modalities})
+        result = analyze(case, model_dir=tmp_path, fast=True, classify=False)
+        maps = [sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")]
+        spacing = tuple(reversed(case.geometry.spacing))
+        expected = remove_small_components(lesion_filter(decode_regions(*maps, thresholds), spacing),
+                                           case.geometry.voxel_volume_ml)
+        other = remove_small_components(lesion_filter(decode_regions(*maps, (0.55 - thresholds[0], 0.5, 0.2)),
+                                                      spacing), case.geometry.voxel_volume_ml)
+        labels = sitk.GetArrayFromImage(result.labels)
+        assert np.array_equal(labels, expected) and not np.array_equal(labels, other), modalities

@@ -158,3 +158,19 @@ def test_decoded_regions_are_always_nested():
     assert np.array_equal(whole, p[..., 1:].sum(-1) > 0.4)
     assert np.array_equal(core, whole & (p[..., 1] + p[..., 3] > 0.3))
     assert np.array_equal(enhancing, core & (p[..., 3] > 0.1))
+
+
+def test_region_thresholds_follow_the_missing_modality():
+    """A card's ``missing_region_thresholds`` replace ``region_thresholds`` for a case without that modality (the
+    first listed missing one that has an entry); argmax cards stay argmax."""
+    from GliomaAnalysisLib.pipeline.postprocess import region_thresholds_for
+
+    settings = {"region_thresholds": [0.5, 0.5, 0.2], "missing_region_thresholds": {"flair": [0.3, 0.5, 0.2],
+                                                                                     "t2": [0.4, 0.5, 0.2]}}
+    assert region_thresholds_for(settings, []) == [0.5, 0.5, 0.2]
+    assert region_thresholds_for(settings, ["t1"]) == [0.5, 0.5, 0.2]
+    assert region_thresholds_for(settings, ["flair"]) == [0.3, 0.5, 0.2]
+    assert region_thresholds_for(settings, ["t1", "t2", "flair"]) == [0.4, 0.5, 0.2]
+    assert region_thresholds_for({"region_thresholds": [0.6, 0.5, 0.2]}, ["flair"]) == [0.6, 0.5, 0.2]
+    assert region_thresholds_for({"min_et_ml": 0.5, "missing_region_thresholds": {"flair": [0.3, 0.5, 0.2]}},
+                                 ["flair"]) is None

@@ -176,24 +176,28 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
 
 
-def test_missing_thresholds_scores_an_under_called_tumor_by_the_whole_tumor_threshold(tmp_path, capsys):
-    """Without FLAIR the edema probability stays low: a lower t_WT recovers it, with all four it costs nothing."""
-    from training.segmentation.missing_thresholds import main, summary
+def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipped_when_it_pays(tmp_path):
+    """Without FLAIR the edema probability stays low (0.3): the study scores each t_WT, a lower one recovers the
+    edema, on every fold chosen on the other fold; the card then reads WT at that threshold without FLAIR only."""
+    from training.segmentation.cross_validate import missing_wt_threshold
+    from training.segmentation.export_segmentation import postprocessing_of
+
     truth = np.zeros((24, 24, 24), dtype=np.uint8)
     truth[6:18, 6:18, 6:18] = 2
     truth[10:14, 10:14, 10:14] = 1
-    sure = np.stack([(truth == k).astype(np.float32) for k in (1, 2, 3)])
-    faint = sure.copy()
+    faint = np.stack([(truth == k).astype(np.float32) for k in (1, 2, 3)])
     faint[1] *= 0.3  # edema at P = 0.3 (the core stays sure)
-    (tmp_path / "oof").mkdir()
-    for name, probabilities in (("c", sure), ("c-without_flair", faint)):
-        np.savez(tmp_path / "oof" / f"{name}.npz", probabilities=probabilities.astype(np.float16), truth=truth,
-                 uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 24]] * 3), fold=0,
+    paths = []
+    for fold, name in enumerate(("a", "b")):
+        paths.append(tmp_path / f"{name}-without_flair.npz")
+        np.savez(paths[-1], probabilities=faint.astype(np.float16), truth=truth, fold=fold,
+                 uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 24]] * 3),
                  spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
-    result = summary(tmp_path, "flair", (0.2, 0.5))
-    assert result["cases"] == 1
-    assert result["all"][0.2]["wt"] == result["all"][0.5]["wt"] == 1.0
-    assert result["without"][0.2]["wt"] == 1.0
-    assert abs(result["without"][0.5]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-6  # only the core is left
-    assert main([str(tmp_path), "--modality", "t2"]) == 2
-    assert "no case with both" in capsys.readouterr().err
+    study = missing_wt_threshold(paths, (0.5, 0.5, 0.2))
+    assert abs(study["dice"]["0.5"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4  # only the core is left (4 d.p.)
+    assert study["dice"]["0.2"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0 and study["best"] < 0.3
+    assert study["nested"]["wt"] == 1.0 and set(study["nested_choices"]) == {0, 1}
+    missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["0.5"]}}}
+    settings = postprocessing_of("regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml", missing)
+    assert settings["missing_region_thresholds"] == {"flair": [study["best"], 0.5, 0.2]}  # t2: no gain, not kept
+    assert "missing_region_thresholds" not in postprocessing_of("lesion_filter+min_et_0.5ml", missing)

@@ -47,6 +47,9 @@ the lesion filter and the chosen ET floor beside the argmax. The WT and TC thres
 predictions over-call edema and core in a 1-6 mm ring around most CBICA tumors (ninth session,
 segmentation_screening.md)."""
 REGION_MIN_ET = 0.5
+MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+"""t_WT candidates for a case without one modality (with the chosen t_TC, t_ET), scored on the predictions without
+it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much of it)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +248,10 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
 
 def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str) -> Dict[str, Dict]:
     """Mean WT/TC/ET Dice without each modality (fast pass) against the same cases with all (fast pass not stored:
-    the comparison uses the default prediction), on the cases where both exist."""
+    the comparison uses the default prediction), on the cases where both exist; with region thresholds chosen, also
+    the WT-threshold study of ``missing_wt_threshold``."""
     out = {}
+    chosen_thresholds = region_thresholds_of(chosen)
     for modality in MODALITIES:
         paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
         if not paths:
@@ -257,7 +262,40 @@ def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str) -> Dict[str,
                                                    for r in REGIONS},
                          **{f"{r}_with_all": round(float(np.mean([rows[c][chosen][r] for c in common])), 4)
                             for r in REGIONS}}
+        if chosen_thresholds:
+            out[modality]["wt_threshold"] = missing_wt_threshold(paths, chosen_thresholds)
     return out
+
+
+def region_thresholds_of(variant: str) -> Optional[List[float]]:
+    """(t_WT, t_TC, t_ET) of a ``regions_...`` variant name, None for the argmax variants."""
+    if not variant.startswith("regions_"):
+        return None
+    return [float(t) for t in variant.split("+")[0].split("_")[1:]]
+
+
+def missing_wt_threshold(paths: Sequence[Path], chosen_thresholds: Sequence[float]) -> Dict:
+    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``):
+    mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate (t_TC, t_ET as chosen), the best over all cases
+    (``best``, what a card ships) and the nested choice (each fold's t_WT chosen on the other folds' cases, scored on
+    its own: the honest estimate of ``best``)."""
+    rows = {}
+    for path in paths:
+        data = np.load(path)
+        probabilities = data["probabilities"].astype(np.float32)
+        spacing = tuple(float(s) for s in data["spacing_zyx"])
+        truth = regions(data["truth"])
+        rows[path.name] = {"fold": int(data["fold"])}
+        for t_wt in MISSING_WT_THRESHOLDS:
+            predicted = regions(decode_region_variant(probabilities, (t_wt, *chosen_thresholds[1:]), spacing))
+            rows[path.name][f"{t_wt:g}"] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
+    names = [f"{t:g}" for t in MISSING_WT_THRESHOLDS]
+    by_threshold = {t: summarise(rows, t) for t in names}
+    best = max(names, key=lambda t: sum(by_threshold[t][r]["mean"] for r in REGIONS))
+    nested = nested_choice(rows, names)
+    return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_threshold.items()}, "best": float(best),
+            "nested_choices": {fold: float(t) for fold, t in nested["choices"].items()},
+            "nested": {r: v["mean"] for r, v in nested["dice"].items()} if nested["dice"] else None}
 
 
 def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
@@ -325,6 +363,18 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
             lines.append(f"| {modality} | {m['cases']} | {m['wt']:.3f} | {m['tc']:.3f} | {m['et']:.3f} | "
                          f"{m['wt_with_all']:.3f} |")
         lines.append("")
+        studies = {k: m["wt_threshold"] for k, m in result["missing_modality"].items() if m.get("wt_threshold")}
+        if studies:
+            names = list(next(iter(studies.values()))["dice"])
+            lines += ["Whole-tumor threshold without each modality: mean WT Dice by t_WT (t_TC, t_ET as chosen); "
+                      "nested: t_WT chosen for each fold on the other folds.", "",
+                      "| without | " + " | ".join(f"t_WT {t}" for t in names) + " | best | nested WT |",
+                      "| --- |" + " --- |" * (len(names) + 2)]
+            for modality, study in studies.items():
+                nested_wt = f"{study['nested']['wt']:.3f}" if study["nested"] else "-"
+                lines.append(f"| {modality} | " + " | ".join(f"{study['dice'][t]['wt']:.3f}" for t in names)
+                             + f" | {study['best']:g} | {nested_wt} |")
+            lines.append("")
     lines += ["| case | fold | WT | TC | ET | WT mL (true) | TC mL (true) | ET mL (true) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case_id, row in sorted(result["per_case"].items()):

@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -127,16 +127,35 @@ def cross_validation_section(report: Dict) -> Dict:
                    "(training/segmentation/cross_validate.py)"}
 
 
-def postprocessing_of(variant: str) -> Dict:
+def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> Dict:
     """The card's ``postprocessing`` settings read by ``analyze`` for a variant chosen in cross-validation
     (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; ``regions_0.5_0.5_0.2+...`` adds
-    ``region_thresholds``; the lesion filter always runs)."""
+    ``region_thresholds``; the lesion filter always runs), with ``missing_region_thresholds`` from the report's
+    ``missing_modality`` studies (``missing_region_thresholds``)."""
     match = re.search(r"min_et_([0-9.]+)ml", variant)
     settings = {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
     regions = re.match(r"regions_([0-9.]+)_([0-9.]+)_([0-9.]+)\+", variant)
     if regions:
         settings["region_thresholds"] = [float(t) for t in regions.groups()]
+        by_missing = missing_region_thresholds(settings["region_thresholds"], missing_modality or {})
+        if by_missing:
+            settings["missing_region_thresholds"] = by_missing
     return settings
+
+
+def missing_region_thresholds(thresholds: Sequence[float], missing_modality: Dict) -> Dict[str, List[float]]:
+    """{modality: (t_WT, t_TC, t_ET)} for cases without a modality whose whole-tumor threshold study
+    (``cross_validate.missing_wt_threshold``) pays: its best t_WT, kept only when choosing t_WT in cross-validation
+    (nested) beat the all-modality t_WT on the same cases (WT + TC + ET)."""
+    out = {}
+    for modality, summary in missing_modality.items():
+        study = summary.get("wt_threshold") or {}
+        fixed = study.get("dice", {}).get(f"{thresholds[0]:g}")
+        if not study.get("nested") or fixed is None or float(study["best"]) == float(thresholds[0]):
+            continue
+        if sum(study["nested"].values()) > sum(fixed.values()):
+            out[modality] = [float(study["best"]), *(float(t) for t in thresholds[1:])]
+    return out
 
 
 def postprocessing_text(settings: Dict) -> str:
@@ -144,6 +163,8 @@ def postprocessing_text(settings: Dict) -> str:
     decoding = ("labels read from the nested regions (WT where P(WT) > {}, TC inside it where P(TC) > {}, ET inside "
                 "TC where P(ET) > {})".format(*settings["region_thresholds"]) if settings.get("region_thresholds")
                 else "labels by argmax")
+    decoding += "".join(f"; without {m.upper()} WT where P(WT) > {t[0]:g}"
+                        for m, t in (settings.get("missing_region_thresholds") or {}).items())
     return (f"{decoding}; lesion filter; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR")
 
 
@@ -159,12 +180,25 @@ def _cross_validation_lines(cv: Dict) -> List[str]:
                       f"{r.upper()} {cv['dice_nested'][r]['mean']:.3f}" for r in ("wt", "tc", "et")) + "."]
     lines += ["", f"Worst cases: {', '.join(cv['worst_cases'])}. ET-free cases, predicted ET: "
               + (", ".join(f"{c} {v:.2f} mL" for c, v in cv["et_free_cases_predicted_et_ml"].items()) or "none"),
-              "", "| without | WT | TC | ET |", "| --- | --- | --- | --- |"]
-    lines += [f"| {m} | {v['wt']:.3f} | {v['tc']:.3f} | {v['et']:.3f} |" for m, v in cv["missing_modality"].items()]
+              ""]
+    lines += _missing_modality_lines(cv["missing_modality"])
     lines += ["", "| case | fold | WT | TC | ET | WT mL (true) | ET mL (true) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['case']} | {r['fold']} | {r['wt']:.3f} | {r['tc']:.3f} | {r['et']:.3f} | {r['wt_ml']:.1f} "
               f"({r['wt_ml_true']:.1f}) | {r['et_ml']:.1f} ({r['et_ml_true']:.1f}) |" for r in cv["per_case"]]
     return lines + [""]
+
+
+def _missing_modality_lines(missing_modality: Dict) -> List[str]:
+    """The table of Dice without each modality; with a whole-tumor threshold study, its nested WT and best t_WT."""
+    studied = any((v.get("wt_threshold") or {}).get("nested") for v in missing_modality.values())
+    lines = ["| without | WT | TC | ET |" + (" WT, t_WT chosen nested (best t_WT) |" if studied else ""),
+             "| --- | --- | --- | --- |" + (" --- |" if studied else "")]
+    for modality, v in missing_modality.items():
+        study = v.get("wt_threshold") or {}
+        extra = (f" {study['nested']['wt']:.3f} ({study['best']:g}) |" if study.get("nested") else " - |") \
+            if studied else ""
+        lines.append(f"| {modality} | {v['wt']:.3f} | {v['tc']:.3f} | {v['et']:.3f} |" + extra)
+    return lines
 
 
 def card_markdown(card: Dict) -> str:
@@ -219,7 +253,7 @@ def main(argv=None) -> int:
     if args.cv_report:
         report = json.loads(Path(args.cv_report).read_text())
         card["cross_validation"] = cross_validation_section(report)
-        card["postprocessing"] = postprocessing_of(report["chosen"])
+        card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
     out = Path(args.out)
     save_model(model, card, out, args.name)
 
