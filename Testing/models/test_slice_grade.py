@@ -13,7 +13,7 @@ import torch
 
 from GliomaAnalysisLib.models.calibration import apply_temperature
 from GliomaAnalysisLib.models.model_store import RESOURCES, save_model
-from GliomaAnalysisLib.models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, SliceGradeConfig, _mc_masks,
+from GliomaAnalysisLib.models.slice_grade import (AGGREGATIONS, SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, SliceGradeConfig, _mc_masks,
                                            aggregate, attention_fusion, attention_weights, build_slice_grade,
                                            centred_crop, label_of, load_slice_grade, majority_vote,
                                            minmax_normalise, predict_slice_grade, prepare_slices, select_slices,
@@ -386,7 +386,11 @@ def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     samples = small_phantom_samples(100, seed=11)
     split = ClassificationSplit(samples[:50], samples[50:65], samples[65:])
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
+    cv_auc = {"n": 28, "positives": 23, "auc": 0.61, "auc_95": [0.35, 0.85], "accuracy": 0.8, "brier": 0.2}
+    (tmp_path / "cv_report.json").write_text(json.dumps(  # a slice-grade cross-validation report
+        {"folds": [0, 1, 2, 3, 4], "n_cases": 28, "aggregations": {a: cv_auc for a in AGGREGATIONS}, "cases": {}}))
     out = train.main(["--out", str(tmp_path), "--no-real", "--export-dir", str(tmp_path / "models"),
+                      "--cv-report", str(tmp_path / "cv_report.json"),
                       "--crop", "32", "--widths", "8", "16", "32", "--max-slices", "12", "--epochs", "6",
                       "--slices-per-case", "4", "--threads", "2"])
     test = out["metrics"]["phantom_test"]
@@ -401,3 +405,11 @@ def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     assert 1 <= len(log) <= 6 and all("val_bce" in r for r in log)
     model, card = load_slice_grade(str(tmp_path / "models"))
     assert card["calibration"]["temperature"] == pytest.approx(out["temperature"])
+    # the cross-validation sets the real-case evidence: AUC 0.61 with an interval reaching 0.35 is not assessable
+    from GliomaAnalysisLib.models.evidence import task_evidence
+    assert card["evidence"]["grade"]["value"] == 0.61 and card["evidence"]["grade"]["negatives"] == 5
+    assert task_evidence(card, "grade")["evidence"] == "not assessable"
+    text = (tmp_path / "models" / "slice_grade.md").read_text()
+    assert text.index("Evidence on real cases") < text.index("## Cross-validation: 28 graded real cases")
+    assert "| attention | 28 | 23 | 0.610 | 0.35-0.85 |" in text
+    assert "Real validation cases" not in text  # no real case validated in this run

@@ -28,14 +28,11 @@ from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS
 
 from ..common.classification_data import ClassificationSample, ClassificationSplit, load_real_samples, phantom_split
 from ..common.config import parse_args
-from ..common.metrics import roc_auc
+from ..common.metrics import binary_metrics
 from ..segmentation.cross_validate import store_fold_model
 from . import volume_grade
 from .export_multitask import _task_arrays
 from .train_multitask import build_multitask, fit_heads, mc_probabilities, pooled_features
-
-BOOTSTRAP = 2000
-
 
 def build_parser() -> argparse.ArgumentParser:
     from .train_multitask import build_parser as train_parser
@@ -103,28 +100,6 @@ def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSampl
                                "train_real": sorted(s.case_id for s in train if s.source == "real"),
                                "cases": cases}, indent=1))
     return out
-
-
-def bootstrap_auc(probabilities: np.ndarray, labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0,
-                  ) -> Optional[List[float]]:
-    """95 % percentile interval of the AUC over ``n`` case resamples (both classes kept in every resample)."""
-    rng = np.random.default_rng(seed)
-    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    if len(positive) == 0 or len(negative) == 0:
-        return None
-    values = []
-    for _ in range(n):
-        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
-        values.append(roc_auc(probabilities[pick], labels[pick]))
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
-def binary_metrics(p: np.ndarray, y: np.ndarray) -> Dict:
-    """n, positives, AUC with its bootstrap 95 % interval, accuracy at 0.5 and Brier score of P(positive) p."""
-    auc = roc_auc(p, y)
-    return {"n": len(y), "positives": int(y.sum()), "auc": auc,
-            "auc_95": bootstrap_auc(p, y) if auc is not None else None,
-            "accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": brier_score(p, y)}
 
 
 def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:

@@ -25,7 +25,7 @@ from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import ClassificationSample, load_classification_split
 from ..segmentation.segmentation_data import VALIDATION_CASES
-from ..common.metrics import binary_report
+from ..common.metrics import auc_evidence, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from . import volume_grade
 from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
@@ -183,23 +183,13 @@ def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
     evidence = {}
     for task in TASKS:
         m = report["tasks"].get(task)
-        if task == "grade" and report.get("volume_grade"):
+        by_volume = task == "grade" and bool(report.get("volume_grade"))
+        if by_volume:
             m = report["volume_grade"]
-        if m is None or m["auc"] is None:
-            evidence[task] = {"metric": "auc", "value": None, "n": 0 if m is None else m["n"], "positives": None,
-                              "negatives": None, "ci95": None, "ci_method": None, "kind": None,
-                              "source": f"{path}: no real case with both classes of this label",
-                              "reason": "never validated on real labels of both classes"}
-            continue
-        evidence[task] = {"metric": "auc", "value": round(m["auc"], 4), "n": m["n"], "positives": m["positives"],
-                          "negatives": m["n"] - m["positives"],
-                          "ci95": {"lower": round(m["auc_95"][0], 4), "upper": round(m["auc_95"][1], 4)},
-                          "ci_method": "bootstrap over cases (2,000 resamples, classes kept)",
-                          "kind": f"{len(report['folds'])}-fold cross-validation over the project's real cases "
-                                  + ("(grade from the out-of-fold segmentation's volumes)"
-                                     if task == "grade" and report.get("volume_grade") else
-                                     "(each fold's heads on that fold's segmentation network)"),
-                          "source": str(path)}
+        kind = (f"{len(report['folds'])}-fold cross-validation over the project's real cases "
+                + ("(grade from the out-of-fold segmentation's volumes)" if by_volume else
+                   "(each fold's heads on that fold's segmentation network)"))
+        evidence[task] = auc_evidence(m, kind, str(path))
     return evidence
 
 

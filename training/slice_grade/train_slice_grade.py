@@ -1,9 +1,12 @@
 """Train the slice-grade classifier (seed 002) and export it with its model card.
 
-    python -m training.slice_grade.train_slice_grade --out /root/glioma-runs/slice_grade --epochs 30 --max-minutes 18 \
-        --predicted-seg            # the shipped run; add --resume to continue, --evaluate-only to re-export
+    python -m training.slice_grade.train_slice_grade --config training/configs/slice_grade.yaml --out RUN \
+        --cv-report training/results/slice_grade_cv/cv_report.json   # the shipped run; --resume continues it,
+                                                                     # --evaluate-only re-exports it
 
-Data: ``load_classification_split`` (real BraTS 2018 cases with their real grade, phantoms with simulated grade).
+Data: ``load_classification_split`` (the real cases of ``--real-roots`` with their real grade, phantoms with
+simulated grade); with ``--all-real`` every real case trains (the shipped model: its real-case evidence is the
+cross-validation of ``training/slice_grade/cross_validate.py``), else the segmentation split's real cases validate.
 Slice-level BCE with inverse-frequency class weights, AdamW, augmentation (``augmented_batch``), early stopping on
 the patient-level BCE (soft vote) of the validation phantoms; checkpoint every epoch (``--resume`` continues);
 JSON-lines log ``RUN/log.jsonl``. The real validation cases are never used for early stopping or calibration, so
@@ -27,19 +30,24 @@ from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from ..common.classification_data import ClassificationSplit, load_classification_split
 from ..common.config import parse_args as parse_with_config
-from ..common.datasets import BRATS18
+from ..common.datasets import REAL_DATA_ROOTS
+from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.metrics import roc_auc
 from ..common.run_record import classification_split_ids, start_run_record
 from .slice_grade_data import CaseSlices, augmented_batch, cut_cases
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
-DEFAULT_REAL = BRATS18
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, plots, metrics)")
-    p.add_argument("--real-root", type=Path, default=DEFAULT_REAL)
+    p.add_argument("--real-roots", type=Path, nargs="+", default=[Path(r) for r in REAL_DATA_ROOTS],
+                   help="folders of real cases, each with its labels.csv")
+    p.add_argument("--all-real", action="store_true",
+                   help="every real case trains (no real validation split; the evidence comes from cross-validation)")
+    p.add_argument("--cv-report", type=Path, default=None,
+                   help="cv_report.json of training.slice_grade.cross_validate: the card's real-case evidence")
     p.add_argument("--no-real", action="store_true", help="phantoms only")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--n-phantoms", type=int, default=240)
@@ -68,7 +76,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--predicted-seg", action="store_true",
                    help="also evaluate with slices chosen by the shipped segmentation model (slower)")
-    return parse_with_config(p, argv)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return parse_with_config(build_parser(), argv)
 
 
 def log_line(run: Path, record: Dict) -> None:
@@ -202,7 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    split = load_classification_split(None if args.no_real else args.real_root, args.cache, args.n_phantoms)
+    split = load_classification_split(None if args.no_real else args.real_roots, args.cache, args.n_phantoms,
+                                      real_validation=() if args.all_real else tuple(VALIDATION_CASES))
     start_run_record(args.out, {"args": vars(args)}, classification_split_ids(split), args.seed, "cpu",
                      "training.slice_grade.train_slice_grade", config_file=getattr(args, "config", None))
     if args.evaluate_only:

@@ -1,0 +1,147 @@
+"""Cross-validation of the slice-grade classifier (seed 002) on the real cases.
+
+    python -m training.slice_grade.cross_validate --config training/configs/slice_grade.yaml --run-dir runs/sgcv \\
+        [--folds 0,1] [--report-only] [--table training/results/slice_grade_cv/slice_grade_cv.md]
+
+Folds: those of the segmentation cross-validation (``training/common/folds.py``: ``--n-folds`` 5, ``--fold-seed`` 0,
+stratified by grade and source over every real case of ``--real-roots``). Fold k trains the shipped recipe
+(``train_slice_grade.train``) on the real cases of the other folds and the training phantoms, stops early and fits its
+temperature on the validation phantoms, then predicts its own graded real cases (slices chosen from the expert
+labels) into ``RUN/oof/fold{k}.json``. Every step resumes. The report (``RUN/cv_report.json``, ``--table``): per
+aggregation the out-of-fold AUC with a bootstrap 95 % interval, accuracy and Brier score, and the per-case table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from GliomaAnalysisLib.models.slice_grade import AGGREGATIONS, SliceGradeConfig
+
+from ..common.classification_data import ClassificationSample, load_real_samples, phantom_split
+from ..common.config import parse_args
+from ..common.folds import assign_folds, read_case_infos
+from ..common.metrics import binary_metrics
+from .export_slice_grade import fit_case_temperature, logits_of, patient_probabilities
+from .slice_grade_data import cut_cases
+from .train_slice_grade import build_parser as train_parser, train
+
+Phantoms = Tuple[List[ClassificationSample], List[ClassificationSample], List[ClassificationSample]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = train_parser()
+    parser.description = __doc__
+    for action in parser._actions:
+        if action.dest == "out":
+            action.required = False  # each fold's folder is RUN/fold{k}
+    parser.add_argument("--run-dir", type=Path, required=True, help="this cross-validation's folder")
+    parser.add_argument("--n-folds", type=int, default=5)
+    parser.add_argument("--fold-seed", type=int, default=0)
+    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="no training: report what is predicted so far")
+    parser.add_argument("--table", type=Path, default=None, help="write the Markdown report here as well")
+    return parser
+
+
+def network_config(args: argparse.Namespace) -> SliceGradeConfig:
+    return SliceGradeConfig(backbone=args.backbone, widths=tuple(args.widths), crop=args.crop,
+                            max_slices=args.max_slices)
+
+
+def run_fold(args: argparse.Namespace, fold: int, real: Sequence[ClassificationSample], folds: Dict[str, int],
+             phantoms: Phantoms) -> Path:
+    """Train fold ``fold`` and predict its graded real cases into RUN/oof/fold{k}.json (skipped when present)."""
+    out = args.run_dir / "oof" / f"fold{fold}.json"
+    if out.is_file():
+        return out
+    config = network_config(args)
+    fold_args = argparse.Namespace(**{**vars(args), "out": args.run_dir / f"fold{fold}", "resume": True})
+    train_real = [s for s in real if folds[s.case_id] != fold]
+    cases = {"train": cut_cases(train_real + list(phantoms[0]), config),
+             "validation": cut_cases(phantoms[1], config)}
+    model = train(fold_args, cases, config)
+    temperature = 1.0
+    if cases["validation"]:
+        temperature = fit_case_temperature(logits_of(model, [c.eval for c in cases["validation"]]),
+                                           np.array([c.target for c in cases["validation"]]), args.temperature_fit)
+    held_out = cut_cases([s for s in real if folds[s.case_id] == fold], config)
+    probabilities = patient_probabilities(logits_of(model, [c.eval for c in held_out]), temperature)
+    predicted = {c.case_id: {"grade": c.target, "slices": int(len(c.eval)),
+                             **{a: float(probabilities[a][k]) for a in AGGREGATIONS}}
+                 for k, c in enumerate(held_out)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"fold": fold, "temperature": temperature,
+                               "train_real": sorted(c.case_id for c in cases["train"] if c.source == "real"),
+                               "cases": predicted}, indent=1))
+    return out
+
+
+def report(run: Path) -> Dict:
+    """Out-of-fold metrics per aggregation over every predicted fold, and the per-case table."""
+    folds = [json.loads(p.read_text()) for p in sorted((run / "oof").glob("fold*.json"))]
+    if not folds:
+        raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
+    cases = {case_id: {**row, "fold": f["fold"]} for f in folds for case_id, row in f["cases"].items()}
+    y = np.array([c["grade"] for c in cases.values()], dtype=float)
+    return {"folds": [f["fold"] for f in folds], "n_cases": len(cases),
+            "aggregations": {a: binary_metrics(np.array([c[a] for c in cases.values()]), y) for a in AGGREGATIONS},
+            "cases": cases}
+
+
+def markdown(result: Dict) -> str:
+    """The report as Markdown: one row per aggregation, then one row per case."""
+    lines = [f"# Slice-grade classifier: {len(result['folds'])}-fold cross-validation on {result['n_cases']} graded "
+             "real cases", "", "P(HGG), calibrated as at inference (each fold's temperature from its validation "
+             "phantoms); slices chosen from the expert labels. Produced by `python -m "
+             "training.slice_grade.cross_validate --config training/configs/slice_grade.yaml --run-dir RUN "
+             "--table training/results/slice_grade_cv/slice_grade_cv.md`.", "",
+             "| aggregation | cases | HGG | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, m in result["aggregations"].items():
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
+        lines.append(f"| {name} | {m['n']} | {m['positives']} | {auc} | {interval} | {m['accuracy']:.3f} | "
+                     f"{m['brier']:.3f} |")
+    lines += ["", "| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
+              "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
+    for case_id, c in sorted(result["cases"].items()):
+        lines.append(f"| {case_id} | {c['fold']} | {'HGG' if c['grade'] else 'LGG'} | {c['slices']} | "
+                     + " | ".join(f"{c[a]:.2f}" for a in AGGREGATIONS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(build_parser(), argv)
+    torch.set_num_threads(args.threads)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        started = time.time()
+        real = load_real_samples(args.real_roots, args.cache)
+        if not real:
+            print(f"error: no real cases found under {', '.join(map(str, args.real_roots))}", file=sys.stderr)
+            return 2
+        folds = assign_folds(read_case_infos(args.real_roots, [s.case_id for s in real]), args.n_folds,
+                             args.fold_seed)
+        phantoms = phantom_split(args.cache, args.n_phantoms) if args.n_phantoms else ([], [], [])
+        print(f"{len(real)} real cases, {sum(map(len, phantoms))} phantoms loaded in {time.time() - started:.0f} s",
+              file=sys.stderr)
+        for fold in range(args.n_folds) if args.folds is None else [int(f) for f in args.folds.split(",")]:
+            run_fold(args, fold, real, folds, phantoms)
+    result = report(args.run_dir)
+    (args.run_dir / "cv_report.json").write_text(json.dumps(result, indent=1))
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(markdown(result))
+    print(markdown(result).split("\n\n| case")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
