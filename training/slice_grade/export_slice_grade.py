@@ -333,7 +333,7 @@ def evaluate_and_export(model: SliceGradeNet, split: ClassificationSplit, cases:
     if not args.no_export:
         folder = Path(args.export_dir) if args.export_dir else RESOURCES
         save_model(model, card, folder, SLICE_GRADE_MODEL)
-        sample = next((s for s in split.validation if s.source == "real"), None) or \
+        sample = next((s for s in split.validation + split.train if s.source == "real"), None) or \
             next((s for s in split.test), None)
         if sample is not None:
             card["inference"] = time_inference(folder, sample)
