@@ -130,15 +130,14 @@ def _remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_vol
 
 def region_thresholds_for(settings: Mapping, missing: Sequence[str]) -> Optional[List[float]]:
     """(t_wt, t_tc, t_et) of a model card's ``postprocessing`` ``settings`` for a case without the ``missing``
-    modalities: the ``missing_region_thresholds`` entry of the first missing modality that has one (in the order of
-    ``missing``), else ``region_thresholds``; None when the card reads labels by argmax."""
+    modalities: of the ``missing_region_thresholds`` entries of the missing modalities, the one with the lowest t_wt
+    (each was chosen with that modality missing alone; the one that under-calls most decides), else
+    ``region_thresholds``; None when the card reads labels by argmax."""
     if not settings.get("region_thresholds"):
         return None
     by_missing = settings.get("missing_region_thresholds") or {}
-    for modality in missing:
-        if modality in by_missing:
-            return [float(t) for t in by_missing[modality]]
-    return [float(t) for t in settings["region_thresholds"]]
+    entries = [[float(t) for t in by_missing[m]] for m in missing if m in by_missing]
+    return min(entries, key=lambda t: t[0]) if entries else [float(t) for t in settings["region_thresholds"]]
 
 
 def decode_regions(ncr: np.ndarray, ed: np.ndarray, et: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

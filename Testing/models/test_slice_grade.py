@@ -388,7 +388,7 @@ def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
     cv_auc = {"n": 28, "positives": 23, "auc": 0.61, "auc_95": [0.35, 0.85], "accuracy": 0.8, "brier": 0.2}
     (tmp_path / "cv_report.json").write_text(json.dumps(  # a slice-grade cross-validation report
-        {"folds": [0, 1, 2, 3, 4], "n_cases": 28, "aggregations": {a: cv_auc for a in AGGREGATIONS}, "cases": {}}))
+        {"folds": [0, 1, 2, 3, 4], "n_folds": 5, "n_cases": 28, "aggregations": {a: cv_auc for a in AGGREGATIONS}, "cases": {}}))
     out = train.main(["--out", str(tmp_path), "--no-real", "--export-dir", str(tmp_path / "models"),
                       "--cv-report", str(tmp_path / "cv_report.json"),
                       "--crop", "32", "--widths", "8", "16", "32", "--max-slices", "12", "--epochs", "6",

@@ -161,8 +161,8 @@ def test_decoded_regions_are_always_nested():
 
 
 def test_region_thresholds_follow_the_missing_modality():
-    """A card's ``missing_region_thresholds`` replace ``region_thresholds`` for a case without that modality (the
-    first listed missing one that has an entry); argmax cards stay argmax."""
+    """A card's ``missing_region_thresholds`` replace ``region_thresholds`` for a case without that modality (with
+    several missing, the entry with the lowest t_WT); argmax cards stay argmax."""
     from GliomaAnalysisLib.pipeline.postprocess import region_thresholds_for
 
     settings = {"region_thresholds": [0.5, 0.5, 0.2], "missing_region_thresholds": {"flair": [0.3, 0.5, 0.2],
@@ -170,7 +170,8 @@ def test_region_thresholds_follow_the_missing_modality():
     assert region_thresholds_for(settings, []) == [0.5, 0.5, 0.2]
     assert region_thresholds_for(settings, ["t1"]) == [0.5, 0.5, 0.2]
     assert region_thresholds_for(settings, ["flair"]) == [0.3, 0.5, 0.2]
-    assert region_thresholds_for(settings, ["t1", "t2", "flair"]) == [0.4, 0.5, 0.2]
+    assert region_thresholds_for(settings, ["t1", "t2"]) == [0.4, 0.5, 0.2]
+    assert region_thresholds_for(settings, ["t1", "t2", "flair"]) == [0.3, 0.5, 0.2]
     assert region_thresholds_for({"region_thresholds": [0.6, 0.5, 0.2]}, ["flair"]) == [0.6, 0.5, 0.2]
     assert region_thresholds_for({"min_et_ml": 0.5, "missing_region_thresholds": {"flair": [0.3, 0.5, 0.2]}},
                                  ["flair"]) is None

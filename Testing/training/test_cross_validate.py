@@ -195,9 +195,14 @@ def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipp
                  spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
     study = missing_wt_threshold(paths, (0.5, 0.5, 0.2))
     assert abs(study["dice"]["0.5"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4  # only the core is left (4 d.p.)
-    assert study["dice"]["0.2"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0 and study["best"] < 0.3
+    assert study["dice"]["0.3"]["wt"] == study["dice"]["0.2"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0
+    assert study["best"] == 0.3  # float16 0.3 is 0.30005; of equals, the higher threshold (calls less)
     assert study["nested"]["wt"] == 1.0 and set(study["nested_choices"]) == {0, 1}
     missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["0.5"]}}}
     settings = postprocessing_of("regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml", missing)
     assert settings["missing_region_thresholds"] == {"flair": [study["best"], 0.5, 0.2]}  # t2: no gain, not kept
     assert "missing_region_thresholds" not in postprocessing_of("lesion_filter+min_et_0.5ml", missing)
+    high = missing_wt_threshold(paths, (0.7, 0.5, 0.2))  # an all-four t_WT outside the candidates is scored too
+    assert "0.7" in high["dice"] and high["best"] == 0.3
+    assert postprocessing_of("regions_0.7_0.5_0.2+lesion_filter+min_et_0.5ml", {"flair": {"wt_threshold": high}}
+                             )["missing_region_thresholds"] == {"flair": [0.3, 0.5, 0.2]}

@@ -25,10 +25,12 @@ def setup_files(tmp_path):
      "bad.yaml: unknown key(s) stepz"),
     (("training.segmentation.train_segmentation", "--run-dir", "{tmp}/run", "--data", "{tmp}/missing"),
      "no labelled cases found under"),
-    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-root", "{tmp}/missing"),
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-roots", "{tmp}/missing"),
      "missing/labels.csv: cannot read label table"),
-    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-root", "{tmp}/empty",
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-roots", "{tmp}/empty",
       "--n-phantoms", "0"), "label table is empty"),
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--all-real"), "give the cross-validation's"),
+    (("training.slice_grade.cross_validate", "--run-dir", "{tmp}/run", "--folds", "5"), "--folds 5: each fold"),
     (("training.segmentation.evaluate", "{tmp}", "{tmp}/missing"), "missing: data folder not found"),
 ])
 def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, message):

@@ -24,7 +24,7 @@ def test_every_graded_case_is_predicted_once_by_a_fold_model_that_never_saw_it(t
                                          "--slices-per-case", "2", "--widths", "4", "8", "8", "8"])
     for fold in (0, 1):
         cv.run_fold(args, fold, samples, folds, ([], validation, []))
-    result = cv.report(tmp_path / "sg")
+    result = cv.report(tmp_path / "sg", 2, 0)
     graded = [s for s in samples if s.targets["grade"] is not None]
     assert sorted(result["cases"]) == sorted(s.case_id for s in graded)
     for fold in (0, 1):
@@ -42,3 +42,15 @@ def test_every_graded_case_is_predicted_once_by_a_fold_model_that_never_saw_it(t
     stamp = (tmp_path / "sg" / "oof" / "fold0.json").stat().st_mtime_ns  # a second call resumes: nothing retrained
     cv.run_fold(args, 0, samples, folds, ([], validation, []))
     assert (tmp_path / "sg" / "oof" / "fold0.json").stat().st_mtime_ns == stamp
+
+
+def test_only_a_complete_cross_validation_becomes_the_cards_evidence(tmp_path):
+    from training.slice_grade.export_slice_grade import cv_evidence
+
+    metrics = {"n": 28, "positives": 23, "auc": 0.8, "auc_95": [0.6, 0.95], "accuracy": 0.8, "brier": 0.15}
+    report = {"folds": [0, 1, 2, 3, 4], "n_folds": 5, "aggregations": {"attention": metrics}}
+    entry = cv_evidence(report, tmp_path / "cv_report.json")["grade"]
+    assert entry["value"] == 0.8 and entry["negatives"] == 5 and entry["ci95"] == {"lower": 0.6, "upper": 0.95}
+    assert entry["kind"].startswith("5-fold cross-validation")
+    with pytest.raises(ValueError, match="finish the cross-validation"):
+        cv_evidence({**report, "folds": [0, 1]}, tmp_path / "cv_report.json")

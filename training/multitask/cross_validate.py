@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from GliomaAnalysisLib.models.calibration import apply_temperature, brier_score, fit_temperature
+from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
 from GliomaAnalysisLib.models.model_store import load_model
 from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS
 
@@ -33,6 +33,7 @@ from ..segmentation.cross_validate import store_fold_model
 from . import volume_grade
 from .export_multitask import _task_arrays
 from .train_multitask import build_multitask, fit_heads, mc_probabilities, pooled_features
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .train_multitask import build_parser as train_parser

@@ -48,8 +48,9 @@ predictions over-call edema and core in a 1-6 mm ring around most CBICA tumors (
 segmentation_screening.md)."""
 REGION_MIN_ET = 0.5
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
-"""t_WT candidates for a case without one modality (with the chosen t_TC, t_ET), scored on the predictions without
-it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much of it)."""
+"""t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
+scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
+of it)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,10 +276,12 @@ def region_thresholds_of(variant: str) -> Optional[List[float]]:
 
 
 def missing_wt_threshold(paths: Sequence[Path], chosen_thresholds: Sequence[float]) -> Dict:
-    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``):
-    mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate (t_TC, t_ET as chosen), the best over all cases
-    (``best``, what a card ships) and the nested choice (each fold's t_WT chosen on the other folds' cases, scored on
-    its own: the honest estimate of ``best``)."""
+    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``, one
+    fast pass each, whereas ``analyze`` averages its default passes): mean Dice at each ``MISSING_WT_THRESHOLDS``
+    candidate and the all-four t_WT (t_TC, t_ET as chosen), the best over all cases (``best``, what a card ships) and
+    the nested choice (each fold's t_WT chosen on the other folds' cases, scored on its own: the honest estimate of
+    ``best``). Ties go to the all-four t_WT, then to the higher threshold (the one that calls less)."""
+    candidates = sorted(set(MISSING_WT_THRESHOLDS) | {float(chosen_thresholds[0])})
     rows = {}
     for path in paths:
         data = np.load(path)
@@ -286,13 +289,13 @@ def missing_wt_threshold(paths: Sequence[Path], chosen_thresholds: Sequence[floa
         spacing = tuple(float(s) for s in data["spacing_zyx"])
         truth = regions(data["truth"])
         rows[path.name] = {"fold": int(data["fold"])}
-        for t_wt in MISSING_WT_THRESHOLDS:
+        for t_wt in candidates:
             predicted = regions(decode_region_variant(probabilities, (t_wt, *chosen_thresholds[1:]), spacing))
             rows[path.name][f"{t_wt:g}"] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
-    names = [f"{t:g}" for t in MISSING_WT_THRESHOLDS]
-    by_threshold = {t: summarise(rows, t) for t in names}
-    best = max(names, key=lambda t: sum(by_threshold[t][r]["mean"] for r in REGIONS))
-    nested = nested_choice(rows, names)
+    by_threshold = {f"{t:g}": summarise(rows, f"{t:g}") for t in candidates}
+    preferred = [f"{t:g}" for t in sorted(candidates, key=lambda t: (t != float(chosen_thresholds[0]), -t))]
+    best = max(preferred, key=lambda t: sum(by_threshold[t][r]["mean"] for r in REGIONS))  # first of equals
+    nested = nested_choice(rows, preferred)
     return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_threshold.items()}, "best": float(best),
             "nested_choices": {fold: float(t) for fold, t in nested["choices"].items()},
             "nested": {r: v["mean"] for r, v in nested["dice"].items()} if nested["dice"] else None}

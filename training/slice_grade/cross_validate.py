@@ -83,22 +83,23 @@ def run_fold(args: argparse.Namespace, fold: int, real: Sequence[ClassificationS
     return out
 
 
-def report(run: Path) -> Dict:
-    """Out-of-fold metrics per aggregation over every predicted fold, and the per-case table."""
+def report(run: Path, n_folds: int, fold_seed: int) -> Dict:
+    """Out-of-fold metrics per aggregation over every predicted fold (of ``n_folds``), and the per-case table."""
     folds = [json.loads(p.read_text()) for p in sorted((run / "oof").glob("fold*.json"))]
     if not folds:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
     cases = {case_id: {**row, "fold": f["fold"]} for f in folds for case_id, row in f["cases"].items()}
     y = np.array([c["grade"] for c in cases.values()], dtype=float)
-    return {"folds": [f["fold"] for f in folds], "n_cases": len(cases),
+    return {"folds": sorted(f["fold"] for f in folds), "n_folds": n_folds, "fold_seed": fold_seed,
+            "n_cases": len(cases),
             "aggregations": {a: binary_metrics(np.array([c[a] for c in cases.values()]), y) for a in AGGREGATIONS},
             "cases": cases}
 
 
 def markdown(result: Dict) -> str:
     """The report as Markdown: one row per aggregation, then one row per case."""
-    lines = [f"# Slice-grade classifier: {len(result['folds'])}-fold cross-validation on {result['n_cases']} graded "
-             "real cases", "", "P(HGG), calibrated as at inference (each fold's temperature from its validation "
+    lines = [f"# Slice-grade classifier: folds {result['folds']} of a {result['n_folds']}-fold cross-validation on "
+             f"{result['n_cases']} graded real cases", "", "P(HGG), calibrated as at inference (each fold's temperature from its validation "
              "phantoms); slices chosen from the expert labels. Produced by `python -m "
              "training.slice_grade.cross_validate --config training/configs/slice_grade.yaml --run-dir RUN "
              "--table training/results/slice_grade_cv/slice_grade_cv.md`.", "",
@@ -118,7 +119,11 @@ def markdown(result: Dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    folds_to_run = list(range(args.n_folds)) if args.folds is None else [int(f) for f in args.folds.split(",")]
+    if not all(0 <= f < args.n_folds for f in folds_to_run):
+        parser.error(f"--folds {args.folds}: each fold must be between 0 and {args.n_folds - 1}")
     torch.set_num_threads(args.threads)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
@@ -132,9 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         phantoms = phantom_split(args.cache, args.n_phantoms) if args.n_phantoms else ([], [], [])
         print(f"{len(real)} real cases, {sum(map(len, phantoms))} phantoms loaded in {time.time() - started:.0f} s",
               file=sys.stderr)
-        for fold in range(args.n_folds) if args.folds is None else [int(f) for f in args.folds.split(",")]:
+        for fold in folds_to_run:
             run_fold(args, fold, real, folds, phantoms)
-    result = report(args.run_dir)
+    result = report(args.run_dir, args.n_folds, args.fold_seed)
     (args.run_dir / "cv_report.json").write_text(json.dumps(result, indent=1))
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)

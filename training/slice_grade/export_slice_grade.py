@@ -1,8 +1,10 @@
 """Calibrate, evaluate and export the slice-grade classifier (called at the end of ``train_slice_grade``).
 
 Temperature: fitted on the validation phantoms (slice logits, or the attention-fused patient probability).
-Evaluation, reported separately: held-out test phantoms (simulated grade) and the real validation cases (real grade;
-never used for early stopping or calibration). Metrics per aggregation: AUC, accuracy, F1, ECE (15 bins), Brier.
+Evaluation, reported separately: held-out test phantoms (simulated grade) and, when the run keeps some, the real
+validation cases (real grade; never used for early stopping or calibration). The real-case evidence of a model
+trained on every real case (``--all-real``) is the cross-validation of ``training/slice_grade/cross_validate.py``
+(``--cv-report``): it leads the card and sets its ``evidence`` block. Metrics per aggregation: AUC, accuracy, F1, ECE (15 bins), Brier.
 Also: each of T1CE/T2/FLAIR missing (test phantoms), optionally slices chosen by the shipped segmentation model
 instead of the ground truth, and the inference time of ``predict_slice_grade`` on one real case.
 """
@@ -31,7 +33,8 @@ from ..common.metrics import auc_evidence, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from .slice_grade_data import CaseSlices
 
-VERSION = "1.0"
+VERSION = "1.1"
+"""1.1: trained on every real case of both roots, evidence from the cross-validation (1.0: 18 BraTS 2018 cases)."""
 
 
 @torch.no_grad()
@@ -133,8 +136,11 @@ def time_inference(folder: Path, sample: ClassificationSample, repeats: int = 5)
 
 def cv_evidence(report: Dict, path: Path, aggregation: str = "attention") -> Dict[str, Dict]:
     """The card's ``evidence`` block (``GliomaAnalysisLib/models/evidence.py``) from the out-of-fold AUC of the
-    default ``aggregation`` in a ``training.slice_grade.cross_validate`` report."""
-    kind = (f"{len(report['folds'])}-fold cross-validation over the project's real cases ({aggregation} "
+    default ``aggregation`` in a complete ``training.slice_grade.cross_validate`` report (ValueError when a fold
+    is missing)."""
+    if report["folds"] != list(range(report["n_folds"])):
+        raise ValueError(f"{path}: folds {report['folds']} of {report['n_folds']} only: finish the cross-validation")
+    kind = (f"{report['n_folds']}-fold cross-validation over the project's real cases ({aggregation} "
             "aggregation; slices chosen from the expert labels)")
     return {"grade": auc_evidence(report["aggregations"][aggregation], kind, str(path))}
 
@@ -252,7 +258,8 @@ def write_model_card_md(path: Path, card: Dict) -> None:
                   f"{t['case']}: {t['predict_s']:.2f} s, model load {t['load_s']:.2f} s.", ""]
     parts += ["## Limits",
               f"- Trained mostly on synthetic phantoms and {data['real_train']} graded real cases "
-              f"({data['real_lgg']} LGG): read the real-case grade with the cross-validated evidence above.",
+              f"({data.get('real_lgg', '?')} LGG)" + (": read the real-case grade with the cross-validated evidence "
+                                                     "above." if card.get("cross_validation") else "."),
               "- The 2 mm working grid and 128 mm crop: very large tumors extend past the crop.",
               f"- Weights: `{card['weights_file']}` (float16, sha256 `{card['sha256']}`)."]
     path.write_text("\n".join(parts) + "\n")
@@ -315,7 +322,8 @@ def evaluate_and_export(model: SliceGradeNet, split: ClassificationSplit, cases:
         "aggregations": list(AGGREGATIONS), "default_aggregation": "attention", "mc_samples": 20,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "training_data": {
-            "real_source": ", ".join(f"`{root}/labels.csv`" for root in getattr(args, "real_roots", [])) +
+            "real_source": "none" if getattr(args, "no_real", False) else
+                           ", ".join(f"`{root}/labels.csv`" for root in getattr(args, "real_roots", [])) +
                            f" (real grade: {int(targets[is_real].sum())} HGG, {int((targets[is_real] == 0).sum())} "
                            "LGG in training)",
             "real_lgg": int((targets[is_real] == 0).sum()),

@@ -1,8 +1,8 @@
 """Train the slice-grade classifier (seed 002) and export it with its model card.
 
     python -m training.slice_grade.train_slice_grade --config training/configs/slice_grade.yaml --out RUN \
-        --cv-report training/results/slice_grade_cv/cv_report.json   # the shipped run; --resume continues it,
-                                                                     # --evaluate-only re-exports it
+        --cv-report CV/cv_report.json   # the shipped run (CV: training.slice_grade.cross_validate's run folder);
+                                        # --resume continues it, --evaluate-only re-exports it
 
 Data: ``load_classification_split`` (the real cases of ``--real-roots`` with their real grade, phantoms with
 simulated grade); with ``--all-real`` every real case trains (the shipped model: its real-case evidence is the
@@ -80,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_with_config(build_parser(), argv)
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    if args.all_real and not args.no_real and not args.no_export and args.cv_report is None:
+        parser.error("--all-real leaves no real case to validate on: give the cross-validation's report with "
+                     "--cv-report (python -m training.slice_grade.cross_validate), or --no-export")
+    if args.cv_report is not None and not args.cv_report.is_file():
+        parser.error(f"--cv-report {args.cv_report}: file not found")
+    return args
 
 
 def log_line(run: Path, record: Dict) -> None:
