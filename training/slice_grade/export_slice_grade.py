@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..common.metrics import auc_evidence, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from .slice_grade_data import CaseSlices
 
+REPOSITORY = Path(__file__).resolve().parents[2]
 VERSION = "1.1"
 """1.1: trained on every real case of both roots, evidence from the cross-validation (1.0: 18 BraTS 2018 cases)."""
 
@@ -323,7 +325,8 @@ def evaluate_and_export(model: SliceGradeNet, split: ClassificationSplit, cases:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "training_data": {
             "real_source": "none" if getattr(args, "no_real", False) else
-                           ", ".join(f"`{root}/labels.csv`" for root in getattr(args, "real_roots", [])) +
+                           ", ".join(f"`{os.path.relpath(Path(root) / 'labels.csv', REPOSITORY)}`"
+                                     for root in getattr(args, "real_roots", [])) +
                            f" (real grade: {int(targets[is_real].sum())} HGG, {int((targets[is_real] == 0).sum())} "
                            "LGG in training)",
             "real_lgg": int((targets[is_real] == 0).sum()),
