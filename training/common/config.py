@@ -157,3 +157,16 @@ def install_one_line_errors(prog: str) -> None:
             print(f"{prog}: error: {message}", file=sys.stderr)
 
     sys.excepthook = hook
+
+
+def cross_validation_parser(parser: argparse.ArgumentParser, description: str) -> argparse.ArgumentParser:
+    """A training script's ``parser`` made its cross-validation's: ``--out`` optional (each fold's folder is
+    RUN/fold{k}), ``--run-dir``, ``--report-only`` and ``--table`` added. Returns ``parser``."""
+    parser.description = description
+    for action in parser._actions:
+        if action.dest == "out":
+            action.required = False
+    parser.add_argument("--run-dir", type=Path, required=True, help="this cross-validation's folder")
+    parser.add_argument("--report-only", action="store_true", help="no training: report what is predicted so far")
+    parser.add_argument("--table", type=Path, default=None, help="write the Markdown report here as well")
+    return parser

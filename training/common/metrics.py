@@ -86,3 +86,24 @@ def auc_evidence(metrics: Dict, kind: str, source: str) -> Dict:
             "ci95": {"lower": round(metrics["auc_95"][0], 4), "upper": round(metrics["auc_95"][1], 4)},
             "ci_method": f"bootstrap over cases ({BOOTSTRAP:,} resamples, classes kept)", "kind": kind,
             "source": source}
+
+
+AUC_TABLE_HEADER = ["| {label} | cases | {positives} | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
+                    "| --- | --- | --- | --- | --- | --- | --- |"]
+"""Markdown header of ``auc_table_row`` rows (format ``label`` and ``positives``, the columns' names)."""
+
+
+def auc_table_row(label: str, metrics: Dict) -> str:
+    """One Markdown row of ``binary_metrics``: cases, positives, AUC, its bootstrap interval, accuracy, Brier."""
+    def number(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    interval = "n/a" if not metrics["auc_95"] else f"{metrics['auc_95'][0]:.2f}-{metrics['auc_95'][1]:.2f}"
+    return (f"| {label} | {metrics['n']} | {metrics['positives']} | {number(metrics['auc'])} | {interval} | "
+            f"{number(metrics['accuracy'])} | {number(metrics['brier'])} |")
+
+
+def auc_table(label: str, positives: str, rows: Dict[str, Dict]) -> List[str]:
+    """A Markdown table of ``binary_metrics`` keyed by row label (first column named ``label``)."""
+    return [line.format(label=label, positives=positives) for line in AUC_TABLE_HEADER] + \
+        [auc_table_row(name, metrics) for name, metrics in rows.items()]

@@ -27,8 +27,8 @@ from GliomaAnalysisLib.models.model_store import load_model
 from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS
 
 from ..common.classification_data import ClassificationSample, ClassificationSplit, load_real_samples, phantom_split
-from ..common.config import parse_args
-from ..common.metrics import binary_metrics
+from ..common.config import cross_validation_parser, parse_args
+from ..common.metrics import auc_table, binary_metrics
 from ..segmentation.cross_validate import store_fold_model
 from . import volume_grade
 from .export_multitask import _task_arrays
@@ -38,17 +38,10 @@ from .train_multitask import build_multitask, fit_heads, mc_probabilities, poole
 def build_parser() -> argparse.ArgumentParser:
     from .train_multitask import build_parser as train_parser
 
-    parser = train_parser()
-    parser.description = __doc__
-    for action in parser._actions:
-        if action.dest == "out":
-            action.required = False  # each fold's folder is RUN/fold{k}
+    parser = cross_validation_parser(train_parser(), __doc__)
     parser.add_argument("--seg-cv", type=Path, required=True,
                         help="segmentation cross-validation run folder (fold{k}/ inside)")
-    parser.add_argument("--run-dir", type=Path, required=True, help="this cross-validation's folder")
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: every fold of --seg-cv)")
-    parser.add_argument("--report-only", action="store_true", help="no training: report what is predicted so far")
-    parser.add_argument("--table", type=Path, default=None, help="write the Markdown report here as well")
     return parser
 
 
@@ -128,33 +121,18 @@ def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:
     return result
 
 
-def _auc(m: Dict) -> str:
-    return "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-
-
-def _interval(m: Dict) -> str:
-    return "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
-
-
 def markdown(result: Dict) -> str:
     """The report as Markdown: the per-task table, then one row per case."""
     lines = [f"# Multi-task classifier: {len(result['folds'])}-fold cross-validation on {result['n_cases']} real cases",
              "", "Positive class: grade HGG, IDH mutant, 1p/19q codeleted, MGMT methylated. Probabilities calibrated "
              "as at inference (temperatures from the validation phantoms of each fold).", "",
-             "| task | cases | positives | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for task, m in result["tasks"].items():
-        lines.append(f"| {task} (heads) | {m['n']} | {m['positives']} | {_auc(m)} | {_interval(m)} | {m['accuracy']:.3f} | "
-                     f"{m['brier']:.3f} |")
+             *auc_table("task", "positives", {f"{task} (heads)": m for task, m in result["tasks"].items()})]
     volume = result.get("volume_grade")
     if volume:
         lines += ["", "Grade from the segmentation's volumes (`GliomaAnalysisLib/models/volume_grade.py`: enhancing "
                   "volume and its share of the whole tumor, from each case's out-of-fold segmentation; fold k's "
                   "logistic model fitted on the other folds):", "",
-                  "| model | cases | HGG | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
-                  "| --- | --- | --- | --- | --- | --- | --- |",
-                  f"| grade from volumes | {volume['n']} | {volume['positives']} | {_auc(volume)} | "
-                  f"{_interval(volume)} | {volume['accuracy']:.3f} | {volume['brier']:.3f} |"]
+                  *auc_table("model", "HGG", {"grade from volumes": volume})]
     lines += ["", "| case | fold | grade (truth) | P(HGG) heads | P(HGG) volumes | IDH (truth) | P(IDH mutant) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     names = {"grade": ("LGG", "HGG"), "idh": ("wildtype", "mutant")}

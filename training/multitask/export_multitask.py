@@ -25,7 +25,7 @@ from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import ClassificationSample, load_classification_split
 from ..segmentation.segmentation_data import VALIDATION_CASES
-from ..common.metrics import auc_evidence, binary_report
+from ..common.metrics import auc_evidence, auc_table, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from . import volume_grade
 from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
@@ -230,20 +230,13 @@ def model_card_markdown(card: Dict) -> str:
                   "(e.g. without T1CE).", ""]
     cv = card.get("real_cross_validation")
     if cv:
+        rows = dict(cv["tasks"])
+        if cv.get("grade_from_volumes"):
+            rows["grade from volumes (reported)"] = cv["grade_from_volumes"]
         lines += [f"## Real cases: {len(cv['folds'])}-fold cross-validation ({cv['n_cases']} cases)", "",
                   "What to expect on real scans. Each fold's heads sit on that fold's segmentation network and never "
                   f"saw the fold's cases (`{cv['source']}`). Positive class: HGG, IDH mutant.", "",
-                  "| task | cases | positives | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for task, m in cv["tasks"].items():
-            interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
-            lines.append(f"| {task} | {m['n']} | {m['positives']} | {_fmt(m['auc'])} | {interval} | "
-                         f"{_fmt(m['accuracy'])} | {_fmt(m['brier'])} |")
-        if cv.get("grade_from_volumes"):
-            m = cv["grade_from_volumes"]
-            interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
-            lines.append(f"| grade from volumes (reported) | {m['n']} | {m['positives']} | {_fmt(m['auc'])} | "
-                         f"{interval} | {_fmt(m['accuracy'])} | {_fmt(m['brier'])} |")
+                  *auc_table("task", "positives", rows)]
         lines += ["", "With so few cases of the minority class the interval is wide: read the AUC as a range, not a "
                   "number. 1p/19q and MGMT have no real label here.", ""]
     lines += ["## Measured (calibrated probabilities, as at inference)", ""]

@@ -25,9 +25,9 @@ import torch
 from GliomaAnalysisLib.models.slice_grade import AGGREGATIONS, SliceGradeConfig
 
 from ..common.classification_data import ClassificationSample, load_real_samples, phantom_split
-from ..common.config import parse_args
+from ..common.config import cross_validation_parser, parse_args
 from ..common.folds import assign_folds, read_case_infos
-from ..common.metrics import binary_metrics
+from ..common.metrics import auc_table, binary_metrics
 from .export_slice_grade import fit_case_temperature, logits_of, patient_probabilities
 from .slice_grade_data import cut_cases
 from .train_slice_grade import build_parser as train_parser, train
@@ -36,17 +36,10 @@ Phantoms = Tuple[List[ClassificationSample], List[ClassificationSample], List[Cl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = train_parser()
-    parser.description = __doc__
-    for action in parser._actions:
-        if action.dest == "out":
-            action.required = False  # each fold's folder is RUN/fold{k}
-    parser.add_argument("--run-dir", type=Path, required=True, help="this cross-validation's folder")
+    parser = cross_validation_parser(train_parser(), __doc__)
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all)")
-    parser.add_argument("--report-only", action="store_true", help="no training: report what is predicted so far")
-    parser.add_argument("--table", type=Path, default=None, help="write the Markdown report here as well")
     return parser
 
 
@@ -99,17 +92,13 @@ def report(run: Path, n_folds: int, fold_seed: int) -> Dict:
 def markdown(result: Dict) -> str:
     """The report as Markdown: one row per aggregation, then one row per case."""
     lines = [f"# Slice-grade classifier: folds {result['folds']} of a {result['n_folds']}-fold cross-validation on "
-             f"{result['n_cases']} graded real cases", "", "P(HGG), calibrated as at inference (each fold's temperature from its validation "
-             "phantoms); slices chosen from the expert labels. Produced by `python -m "
-             "training.slice_grade.cross_validate --config training/configs/slice_grade.yaml --run-dir RUN "
-             "--table training/results/slice_grade_cv/slice_grade_cv.md`.", "",
-             "| aggregation | cases | HGG | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, m in result["aggregations"].items():
-        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-        interval = "n/a" if not m["auc_95"] else f"{m['auc_95'][0]:.2f}-{m['auc_95'][1]:.2f}"
-        lines.append(f"| {name} | {m['n']} | {m['positives']} | {auc} | {interval} | {m['accuracy']:.3f} | "
-                     f"{m['brier']:.3f} |")
+             f"{result['n_cases']} graded real cases", "",
+             "P(HGG), calibrated as at inference (each fold's temperature from its validation phantoms); slices "
+             "chosen from the expert labels. Produced by `python -m training.slice_grade.cross_validate --config "
+             "training/configs/slice_grade.yaml --run-dir RUN --table "
+             "training/results/slice_grade_cv/slice_grade_cv.md`.",
+             "",
+             *auc_table("aggregation", "HGG", result["aggregations"])]
     lines += ["", "| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
               "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
     for case_id, c in sorted(result["cases"].items()):

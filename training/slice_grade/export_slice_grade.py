@@ -4,7 +4,8 @@ Temperature: fitted on the validation phantoms (slice logits, or the attention-f
 Evaluation, reported separately: held-out test phantoms (simulated grade) and, when the run keeps some, the real
 validation cases (real grade; never used for early stopping or calibration). The real-case evidence of a model
 trained on every real case (``--all-real``) is the cross-validation of ``training/slice_grade/cross_validate.py``
-(``--cv-report``): it leads the card and sets its ``evidence`` block. Metrics per aggregation: AUC, accuracy, F1, ECE (15 bins), Brier.
+(``--cv-report``): it leads the card and sets its ``evidence`` block. Metrics per aggregation: AUC, accuracy, F1,
+ECE (15 bins), Brier.
 Also: each of T1CE/T2/FLAIR missing (test phantoms), optionally slices chosen by the shipped segmentation model
 instead of the ground truth, and the inference time of ``predict_slice_grade`` on one real case.
 """
@@ -30,7 +31,7 @@ from GliomaAnalysisLib.models.slice_grade import (AGGREGATIONS, SLICE_CHANNELS, 
 from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from ..common.classification_data import ClassificationSample, ClassificationSplit
-from ..common.metrics import auc_evidence, binary_report
+from ..common.metrics import auc_evidence, auc_table, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from .slice_grade_data import CaseSlices
 
@@ -171,12 +172,7 @@ def _cross_validation_lines(cv: Optional[Dict]) -> List[str]:
              "graded cases predicted once (slices chosen from the expert labels, so a little optimistic against the "
              "predicted segmentation `analyze` uses); `python -m training.slice_grade.cross_validate --config "
              "training/configs/slice_grade.yaml --run-dir RUN`.", "",
-             "| aggregation | cases | HGG | AUC | AUC 95 % (bootstrap) | accuracy at 0.5 | Brier |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in cv["aggregations"].items():
-        interval = "n/a" if not r["auc_95"] else f"{r['auc_95'][0]:.2f}-{r['auc_95'][1]:.2f}"
-        lines.append(f"| {name} | {r['n']} | {r['positives']} | {_fmt(r['auc'])} | {interval} | "
-                     f"{_fmt(r['accuracy'])} | {_fmt(r['brier'])} |")
+             *auc_table("aggregation", "HGG", cv["aggregations"])]
     return lines + [""]
 
 
