@@ -84,7 +84,7 @@ def test_publishing_files_pass_the_extensions_index_checks():
     owner = url.path.split("/")[1]
     licence = (ROOT / "LICENSE").read_text()
     assert licence.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in licence
-    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()  # SPDX expression
     raw = f"https://raw.githubusercontent.com/{owner}/{repository}/main/"
     icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake)[0]
     shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake)[0].split()
