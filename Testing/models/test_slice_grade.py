@@ -388,7 +388,9 @@ def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
     cv_auc = {"n": 28, "positives": 23, "auc": 0.61, "auc_95": [0.35, 0.85], "accuracy": 0.8, "brier": 0.2}
     (tmp_path / "cv_report.json").write_text(json.dumps(  # a slice-grade cross-validation report
-        {"folds": [0, 1, 2, 3, 4], "n_folds": 5, "n_cases": 28, "aggregations": {a: cv_auc for a in AGGREGATIONS}, "cases": {}}))
+        {"folds": [0, 1, 2, 3, 4], "n_folds": 5, "n_cases": 28, "aggregations": {a: cv_auc for a in AGGREGATIONS},
+         "cases": {"lgg_a": {"grade": 0, "fold": 1, "slices": 9, **{a: 0.9 for a in AGGREGATIONS}},
+                   "hgg_b": {"grade": 1, "fold": 0, "slices": 12, **{a: 0.8 for a in AGGREGATIONS}}}}))
     out = train.main(["--out", str(tmp_path), "--no-real", "--export-dir", str(tmp_path / "models"),
                       "--cv-report", str(tmp_path / "cv_report.json"),
                       "--crop", "32", "--widths", "8", "16", "32", "--max-slices", "12", "--epochs", "6",
@@ -410,6 +412,9 @@ def test_short_training_on_phantoms_learns_grade(tmp_path, monkeypatch):
     assert card["evidence"]["grade"]["value"] == 0.61 and card["evidence"]["grade"]["negatives"] == 5
     assert task_evidence(card, "grade")["evidence"] == "not assessable"
     text = (tmp_path / "models" / "slice_grade.md").read_text()
-    assert text.index("Evidence on real cases") < text.index("## Cross-validation: 28 graded real cases")
+    assert text.index("Evidence on real cases") < text.index("## Cross-validation: 28 graded real cases") \
+        < text.index("## What it does")  # the cross-validation leads, with its cases, the worst first
+    assert "Worst cases (furthest from their true grade, attention): lgg_a (LGG, P(HGG) 0.90), hgg_b" in text
+    assert "| lgg_a | 1 | LGG | 9 | 0.90 | 0.90 | 0.90 |" in text
     assert "| attention | 28 | 23 | 0.610 | 0.35-0.85 |" in text
     assert "Real validation cases" not in text  # no real case validated in this run

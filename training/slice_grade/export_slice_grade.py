@@ -173,6 +173,16 @@ def _cross_validation_lines(cv: Optional[Dict]) -> List[str]:
              "predicted segmentation `analyze` uses); `python -m training.slice_grade.cross_validate --config "
              "training/configs/slice_grade.yaml --run-dir RUN`.", "",
              *auc_table("aggregation", "HGG", cv["aggregations"])]
+    cases = cv.get("cases") or {}
+    if cases:
+        error = {c: abs(row["grade"] - row["attention"]) for c, row in cases.items()}
+        worst = sorted(cases, key=lambda c: -error[c])[:3]
+        lines += ["", "Worst cases (furthest from their true grade, attention): " + ", ".join(
+            f"{c} ({'HGG' if cases[c]['grade'] else 'LGG'}, P(HGG) {cases[c]['attention']:.2f})" for c in worst) + ".",
+            "", "| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
+            "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
+        lines += [f"| {c} | {row['fold']} | {'HGG' if row['grade'] else 'LGG'} | {row['slices']} | "
+                  + " | ".join(f"{row[a]:.2f}" for a in AGGREGATIONS) + " |" for c, row in sorted(cases.items())]
     return lines + [""]
 
 
@@ -188,6 +198,7 @@ def write_model_card_md(path: Path, card: Dict) -> None:
         "",
         *([evidence_section(card, "The level comes from the cross-validation over the project's real cases (below). "
                                   "Reports show it beside the estimate.")] if card.get("evidence") else []),
+        *_cross_validation_lines(card.get("cross_validation")),
         "## What it does",
         "Predicts the probability of a high-grade glioma (HGG vs LGG) from 2D axial slices through the tumor "
         "(seed 002): T1CE, T2 and FLAIR stacked as 3 channels, a tumor-centred "
@@ -215,7 +226,6 @@ def write_model_card_md(path: Path, card: Dict) -> None:
         f"- Temperature {card['calibration']['temperature']:.3f} on the slice logits, fitted on "
         f"{card['calibration']['fitted_on']}.",
         "",
-        *_cross_validation_lines(card.get("cross_validation")),
         "## Measured",
         "Held-out test phantoms (simulated grade; slices chosen from the ground-truth segmentation):",
         "",
@@ -335,7 +345,8 @@ def evaluate_and_export(model: SliceGradeNet, split: ClassificationSplit, cases:
         "metrics": metrics,
     }
     if cross_validation:
-        card["cross_validation"] = {k: cross_validation[k] for k in ("folds", "n_cases", "aggregations")}
+        card["cross_validation"] = {k: cross_validation[k] for k in ("folds", "n_folds", "n_cases", "aggregations",
+                                                                      "cases")}
         card["evidence"] = cv_evidence(cross_validation, Path(args.cv_report))
     if not args.no_export:
         folder = Path(args.export_dir) if args.export_dir else RESOURCES
