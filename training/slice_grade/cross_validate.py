@@ -28,7 +28,7 @@ from ..common.classification_data import ClassificationSample, load_real_samples
 from ..common.config import cross_validation_parser, parse_args
 from ..common.folds import assign_folds, read_case_infos
 from ..common.metrics import auc_table, binary_metrics
-from .export_slice_grade import fit_case_temperature, logits_of, patient_probabilities
+from .export_slice_grade import case_table, fit_case_temperature, logits_of, patient_probabilities
 from .slice_grade_data import cut_cases
 from .train_slice_grade import build_parser as train_parser, train
 
@@ -99,12 +99,7 @@ def markdown(result: Dict) -> str:
              "training/results/slice_grade_cv/slice_grade_cv.md`.",
              "",
              *auc_table("aggregation", "HGG", result["aggregations"])]
-    lines += ["", "| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
-              "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
-    for case_id, c in sorted(result["cases"].items()):
-        lines.append(f"| {case_id} | {c['fold']} | {'HGG' if c['grade'] else 'LGG'} | {c['slices']} | "
-                     + " | ".join(f"{c[a]:.2f}" for a in AGGREGATIONS) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *case_table(result["cases"])]) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -179,11 +179,16 @@ def _cross_validation_lines(cv: Optional[Dict]) -> List[str]:
         worst = sorted(cases, key=lambda c: -error[c])[:3]
         lines += ["", "Worst cases (furthest from their true grade, attention): " + ", ".join(
             f"{c} ({'HGG' if cases[c]['grade'] else 'LGG'}, P(HGG) {cases[c]['attention']:.2f})" for c in worst) + ".",
-            "", "| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
-            "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
-        lines += [f"| {c} | {row['fold']} | {'HGG' if row['grade'] else 'LGG'} | {row['slices']} | "
-                  + " | ".join(f"{row[a]:.2f}" for a in AGGREGATIONS) + " |" for c, row in sorted(cases.items())]
+            "", *case_table(cases)]
     return lines + [""]
+
+
+def case_table(cases: Dict[str, Dict]) -> List[str]:
+    """Markdown rows of out-of-fold P(HGG) per case and aggregation (``cross_validate`` report's ``cases``)."""
+    lines = ["| case | fold | grade (truth) | slices | " + " | ".join(AGGREGATIONS) + " |",
+             "| --- | --- | --- | --- |" + " --- |" * len(AGGREGATIONS)]
+    return lines + [f"| {c} | {row['fold']} | {'HGG' if row['grade'] else 'LGG'} | {row['slices']} | "
+                    + " | ".join(f"{row[a]:.2f}" for a in AGGREGATIONS) + " |" for c, row in sorted(cases.items())]
 
 
 def write_model_card_md(path: Path, card: Dict) -> None:
