@@ -30,6 +30,8 @@ def setup_files(tmp_path):
     (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--real-roots", "{tmp}/empty",
       "--n-phantoms", "0"), "label table is empty"),
     (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--all-real"), "give the cross-validation's"),
+    (("training.slice_grade.train_slice_grade", "--out", "{tmp}/run", "--all-real", "--cv-report", "{tmp}/none.json"),
+     "none.json: file not found"),
     (("training.slice_grade.cross_validate", "--run-dir", "{tmp}/run", "--folds", "5"), "--folds 5: each fold"),
     (("training.segmentation.evaluate", "{tmp}", "{tmp}/missing"), "missing: data folder not found"),
 ])

@@ -32,6 +32,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.onnx_engine import load_parts
 
 from ..common.datasets import BRATS18, discover_cases
+from .cross_validate import region_thresholds_of
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -134,9 +135,9 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
     ``missing_modality`` studies (``missing_region_thresholds``)."""
     match = re.search(r"min_et_([0-9.]+)ml", variant)
     settings = {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
-    regions = re.match(r"regions_([0-9.]+)_([0-9.]+)_([0-9.]+)\+", variant)
-    if regions:
-        settings["region_thresholds"] = [float(t) for t in regions.groups()]
+    thresholds = region_thresholds_of(variant)
+    if thresholds:
+        settings["region_thresholds"] = thresholds
         by_missing = missing_region_thresholds(settings["region_thresholds"], missing_modality or {})
         if by_missing:
             settings["missing_region_thresholds"] = by_missing
