@@ -310,7 +310,7 @@ def test_the_prediction_module_imports_without_torch():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training. MGMT on the phantoms is a weak signal: the shipped run (about 20 min on the CPU, full-size models) reaches
-# a test AUC of only 0.64 (0.46 with slices from the predicted segmentation), and a one-minute run of a tiny model
+# a test AUC of only 0.64 (0.37 with slices from glioma_seg 0.2.0's segmentation), and a one-minute run of a tiny model
 # learns nothing measurable from it. So the short run here learns a deliberately easy signal instead: methylated
 # cases have a brighter tumor on FLAIR only, T1 is noise. The FLAIR model must find it and the fusion weights must
 # favour FLAIR (measured over data/initialisation seeds 0-4: FLAIR and fused test AUC 1.0, FLAIR weight 0.89-0.90,
@@ -355,6 +355,7 @@ def test_training_batch_shapes_and_area_targets():
 
 
 def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
+    from training.mgmt.refresh_predicted_segmentation import refresh
     from training.mgmt.train_mgmt import parse_args, run
 
     config = json.dumps({k: v for k, v in TINY.to_dict().items() if k != "modalities"})
@@ -373,6 +374,8 @@ def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
     assert any(line.get("modality") == "flair" for line in lines) and lines[-1]["final"]
     export = tmp_path / "run" / "export"
     assert "simulated" in (export / "mgmt_fusion.md").read_text()
+    assert card["evidence"]["mgmt"]["n"] == 0  # no real MGMT label: the level reads "not assessable"
+    assert "## Evidence on real cases (read this first)" in (export / "mgmt_fusion.md").read_text()
     ensemble, stored = load_mgmt_fusion(export)
     sample = _easy_split(0, 0, 2, seed=5).test[1]  # a methylated case never seen in training
     result = predict_mgmt_fusion(ensemble, stored, sample.image, ALL, sample.labels)
@@ -382,3 +385,16 @@ def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
     again = run(parse_args(argv + ["--resume", "--no-predicted-seg-eval"]), split=_easy_split())
     assert again["fusion"]["weights"] == pytest.approx(card["fusion"]["weights"])
     assert again["sha256"] == card["sha256"]
+    # the stale-slices refresh: same model (float16 on disk), same segmentation network, same cases -> the same rows,
+    # weights untouched
+    assert again["metrics"].get("test_phantoms_predicted_segmentation") is None
+    refreshed = refresh(export, cache=None, test=_easy_split().test)
+    assert refreshed["metrics"]["predicted_segmentation_model"] == card["metrics"]["predicted_segmentation_model"]
+    assert card["metrics"]["predicted_segmentation_model"].startswith("glioma_seg ")
+    for model in ("t1", "flair", "fused"):
+        for key in ("auc", "brier", "n"):
+            assert refreshed["metrics"]["test_phantoms_predicted_segmentation"][model][key] == pytest.approx(
+                predicted[model][key], abs=1e-4)
+    assert refreshed["sha256"] == card["sha256"] and load_mgmt_fusion(export)[1]["sha256"] == card["sha256"]
+    text = (export / "mgmt_fusion.md").read_text()
+    assert f"slices chosen by the shipped segmentation network ({card['metrics']['predicted_segmentation_model']})" in text

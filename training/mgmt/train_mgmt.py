@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from scipy.optimize import minimize
 
 from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
+from GliomaAnalysisLib.models.evidence import evidence_section
 from GliomaAnalysisLib.models.mgmt_fusion import (DEFAULT_MODEL_NAME, MGMTFusionConfig, crop_slices,
                                                   fuse_probabilities, select_slices)
 from GliomaAnalysisLib.models.mgmt_fusion_net import MGMTFusionEnsemble, SliceSequenceClassifier
@@ -66,6 +67,16 @@ REPO = Path(__file__).resolve().parents[2]
 LABEL_SOURCE = ("simulated: MGMT status of synthetic phantoms (GliomaAnalysisLib.synthetic.phantom; methylation drawn from a "
                 "prior that depends on IDH, methylated tumors get slightly less edema). No real MGMT label exists "
                 "in this repository's data; real cases carry none and are not used by this model.")
+
+EVIDENCE = {"mgmt": {
+    "metric": "auc", "value": None, "n": 0, "positives": None, "negatives": None, "ci95": None, "ci_method": None,
+    "kind": None, "source": "no real MGMT label exists in this project's data (../shared/data carries none)",
+    "reason": "never validated on a real MGMT label",
+    "literature": "MGMT from MRI is at chance in the literature: the RSNA-MICCAI 2021 radiogenomic challenge winner "
+                  "reached AUC 0.56 on external data"}}
+"""The card's real-data evidence: none (``GliomaAnalysisLib/models/evidence.py`` reads it as not assessable)."""
+EVIDENCE_SUMMARY = ("No real MGMT label was available; MGMT from MRI is at chance in the literature. Reports say "
+                    "\"not assessable from this MRI\".")
 
 
 @dataclass
@@ -294,13 +305,15 @@ def markdown_card(card: Dict) -> str:
     cfg, fusion, metrics = card["network"], card["fusion"], card["metrics"]
     rows = _table(metrics["test_phantoms"])
     predicted = metrics.get("test_phantoms_predicted_segmentation")
+    seg_model = metrics.get("predicted_segmentation_model", "version not recorded")
     predicted_section = "" if not predicted else f"""
-With the slices chosen by the shipped segmentation network instead of the ground truth (one plain pass, argmax; what
-`analyze` does), on the same test phantoms:
+With the slices chosen by the shipped segmentation network ({seg_model}) instead of the ground truth (one plain pass,
+argmax; what `analyze` does), on the same test phantoms:
 
 {chr(10).join(_table(predicted))}
 """
     verdict = _verdict(metrics)
+    evidence = evidence_section(card, EVIDENCE_SUMMARY) if card.get("evidence") else ""
     weights = ", ".join(f"{m} {w:.3f}" for m, w in fusion["weights"].items())
     temps = ", ".join(f"{m} {t:.2f}" for m, t in fusion["temperatures"].items())
     training = card["training"]
@@ -308,6 +321,7 @@ With the slices chosen by the shipped segmentation network instead of the ground
 
 **Research use only. Not a medical device.** Trained and tested on synthetic phantoms only.
 
+{evidence}
 **Bottom line**: {verdict}
 
 - **Task**: P(MGMT promoter methylated) from the axial slices spanned by the (predicted) tumor, one model per
@@ -352,11 +366,11 @@ Weights: `mgmt_fusion.safetensors` (float16), sha256 `{card['sha256']}`.
 
 
 def predicted_segmentation_cases(samples: Sequence[ClassificationSample], config: MGMTFusionConfig,
-                                 seg_model: str = "glioma_seg") -> List[PreparedCase]:
-    """MGMT-labelled cases whose slices are selected by the shipped segmentation network's labels (one plain pass,
-    argmax, no post-processing) instead of the ground truth: what ``analyze`` feeds the ensemble. Only
-    ``eval_crops`` is filled."""
-    model, _ = load_model(seg_model)
+                                 seg_model: str = "glioma_seg") -> Tuple[List[PreparedCase], str]:
+    """(MGMT-labelled cases whose slices are selected by the shipped segmentation network's labels (one plain pass,
+    argmax, no post-processing) instead of the ground truth, "<name> <version>" of that network): what ``analyze``
+    feeds the ensemble. Only ``eval_crops`` is filled."""
+    model, seg_card = load_model(seg_model)
     out = []
     for s in samples:
         if not s.known("mgmt"):
@@ -367,14 +381,27 @@ def predicted_segmentation_cases(samples: Sequence[ClassificationSample], config
         labels = probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0).astype(np.uint8)
         crops = select_slices(s.image, labels, config).crops
         out.append(PreparedCase(s.case_id, crops[:, :0], labels[:0], crops, int(s.targets["mgmt"])))
-    return out
+    return out, f"{seg_card['name']} {seg_card['version']}"
+
+
+def predicted_segmentation_report(ensemble: MGMTFusionEnsemble, cases: Sequence[PreparedCase],
+                                  temperatures: Dict[str, float], weights: Dict[str, float]) -> Dict[str, Dict]:
+    """Per-modality (temperature-scaled) and fused reports of ``ensemble`` on ``cases`` (their ``eval_crops``)."""
+    targets = np.array([c.target for c in cases], dtype=np.float64)
+    probabilities = {m: apply_temperature(predict_logits(ensemble.models[m], cases, MODALITIES.index(m)),
+                                          temperatures[m]) for m in ensemble.config.modalities}
+    report = {m: binary_report(p, targets) for m, p in probabilities.items()}
+    report["fused"] = binary_report(fused_array(probabilities, weights), targets)
+    return report
 
 
 def evaluate_and_export(ensemble: MGMTFusionEnsemble, validation: Sequence[PreparedCase], test: Sequence[PreparedCase],
                         args: argparse.Namespace, counts: Dict[str, int], done: Dict[str, Dict],
-                        wall_clock_s: float, test_predicted: Optional[Sequence[PreparedCase]] = None) -> Dict:
+                        wall_clock_s: float,
+                        test_predicted: Optional[Tuple[Sequence[PreparedCase], str]] = None) -> Dict:
     """Temperatures and fusion weights on validation, metrics and plots on test (and on ``test_predicted``, the test
-    cases with slices chosen by the segmentation network, when given), export; returns the card."""
+    cases with slices chosen by a segmentation network and its "<name> <version>", when given), export; returns the
+    card."""
     out = Path(args.out)
     y_val = np.array([c.target for c in validation], dtype=np.float64)
     y_test = np.array([c.target for c in test], dtype=np.float64)
@@ -393,13 +420,10 @@ def evaluate_and_export(ensemble: MGMTFusionEnsemble, validation: Sequence[Prepa
     fused_test = fused_array(calibrated["test"], weights)
     metrics["test_called_methylated"] = float(np.mean(fused_test >= 0.5))
     if test_predicted:
-        y_pred = np.array([c.target for c in test_predicted], dtype=np.float64)
-        probabilities = {m: apply_temperature(predict_logits(ensemble.models[m], test_predicted, MODALITIES.index(m)),
-                                              temperatures[m]) for m in modalities}
-        metrics["test_phantoms_predicted_segmentation"] = {m: binary_report(p, y_pred)
-                                                           for m, p in probabilities.items()}
-        metrics["test_phantoms_predicted_segmentation"]["fused"] = binary_report(fused_array(probabilities, weights),
-                                                                                 y_pred)
+        cases, seg_model = test_predicted
+        metrics["test_phantoms_predicted_segmentation"] = predicted_segmentation_report(ensemble, cases, temperatures,
+                                                                                        weights)
+        metrics["predicted_segmentation_model"] = seg_model
     (out / "predictions.json").write_text(json.dumps(
         {split: {"case_id": [c.case_id for c in cases], "target": [c.target for c in cases],
                  "logits": {m: logits[split][m].tolist() for m in modalities}}
@@ -435,6 +459,7 @@ def evaluate_and_export(ensemble: MGMTFusionEnsemble, validation: Sequence[Prepa
                      "best_val_loss": {m: d["best_val_loss"] for m, d in done.items()},
                      "min_epochs": args.min_epochs, "wall_clock_min": wall_clock_s / 60, "command": command},
         "metrics": metrics,
+        "evidence": EVIDENCE,
     }
     export = Path(args.export_dir) if args.export_dir else out / "export"
     card_path = save_model(ensemble, card, export, args.name)
