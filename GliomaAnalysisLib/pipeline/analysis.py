@@ -1,8 +1,9 @@
 """``analyze``: the one analysis call behind the CLI, the Slicer module and batch use.
 
-case -> preprocess (card's spacing, brain crop, z-score) -> network (TTA / MC-dropout passes) -> probabilities
-back to the reference grid (linear) -> labels = argmax there -> lesion filter + small-component removal ->
-volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers (pipeline/classify.py) read the working-grid
+case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation model for the modalities present
+(pipeline/model_choice.py: the requested one, or the one its card names for a missing modality) -> network (TTA /
+MC-dropout passes) -> probabilities back to the reference grid (linear) -> labels there (argmax or the card's region
+thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers (pipeline/classify.py) read the working-grid
 arrays and run in a worker thread while the probabilities go back to the reference grid and are post-processed
 (ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited
 for them after that (``classify_wait``).
@@ -25,6 +26,7 @@ from ..models.network_config import NetworkConfig
 from ..models.segment import load_segmentation_parts, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
+from .model_choice import choose_segmentation_model
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, region_thresholds_for,
                           remove_small_components, suppress_small_enhancement)
@@ -155,6 +157,10 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
                           config.widths[0])
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
+    unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
+    model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen)
+    config = NetworkConfig.from_dict(card["network"])
+    warnings += choice_warnings
     lap("preprocess")
 
     segmentation_ready.result()
@@ -179,7 +185,6 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
                               uncertainty, say)
     say("mapping results back to the input grid")
-    unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
     thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # the background map is only needed by the argmax; the region thresholds read NCR, ED and ET
     reference_probs = [None if k == 0 and thresholds else _on_native(prepared, pre, p)

@@ -2,6 +2,8 @@
 validation split, and the card says where its figures come from."""
 import json
 
+import pytest
+
 from training.segmentation.export_segmentation import card_markdown, cross_validation_section
 
 from GliomaAnalysisLib.models.model_store import RESOURCES
@@ -60,3 +62,21 @@ def test_the_chosen_post_processing_becomes_the_cards_setting():
     regions = postprocessing_of("regions_0.5_0.4_0.15+lesion_filter+min_et_0.5ml")
     assert regions["region_thresholds"] == [0.5, 0.4, 0.15] and regions["min_et_ml"] == 0.5
     assert "region_thresholds" not in postprocessing_of("lesion_filter+min_et_0.5ml")
+
+
+def test_a_model_for_cases_without_flair_is_named_in_the_primary_card(tmp_path):
+    from training.segmentation.export_segmentation import register_for_missing
+
+    card = json.loads((RESOURCES / "glioma_seg.json").read_text())
+    card.pop("missing_modality_models", None)
+    (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
+    path = register_for_missing(tmp_path, "glioma_seg", "flair", "glioma_seg_without_flair")
+    stored = json.loads(path.read_text())
+    assert stored["missing_modality_models"] == {"flair": "glioma_seg_without_flair"}
+    assert stored["sha256"] == card["sha256"] and stored["cross_validation"] == card["cross_validation"]
+    text = (tmp_path / "glioma_seg.md").read_text()
+    assert "- Cases without FLAIR are segmented by `glioma_seg_without_flair`" in text
+    substitute = dict(card, name="glioma_seg_without_flair", for_cases_without="flair", primary_model="glioma_seg")
+    assert "- Meant for cases without FLAIR: `glioma_seg` hands them to this model" in card_markdown(substitute)
+    with pytest.raises(SystemExit, match="absent_model"):
+        register_for_missing(tmp_path, "absent_model", "flair", "x")

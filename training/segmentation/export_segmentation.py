@@ -1,7 +1,7 @@
 """Turn a training run into shipped weights + model card, with metrics measured by the real pipeline.
 
     python -m training.segmentation.export_segmentation RUN_DIR [--out Resources/models] [--name glioma_seg]
-        [--cv-report CV_RUN/cv_report.json] [--version 0.2.0]
+        [--cv-report CV_RUN/cv_report.json] [--version 0.2.0] [--for-cases-without flair --primary glioma_seg]
 
 The card leads with the recipe's cross-validation (``--cv-report``: every real case scored once, out of fold, by
 ``training/segmentation/cross_validate.py``): mean, SD and SE per region, the per-case table, the worst cases,
@@ -9,6 +9,11 @@ the ET-free cases and each single modality missing. A run trained on all cases (
 split; a run with one is also scored on it with ``GliomaAnalysisLib.analyze`` (default settings, full resolution,
 with all modalities and with each one missing; Dice and HD95). The card also records the training set-up and the
 sha256 of the weights.
+
+``--for-cases-without M --primary P`` exports a model meant for cases without modality M (e.g. one trained with M
+dropped far more often): the primary model P in ``--out`` names it in its card's ``missing_modality_models``
+(``GliomaAnalysisLib/pipeline/model_choice.py``), so ``analyze`` segments such cases with it; P's weights are not
+touched, its Markdown card is written again.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from safetensors.torch import load_file
 from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, analyze
 from GliomaAnalysisLib.io.labels import to_contiguous
-from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, save_model
+from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, model_paths, save_model
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.onnx_engine import load_parts
 
@@ -159,6 +164,19 @@ def missing_region_thresholds(thresholds: Sequence[float], missing_modality: Dic
     return out
 
 
+def register_for_missing(out: Path, primary: str, modality: str, name: str) -> Path:
+    """Name model ``name`` in the card of ``primary`` (in ``out``) as the model for cases without ``modality``
+    (``missing_modality_models``) and write that card and its Markdown again; returns the card's path."""
+    _, card_path = model_paths(primary, out)
+    if not card_path.is_file():
+        raise SystemExit(f"{card_path}: no card of the primary model '{primary}' to register '{name}' in")
+    card = json.loads(card_path.read_text())
+    card["missing_modality_models"] = dict(card.get("missing_modality_models") or {}, **{modality: name})
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    card_path.with_suffix(".md").write_text(card_markdown(card))
+    return card_path
+
+
 def postprocessing_text(settings: Dict) -> str:
     """One sentence for the card: how labels are read and cleaned."""
     decoding = ("labels read from the nested regions (WT where P(WT) > {}, TC inside it where P(TC) > {}, ET inside "
@@ -217,6 +235,11 @@ def card_markdown(card: Dict) -> str:
              f"- Training: {card['training']}",
              *([f"- Post-processing (chosen in cross-validation): {postprocessing_text(card['postprocessing'])}"]
                if card.get("postprocessing") else []),
+             *[f"- Cases without {m.upper()} are segmented by `{n}` (its own card: trained and cross-validated for "
+               f"them)" for m, n in (card.get("missing_modality_models") or {}).items()],
+             *([f"- Meant for cases without {card['for_cases_without'].upper()}: `{card['primary_model']}` hands "
+                f"them to this model; read its figures without {card['for_cases_without'].upper()}"]
+               if card.get("for_cases_without") else []),
              f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
     validation = card.get("validation")
     if validation:
@@ -243,7 +266,15 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-missing", action="store_true", help="skip the missing-modality evaluation")
     parser.add_argument("--cv-report", help="cv_report.json of the recipe's cross-validation (leads the card)")
     parser.add_argument("--version", default=MODEL_VERSION)
+    parser.add_argument("--for-cases-without", choices=MODALITIES, default=None,
+                        help="export a model for cases without this modality and name it in --primary's card")
+    parser.add_argument("--primary", default="glioma_seg", help="with --for-cases-without: the model (in --out) "
+                        "that hands such cases to this one")
     args = parser.parse_args(argv)
+    if args.for_cases_without and args.primary == args.name:
+        parser.error("--primary must name another model than --name")
+    if args.for_cases_without and not model_paths(args.primary, args.out)[1].is_file():
+        parser.error(f"--primary {args.primary}: no card of that model in {args.out}")
 
     run = Path(args.run_dir)
     config = json.loads((run / "config.json").read_text())
@@ -255,6 +286,8 @@ def main(argv=None) -> int:
         report = json.loads(Path(args.cv_report).read_text())
         card["cross_validation"] = cross_validation_section(report)
         card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
+    if args.for_cases_without:
+        card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
     out = Path(args.out)
     save_model(model, card, out, args.name)
 
@@ -279,6 +312,8 @@ def main(argv=None) -> int:
     card["training_curve"] = [r for r in log if "val_dice" in r]
     card_path = save_model(model, card, out, args.name)
     card_path.with_suffix(".md").write_text(card_markdown(json.loads(card_path.read_text())))
+    if args.for_cases_without:
+        register_for_missing(out, args.primary, args.for_cases_without, args.name)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0

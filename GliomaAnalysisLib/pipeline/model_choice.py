@@ -1,0 +1,52 @@
+"""Which segmentation model segments a case: the requested one, or the model its card names for cases whose network
+input lacks a modality.
+
+A card may set ``missing_modality_models``, e.g. ``{"flair": "glioma_seg_without_flair"}``: a case the network would
+see without FLAIR is then segmented by that model (from the same model folder), one trained and cross-validated for
+that case (modality dropout that drops FLAIR far more often), while every other case keeps the requested model.
+With several modalities unseen, the first of them in ``MODALITIES`` order that the card names decides.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..io.modalities import MODALITIES
+from ..models.model_store import ModelError, load_verified_card
+from ..models.network_config import NetworkConfig
+
+
+def substitute_for(card: Dict, unseen: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """(modality, model name) for the first modality of ``unseen`` (in ``MODALITIES`` order) that ``card``'s
+    ``missing_modality_models`` names, or None."""
+    table = card.get("missing_modality_models") or {}
+    for modality in MODALITIES:
+        if modality in unseen and table.get(modality):
+            return modality, str(table[modality])
+    return None
+
+
+def choose_segmentation_model(model: str, card: Dict, model_folder: Optional[str],
+                              unseen: Sequence[str]) -> Tuple[str, Dict, List[str]]:
+    """(model name, its verified card, warnings) of the model that segments a case whose network input lacks the
+    modalities ``unseen``: ``model`` itself (``card``) unless its card names another for one of them. A named model
+    that cannot be loaded, or that works on another grid, leaves ``model`` in charge with a warning saying so."""
+    found = substitute_for(card, unseen)
+    if found is None:
+        return model, card, []
+    modality, name = found
+    try:
+        substitute = load_verified_card(name, model_folder)
+    except ModelError as exc:
+        return model, card, [f"{modality.upper()} is missing; the model '{name}' meant for such cases could not be "
+                             f"loaded ({exc}), so '{model}' segmented the case"]
+    if _working_grid(substitute) != _working_grid(card):
+        return model, card, [f"{modality.upper()} is missing; the model '{name}' meant for such cases works on "
+                             f"another grid than '{model}', so '{model}' segmented the case"]
+    version = f" {substitute['version']}" if substitute.get("version") else ""
+    return name, substitute, [f"{modality.upper()} is missing: segmented by '{name}'{version}, the model trained for "
+                              f"cases without {modality.upper()}"]
+
+
+def _working_grid(card: Dict) -> Tuple[object, int]:
+    """(voxel spacing in mm, multiple the padded grid must be of) that preprocessing takes from ``card``."""
+    return card["preprocessing"]["spacing_mm"], NetworkConfig.from_dict(card["network"]).divisor
