@@ -47,7 +47,10 @@ def _add_channels_argument(parser: argparse.ArgumentParser) -> None:
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when present, else CPU (default)")
-    parser.add_argument("--fast", action="store_true", help="one network pass instead of four (no TTA / MC-dropout)")
+    parser.add_argument("--fast", action="store_true", help="one network pass instead of two (no TTA / MC-dropout)")
+    parser.add_argument("--single-model", action="store_true",
+                        help="segment every case with the requested model, also a case without a modality for which "
+                             "its card names another model (e.g. glioma_seg_without_flair)")
     parser.add_argument("--no-classify", action="store_true",
                         help="segmentation only: skip the grade / IDH / 1p19q / MGMT classifiers")
 
@@ -155,7 +158,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
               + (f", missing {', '.join(case.missing)}" if case.missing else ""))
     result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast, classify=not args.no_classify,
                      uncertainty=not args.no_uncertainty, progress=_progress, preprocessing=args.preprocess,
-                     clinical_backend=args.clinical_backend)
+                     clinical_backend=args.clinical_backend, single_model=args.single_model)
     with staged_folder(out) as staging:  # one rename: an interruption leaves no new folder, a failure nothing new
         write_contract_files(result, staging, convention=args.labels, dicom_seg=args.dicom_seg)
         if args.save_registered:
@@ -229,7 +232,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     outcomes = analyze_folder(args.root, args.out, resume=args.resume, jobs=args.jobs, progress=_progress,
                               shard=shard, channels=args.channels, device=args.device, fast=args.fast,
                               model_dir=args.model_dir, preprocessing=args.preprocess,
-                              clinical_backend=args.clinical_backend, classify=not args.no_classify)
+                              clinical_backend=args.clinical_backend, classify=not args.no_classify,
+                              single_model=args.single_model)
     failed = [o for o in outcomes if o.status == "failed"]
     _progress(f"{len(outcomes) - len(failed)} of {len(outcomes)} case(s) ok, {len(failed)} failed; "
               f"summary in {Path(args.out) / summary_name(shard)}")

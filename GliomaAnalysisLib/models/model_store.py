@@ -112,15 +112,22 @@ def save_model(model: "torch.nn.Module", card: Dict, folder: Union[str, "os.Path
     save_file(tensors, tmp)
     card = dict(card, name=name, network=model.config.to_dict(), weights_file=weights.name,
                 weights_dtype="float16", sha256=sha256_of(tmp))
-    fd, tmp_card = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=weights.parent)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, weights)
+    write_card(card, card_path)
+    return card_path
+
+
+def write_card(card: Dict, path: Union[str, "os.PathLike[str]"]) -> Path:
+    """Write a model card (JSON, indent 2) to ``path`` atomically: a reader never sees half a card."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         json.dump(card, handle, indent=2)
         handle.write("\n")
-    for path in (tmp, tmp_card):
-        os.chmod(path, 0o644)
-    os.replace(tmp, weights)
-    os.replace(tmp_card, card_path)
-    return card_path
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
 
 
 def load_card(name: str = DEFAULT_SEGMENTATION_MODEL, folder: Optional[Union[str, "os.PathLike[str]"]] = None) -> Dict:

@@ -77,13 +77,16 @@ def _timed(function: Callable, *args):
 def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DEFAULT_SEGMENTATION_MODEL,
             model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", fast: bool = False,
             uncertainty: bool = True, postprocess: bool = True, progress: Progress = None,
-            preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True) -> AnalysisResult:
+            preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True,
+            single_model: bool = False) -> AnalysisResult:
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
     fast: one plain network pass. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
     ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
-    (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`).
+    (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`). single_model: ``model``
+    segments every case, also one without a modality for which its card names another model
+    (:mod:`GliomaAnalysisLib.pipeline.model_choice`).
     """
     model_folder = None if model_dir is None else str(model_dir)
     device_type, device_warnings = resolve_device(device)
@@ -95,7 +98,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
         return _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
-                        progress, preprocessing, clinical_backend, classify, pool, segmentation_ready)
+                        progress, preprocessing, clinical_backend, classify, pool, segmentation_ready, single_model)
     finally:
         pool.shutdown(wait=True)
 
@@ -117,7 +120,8 @@ def _load_models(model: Optional[str], model_folder: Optional[str], device_type:
 
 def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
-             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, segmentation_ready) -> AnalysisResult:
+             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, segmentation_ready,
+             single_model: bool = False) -> AnalysisResult:
     """analyze() with the device resolved and the models loading in ``pool`` (the segmentation network's future:
     ``segmentation_ready``)."""
     timings: Dict[str, float] = {}
@@ -154,16 +158,19 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     say("preprocessing")
     pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=config.divisor,
                      include_labels=False)
+    unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
+    requested = model
+    if not single_model:
+        model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen)
+        config = NetworkConfig.from_dict(card["network"])
+        warnings += choice_warnings
     needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
                           config.widths[0])
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
-    unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
-    model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen)
-    config = NetworkConfig.from_dict(card["network"])
-    warnings += choice_warnings
     lap("preprocess")
 
-    segmentation_ready.result()
+    if model == requested:  # else the preloaded network is not the one that runs: segment() loads the other
+        segmentation_ready.result()
     lap("model_wait")
     passes = 1 if fast else QUALITY_PASSES
     say(f"segmenting on {device_type} ({passes} pass{'es' if passes > 1 else ''})")

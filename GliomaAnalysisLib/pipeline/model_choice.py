@@ -4,7 +4,9 @@ input lacks a modality.
 A card may set ``missing_modality_models``, e.g. ``{"flair": "glioma_seg_without_flair"}``: a case the network would
 see without FLAIR is then segmented by that model (from the same model folder), one trained and cross-validated for
 that case (modality dropout that drops FLAIR far more often), while every other case keeps the requested model.
-With several modalities unseen, the first of them in ``MODALITIES`` order that the card names decides.
+With several modalities unseen, the first of them in ``MODALITIES`` order that the card names decides (so a case
+without T2 and FLAIR goes to the FLAIR model: without FLAIR the requested model under-calls edema whatever else is
+missing; the pairs themselves were not cross-validated).
 """
 from __future__ import annotations
 
@@ -34,17 +36,22 @@ def choose_segmentation_model(model: str, card: Dict, model_folder: Optional[str
     if found is None:
         return model, card, []
     modality, name = found
+    missing = " and ".join(m.upper() for m in MODALITIES if m in unseen)
     try:
         substitute = load_verified_card(name, model_folder)
+        same_grid = _working_grid(substitute) == _working_grid(card)
     except ModelError as exc:
-        return model, card, [f"{modality.upper()} is missing; the model '{name}' meant for such cases could not be "
-                             f"loaded ({exc}), so '{model}' segmented the case"]
-    if _working_grid(substitute) != _working_grid(card):
-        return model, card, [f"{modality.upper()} is missing; the model '{name}' meant for such cases works on "
-                             f"another grid than '{model}', so '{model}' segmented the case"]
+        return model, card, [f"{missing} missing; the model '{name}' meant for cases without {modality.upper()} "
+                             f"could not be loaded ({exc}), so '{model}' segmented the case"]
+    except (KeyError, TypeError, ValueError) as exc:
+        return model, card, [f"{missing} missing; the card of '{name}', meant for cases without {modality.upper()}, "
+                             f"is invalid ({type(exc).__name__}: {exc}), so '{model}' segmented the case"]
+    if not same_grid:
+        return model, card, [f"{missing} missing; the model '{name}' meant for cases without {modality.upper()} works "
+                             f"on another grid than '{model}', so '{model}' segmented the case"]
     version = f" {substitute['version']}" if substitute.get("version") else ""
-    return name, substitute, [f"{modality.upper()} is missing: segmented by '{name}'{version}, the model trained for "
-                              f"cases without {modality.upper()}"]
+    return name, substitute, [f"{missing} missing: segmented by '{name}'{version}, the model trained for cases "
+                              f"without {modality.upper()}"]
 
 
 def _working_grid(card: Dict) -> Tuple[object, int]:

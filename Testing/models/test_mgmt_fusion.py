@@ -356,6 +356,9 @@ def test_training_batch_shapes_and_area_targets():
 
 def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
     from training.mgmt.refresh_predicted_segmentation import refresh
+
+    from GliomaAnalysisLib.models.evidence import task_evidence
+    from GliomaAnalysisLib.models.model_store import RESOURCES, ModelError
     from training.mgmt.train_mgmt import parse_args, run
 
     config = json.dumps({k: v for k, v in TINY.to_dict().items() if k != "modalities"})
@@ -374,7 +377,7 @@ def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
     assert any(line.get("modality") == "flair" for line in lines) and lines[-1]["final"]
     export = tmp_path / "run" / "export"
     assert "simulated" in (export / "mgmt_fusion.md").read_text()
-    assert card["evidence"]["mgmt"]["n"] == 0  # no real MGMT label: the level reads "not assessable"
+    assert task_evidence(card, "mgmt")["evidence"] == "not assessable"  # the exporter's block, as the library reads it
     assert "## Evidence on real cases (read this first)" in (export / "mgmt_fusion.md").read_text()
     ensemble, stored = load_mgmt_fusion(export)
     sample = _easy_split(0, 0, 2, seed=5).test[1]  # a methylated case never seen in training
@@ -389,12 +392,14 @@ def test_short_training_learns_an_easy_signal_and_exports(tmp_path):
     # weights untouched
     assert again["metrics"].get("test_phantoms_predicted_segmentation") is None
     refreshed = refresh(export, cache=None, test=_easy_split().test)
-    assert refreshed["metrics"]["predicted_segmentation_model"] == card["metrics"]["predicted_segmentation_model"]
-    assert card["metrics"]["predicted_segmentation_model"].startswith("glioma_seg ")
+    seg_card = json.loads((RESOURCES / "glioma_seg.json").read_text())
+    assert refreshed["metrics"]["predicted_segmentation_model"] == f"glioma_seg {seg_card['version']}"
     for model in ("t1", "flair", "fused"):
         for key in ("auc", "brier", "n"):
             assert refreshed["metrics"]["test_phantoms_predicted_segmentation"][model][key] == pytest.approx(
                 predicted[model][key], abs=1e-4)
     assert refreshed["sha256"] == card["sha256"] and load_mgmt_fusion(export)[1]["sha256"] == card["sha256"]
     text = (export / "mgmt_fusion.md").read_text()
-    assert f"slices chosen by the shipped segmentation network ({card['metrics']['predicted_segmentation_model']})" in text
+    assert f"slices chosen by the shipped segmentation network (glioma_seg {seg_card['version']})" in text
+    with pytest.raises(ModelError, match="carries an MGMT label"):
+        refresh(export, cache=None, test=[])

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from GliomaAnalysisLib import analyze, load_case
 from GliomaAnalysisLib.pipeline.model_choice import substitute_for
+from GliomaAnalysisLib.pipeline.postprocess import decode_regions, lesion_filter, remove_small_components
 
 SUBSTITUTE = "glioma_seg_without_flair"
 
@@ -37,7 +38,12 @@ def two_model_dir(tmp_path_factory, tiny_model_dir):
     save_model(GliomaSegNet(NetworkConfig.from_dict(card["network"])),
                {"version": "0.9", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, SUBSTITUTE)
     card["missing_modality_models"] = {"flair": SUBSTITUTE}
+    card["postprocessing"] = {"region_thresholds": [0.9, 0.5, 0.2], "min_et_ml": 0.0}
     (folder / "glioma_seg.json").write_text(json.dumps(card))
+    substitute = json.loads((folder / f"{SUBSTITUTE}.json").read_text())
+    substitute["postprocessing"] = {"region_thresholds": [0.5, 0.5, 0.2], "min_et_ml": 0.0,
+                                    "missing_region_thresholds": {"flair": [0.05, 0.5, 0.2]}}
+    (folder / f"{SUBSTITUTE}.json").write_text(json.dumps(substitute))
     return folder
 
 
@@ -51,12 +57,23 @@ def test_a_case_without_flair_is_segmented_by_the_named_model(small_phantom, two
     direct = analyze(without_flair, model=SUBSTITUTE, model_dir=two_model_dir, fast=True, classify=False)
     assert chosen.models[0]["name"] == SUBSTITUTE and chosen.models[0]["version"] == "0.9"
     assert np.array_equal(_probabilities(chosen), _probabilities(direct))
-    assert any(f"segmented by '{SUBSTITUTE}' 0.9" in w for w in chosen.warnings)
+    assert any(f"FLAIR missing: segmented by '{SUBSTITUTE}' 0.9" in w for w in chosen.warnings)
+    # the substitute's own post-processing (its without-FLAIR thresholds), not the requested card's
+    labels = sitk.GetArrayFromImage(chosen.labels)
+    assert np.array_equal(labels, sitk.GetArrayFromImage(direct.labels))
+    spacing = tuple(reversed(without_flair.geometry.spacing))
+    by_requested_card = remove_small_components(
+        lesion_filter(decode_regions(*_probabilities(chosen), (0.9, 0.5, 0.2)), spacing),
+        without_flair.geometry.voxel_volume_ml)
+    assert not np.array_equal(labels, by_requested_card)
 
     everything = load_case({m: small_phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")})
     primary = analyze(everything, model_dir=two_model_dir, fast=True, classify=False)
     assert primary.models[0]["name"] == "glioma_seg"
     assert not any("segmented by" in w for w in primary.warnings)
+    kept = analyze(without_flair, model_dir=two_model_dir, fast=True, classify=False, single_model=True)
+    assert kept.models[0]["name"] == "glioma_seg" and not any("segmented by" in w for w in kept.warnings)
+    assert not np.array_equal(_probabilities(kept), _probabilities(chosen))
 
 
 def test_an_absent_or_other_grid_model_leaves_the_requested_one_in_charge(small_phantom, two_model_dir, tmp_path):
@@ -75,7 +92,7 @@ def test_an_absent_or_other_grid_model_leaves_the_requested_one_in_charge(small_
     (tmp_path / f"{SUBSTITUTE}.safetensors").unlink()
     absent = analyze(without_flair, model_dir=tmp_path, fast=True, classify=False)
     assert absent.models[0]["name"] == "glioma_seg" and np.array_equal(_probabilities(absent), expected)
-    assert any(f"'{SUBSTITUTE}' meant for such cases could not be loaded" in w for w in absent.warnings)
+    assert any(f"'{SUBSTITUTE}' meant for cases without FLAIR could not be loaded" in w for w in absent.warnings)
 
     shutil.copy(two_model_dir / f"{SUBSTITUTE}.safetensors", tmp_path / f"{SUBSTITUTE}.safetensors")
     card_path = tmp_path / f"{SUBSTITUTE}.json"
@@ -85,3 +102,26 @@ def test_an_absent_or_other_grid_model_leaves_the_requested_one_in_charge(small_
     other_grid = analyze(without_flair, model_dir=tmp_path, fast=True, classify=False)
     assert other_grid.models[0]["name"] == "glioma_seg" and np.array_equal(_probabilities(other_grid), expected)
     assert any("works on another grid" in w for w in other_grid.warnings)
+
+    card.pop("network")
+    card_path.write_text(json.dumps(card))
+    invalid = analyze(without_flair, model_dir=tmp_path, fast=True, classify=False)
+    assert invalid.models[0]["name"] == "glioma_seg" and np.array_equal(_probabilities(invalid), expected)
+    assert any(f"the card of '{SUBSTITUTE}', meant for cases without FLAIR, is invalid" in w for w in invalid.warnings)
+
+
+def test_the_command_line_hands_over_unless_told_single_model(tmp_path, phantom_dir, small_phantom, two_model_dir):
+    import subprocess
+    import sys
+
+    files = {m: phantom_dir / f"{small_phantom.case_id}_{m}.nii.gz" for m in ("t1", "t1ce", "t2")}
+    names = {}
+    for flag in ([], ["--single-model"]):
+        out = tmp_path / ("single" if flag else "handed")
+        command = [sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", *[a for m, p in files.items()
+                   for a in (f"--{m}", str(p))], "--out", str(out), "--model-dir", str(two_model_dir), "--fast",
+                   "--no-classify", *flag]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        names[bool(flag)] = json.loads((out / "report.json").read_text())["models"][0]["name"]
+    assert names == {False: SUBSTITUTE, True: "glioma_seg"}

@@ -80,3 +80,35 @@ def test_a_model_for_cases_without_flair_is_named_in_the_primary_card(tmp_path):
     assert "- Meant for cases without FLAIR: `glioma_seg` hands them to this model" in card_markdown(substitute)
     with pytest.raises(SystemExit, match="absent_model"):
         register_for_missing(tmp_path, "absent_model", "flair", "x")
+
+
+def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_path):
+    import argparse
+
+    from training.segmentation.export_segmentation import kept_missing_modality_models, substitute_problem
+
+    card = json.loads((RESOURCES / "glioma_seg.json").read_text())
+    (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
+    run = {"args": {"spacing": 2.0}, "network": card["network"]}
+
+    def problem(**options):
+        values = dict(name="glioma_seg_without_flair", out=str(tmp_path), for_cases_without="flair",
+                      primary="glioma_seg", cv_report="cv_report.json")
+        return substitute_problem(argparse.Namespace(**dict(values, **options)), run)
+
+    assert problem() is None
+    assert substitute_problem(argparse.Namespace(for_cases_without=None, primary=None), run) is None  # a plain export
+    assert "go together" in problem(primary=None) and "go together" in problem(for_cases_without=None)
+    assert "another model" in problem(name="glioma_seg")
+    assert "needs --cv-report" in problem(cv_report=None)
+    assert "no usable card" in problem(primary="absent")
+    assert "divisor" in substitute_problem(argparse.Namespace(
+        name="x", out=str(tmp_path), for_cases_without="flair", primary="glioma_seg", cv_report="r"),
+        {"args": {"spacing": 1.5}, "network": card["network"]})
+
+    # a new export of the primary keeps the model it names for cases without FLAIR
+    assert kept_missing_modality_models(tmp_path, "glioma_seg") == {}
+    card["missing_modality_models"] = {"flair": "glioma_seg_without_flair"}
+    (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
+    assert kept_missing_modality_models(tmp_path, "glioma_seg") == {"flair": "glioma_seg_without_flair"}
+    assert kept_missing_modality_models(tmp_path, "absent") == {}

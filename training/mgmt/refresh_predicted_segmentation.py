@@ -12,14 +12,12 @@ slices, and writes the JSON card (atomically) and the Markdown card. About a min
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from GliomaAnalysisLib.models.mgmt_fusion import DEFAULT_MODEL_NAME, load_mgmt_fusion
-from GliomaAnalysisLib.models.model_store import model_paths
+from GliomaAnalysisLib.models.model_store import ModelError, model_paths, write_card
 
 from ..common.classification_data import ClassificationSample, phantom_split
 from .train_mgmt import DEFAULT_CACHE, markdown_card, predicted_segmentation_cases, predicted_segmentation_report
@@ -35,33 +33,31 @@ def refresh(model_dir: Optional[str], cache: Path, seg_model: str = "glioma_seg"
         training = card["training"]
         _, _, test = phantom_split(cache, int(training["n_phantoms"]), int(training["phantom_seed"]))
     cases, seg_label = predicted_segmentation_cases(test, ensemble.config, seg_model)
+    if not cases:
+        raise ModelError(f"{name}: none of its test phantoms carries an MGMT label; nothing to measure")
     fusion = card["fusion"]
     metrics = dict(card["metrics"], test_phantoms_predicted_segmentation=predicted_segmentation_report(
         ensemble, cases, fusion["temperatures"], fusion["weights"]), predicted_segmentation_model=seg_label)
     card = dict(card, metrics=metrics)
     _, card_path = model_paths(name, model_dir)
-    _write_atomically(card_path, json.dumps(card, indent=2) + "\n")
-    _write_atomically(card_path.with_suffix(".md"), markdown_card(card))
+    write_card(card, card_path)
+    card_path.with_suffix(".md").write_text(markdown_card(card))
     return card
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.mgmt.refresh_predicted_segmentation",
-                                     description=__doc__.split("\n")[0])
+                                     description="Re-measure an MGMT late-fusion card's rows with slices chosen by "
+                                                 "the current segmentation model (weights untouched).")
     parser.add_argument("--model-dir", default=None, help="folder of the MGMT model (default: the shipped models)")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--seg-model", default="glioma_seg", help="segmentation model that chooses the slices")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the phantom cohort is kept")
     args = parser.parse_args(argv)
-    card = refresh(args.model_dir, Path(args.cache), args.seg_model, args.name)
+    try:
+        card = refresh(args.model_dir, Path(args.cache), args.seg_model, args.name)
+    except ModelError as exc:
+        sys.exit(f"error: {exc}")
     fused = card["metrics"]["test_phantoms_predicted_segmentation"]["fused"]
     print(f"{args.name}: fused test AUC {fused['auc']:.3f} with slices from "
           f"{card['metrics']['predicted_segmentation_model']}; cards rewritten", flush=True)

@@ -308,7 +308,7 @@ def markdown_card(card: Dict) -> str:
     seg_model = metrics.get("predicted_segmentation_model", "version not recorded")
     predicted_section = "" if not predicted else f"""
 With the slices chosen by the shipped segmentation network ({seg_model}) instead of the ground truth (one plain pass,
-argmax; what `analyze` does), on the same test phantoms:
+argmax, as `analyze --fast` chooses them), on the same test phantoms:
 
 {chr(10).join(_table(predicted))}
 """
@@ -419,7 +419,7 @@ def evaluate_and_export(ensemble: MGMTFusionEnsemble, validation: Sequence[Prepa
                "n_test": int(len(test)), "test_positives": int(y_test.sum())}
     fused_test = fused_array(calibrated["test"], weights)
     metrics["test_called_methylated"] = float(np.mean(fused_test >= 0.5))
-    if test_predicted:
+    if test_predicted and test_predicted[0]:
         cases, seg_model = test_predicted
         metrics["test_phantoms_predicted_segmentation"] = predicted_segmentation_report(ensemble, cases, temperatures,
                                                                                         weights)

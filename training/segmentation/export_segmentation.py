@@ -32,7 +32,8 @@ from safetensors.torch import load_file
 from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, analyze
 from GliomaAnalysisLib.io.labels import to_contiguous
-from GliomaAnalysisLib.models.model_store import RESOURCES, load_model_cached, model_paths, save_model
+from GliomaAnalysisLib.models.model_store import (RESOURCES, ModelError, load_model_cached, model_paths,
+                                                 save_model, write_card)
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.onnx_engine import load_parts
 
@@ -164,6 +165,44 @@ def missing_region_thresholds(thresholds: Sequence[float], missing_modality: Dic
     return out
 
 
+def substitute_problem(args: argparse.Namespace, run_config: Dict) -> Optional[str]:
+    """Why the ``--for-cases-without`` / ``--primary`` options of an export cannot work (None: they can): both or
+    neither, another model than the export, a primary card in ``--out`` on the same working grid (spacing and
+    divisor, which ``analyze`` needs to hand a case over), and a ``--cv-report`` (the thresholds without M)."""
+    if not args.for_cases_without and not args.primary:
+        return None
+    if not (args.for_cases_without and args.primary):
+        return "--for-cases-without and --primary go together"
+    if args.primary == args.name:
+        return "--primary must name another model than --name"
+    if not args.cv_report:
+        return "--for-cases-without needs --cv-report: the model's thresholds without that modality come from it"
+    try:
+        _, primary_path = model_paths(args.primary, args.out)
+        primary = json.loads(primary_path.read_text())
+        primary_grid = (list(primary["preprocessing"]["spacing_mm"]),
+                        NetworkConfig.from_dict(primary["network"]).divisor)
+    except (ModelError, OSError, KeyError, TypeError, ValueError) as exc:
+        return f"--primary {args.primary}: no usable card in {args.out} ({exc})"
+    grid = ([float(run_config["args"]["spacing"])] * 3, NetworkConfig.from_dict(run_config["network"]).divisor)
+    if grid != primary_grid:
+        return (f"--primary {args.primary} works on spacing {primary_grid[0]} mm, divisor {primary_grid[1]}; this run "
+                f"on {grid[0]} mm, divisor {grid[1]}: analyze could not hand it a case")
+    return None
+
+
+def kept_missing_modality_models(out: Path, name: str) -> Dict[str, str]:
+    """The ``missing_modality_models`` of the card of ``name`` already in ``out``, which a new export of ``name`` keeps
+    (the models it names are exported on their own)."""
+    _, card_path = model_paths(name, out)
+    if not card_path.is_file():
+        return {}
+    try:
+        return dict(json.loads(card_path.read_text()).get("missing_modality_models") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def register_for_missing(out: Path, primary: str, modality: str, name: str) -> Path:
     """Name model ``name`` in the card of ``primary`` (in ``out``) as the model for cases without ``modality``
     (``missing_modality_models``) and write that card and its Markdown again; returns the card's path."""
@@ -172,7 +211,7 @@ def register_for_missing(out: Path, primary: str, modality: str, name: str) -> P
         raise SystemExit(f"{card_path}: no card of the primary model '{primary}' to register '{name}' in")
     card = json.loads(card_path.read_text())
     card["missing_modality_models"] = dict(card.get("missing_modality_models") or {}, **{modality: name})
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_card(card, card_path)
     card_path.with_suffix(".md").write_text(card_markdown(card))
     return card_path
 
@@ -268,16 +307,15 @@ def main(argv=None) -> int:
     parser.add_argument("--version", default=MODEL_VERSION)
     parser.add_argument("--for-cases-without", choices=MODALITIES, default=None,
                         help="export a model for cases without this modality and name it in --primary's card")
-    parser.add_argument("--primary", default="glioma_seg", help="with --for-cases-without: the model (in --out) "
-                        "that hands such cases to this one")
+    parser.add_argument("--primary", default=None, help="with --for-cases-without: the model (in --out) that "
+                        "hands such cases to this one, e.g. glioma_seg")
     args = parser.parse_args(argv)
-    if args.for_cases_without and args.primary == args.name:
-        parser.error("--primary must name another model than --name")
-    if args.for_cases_without and not model_paths(args.primary, args.out)[1].is_file():
-        parser.error(f"--primary {args.primary}: no card of that model in {args.out}")
 
     run = Path(args.run_dir)
     config = json.loads((run / "config.json").read_text())
+    problem = substitute_problem(args, config)
+    if problem:
+        parser.error(problem)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
     model.load_state_dict(load_file(args.weights or str(run / "final.safetensors")))
@@ -289,6 +327,10 @@ def main(argv=None) -> int:
     if args.for_cases_without:
         card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
     out = Path(args.out)
+    kept = kept_missing_modality_models(out, args.name)
+    if kept:
+        card["missing_modality_models"] = kept
+        print(f"{args.name}: keeps naming {kept} for cases without those modalities", file=sys.stderr)
     save_model(model, card, out, args.name)
 
     start = time.perf_counter()
