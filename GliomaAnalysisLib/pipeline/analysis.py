@@ -3,8 +3,9 @@
 case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation model for the modalities present
 (pipeline/model_choice.py: the requested one, or the one its card names for a missing modality) -> network (TTA /
 MC-dropout passes) -> probabilities back to the reference grid (linear) -> labels there (argmax or the card's region
-thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers (pipeline/classify.py) read the working-grid
-arrays and run in a worker thread while the probabilities go back to the reference grid and are post-processed
+thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult.
+The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
+probabilities go back to the reference grid and are post-processed
 (ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited
 for them after that (``classify_wait``).
 """

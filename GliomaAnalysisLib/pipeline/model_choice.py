@@ -39,7 +39,7 @@ def choose_segmentation_model(model: str, card: Dict, model_folder: Optional[str
     missing = " and ".join(m.upper() for m in MODALITIES if m in unseen)
     try:
         substitute = load_verified_card(name, model_folder)
-        same_grid = _working_grid(substitute) == _working_grid(card)
+        same_grid = working_grid(substitute) == working_grid(card)
     except ModelError as exc:
         return model, card, [f"{missing} missing; the model '{name}' meant for cases without {modality.upper()} "
                              f"could not be loaded ({exc}), so '{model}' segmented the case"]
@@ -54,6 +54,7 @@ def choose_segmentation_model(model: str, card: Dict, model_folder: Optional[str
                               f"without {modality.upper()}"]
 
 
-def _working_grid(card: Dict) -> Tuple[object, int]:
-    """(voxel spacing in mm, multiple the padded grid must be of) that preprocessing takes from ``card``."""
-    return card["preprocessing"]["spacing_mm"], NetworkConfig.from_dict(card["network"]).divisor
+def working_grid(card: Dict) -> Tuple[List[float], int]:
+    """(voxel spacing in mm, multiple the padded grid must be of) that preprocessing takes from ``card``: two models
+    with the same grid can take each other's preprocessed case."""
+    return [float(v) for v in card["preprocessing"]["spacing_mm"]], NetworkConfig.from_dict(card["network"]).divisor

@@ -36,6 +36,7 @@ from GliomaAnalysisLib.models.model_store import (RESOURCES, ModelError, load_mo
                                                  save_model, write_card)
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.onnx_engine import load_parts
+from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
 from .cross_validate import region_thresholds_of
@@ -179,12 +180,11 @@ def substitute_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
         return "--for-cases-without needs --cv-report: the model's thresholds without that modality come from it"
     try:
         _, primary_path = model_paths(args.primary, args.out)
-        primary = json.loads(primary_path.read_text())
-        primary_grid = (list(primary["preprocessing"]["spacing_mm"]),
-                        NetworkConfig.from_dict(primary["network"]).divisor)
+        primary_grid = working_grid(json.loads(primary_path.read_text()))
     except (ModelError, OSError, KeyError, TypeError, ValueError) as exc:
         return f"--primary {args.primary}: no usable card in {args.out} ({exc})"
-    grid = ([float(run_config["args"]["spacing"])] * 3, NetworkConfig.from_dict(run_config["network"]).divisor)
+    grid = working_grid({"preprocessing": {"spacing_mm": [run_config["args"]["spacing"]] * 3},
+                         "network": run_config["network"]})
     if grid != primary_grid:
         return (f"--primary {args.primary} works on spacing {primary_grid[0]} mm, divisor {primary_grid[1]}; this run "
                 f"on {grid[0]} mm, divisor {grid[1]}: analyze could not hand it a case")
