@@ -165,14 +165,19 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
         probabilities[1][truth == 2] = value
         box = (slice(a, b),) * 3
         (tmp_path / run / "oof").mkdir(parents=True)
-        np.savez(tmp_path / run / "oof" / "c.npz", probabilities=probabilities[(slice(None),) + box].astype(np.float16),
-                 truth=truth[box], uncertainty=np.zeros((b - a,) * 3, np.float16), box=np.array([[a, b]] * 3),
-                 fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=2)
+        names = ("c.npz", "c-without_flair.npz") if run == "r1" else ("c.npz", "c-without_flair.npz", "d.npz")
+        for name in names:
+            np.savez(tmp_path / run / "oof" / name,
+                     probabilities=probabilities[(slice(None),) + box].astype(np.float16),
+                     truth=truth[box], uncertainty=np.zeros((b - a,) * 3, np.float16), box=np.array([[a, b]] * 3),
+                     fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=2)
     assert ensemble([str(tmp_path / "mean"), str(tmp_path / "r1"), str(tmp_path / "r2")]) == 0
-    mean = np.load(tmp_path / "mean" / "oof" / "c.npz")
-    assert mean["box"].tolist() == [[2, 20]] * 3 and int(mean["passes"]) == 4
-    assert np.allclose(mean["probabilities"][1][3:13, 3:13, 3:13], 0.75)
-    assert np.array_equal(mean["truth"], truth[2:20, 2:20, 2:20])
+    assert sorted(p.name for p in (tmp_path / "mean" / "oof").iterdir()) == ["c-without_flair.npz", "c.npz"]
+    for name in ("c.npz", "c-without_flair.npz"):  # the missing-modality predictions are averaged the same way
+        mean = np.load(tmp_path / "mean" / "oof" / name)
+        assert mean["box"].tolist() == [[2, 20]] * 3 and int(mean["passes"]) == 4
+        assert np.allclose(mean["probabilities"][1][3:13, 3:13, 3:13], 0.75)
+        assert np.array_equal(mean["truth"], truth[2:20, 2:20, 2:20])
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
 
 

@@ -3,8 +3,9 @@
 
     python -m training.segmentation.ensemble_oof OUT RUN [RUN ...]
 
-Each case predicted with all four modalities in the first RUN and in every other one: its stored boxes are united,
-the probabilities (3, Z, Y, X) and uncertainties pasted into the union and averaged; passes add up.
+Each prediction stored in the first RUN and in every other one (all four modalities, ``<case>.npz``, and each missing
+modality, ``<case>-without_<m>.npz``): its stored boxes are united, the probabilities (3, Z, Y, X) and uncertainties
+pasted into the union and averaged; passes add up.
 """
 from __future__ import annotations
 
@@ -41,15 +42,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("usage: python -m training.segmentation.ensemble_oof OUT RUN RUN [RUN ...]", file=sys.stderr)
         return 2
     out, runs = Path(args[0]), [Path(r) for r in args[1:]]
-    cases = [p.name for p in sorted((runs[0] / "oof").glob("*.npz")) if "-without_" not in p.name
-             and all((r / "oof" / p.name).is_file() for r in runs[1:])]
+    cases = [p.name for p in sorted((runs[0] / "oof").glob("*.npz"))
+             if all((r / "oof" / p.name).is_file() for r in runs[1:])]
     if not cases:
         print(f"error: {', '.join(map(str, runs))}: no case predicted in every run", file=sys.stderr)
         return 2
     (out / "oof").mkdir(parents=True, exist_ok=True)
     for name in cases:
         mean_prediction([r / "oof" / name for r in runs], out / "oof" / name)
-    print(f"{len(cases)} cases averaged into {out / 'oof'}")
+    missing = sum("-without_" in name for name in cases)
+    print(f"{len(cases) - missing} cases (and {missing} predictions without a modality) averaged into {out / 'oof'}")
     return 0
 
 
