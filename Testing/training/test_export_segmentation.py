@@ -42,6 +42,11 @@ def test_the_cross_validation_leads_the_card_with_every_case():
     assert "| LGG_1 | 1 | 0.400 | 0.300 | 1.000 | 40.0 (38.0) | 0.0 (0.0) |" in text
     assert "| flair | 0.550 | 0.600 | 0.500 |" in text and "LGG_1 0.00 mL" in text
     assert "Validation split" not in text  # trained on every case: no split to report
+    assert "Caveat" not in text
+    cv["caveat"] = "a second draw scored WT 0.04 lower"
+    text = card_markdown(card)
+    assert text.index("| WT | 0.700") < text.index("**Caveat:** a second draw scored WT 0.04 lower") < text.index(
+        "Worst cases")
 
 
 def test_the_shipped_card_leads_with_its_cross_validation():

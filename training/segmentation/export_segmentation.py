@@ -236,6 +236,8 @@ def _cross_validation_lines(cv: Dict) -> List[str]:
         lines += ["", "The post-processing was chosen on these same out-of-fold predictions; chosen for each fold on "
                   "the other folds only (nested), the means are " + ", ".join(
                       f"{r.upper()} {cv['dice_nested'][r]['mean']:.3f}" for r in ("wt", "tc", "et")) + "."]
+    if cv.get("caveat"):
+        lines += ["", f"**Caveat:** {cv['caveat']}"]
     lines += ["", f"Worst cases: {', '.join(cv['worst_cases'])}. ET-free cases, predicted ET: "
               + (", ".join(f"{c} {v:.2f} mL" for c, v in cv["et_free_cases_predicted_et_ml"].items()) or "none"),
               ""]
@@ -304,6 +306,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="weights file (default RUN_DIR/final.safetensors)")
     parser.add_argument("--skip-missing", action="store_true", help="skip the missing-modality evaluation")
     parser.add_argument("--cv-report", help="cv_report.json of the recipe's cross-validation (leads the card)")
+    parser.add_argument("--cv-caveat", default=None, help="with --cv-report: a sentence on how far its figures can "
+                        "be trusted (e.g. what a second draw of the recipe scored), printed under them in the card")
     parser.add_argument("--version", default=MODEL_VERSION)
     parser.add_argument("--for-cases-without", choices=MODALITIES, default=None,
                         help="export a model for cases without this modality and name it in --primary's card")
@@ -324,6 +328,8 @@ def main(argv=None) -> int:
         report = json.loads(Path(args.cv_report).read_text())
         card["cross_validation"] = cross_validation_section(report)
         card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
+        if args.cv_caveat:
+            card["cross_validation"]["caveat"] = args.cv_caveat
     if args.for_cases_without:
         card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
     out = Path(args.out)
