@@ -118,3 +118,13 @@ def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_p
     (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
     assert kept_missing_modality_models(tmp_path, "glioma_seg") == {"flair": "glioma_seg_without_flair"}
     assert kept_missing_modality_models(tmp_path, "absent") == {}
+
+
+def test_a_caveat_without_a_cross_validation_is_refused_before_anything_is_read(tmp_path, capsys):
+    from training.segmentation.export_segmentation import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "absent_run"), "--out", str(tmp_path), "--cv-caveat", "a second draw scored lower"])
+    assert exit_info.value.code == 2
+    assert "--cv-caveat goes with --cv-report" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -314,6 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--primary", default=None, help="with --for-cases-without: the model (in --out) that "
                         "hands such cases to this one, e.g. glioma_seg")
     args = parser.parse_args(argv)
+    if args.cv_caveat and not args.cv_report:
+        parser.error("--cv-caveat goes with --cv-report: it is printed under that cross-validation")
 
     run = Path(args.run_dir)
     config = json.loads((run / "config.json").read_text())
