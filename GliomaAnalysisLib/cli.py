@@ -47,10 +47,11 @@ def _add_channels_argument(parser: argparse.ArgumentParser) -> None:
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when present, else CPU (default)")
-    parser.add_argument("--fast", action="store_true", help="one network pass instead of two (no TTA / MC-dropout)")
+    parser.add_argument("--fast", action="store_true", help="one network pass instead of two (no TTA / MC-dropout), "
+                        "by the lighter network the model's card names for it, if any")
     parser.add_argument("--single-model", action="store_true",
-                        help="segment every case with the requested model, also a case without a modality for which "
-                             "its card names another model (e.g. glioma_seg_without_flair)")
+                        help="segment every case with the requested model, also a case without a modality or a --fast "
+                             "run for which its card names another model (e.g. glioma_seg_without_flair)")
     parser.add_argument("--no-classify", action="store_true",
                         help="segmentation only: skip the grade / IDH / 1p19q / MGMT classifiers")
 

@@ -1,8 +1,8 @@
 """``analyze``: the one analysis call behind the CLI, the Slicer module and batch use.
 
 case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation model for the modalities present
-(pipeline/model_choice.py: the requested one, or the one its card names for a missing modality) -> network (TTA /
-MC-dropout passes) -> probabilities back to the reference grid (linear) -> labels there (argmax or the card's region
+(pipeline/model_choice.py: the requested one, or one its card names for a missing modality or for --fast) ->
+network (TTA / MC-dropout passes) -> probabilities back to the reference grid (linear) -> labels there (argmax or the card's region
 thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
 probabilities go back to the reference grid and are post-processed
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,7 +27,7 @@ from ..models.network_config import NetworkConfig
 from ..models.segment import load_segmentation_parts, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
-from .model_choice import choose_segmentation_model
+from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, region_thresholds_for,
                           remove_small_components, suppress_small_enhancement)
@@ -82,11 +82,11 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
             single_model: bool = False) -> AnalysisResult:
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
-    fast: one plain network pass. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
+    fast: one plain network pass, by the model's ``fast_model`` when its card names one. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
     ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
     (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`). single_model: ``model``
-    segments every case, also one without a modality for which its card names another model
+    segments every case, also one without a modality or a fast run for which its card names another model
     (:mod:`GliomaAnalysisLib.pipeline.model_choice`).
     """
     model_folder = None if model_dir is None else str(model_dir)
@@ -95,11 +95,13 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     try:
         # one worker: the segmentation network loads first, the classifiers after it (while the network runs);
         # classify_case, submitted later, runs after both
-        segmentation_ready = pool.submit(_load_models, model, model_folder, device_type, False)
+        preloaded = fast_model_name(model, model_folder) if fast and not single_model else model
+        segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False)
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
         return _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
-                        progress, preprocessing, clinical_backend, classify, pool, segmentation_ready, single_model)
+                        progress, preprocessing, clinical_backend, classify, pool, (preloaded, segmentation_ready),
+                        single_model)
     finally:
         pool.shutdown(wait=True)
 
@@ -121,10 +123,10 @@ def _load_models(model: Optional[str], model_folder: Optional[str], device_type:
 
 def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
-             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, segmentation_ready,
+             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, preloading: Tuple[str, Future],
              single_model: bool = False) -> AnalysisResult:
-    """analyze() with the device resolved and the models loading in ``pool`` (the segmentation network's future:
-    ``segmentation_ready``)."""
+    """analyze() with the device resolved and the models loading in ``pool`` (``preloading``: the name of the
+    segmentation model being loaded, and the future of that load)."""
     timings: Dict[str, float] = {}
     log: List[str] = []
     clock = time.perf_counter()
@@ -160,9 +162,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     pre = preprocess(model_case, spacing=card["preprocessing"]["spacing_mm"], divisible_by=config.divisor,
                      include_labels=False)
     unseen = [m for m, seen in zip(MODALITIES, pre.presence) if not seen]  # by the network
-    requested = model
     if not single_model:
-        model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen)
+        model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen, fast)
         config = NetworkConfig.from_dict(card["network"])
         warnings += choice_warnings
     needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
@@ -170,11 +171,12 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
     lap("preprocess")
 
-    if model == requested:  # else the preloaded network is not the one that runs: segment() loads the other
+    preloaded, segmentation_ready = preloading
+    if model == preloaded:  # else the preloaded network is not the one that runs: segment() loads the other
         segmentation_ready.result()
     lap("model_wait")
     passes = 1 if fast else QUALITY_PASSES
-    say(f"segmenting on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
+    say(f"segmenting with '{model}' on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
     probabilities, entropy, run_warnings = segment(model, model_folder, config, pre.image, pre.presence, device_type,
                                                    passes, mc_dropout=uncertainty and not fast, progress=say)
     warnings += run_warnings

@@ -125,3 +125,60 @@ def test_the_command_line_hands_over_unless_told_single_model(tmp_path, phantom_
         assert result.returncode == 0, result.stderr
         names[bool(flag)] = json.loads((out / "report.json").read_text())["models"][0]["name"]
     assert names == {False: SUBSTITUTE, True: "glioma_seg"}
+
+
+FAST = "glioma_seg_fast"
+
+
+@pytest.fixture(scope="module")
+def fast_model_dir(tmp_path_factory, two_model_dir):
+    """``two_model_dir`` with a third tiny model, other weights, named in glioma_seg's card as its ``fast_model``."""
+    import torch
+
+    from GliomaAnalysisLib.models.model_store import save_model
+    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+    folder = tmp_path_factory.mktemp("fast_models")
+    for path in two_model_dir.iterdir():
+        shutil.copy(path, folder / path.name)
+    card = json.loads((folder / "glioma_seg.json").read_text())
+    torch.manual_seed(2)
+    save_model(GliomaSegNet(NetworkConfig.from_dict(card["network"])),
+               {"version": "0.3", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, FAST)
+    card["fast_model"] = FAST
+    (folder / "glioma_seg.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_fast_mode_is_segmented_by_the_cards_fast_model(small_phantom, fast_model_dir):
+    from GliomaAnalysisLib.pipeline.model_choice import fast_model_name
+
+    assert fast_model_name("glioma_seg", str(fast_model_dir)) == FAST
+    assert fast_model_name(SUBSTITUTE, str(fast_model_dir)) == SUBSTITUTE  # its card names none
+    assert fast_model_name("absent", str(fast_model_dir)) == "absent"
+    everything = load_case({m: small_phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")})
+    fast = analyze(everything, model_dir=fast_model_dir, fast=True, classify=False)
+    direct = analyze(everything, model=FAST, model_dir=fast_model_dir, fast=True, classify=False)
+    assert fast.models[0]["name"] == FAST and fast.models[0]["version"] == "0.3"
+    assert np.array_equal(_probabilities(fast), _probabilities(direct))
+    assert not any("segmented" in w for w in fast.warnings)
+    assert any(f"segmenting with '{FAST}'" in line for line in fast.log)
+
+    quality = analyze(everything, model_dir=fast_model_dir, fast=False, classify=False)
+    single = analyze(everything, model_dir=fast_model_dir, fast=True, classify=False, single_model=True)
+    assert quality.models[0]["name"] == "glioma_seg" and single.models[0]["name"] == "glioma_seg"
+    assert not np.array_equal(_probabilities(single), _probabilities(fast))
+    # a case without FLAIR goes to the model trained for it, fast or not
+    without_flair = load_case({m: small_phantom.image(m) for m in ("t1", "t1ce", "t2")})
+    assert analyze(without_flair, model_dir=fast_model_dir, fast=True, classify=False).models[0]["name"] == SUBSTITUTE
+
+
+def test_an_unusable_fast_model_leaves_the_requested_one_in_charge(small_phantom, fast_model_dir, tmp_path):
+    for path in fast_model_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    everything = load_case({m: small_phantom.image(m) for m in ("t1", "t1ce", "t2", "flair")})
+    expected = _probabilities(analyze(everything, model_dir=tmp_path, fast=True, classify=False, single_model=True))
+    (tmp_path / f"{FAST}.safetensors").unlink()
+    absent = analyze(everything, model_dir=tmp_path, fast=True, classify=False)
+    assert absent.models[0]["name"] == "glioma_seg" and np.array_equal(_probabilities(absent), expected)
+    assert any(f"fast mode; the model '{FAST}' meant for --fast could not be loaded" in w for w in absent.warnings)

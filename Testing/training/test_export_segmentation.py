@@ -70,12 +70,12 @@ def test_the_chosen_post_processing_becomes_the_cards_setting():
 
 
 def test_a_model_for_cases_without_flair_is_named_in_the_primary_card(tmp_path):
-    from training.segmentation.export_segmentation import register_for_missing
+    from training.segmentation.export_segmentation import register_in_primary
 
     card = json.loads((RESOURCES / "glioma_seg.json").read_text())
     card.pop("missing_modality_models", None)
     (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
-    path = register_for_missing(tmp_path, "glioma_seg", "flair", "glioma_seg_without_flair")
+    path = register_in_primary(tmp_path, "glioma_seg", "glioma_seg_without_flair", "flair")
     stored = json.loads(path.read_text())
     assert stored["missing_modality_models"] == {"flair": "glioma_seg_without_flair"}
     assert stored["sha256"] == card["sha256"] and stored["cross_validation"] == card["cross_validation"]
@@ -84,13 +84,13 @@ def test_a_model_for_cases_without_flair_is_named_in_the_primary_card(tmp_path):
     substitute = dict(card, name="glioma_seg_without_flair", for_cases_without="flair", primary_model="glioma_seg")
     assert "- Meant for cases without FLAIR: `glioma_seg` hands them to this model" in card_markdown(substitute)
     with pytest.raises(SystemExit, match="absent_model"):
-        register_for_missing(tmp_path, "absent_model", "flair", "x")
+        register_in_primary(tmp_path, "absent_model", "x", "flair")
 
 
 def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_path):
     import argparse
 
-    from training.segmentation.export_segmentation import kept_missing_modality_models, substitute_problem
+    from training.segmentation.export_segmentation import kept_model_links, substitute_problem
 
     card = json.loads((RESOURCES / "glioma_seg.json").read_text())
     card.pop("missing_modality_models", None)
@@ -99,7 +99,7 @@ def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_p
 
     def problem(**options):
         values = dict(name="glioma_seg_without_flair", out=str(tmp_path), for_cases_without="flair",
-                      primary="glioma_seg", cv_report="cv_report.json")
+                      primary="glioma_seg", cv_report="cv_report.json", fast_model_of=None)
         return substitute_problem(argparse.Namespace(**dict(values, **options)), run)
 
     assert problem() is None
@@ -112,12 +112,39 @@ def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_p
         name="x", out=str(tmp_path), for_cases_without="flair", primary="glioma_seg", cv_report="r"),
         {"args": {"spacing": 1.5}, "network": card["network"]})
 
-    # a new export of the primary keeps the model it names for cases without FLAIR
-    assert kept_missing_modality_models(tmp_path, "glioma_seg") == {}
+    # the same checks for a model for --fast
+    def fast_problem(**options):
+        return problem(**dict(dict(name="glioma_seg_fast", for_cases_without=None, primary=None,
+                                   fast_model_of="glioma_seg"), **options))
+
+    assert fast_problem() is None
+    assert "one role per model" in fast_problem(primary="glioma_seg", for_cases_without="flair")
+    assert "--fast-model-of must name another model" in fast_problem(name="glioma_seg")
+    assert "--fast-model-of needs --cv-report" in fast_problem(cv_report=None)
+    assert "--fast-model-of absent: no usable card" in fast_problem(fast_model_of="absent")
+
+    # a new export of the primary keeps the models it names for cases without FLAIR and for --fast
+    assert kept_model_links(tmp_path, "glioma_seg") == {}
     card["missing_modality_models"] = {"flair": "glioma_seg_without_flair"}
+    card["fast_model"] = "glioma_seg_fast"
     (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
-    assert kept_missing_modality_models(tmp_path, "glioma_seg") == {"flair": "glioma_seg_without_flair"}
-    assert kept_missing_modality_models(tmp_path, "absent") == {}
+    assert kept_model_links(tmp_path, "glioma_seg") == {"missing_modality_models": {"flair": "glioma_seg_without_flair"},
+                                                       "fast_model": "glioma_seg_fast"}
+    assert kept_model_links(tmp_path, "absent") == {}
+
+
+def test_a_model_for_fast_runs_is_named_in_the_primary_card(tmp_path):
+    from training.segmentation.export_segmentation import register_in_primary
+
+    card = json.loads((RESOURCES / "glioma_seg.json").read_text())
+    card.pop("fast_model", None)
+    (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
+    stored = json.loads(register_in_primary(tmp_path, "glioma_seg", "glioma_seg_fast").read_text())
+    assert stored["fast_model"] == "glioma_seg_fast"
+    assert stored["missing_modality_models"] == card["missing_modality_models"] and stored["sha256"] == card["sha256"]
+    assert "- `analyze --fast` segments with `glioma_seg_fast`" in (tmp_path / "glioma_seg.md").read_text()
+    fast = dict(card, name="glioma_seg_fast", fast_model_of="glioma_seg")
+    assert "- Meant for `analyze --fast`: `glioma_seg` hands its fast runs to this lighter model" in card_markdown(fast)
 
 
 def test_a_caveat_without_a_cross_validation_is_refused_before_anything_is_read(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
     python -m training.segmentation.export_segmentation RUN_DIR [--out Resources/models] [--name glioma_seg]
         [--cv-report CV_RUN/cv_report.json] [--version 0.2.0] [--for-cases-without flair --primary glioma_seg]
+        [--fast-model-of glioma_seg]
 
 The card leads with the recipe's cross-validation (``--cv-report``: every real case scored once, out of fold, by
 ``training/segmentation/cross_validate.py``): mean, SD and SE per region, the per-case table, the worst cases,
@@ -14,6 +15,9 @@ sha256 of the weights.
 dropped far more often): the primary model P in ``--out`` names it in its card's ``missing_modality_models``
 (``GliomaAnalysisLib/pipeline/model_choice.py``), so ``analyze`` segments such cases with it; P's weights are not
 touched, its Markdown card is written again.
+
+``--fast-model-of P`` exports a lighter model for ``analyze --fast``: P's card names it as its ``fast_model``, the
+same way.
 """
 from __future__ import annotations
 
@@ -167,50 +171,65 @@ def missing_region_thresholds(thresholds: Sequence[float], missing_modality: Dic
 
 
 def substitute_problem(args: argparse.Namespace, run_config: Dict) -> Optional[str]:
-    """Why the ``--for-cases-without`` / ``--primary`` options of an export cannot work (None: they can): both or
-    neither, another model than the export, a primary card in ``--out`` on the same working grid (spacing and
-    divisor, which ``analyze`` needs to hand a case over), and a ``--cv-report`` (the thresholds without M)."""
-    if not args.for_cases_without and not args.primary:
+    """Why the ``--for-cases-without`` / ``--primary`` / ``--fast-model-of`` options of an export cannot work (None:
+    they can): the first two both or neither, not with the third; another model than the export, a primary card in
+    ``--out`` on the same working grid (spacing and divisor, which ``analyze`` needs to hand a case over), and a
+    ``--cv-report`` (the thresholds without M; the accuracy a --fast user trades)."""
+    fast_of = getattr(args, "fast_model_of", None)
+    if not args.for_cases_without and not args.primary and not fast_of:
         return None
-    if not (args.for_cases_without and args.primary):
+    if fast_of and (args.for_cases_without or args.primary):
+        return "--fast-model-of does not go with --for-cases-without / --primary: one role per model"
+    if not fast_of and not (args.for_cases_without and args.primary):
         return "--for-cases-without and --primary go together"
-    if args.primary == args.name:
-        return "--primary must name another model than --name"
+    option, primary = ("--fast-model-of", fast_of) if fast_of else ("--primary", args.primary)
+    if primary == args.name:
+        return f"{option} must name another model than --name"
     if not args.cv_report:
-        return "--for-cases-without needs --cv-report: the model's thresholds without that modality come from it"
+        return (f"{option} needs --cv-report: " + ("the card must say what --fast trades for its speed" if fast_of
+                else "the model's thresholds without that modality come from it"))
     try:
-        _, primary_path = model_paths(args.primary, args.out)
+        _, primary_path = model_paths(primary, args.out)
         primary_grid = working_grid(json.loads(primary_path.read_text()))
     except (ModelError, OSError, KeyError, TypeError, ValueError) as exc:
-        return f"--primary {args.primary}: no usable card in {args.out} ({exc})"
+        return f"{option} {primary}: no usable card in {args.out} ({exc})"
     grid = working_grid({"preprocessing": {"spacing_mm": [run_config["args"]["spacing"]] * 3},
                          "network": run_config["network"]})
     if grid != primary_grid:
-        return (f"--primary {args.primary} works on spacing {primary_grid[0]} mm, divisor {primary_grid[1]}; this run "
+        return (f"{option} {primary} works on spacing {primary_grid[0]} mm, divisor {primary_grid[1]}; this run "
                 f"on {grid[0]} mm, divisor {grid[1]}: analyze could not hand it a case")
     return None
 
 
-def kept_missing_modality_models(out: Path, name: str) -> Dict[str, str]:
-    """The ``missing_modality_models`` of the card of ``name`` already in ``out``, which a new export of ``name`` keeps
-    (the models it names are exported on their own)."""
+MODEL_LINKS = ("missing_modality_models", "fast_model")
+"""Card entries that name other models (exported on their own), which a new export of the naming model keeps."""
+
+
+def kept_model_links(out: Path, name: str) -> Dict:
+    """The entries of ``MODEL_LINKS`` in the card of ``name`` already in ``out``, which a new export of ``name``
+    keeps."""
     _, card_path = model_paths(name, out)
     if not card_path.is_file():
         return {}
     try:
-        return dict(json.loads(card_path.read_text()).get("missing_modality_models") or {})
-    except (OSError, ValueError, AttributeError):
+        card = json.loads(card_path.read_text())
+        return {key: card[key] for key in MODEL_LINKS if card.get(key)}
+    except (OSError, ValueError, AttributeError, TypeError):
         return {}
 
 
-def register_for_missing(out: Path, primary: str, modality: str, name: str) -> Path:
-    """Name model ``name`` in the card of ``primary`` (in ``out``) as the model for cases without ``modality``
-    (``missing_modality_models``) and write that card and its Markdown again; returns the card's path."""
+def register_in_primary(out: Path, primary: str, name: str, modality: Optional[str] = None) -> Path:
+    """Name model ``name`` in the card of ``primary`` (in ``out``): as the model for cases without ``modality``
+    (``missing_modality_models``), or without one as its ``fast_model``; write that card and its Markdown again and
+    return the card's path."""
     _, card_path = model_paths(primary, out)
     if not card_path.is_file():
         raise SystemExit(f"{card_path}: no card of the primary model '{primary}' to register '{name}' in")
     card = json.loads(card_path.read_text())
-    card["missing_modality_models"] = dict(card.get("missing_modality_models") or {}, **{modality: name})
+    if modality:
+        card["missing_modality_models"] = dict(card.get("missing_modality_models") or {}, **{modality: name})
+    else:
+        card["fast_model"] = name
     write_card(card, card_path)
     card_path.with_suffix(".md").write_text(card_markdown(card))
     return card_path
@@ -281,6 +300,10 @@ def card_markdown(card: Dict) -> str:
              *([f"- Meant for cases without {card['for_cases_without'].upper()}: `{card['primary_model']}` hands "
                 f"them to this model; read its figures without {card['for_cases_without'].upper()}"]
                if card.get("for_cases_without") else []),
+             *([f"- `analyze --fast` segments with `{card['fast_model']}` (a lighter network; its own card: "
+                f"cross-validated)"] if card.get("fast_model") else []),
+             *([f"- Meant for `analyze --fast`: `{card['fast_model_of']}` hands its fast runs to this lighter model"]
+               if card.get("fast_model_of") else []),
              f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
     validation = card.get("validation")
     if validation:
@@ -313,6 +336,8 @@ def main(argv=None) -> int:
                         help="export a model for cases without this modality and name it in --primary's card")
     parser.add_argument("--primary", default=None, help="with --for-cases-without: the model (in --out) that "
                         "hands such cases to this one, e.g. glioma_seg")
+    parser.add_argument("--fast-model-of", default=None, help="export a lighter model for analyze --fast and name it "
+                        "in this model's card (in --out), e.g. glioma_seg")
     args = parser.parse_args(argv)
     if args.cv_caveat and not args.cv_report:
         parser.error("--cv-caveat goes with --cv-report: it is printed under that cross-validation")
@@ -334,11 +359,13 @@ def main(argv=None) -> int:
             card["cross_validation"]["caveat"] = args.cv_caveat
     if args.for_cases_without:
         card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
+    if args.fast_model_of:
+        card["fast_model_of"] = args.fast_model_of
     out = Path(args.out)
-    kept = kept_missing_modality_models(out, args.name)
+    kept = kept_model_links(out, args.name)
     if kept:
-        card["missing_modality_models"] = kept
-        print(f"{args.name}: keeps naming {kept} for cases without those modalities", file=sys.stderr)
+        card.update(kept)
+        print(f"{args.name}: keeps naming the models of its card: {kept}", file=sys.stderr)
     save_model(model, card, out, args.name)
 
     start = time.perf_counter()
@@ -363,7 +390,9 @@ def main(argv=None) -> int:
     card_path = save_model(model, card, out, args.name)
     card_path.with_suffix(".md").write_text(card_markdown(json.loads(card_path.read_text())))
     if args.for_cases_without:
-        register_for_missing(out, args.primary, args.for_cases_without, args.name)
+        register_in_primary(out, args.primary, args.name, args.for_cases_without)
+    if args.fast_model_of:
+        register_in_primary(out, args.fast_model_of, args.name)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
