@@ -84,6 +84,7 @@ def _script_parser(module_name: str, monkeypatch) -> argparse.ArgumentParser:
 @pytest.mark.parametrize("config, module, skip", [
     ("segmentation.yaml", "training.segmentation.train_segmentation", ("config",)),
     ("segmentation_without_flair.yaml", "training.segmentation.train_segmentation", ("config",)),
+    ("segmentation_fast.yaml", "training.segmentation.train_segmentation", ("config",)),
     ("adaptation.yaml", "training.advanced.adaptation", ("config",)),
     ("semi_supervised.yaml", "training.advanced.semi_supervised", ("config",)),
     ("multitask.yaml", "training.multitask.train_multitask", ("config",)),
