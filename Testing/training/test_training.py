@@ -128,6 +128,30 @@ def test_loss_is_low_for_a_confident_right_answer():
     assert segmentation_loss(right, soft, scored) < 0.05 < segmentation_loss(wrong, soft, scored)
 
 
+def test_the_dice_term_scores_only_the_chosen_regions():
+    """With ``dice_regions`` (tc, et) a wrong whole-tumor extent costs only cross-entropy: the Dice term of a
+    prediction whose core and enhancement are right but whose edema spills over is the same as for a right one."""
+    from training.common.losses import segmentation_loss as loss
+    import argparse
+
+    from training.segmentation.train_segmentation import dice_regions
+
+    labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    labels[0, 2:6, 2:6, 2:6] = 2
+    labels[0, 3:5, 3:5, 3:5] = 3
+    soft = torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float()
+    spilled = labels.clone()
+    spilled[0, 0:2] = 2  # edema over two more slices
+    spill = torch.nn.functional.one_hot(spilled, 4).permute(0, 4, 1, 2, 3).float() * 20
+    scored = torch.tensor([1.0])
+    ce_only = loss(spill, soft, scored, dice_weight=0.0)
+    assert torch.isclose(loss(spill, soft, scored, dice_weight=1.0, dice_regions=("tc", "et")), ce_only, atol=1e-4)
+    assert loss(spill, soft, scored, dice_weight=1.0) > ce_only + 0.05  # WT's Dice counts by default
+    assert dice_regions("TC, et") == ("tc", "et")
+    with pytest.raises(argparse.ArgumentTypeError):
+        dice_regions("core")
+
+
 def test_training_checkpoints_and_resumes(tmp_path):
     data = tmp_path / "data"
     write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))

@@ -29,9 +29,14 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1.0
     return ce + (1 - dice).mean()
 
 
+REGIONS = ("wt", "tc", "et")
+
+
 def segmentation_loss(logits: torch.Tensor, soft: torch.Tensor, et_scored: torch.Tensor,
-                      dice_weight: float = 0.5, smooth: float = 1.0) -> torch.Tensor:
-    """Soft-target cross-entropy + ``dice_weight`` x (1 - soft region Dice), enhancement scored only with T1CE.
+                      dice_weight: float = 0.5, smooth: float = 1.0,
+                      dice_regions: "tuple[str, ...]" = REGIONS) -> torch.Tensor:
+    """Soft-target cross-entropy + ``dice_weight`` x (1 - soft region Dice) over ``dice_regions`` (of WT, TC, ET),
+    enhancement scored only with T1CE.
 
     logits (B, 4, Z, Y, X); soft (B, 4, Z, Y, X) class fractions (area-averaged 2 mm targets, rows sum to 1);
     et_scored (B,) 1 where T1CE was present in the crop. For a crop without T1CE, NCR and ET are one class in the
@@ -53,8 +58,9 @@ def segmentation_loss(logits: torch.Tensor, soft: torch.Tensor, et_scored: torch
     weight = torch.ones_like(intersection)
     weight[:, 2] = et_scored.float()
     dice = (2 * (weight * intersection).sum(0) + smooth) / ((weight * denominator).sum(0) + smooth)
-    present = torch.tensor([1.0, 1.0, float(et_scored.float().sum() > 0)], device=logits.device)
-    dice_term = ((1 - dice) * present).sum() / present.sum()
+    present = torch.tensor([float("wt" in dice_regions), float("tc" in dice_regions),
+                            float("et" in dice_regions and bool(et_scored.float().sum() > 0))], device=logits.device)
+    dice_term = ((1 - dice) * present).sum() / present.sum().clamp(min=1.0)
     return ce + dice_weight * dice_term
 
 

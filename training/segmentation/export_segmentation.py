@@ -61,11 +61,11 @@ def training_seconds(log: List[Dict]) -> float:
     return total + last
 
 
-def _loss(dice_weight: float) -> str:
+def _loss(dice_weight: float, regions: Sequence[str] = ("wt", "tc", "et")) -> str:
     if not dice_weight:
         return "soft-target cross-entropy (NCR and ET merged in crops without T1CE)"
-    return (f"soft-target cross-entropy + {dice_weight} x region Dice (WT, TC, ET; ET scored only in crops with "
-            f"T1CE)")
+    return (f"soft-target cross-entropy + {dice_weight} x region Dice ({', '.join(r.upper() for r in regions)}; ET "
+            f"scored only in crops with T1CE)")
 
 
 def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_VERSION) -> Dict:
@@ -90,7 +90,7 @@ def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_V
         "validation_split": run_config["validation_cases"],
         "training": {"steps": args["steps"], "batch": args["batch"], "crop_voxels": args["crop"],
                      "optimizer": "AdamW", "peak_lr": args["lr"], "schedule": "50-step warm-up, cosine",
-                     "loss": _loss(args.get("dice_weight", 0.5)),
+                     "loss": _loss(args.get("dice_weight", 0.5), args.get("dice_regions") or ("wt", "tc", "et")),
                      "foreground_probability": args.get("foreground_probability"),
                      "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3,
                                           "drop_one_weights_t1_t1ce_t2_flair": args.get("drop_one_weights", "1,1,1,1")},

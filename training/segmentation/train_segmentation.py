@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
 from ..common.datasets import REAL_DATA_ROOTS
 from ..common.folds import assign_folds, read_case_infos
-from ..common.losses import segmentation_loss
+from ..common.losses import REGIONS, segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .augmentation import AugmentationConfig
 from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases, sample_training_crop
@@ -64,6 +64,14 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def dice_regions(text: str) -> Tuple[str, ...]:
+    """--dice-regions: a comma-separated subset of wt, tc, et."""
+    regions = tuple(r.strip().lower() for r in text.split(",") if r.strip())
+    if not regions or any(r not in REGIONS for r in regions):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated subset of {', '.join(REGIONS)}")
+    return regions
 
 
 def network_config(text: str) -> NetworkConfig:
@@ -101,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--foreground-probability", type=float, default=FOREGROUND_PROBABILITY,
                         help="share of crops centred on a tumor voxel (the rest anywhere)")
     parser.add_argument("--dice-weight", type=float, default=0.5, help="weight of the region Dice next to CE")
+    parser.add_argument("--dice-regions", default="wt,tc,et", type=dice_regions,
+                        help="regions the Dice term scores, e.g. tc,et (the small ones CE alone learns slowly)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=2, help="crops per step and process")
@@ -218,7 +228,8 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         with autocast(context.device, use_amp):
             logits = network(x, presence)
-        loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], args.dice_weight)
+        loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], args.dice_weight,
+                                 dice_regions=args.dice_regions)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
