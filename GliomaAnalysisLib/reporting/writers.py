@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import SimpleITK as sitk
+from isal import igzip
 
 from ..io.atomic import staged_folder
-from ..io.image_io import gzip_length_matches
 from ..pipeline.result import AnalysisResult
 from .report_html import render_report, start_tumor_view
 
@@ -80,20 +80,28 @@ def _collect(tumor_view: Optional[Callable[[], bytes]]) -> None:
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
-    """sitk.WriteImage (compressed), checked: ITK's NIfTI writer can leave a short file on a full disk without
-    raising, so the gzip trailer's length is compared with what was to be written. Failures become OSError
-    (ENOSPC when the disk is full)."""
+    """``image`` as a gzip-compressed NIfTI at ``path``, compressed at level 1 by ISA-L (``isal``): ITK writes the
+    uncompressed file beside it, which is read back, checked complete and compressed. Same voxels and header as
+    ``sitk.WriteImage(image, path, True)``, 3-4x faster on the five maps of a BraTS case (0.9 -> 0.3 s; the files
+    about 40 % larger). ITK's NIfTI writer can leave a short file on a full disk without raising, hence the length
+    check. Failures become OSError (ENOSPC when the disk is full)."""
+    uncompressed = path.with_name(path.name[:-len(".gz")])
+    expected = _NIFTI_HEADER + (image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
+                                * image.GetSizeOfPixelComponent())
     try:
-        sitk.WriteImage(image, str(path), True)
-        complete = gzip_length_matches(path, _NIFTI_HEADER + image.GetNumberOfPixels()
-                                        * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent())
-        reason = "the file is incomplete after writing"
-    except RuntimeError as exc:
-        complete = False
-        reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines() if "Description:" in ln),
-                      "write failed")
-    if complete:
-        return
+        try:
+            sitk.WriteImage(image, str(uncompressed), False)
+            data = uncompressed.read_bytes()
+            reason = "the file is incomplete after writing"
+        except RuntimeError as exc:
+            data = b""
+            reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines()
+                           if "Description:" in ln), "write failed")
+        if len(data) == expected:
+            path.write_bytes(igzip.compress(data, compresslevel=1, mtime=0))
+            return
+    finally:
+        uncompressed.unlink(missing_ok=True)
     if shutil.disk_usage(path.parent).free < (1 << 20):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     raise OSError(errno.EIO, f"{path.name}: {reason[:160]}", str(path))

@@ -219,3 +219,14 @@ def test_checking_dependencies_does_not_import_torch_into_slicer():
     """Only the child process runs torch: Slicer's own process finds it without importing it (1.1 s, 150 MB)."""
     ensure = ast.unparse(_method("GliomaAnalysisLogic", "ensureDependencies"))
     assert "import torch" not in ensure and "importlib.util.find_spec('torch') is None" in ensure
+
+
+def test_the_module_installs_every_runtime_dependency_of_the_library():
+    """The child process imports the library inside Slicer's Python: REQUIREMENTS must hold pyproject.toml's runtime
+    dependencies, less torch (the PyTorch extension installs it), vtk and numpy (Slicer ships them)."""
+    import tomllib
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    requirements = ast.literal_eval(next(n.value for n in _tree().body if isinstance(n, ast.Assign)
+                                         and ast.unparse(n.targets[0]) == "REQUIREMENTS"))
+    provided_by_slicer = {d for d in declared if re.match(r"(torch|vtk|numpy)\b", d)}
+    assert set(requirements) == declared - provided_by_slicer
