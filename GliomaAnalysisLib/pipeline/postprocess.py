@@ -30,13 +30,34 @@ from __future__ import annotations
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
-
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
+import SimpleITK as sitk
 
 
-def _components(mask: np.ndarray):
-    return ndimage.label(mask, structure=_CONNECTIVITY)
+def _components(mask: np.ndarray) -> Tuple[np.ndarray, int]:
+    """26-connected components of ``mask`` (Z, Y, X) as (labels int32 1..count in raster order, count): the same
+    labels as ``scipy.ndimage.label`` with a full 3x3x3 structure (tested), without importing scipy (0.2-0.6 s of
+    every analysis's start-up)."""
+    components = sitk.ConnectedComponentImageFilter()
+    components.SetFullyConnected(True)
+    labels = components.Execute(sitk.GetImageFromArray(mask.astype(np.uint8)))
+    return sitk.GetArrayFromImage(labels).astype(np.int32, copy=False), int(components.GetObjectCount())
+
+
+def _sums(mask: np.ndarray, components: np.ndarray, count: int) -> np.ndarray:
+    """Voxels of ``mask`` in each component 1..count, shape (count,)."""
+    return np.bincount(components.ravel(), weights=mask.ravel(), minlength=count + 1)[1:]
+
+
+def _boxes(components: np.ndarray, count: int) -> List[Tuple[slice, ...]]:
+    """Bounding box (slices, as ``scipy.ndimage.find_objects``) of each component 1..count."""
+    coordinates = np.nonzero(components)
+    index = components[coordinates] - 1
+    low = np.full((components.ndim, count), np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full((components.ndim, count), -1, dtype=np.int64)
+    for axis, values in enumerate(coordinates):
+        np.minimum.at(low[axis], index, values)
+        np.maximum.at(high[axis], index, values)
+    return [tuple(slice(int(low[a, i]), int(high[a, i]) + 1) for a in range(components.ndim)) for i in range(count)]
 
 
 def nonzero_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
@@ -80,14 +101,13 @@ def _lesion_filter(labels: np.ndarray, spacing_zyx: Sequence[float], min_core_ml
     if count <= 1:
         return labels
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    index = np.arange(1, count + 1)
-    sizes = np.asarray(ndimage.sum(tumor, components, index=index)) * voxel_ml
-    cores = np.asarray(ndimage.sum((labels == 1) | (labels == 3), components, index=index)) * voxel_ml
+    sizes = _sums(tumor, components, count) * voxel_ml
+    cores = _sums((labels == 1) | (labels == 3), components, count) * voxel_ml
     largest = int(np.argmax(sizes))
     cored = [i for i in range(count) if cores[i] >= min_core_ml]
     lesions = sorted(set(cored) | {largest})
     if cored:
-        boxes = ndimage.find_objects(components)
+        boxes = _boxes(components, count)
         keep = set(lesions)
         for i in range(count):
             if i not in keep and sizes[i] >= min_near_ml and any(
@@ -119,7 +139,7 @@ def _remove_small_components(labels: np.ndarray, voxel_volume_ml: float, min_vol
     components, count = _components(labels > 0)
     if count <= 1:
         return labels
-    sizes = np.asarray(ndimage.sum(labels > 0, components, index=np.arange(1, count + 1)))
+    sizes = _sums(labels > 0, components, count)
     small = [i + 1 for i, n in enumerate(sizes) if n * voxel_volume_ml < min_volume_ml and i != int(np.argmax(sizes))]
     if not small:
         return labels

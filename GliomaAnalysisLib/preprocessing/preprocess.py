@@ -13,7 +13,6 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from ..io.case import Case
 from ..io.geometry import Geometry, regrid, resample_array_within, resample_to
@@ -161,6 +160,7 @@ def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
         nonzero |= channel != 0
     if nonzero.mean() < _NOT_SKULL_STRIPPED_FRACTION:
         return nonzero
+    from scipy import ndimage  # here only: the skull-stripped inputs most runs get need no scipy import
     from skimage.filters import threshold_otsu
 
     mean = np.zeros(channels[0].shape, dtype=np.float32)

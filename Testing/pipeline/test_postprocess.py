@@ -175,3 +175,20 @@ def test_region_thresholds_follow_the_missing_modality():
     assert region_thresholds_for({"region_thresholds": [0.6, 0.5, 0.2]}, ["flair"]) == [0.6, 0.5, 0.2]
     assert region_thresholds_for({"min_et_ml": 0.5, "missing_region_thresholds": {"flair": [0.3, 0.5, 0.2]}},
                                  ["flair"]) is None
+
+
+def test_components_sums_and_boxes_match_scipy_ndimage():
+    """The lesion filter's SimpleITK components are scipy.ndimage's (26-connected, the same raster-order labels,
+    so ties between equal sizes break the same way), and so are the per-component sums and bounding boxes."""
+    from scipy import ndimage
+    from GliomaAnalysisLib.pipeline.postprocess import _boxes, _components, _sums
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        mask = rng.random(tuple(rng.integers(3, 24, 3))) < rng.uniform(0.02, 0.4)
+        ours, count = _components(mask)
+        theirs, expected = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+        assert count == expected and np.array_equal(ours, theirs)
+        weights = mask & (rng.random(mask.shape) < 0.5)
+        assert np.array_equal(_sums(weights, ours, count), ndimage.sum(weights, theirs, np.arange(1, count + 1)))
+        assert _boxes(ours, count) == ndimage.find_objects(theirs)
