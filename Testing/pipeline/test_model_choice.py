@@ -22,21 +22,27 @@ def test_the_first_unseen_modality_the_card_names_decides():
     assert substitute_for({}, ["flair"]) is None
 
 
-@pytest.fixture(scope="module")
-def two_model_dir(tmp_path_factory, tiny_model_dir):
-    """glioma_seg (the tiny test model) naming a second tiny model, other weights, for cases without FLAIR."""
+def _copy_with_second_model(folder, source, name, seed, version):
+    """``source``'s models copied into ``folder`` beside a new tiny network ``name`` (glioma_seg's layout, weights
+    drawn with ``seed``); returns (folder, glioma_seg's card to edit and write back)."""
     import torch
 
     from GliomaAnalysisLib.models.model_store import save_model
     from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
-    folder = tmp_path_factory.mktemp("two_models")
-    for path in tiny_model_dir.iterdir():
+    for path in source.iterdir():
         shutil.copy(path, folder / path.name)
     card = json.loads((folder / "glioma_seg.json").read_text())
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     save_model(GliomaSegNet(NetworkConfig.from_dict(card["network"])),
-               {"version": "0.9", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, SUBSTITUTE)
+               {"version": version, "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, name)
+    return folder, card
+
+
+@pytest.fixture(scope="module")
+def two_model_dir(tmp_path_factory, tiny_model_dir):
+    """glioma_seg (the tiny test model) naming a second tiny model, other weights, for cases without FLAIR."""
+    folder, card = _copy_with_second_model(tmp_path_factory.mktemp("two_models"), tiny_model_dir, SUBSTITUTE, 1, "0.9")
     card["missing_modality_models"] = {"flair": SUBSTITUTE}
     card["postprocessing"] = {"region_thresholds": [0.9, 0.5, 0.2], "min_et_ml": 0.0}
     (folder / "glioma_seg.json").write_text(json.dumps(card))
@@ -133,18 +139,7 @@ FAST = "glioma_seg_fast"
 @pytest.fixture(scope="module")
 def fast_model_dir(tmp_path_factory, two_model_dir):
     """``two_model_dir`` with a third tiny model, other weights, named in glioma_seg's card as its ``fast_model``."""
-    import torch
-
-    from GliomaAnalysisLib.models.model_store import save_model
-    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
-
-    folder = tmp_path_factory.mktemp("fast_models")
-    for path in two_model_dir.iterdir():
-        shutil.copy(path, folder / path.name)
-    card = json.loads((folder / "glioma_seg.json").read_text())
-    torch.manual_seed(2)
-    save_model(GliomaSegNet(NetworkConfig.from_dict(card["network"])),
-               {"version": "0.3", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}, folder, FAST)
+    folder, card = _copy_with_second_model(tmp_path_factory.mktemp("fast_models"), two_model_dir, FAST, 2, "0.3")
     card["fast_model"] = FAST
     (folder / "glioma_seg.json").write_text(json.dumps(card))
     return folder
