@@ -32,13 +32,14 @@ from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 from ..common.config import parse_args
-from ..common.distributed import amp_enabled, autocast, crop_seed, grad_scaler, setup, wrap
+from ..common.distributed import amp_enabled, autocast, grad_scaler, setup, wrap
 from ..common.datasets import REAL_DATA_ROOTS
 from ..common.folds import assign_folds, read_case_infos
 from ..common.losses import REGIONS, segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .augmentation import AugmentationConfig
-from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases, sample_training_crop
+from .crop_stream import CropSettings, batches
+from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases
 
 T1CE = 1
 """Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-every", type=int, default=150)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes drawing the augmented crops (0: this one); the same batches for any number")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--network", default="{}", help="JSON overrides of NetworkConfig")
@@ -202,7 +205,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     network = wrap(model, context)
     if context.rank:
         torch.manual_seed(args.seed + context.rank)  # dropout masks differ between ranks; rank 0 as one process
-    rng = np.random.default_rng(crop_seed(args.seed, step, context.rank))
+    settings = CropSettings(args.batch, args.crop, args.foreground_probability, augmentation, args.seed, context.rank)
 
     log = None
     elapsed_before = 0.0
@@ -217,13 +220,10 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     network.train()
     started = time.perf_counter()
     last: Dict = {}
-    while step < args.steps:
-        batch = [sample_training_crop(real[rng.integers(len(real))], args.crop, rng, augmentation,
-                                      args.foreground_probability)
-                 for _ in range(args.batch)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(context.device)
-        soft = torch.from_numpy(np.stack([b[1] for b in batch])).to(context.device)
-        presence = torch.from_numpy(np.stack([b[2] for b in batch])).to(context.device)
+    for image, targets, presence_array in batches(real, settings, step, args.steps, args.workers):
+        x = torch.from_numpy(image).to(context.device)
+        soft = torch.from_numpy(targets).to(context.device)
+        presence = torch.from_numpy(presence_array).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         with autocast(context.device, use_amp):
