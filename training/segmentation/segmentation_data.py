@@ -75,15 +75,19 @@ def load_cached(folder: Path, cache: Path, spacing: Sequence[float], synthetic: 
 
 def load_cases(roots: Sequence[Path], cache: Path, spacing: Sequence[float],
                progress=None) -> List[TrainingCase]:
-    """Every labelled case under each of ``roots`` (sorted by id), preprocessed and cached once."""
-    found = sorted((c for root in roots if Path(root).is_dir() for c in discover_cases(root)),
+    """Every labelled case under each of ``roots`` (sorted by id), preprocessed and cached once. A root that is a
+    training pack (``pack_arrays.py``) gives its packed cases."""
+    from .pack_arrays import is_pack, read_pack
+
+    packed = [c for root in roots if is_pack(root) for c in read_pack(Path(root), spacing)]
+    found = sorted((c for root in roots if Path(root).is_dir() and not is_pack(root) for c in discover_cases(root)),
                    key=lambda c: c.case_id)
-    cases = []
+    cases = packed
     for index, case in enumerate(found):
         if progress:
             progress(f"case {index + 1}/{len(found)}: {case.case_id}")
         cases.append(load_cached(case.folder, cache, spacing))
-    return cases
+    return sorted(cases, key=lambda c: c.case_id)
 
 
 def load_split(data_root: Path, cache: Path, spacing: Sequence[float], n_phantoms: int = 0,

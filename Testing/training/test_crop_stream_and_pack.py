@@ -1,0 +1,70 @@
+"""Training batches drawn by worker processes (the same for any number of workers and on resume), and the training
+pack that carries the preprocessed arrays to a machine without the NIfTI files."""
+import csv
+
+import numpy as np
+import pytest
+
+from GliomaAnalysisLib.synthetic.phantom import write_cohort
+from training.common.datasets import TrainingDataError
+from training.common.folds import read_case_infos
+from training.segmentation.augmentation import AugmentationConfig
+from training.segmentation.crop_stream import CropSettings, batches
+from training.segmentation.pack_arrays import INTENSITY_STEP, main as pack_main
+from training.segmentation.segmentation_data import TrainingCase, load_cases
+
+
+def _cases() -> list:
+    rng = np.random.default_rng(0)
+    cases = []
+    for index in range(3):
+        labels = np.zeros((30, 34, 28), dtype=np.uint8)
+        labels[8 + index:18, 10:20, 9:19] = 2
+        labels[11:15, 12:16, 12:16] = 3
+        cases.append(TrainingCase(f"c{index}", rng.normal(size=(4, 30, 34, 28)).astype(np.float32), labels))
+    return cases
+
+
+def test_batches_are_the_same_for_any_number_of_workers_and_on_resume():
+    cases = _cases()
+    settings = CropSettings(batch=2, crop=16, foreground_probability=0.5, augmentation=AugmentationConfig(), seed=3)
+    alone = list(batches(cases, settings, 0, 5))
+    assert alone[0][0].shape == (2, 4, 16, 16, 16) and alone[0][1].shape == (2, 4, 16, 16, 16)
+    assert alone[0][2].shape == (2, 4)
+    pooled = list(batches(cases, settings, 0, 5, workers=2))
+    resumed = list(batches(cases, settings, 3, 5, workers=1))
+    for mine, theirs in zip(alone, pooled):
+        assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    for mine, theirs in zip(alone[3:], resumed):
+        assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    assert not np.array_equal(alone[0][0], alone[1][0])  # each step its own crops
+    other_rank = next(batches(cases, CropSettings(2, 16, 0.5, AugmentationConfig(), 3, rank=1), 0, 1))
+    assert not np.array_equal(other_rank[0], alone[0][0])
+
+
+def test_a_pack_gives_back_the_cached_cases(tmp_path):
+    data = tmp_path / "data"
+    write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
+    spacing = (4.0, 4.0, 4.0)
+    cached = load_cases([data], tmp_path / "cache", spacing)
+    pack = tmp_path / "pack"
+    assert pack_main(["--out", str(pack), "--data", str(data), "--cache", str(tmp_path / "cache"),
+                      "--spacing", "4"]) == 0
+    packed = load_cases([pack], tmp_path / "elsewhere", spacing)
+    assert [c.case_id for c in packed] == [c.case_id for c in cached]
+    for mine, theirs in zip(cached, packed):
+        assert np.array_equal(mine.labels, theirs.labels) and np.array_equal(mine.soft, theirs.soft)
+        assert np.abs(mine.image - theirs.image).max() <= INTENSITY_STEP / 2 + 1e-6
+    assert not (tmp_path / "elsewhere").exists()  # nothing preprocessed again
+    ids = [c.case_id for c in cached]
+    assert read_case_infos([pack], ids) == read_case_infos([data], ids)  # the same grades and sources: same folds
+    with open(pack / "labels.csv", newline="") as handle:
+        assert sorted(r["case_id"] for r in csv.DictReader(handle)) == sorted(ids)
+    with pytest.raises(TrainingDataError, match="asked for"):
+        load_cases([pack], tmp_path / "cache", (2.0, 2.0, 2.0))
+
+
+def test_packing_nothing_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert pack_main(["--out", str(tmp_path / "pack"), "--data", str(tmp_path / "empty")]) == 2
+    assert "no labelled cases" in capsys.readouterr().err and not (tmp_path / "pack").exists()
