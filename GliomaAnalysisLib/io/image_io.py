@@ -10,7 +10,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,7 +34,7 @@ def read_image(path: PathLike) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot read image ({_short_reason(exc)})") from None
+        raise ImageReadError(f"{path}: cannot read image ({short_itk_reason(exc)})") from None
     _check_complete(path, image)
     return image
 
@@ -93,12 +93,16 @@ def _nifti_data_offset(header: bytes) -> int:
     return 352
 
 
-def _short_reason(exc: Exception) -> str:
-    """The most informative line of a SimpleITK/ITK exception, shortened."""
+def short_itk_reason(exc: Exception, fallback: Optional[str] = None) -> str:
+    """The most informative part of a SimpleITK/ITK exception, at most 200 characters: the text after the first
+    ``Description:``; without one, ``fallback`` if given, else the last non-blank line (or the exception's type
+    name when the message is empty)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for line in lines:
         if "Description:" in line:
             return line.split("Description:", 1)[1].strip()[:200]
+    if fallback is not None:
+        return fallback[:200]
     return (lines[-1] if lines else type(exc).__name__)[:200]
 
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from isal import igzip
 
 from ..io.atomic import staged_folder
+from ..io.image_io import short_itk_reason
 from ..pipeline.result import AnalysisResult
 from .report_html import render_report, start_tumor_view
 
@@ -95,8 +96,7 @@ def _write_image(image: sitk.Image, path: Path) -> None:
             reason = "the file is incomplete after writing"
         except RuntimeError as exc:
             data = b""
-            reason = next((ln.split("Description:", 1)[1].strip() for ln in str(exc).splitlines()
-                           if "Description:" in ln), "write failed")
+            reason = short_itk_reason(exc, fallback="write failed")
         if len(data) == expected:
             path.write_bytes(igzip.compress(data, compresslevel=1, mtime=0))
             return

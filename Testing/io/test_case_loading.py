@@ -106,3 +106,15 @@ def test_matching_geometry_leaves_voxels_untouched(phantom_dir):
     case = load_case(phantom_dir)
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(next(phantom_dir.glob("*_flair.nii.gz")))))
     assert np.array_equal(case.array("flair"), raw.astype(np.float32))
+
+
+def test_the_short_itk_reason_is_the_description_else_the_fallback_or_last_line():
+    from GliomaAnalysisLib.io.image_io import short_itk_reason
+
+    described = RuntimeError("itk::ERROR: ImageFileWriter(0x1)\nsrc/file.cxx:12\nDescription:  No such directory \n")
+    assert short_itk_reason(described) == "No such directory"
+    assert short_itk_reason(described, fallback="write failed") == "No such directory"
+    bare = RuntimeError("first line\n  Could not create IO object for writing file x.nii.gz  \n")
+    assert short_itk_reason(bare, fallback="write failed") == "write failed"
+    assert short_itk_reason(bare) == "Could not create IO object for writing file x.nii.gz"
+    assert short_itk_reason(RuntimeError("")) == "RuntimeError"
