@@ -68,3 +68,41 @@ def test_packing_nothing_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert pack_main(["--out", str(tmp_path / "pack"), "--data", str(tmp_path / "empty")]) == 2
     assert "no labelled cases" in capsys.readouterr().err and not (tmp_path / "pack").exists()
+
+
+def test_folds_train_side_by_side_and_come_back_as_float16_bundles(tmp_path):
+    import json
+    import tarfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    from training.segmentation.train_folds import main as train_folds
+
+    data = tmp_path / "data"
+    write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
+    network = json.dumps({"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1, "transformer_heads": 2})
+    run, out = tmp_path / "run", tmp_path / "out"
+    assert train_folds(["--folds", "0,all", "--run-dir", str(run), "--bundle-out", str(out), "--data", str(data),
+                        "--cache", str(tmp_path / "cache"), "--crop", "16", "--batch", "1", "--n-folds", "2",
+                        "--spacing", "4", "--steps", "2", "--workers", "1", "--network", network]) == 0
+    for fold in ("0", "all"):
+        with tarfile.open(out / f"fold{fold}.tar") as tar:
+            tar.extractall(tmp_path / "back", filter="data")
+        back = load_file(str(tmp_path / "back" / f"fold{fold}" / "final.safetensors"))
+        trained = load_file(str(run / f"fold{fold}" / "final.safetensors"))
+        assert all(back[k].dtype == torch.float16 and torch.equal(back[k], trained[k].half())
+                   for k in trained if trained[k].is_floating_point())
+        config = json.loads((tmp_path / "back" / f"fold{fold}" / "config.json").read_text())
+        assert config["args"]["fold"] == fold and config["args"]["steps"] == 2
+    assert len(json.loads((run / "fold0" / "config.json").read_text())["validation_cases"]) == 1
+
+
+def test_train_folds_checks_the_options_before_starting_anything(tmp_path):
+    from training.segmentation.train_folds import main as train_folds
+
+    with pytest.raises(SystemExit):
+        train_folds(["--folds", "0", "--run-dir", str(tmp_path / "run"), "--no-such-option", "1"])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        train_folds(["--folds", "0,zero", "--run-dir", str(tmp_path / "run")])
