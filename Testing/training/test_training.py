@@ -217,3 +217,24 @@ def test_validation_scores_a_perfect_and_an_empty_prediction():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
     assert validate(model, [case]) == {"wt": 0.0, "tc": 1.0, "et": 1.0}
+
+
+def test_the_affine_crop_samples_as_scipy_does():
+    from scipy import ndimage
+
+    from training.segmentation.augmentation import affine_sample, rotation_matrix
+
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(3, 30, 26, 22)).astype(np.float32)
+    fill = np.array([1.0, 0.0, -2.0], dtype=np.float32)
+    for _ in range(4):
+        matrix = rotation_matrix(np.deg2rad(rng.uniform(-15, 15, 3))) * rng.uniform(0.85, 1.2)
+        matrix[:, 1] *= -1  # a flip
+        offset = rng.uniform(5, 20, 3) - matrix @ np.full(3, 11.5)  # part of the crop outside the volume
+        ours, = affine_sample([volume], [fill], matrix, offset, 24)
+        scipy = np.stack([ndimage.affine_transform(volume[c], matrix, offset, output_shape=(24,) * 3, order=1,
+                                                   mode="constant", cval=float(fill[c]), prefilter=False)
+                          for c in range(3)])
+        assert ours.shape == (3, 24, 24, 24) and ours.dtype == np.float32
+        assert np.abs(ours - scipy).max() < 1e-3
+        assert (ours == fill[:, None, None, None]).all(axis=0).any()  # some voxels outside: the fill

@@ -47,6 +47,9 @@ _worker_settings: Optional[CropSettings] = None
 
 
 def _start_worker(cases: List[TrainingCase], settings: CropSettings) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # a forked process must not enter the parent's OpenMP pool (the crop uses grid_sample)
     global _worker_cases, _worker_settings
     _worker_cases, _worker_settings = cases, settings
 
