@@ -153,6 +153,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     init_path = init_weights_path(args) if args.init_weights else None
     context = setup(args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = context.device.type == "cuda"  # every crop has one shape: tune convolutions once
     wall_start = time.perf_counter()
     config = network_config(args.network)  # before the run folder exists: a bad value leaves nothing behind
     run = Path(args.run_dir)
