@@ -6,7 +6,8 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them everything runs in one
 process. Sampling is random with replacement, so the DistributedSampler equivalent is one independent crop stream
-per rank (``crop_seed``); rank 0's stream is the single-process stream, so a one-process run is unchanged.
+per rank: each step's batch is drawn from its own generator seeded by ``crop_seed`` (seed, step, rank), and rank 0's
+stream is the single-process stream, so a one-process run is unchanged.
 Mixed precision (float16 autocast + GradScaler) is used on CUDA only; on the CPU everything stays float32.
 """
 from __future__ import annotations
@@ -121,7 +122,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def crop_seed(seed: int, step: int, rank: int = 0) -> List[int]:
-    """Seed of the crop generator at ``step`` for ``rank``: independent per rank, rank 0 = the one-process stream."""
+    """Seed of the generator of ``step``'s batch for ``rank``: independent per rank and step, rank 0 = the
+    one-process stream."""
     return [seed, step] if rank == 0 else [seed, step, rank]
 
 
