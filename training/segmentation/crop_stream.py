@@ -2,14 +2,13 @@
 
 Each step's batch comes from its own generator, seeded by (seed, step, rank): the stream is the same for any number
 of workers, and a run resumed at step k sees the batches an uninterrupted run sees from k on. Workers matter where
-the network step is cheap (a GPU): one 64^3 crop with the full augmentation takes about 0.14 s of one CPU core.
+the network step is cheap (a GPU): a batch of two 64^3 crops with the full augmentation takes about 0.2 s of one CPU
+core (``benchmarks/bench_training_crops.py``).
 """
 from __future__ import annotations
 
-import multiprocessing
-from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -42,37 +41,33 @@ def make_batch(cases: Sequence[TrainingCase], settings: CropSettings, step: int)
     return tuple(np.stack([c[i] for c in crops]) for i in range(3))  # type: ignore[return-value]
 
 
-_worker_cases: Optional[List[TrainingCase]] = None
-_worker_settings: Optional[CropSettings] = None
+class _StepBatches:
+    """Map-style dataset for torch's DataLoader: item i is the batch of step ``start + i``."""
 
+    def __init__(self, cases: Sequence[TrainingCase], settings: CropSettings, start: int, stop: int) -> None:
+        self.cases, self.settings, self.start, self.stop = cases, settings, start, stop
 
-def _start_worker(cases: List[TrainingCase], settings: CropSettings) -> None:
-    import torch
+    def __len__(self) -> int:
+        return self.stop - self.start
 
-    torch.set_num_threads(1)  # a forked process must not enter the parent's OpenMP pool (the crop uses grid_sample)
-    global _worker_cases, _worker_settings
-    _worker_cases, _worker_settings = cases, settings
+    def __getitem__(self, index: int):
+        import torch
 
-
-def _worker_batch(step: int) -> Batch:
-    assert _worker_cases is not None and _worker_settings is not None
-    return make_batch(_worker_cases, _worker_settings, step)
+        return tuple(torch.from_numpy(a) for a in make_batch(self.cases, self.settings, self.start + index))
 
 
 def batches(cases: List[TrainingCase], settings: CropSettings, start: int, stop: int,
             workers: int = 0) -> Iterator[Batch]:
     """The batches of steps ``start`` .. ``stop - 1`` in order. ``workers`` > 0: drawn by that many forked
-    processes (the cases are shared copy-on-write), at most two batches per worker ahead of the consumer."""
+    processes of torch's DataLoader (the cases shared copy-on-write, the batches handed over in shared memory, two
+    batches per worker prepared ahead)."""
     if workers <= 0:
         for step in range(start, stop):
             yield make_batch(cases, settings, step)
         return
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_start_worker, initargs=(cases, settings)) as pool:
-        pending: deque = deque()
-        next_step = start
-        while next_step < stop or pending:
-            while next_step < stop and len(pending) < 2 * workers:
-                pending.append(pool.apply_async(_worker_batch, (next_step,)))
-                next_step += 1
-            yield pending.popleft().get()
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_StepBatches(cases, settings, start, stop), batch_size=None, shuffle=False,
+                        num_workers=workers, prefetch_factor=2, multiprocessing_context="fork")
+    for image, soft, presence in loader:
+        yield image.numpy(), soft.numpy(), presence.numpy()
