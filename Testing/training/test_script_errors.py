@@ -17,6 +17,8 @@ def setup_files(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "labels.csv").write_text("case_id,grade\n")
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / "pack.json").write_text('{"format": "something-else"}')
     return tmp_path
 
 
@@ -34,6 +36,10 @@ def setup_files(tmp_path):
      "none.json: file not found"),
     (("training.slice_grade.cross_validate", "--run-dir", "{tmp}/run", "--folds", "5"), "--folds 5: each fold"),
     (("training.segmentation.evaluate", "{tmp}", "{tmp}/missing"), "missing: data folder not found"),
+    (("training.segmentation.train_segmentation", "--run-dir", "{tmp}/run", "--data", "{tmp}/pack"),
+     "pack: not a training pack of format"),
+    (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--data", "{tmp}/pack"),
+     "pack is a training pack"),
 ])
 def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, message):
     result = _run(*(a.format(tmp=setup_files) for a in args))

@@ -36,6 +36,7 @@ from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filte
 from ..common.config import parse_args
 from ..common.datasets import discover_cases
 from . import train_segmentation
+from .pack_arrays import is_pack
 
 MIN_ET_CHOICES = (0.0, 0.25, 0.5, 1.0, 2.0)
 """mL: candidate thresholds below which a predicted enhancement is relabelled NCR (scored in CV)."""
@@ -396,6 +397,11 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     run = Path(args.run_dir)
+    packs = [root for root in args.data if is_pack(root)]
+    if packs:
+        print(f"error: {packs[0]} is a training pack; cross-validation predicts from the NIfTI files: give the data "
+              f"roots (train folds from a pack with train_folds, then predict here)", file=sys.stderr)
+        return 2
     folders = {c.case_id: c for root in args.data if Path(root).is_dir() for c in discover_cases(root)}
     if not folders:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
