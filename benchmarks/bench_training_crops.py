@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.common.datasets import REAL_DATA_ROOTS  # noqa: E402
+from training.common.stages import DEFAULT_CACHE  # noqa: E402
 from training.segmentation.augmentation import AugmentationConfig  # noqa: E402
 from training.segmentation.crop_stream import CropSettings, batches, make_batch  # noqa: E402
 from training.segmentation.segmentation_data import load_cases  # noqa: E402
@@ -27,7 +28,7 @@ from training.segmentation.segmentation_data import load_cases  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS, help="data roots or a training pack")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
     args = parser.parse_args(argv)

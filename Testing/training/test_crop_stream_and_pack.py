@@ -106,3 +106,13 @@ def test_train_folds_checks_the_options_before_starting_anything(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit):
         train_folds(["--folds", "0,zero", "--run-dir", str(tmp_path / "run")])
+
+
+def test_a_pack_that_cannot_be_written_leaves_nothing(tmp_path):
+    from training.segmentation.pack_arrays import write_pack
+
+    good, bad = _cases()[:2]
+    bad.image[0, 0, 0, 0] = 1000.0  # beyond int16 at 1/64 SD
+    with pytest.raises(TrainingDataError, match="c1: intensities beyond"):
+        write_pack([good, bad], [], tmp_path / "pack", (2.0, 2.0, 2.0))
+    assert list(tmp_path.iterdir()) == []

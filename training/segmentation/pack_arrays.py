@@ -22,8 +22,10 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from GliomaAnalysisLib import __version__
+from GliomaAnalysisLib.io.atomic import staged_folder
 
 from ..common.datasets import REAL_DATA_ROOTS, TrainingDataError
+from ..common.stages import DEFAULT_CACHE
 from .segmentation_data import TARGETS_VERSION, TrainingCase, load_cases
 
 PACK_FORMAT = "glioma-analysis-training-pack-1"
@@ -36,8 +38,13 @@ def is_pack(root: "str | os.PathLike[str]") -> bool:
 
 
 def write_pack(cases: Sequence[TrainingCase], roots: Sequence[Path], out: Path, spacing: Sequence[float]) -> None:
-    """``out``/pack.json, labels.csv and one npz per case (see the module docstring)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """``out``/pack.json, labels.csv and one npz per case (see the module docstring), written whole or not at all
+    (an existing ``out`` is replaced)."""
+    with staged_folder(out, replace=True) as staging:
+        _write_pack_into(staging, cases, roots, spacing)
+
+
+def _write_pack_into(out: Path, cases: Sequence[TrainingCase], roots: Sequence[Path], spacing: Sequence[float]) -> None:
     for case in cases:
         scaled = np.round(case.image / INTENSITY_STEP)
         if np.abs(scaled).max() > np.iinfo(np.int16).max:
@@ -84,7 +91,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the pack folder (created)")
     parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS, help="data roots (case folders with _seg files)")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm")
     args = parser.parse_args(argv)
     spacing = (args.spacing,) * 3
