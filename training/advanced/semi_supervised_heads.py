@@ -36,7 +36,8 @@ from ..multitask.export_multitask import _task_arrays
 from ..common.losses import UncertaintyWeighting, masked_task_loss
 from ..common.metrics import roc_auc
 from .semi_supervised import complementary_masks, distribution_alignment, ema_update
-from ..multitask.train_multitask import DEFAULT_CACHE, known_targets, mc_probabilities, pooled_features
+from ..common.datasets import DEFAULT_CACHE
+from ..multitask.train_multitask import known_targets, mc_probabilities, pooled_features
 
 Rows = Dict[str, torch.Tensor]
 

@@ -15,6 +15,8 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BRATS18 = SHARED_DATA / "brats18"
 REAL_DATA_ROOTS = [str(BRATS18), str(SHARED_DATA / "brats-extra")]
 """All 31 real labelled cases: the default data of the segmentation training and cross-validation."""
+DEFAULT_CACHE = str(Path.home() / ".cache" / "glioma-analysis" / "training")
+"""Where the training scripts keep preprocessed working-grid arrays (``--cache``)."""
 
 
 @dataclass

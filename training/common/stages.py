@@ -14,10 +14,8 @@ from safetensors.torch import save_file
 
 from GliomaAnalysisLib.models.network import GliomaSegNet
 
-from .datasets import BRATS18
+from .datasets import BRATS18, DEFAULT_CACHE
 from ..segmentation.segmentation_data import TrainingCase, load_split, sample_crop
-
-DEFAULT_CACHE = str(Path.home() / ".cache" / "glioma-analysis" / "training")
 
 
 def start_model(weights: Optional[str] = None, model_dir: Optional[str] = None, name: str = "glioma_seg",

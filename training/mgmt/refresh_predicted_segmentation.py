@@ -20,7 +20,8 @@ from GliomaAnalysisLib.models.mgmt_fusion import DEFAULT_MODEL_NAME, load_mgmt_f
 from GliomaAnalysisLib.models.model_store import ModelError, model_paths, write_card
 
 from ..common.classification_data import ClassificationSample, phantom_split
-from .train_mgmt import DEFAULT_CACHE, markdown_card, predicted_segmentation_cases, predicted_segmentation_report
+from ..common.datasets import DEFAULT_CACHE
+from .train_mgmt import markdown_card, predicted_segmentation_cases, predicted_segmentation_report
 
 
 def refresh(model_dir: Optional[str], cache: Path, seg_model: str = "glioma_seg", name: str = DEFAULT_MODEL_NAME,
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--model-dir", default=None, help="folder of the MGMT model (default: the shipped models)")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--seg-model", default="glioma_seg", help="segmentation model that chooses the slices")
-    parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the phantom cohort is kept")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help="where the phantom cohort is kept")
     args = parser.parse_args(argv)
     try:
         card = refresh(args.model_dir, Path(args.cache), args.seg_model, args.name)

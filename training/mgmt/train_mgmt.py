@@ -58,11 +58,11 @@ from GliomaAnalysisLib.io.modalities import MODALITIES
 
 from ..common.classification_data import ClassificationSample, load_classification_split
 from ..common.config import parse_args as parse_with_config
+from ..common.datasets import DEFAULT_CACHE
 from ..common.metrics import binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from ..common.run_record import classification_split_ids, start_run_record
 
-DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
 REPO = Path(__file__).resolve().parents[2]
 LABEL_SOURCE = ("simulated: MGMT status of synthetic phantoms (GliomaAnalysisLib.synthetic.phantom; methylation drawn from a "
                 "prior that depends on IDH, methylated tumors get slightly less edema). No real MGMT label exists "
@@ -476,7 +476,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--real-root", default=None, help="real cases too (they carry no MGMT label: not used)")
-    parser.add_argument("--cache", default=str(DEFAULT_CACHE))
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--n-phantoms", type=int, default=240)
     parser.add_argument("--phantom-seed", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=20, help="most epochs per modality")

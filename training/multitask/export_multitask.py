@@ -28,7 +28,8 @@ from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.metrics import auc_evidence, auc_table, binary_report
 from ..common.plots import calibration_plot, decision_curve_plot
 from . import volume_grade
-from .train_multitask import DEFAULT_CACHE, mc_probabilities, pooled_features
+from ..common.datasets import DEFAULT_CACHE
+from .train_multitask import mc_probabilities, pooled_features
 from ..common.run_record import git_commit
 
 MODEL_NAME = "glioma_multitask"

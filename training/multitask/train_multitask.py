@@ -29,13 +29,13 @@ from ..common.classification_data import (ClassificationSample, ClassificationSp
                                           load_classification_split)
 from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.config import parse_args as parse_with_config
+from ..common.datasets import DEFAULT_CACHE
 from ..common.losses import dice_ce_loss, masked_task_loss, UncertaintyWeighting
 from .multitask_data import evaluation_example, training_example
 from ..common.run_record import classification_split_ids, finish_run_record, start_run_record
 from ..segmentation.segmentation_data import sample_crop
 from ..common.run_record import git_commit
 
-DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
 
 
 def collate(examples: Sequence[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.io.modalities import MODALITIES
 from GliomaAnalysisLib.models.network import GliomaSegNet
 
-from ..common.datasets import BRATS18
+from ..common.datasets import BRATS18, DEFAULT_CACHE
 from .segmentation_data import TrainingCase
 
 REGIONS = ("wt", "tc", "et")
@@ -162,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--name", default="glioma_seg")
     parser.add_argument("--network", default="{}", help="JSON overrides of NetworkConfig for --weights")
     parser.add_argument("--data", default=str(BRATS18))
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--table", nargs="+", default=None, metavar="NAME=JSON",
                         help="build a markdown table from result files instead of evaluating")

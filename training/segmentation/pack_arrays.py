@@ -24,8 +24,7 @@ import numpy as np
 from GliomaAnalysisLib import __version__
 from GliomaAnalysisLib.io.atomic import staged_folder
 
-from ..common.datasets import REAL_DATA_ROOTS, TrainingDataError
-from ..common.stages import DEFAULT_CACHE
+from ..common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS, TrainingDataError
 from .segmentation_data import TARGETS_VERSION, TrainingCase, load_cases
 
 PACK_FORMAT = "glioma-analysis-training-pack-1"

@@ -33,7 +33,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
 from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, grad_scaler, setup, wrap
-from ..common.datasets import REAL_DATA_ROOTS
+from ..common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS
 from ..common.folds import assign_folds, read_case_infos
 from ..common.losses import REGIONS, segmentation_loss
 from ..common.run_record import finish_run_record, git_commit, start_run_record
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dice-weight", type=float, default=0.5, help="weight of the region Dice next to CE")
     parser.add_argument("--dice-regions", default="wt,tc,et", type=dice_regions,
                         help="regions the Dice term scores, e.g. tc,et (the small ones CE alone learns slowly)")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "glioma-analysis" / "training"))
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=2, help="crops per step and process")
     parser.add_argument("--crop", type=int, default=64, help="crop edge in working-grid voxels")

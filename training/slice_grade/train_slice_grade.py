@@ -30,13 +30,12 @@ from GliomaAnalysisLib.models.slice_grade_net import SliceGradeNet
 
 from ..common.classification_data import ClassificationSplit, load_classification_split
 from ..common.config import parse_args as parse_with_config
-from ..common.datasets import REAL_DATA_ROOTS
+from ..common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS
 from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.metrics import roc_auc
 from ..common.run_record import classification_split_ids, start_run_record
 from .slice_grade_data import CaseSlices, augmented_batch, cut_cases
 
-DEFAULT_CACHE = Path.home() / ".cache" / "glioma-analysis" / "training"
 
 
 def build_parser() -> argparse.ArgumentParser:
