@@ -2,7 +2,8 @@
 
     python benchmarks/bench_training_crops.py [--data PACK_OR_ROOTS ...] [--batches 30] [--workers 0 2]
 
-Prints the median seconds of one batch of two 64^3 crops of the shipped recipe on one core (torch single-threaded),
+Prints the median seconds of one batch of the recipe in --config (default: the shipped one, two 64^3 crops) on one
+core (torch single-threaded),
 then, for each --workers value, the batches per second ``crop_stream.batches`` delivers with that many worker
 processes. Run it with nothing else busy.
 """
@@ -18,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.common.datasets import REAL_DATA_ROOTS  # noqa: E402
-from training.common.stages import DEFAULT_CACHE  # noqa: E402
-from training.segmentation.augmentation import AugmentationConfig  # noqa: E402
-from training.segmentation.crop_stream import CropSettings, batches, make_batch  # noqa: E402
+from training.common.config import CONFIG_DIR, parse_args  # noqa: E402
+from training.common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS  # noqa: E402
+from training.segmentation.crop_stream import batches, make_batch  # noqa: E402
 from training.segmentation.segmentation_data import load_cases  # noqa: E402
+from training.segmentation.train_segmentation import build_parser, crop_settings  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,21 +32,23 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=DEFAULT_CACHE)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
+    parser.add_argument("--config", default=str(CONFIG_DIR / "segmentation.yaml"),
+                        help="training recipe whose batches are timed (train_segmentation's YAML)")
     args = parser.parse_args(argv)
+    recipe = parse_args(build_parser(), ["--config", args.config, "--run-dir", "unused"])
     torch.set_num_threads(1)
-    cases = load_cases([Path(d) for d in args.data], Path(args.cache), (2.0, 2.0, 2.0))
+    cases = load_cases([Path(d) for d in args.data], Path(args.cache), (recipe.spacing,) * 3)
     if not cases:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         return 2
-    settings = CropSettings(batch=2, crop=64, foreground_probability=0.33,
-                            augmentation=AugmentationConfig(keep_all_probability=0.5), seed=0)
+    settings = crop_settings(recipe, rank=0)
     make_batch(cases, settings, 0)  # warm-up
     times = []
     for step in range(1, args.batches + 1):
         started = time.perf_counter()
         make_batch(cases, settings, step)
         times.append(time.perf_counter() - started)
-    print(f"{len(cases)} cases; one batch of 2 crops on one core: median {np.median(times):.3f} s "
+    print(f"{len(cases)} cases; one batch of {settings.batch} crops of {settings.crop}^3 on one core: median {np.median(times):.3f} s "
           f"(min {min(times):.3f}, max {max(times):.3f}, {args.batches} batches)")
     for workers in args.workers:
         stream = batches(cases, settings, 0, args.batches + 1, workers)

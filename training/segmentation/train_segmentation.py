@@ -91,6 +91,13 @@ def drop_one_weights(text: str) -> tuple:
     return weights
 
 
+def crop_settings(args: argparse.Namespace, rank: int) -> CropSettings:
+    """The training batches of ``args`` (batch, crop, foreground share, augmentation, seed) for process ``rank``."""
+    augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability,
+                                      drop_one_weights=drop_one_weights(args.drop_one_weights))
+    return CropSettings(args.batch, args.crop, args.foreground_probability, augmentation, args.seed, rank)
+
+
 def init_weights_path(args: argparse.Namespace) -> str:
     """--init-weights with '{fold}' filled in; a missing file is a one-line error."""
     path = str(args.init_weights).replace("{fold}", str(args.fold))
@@ -148,8 +155,7 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     """Run the training loop of ``args`` (in every torchrun process); returns the trained network (None when no
     labelled case was found). Only rank 0 writes the run folder."""
-    augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability,
-                                      drop_one_weights=drop_one_weights(args.drop_one_weights))
+    settings = crop_settings(args, rank=0)  # checks --drop-one-weights before anything is written
     init_path = init_weights_path(args) if args.init_weights else None
     context = setup(args.device)
     torch.set_num_threads(args.threads)
@@ -206,7 +212,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     network = wrap(model, context)
     if context.rank:
         torch.manual_seed(args.seed + context.rank)  # dropout masks differ between ranks; rank 0 as one process
-    settings = CropSettings(args.batch, args.crop, args.foreground_probability, augmentation, args.seed, context.rank)
+    settings = crop_settings(args, context.rank)
 
     log = None
     elapsed_before = 0.0
