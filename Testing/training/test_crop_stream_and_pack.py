@@ -58,6 +58,8 @@ def test_a_pack_gives_back_the_cached_cases(tmp_path):
     assert not (tmp_path / "elsewhere").exists()  # nothing preprocessed again
     ids = [c.case_id for c in cached]
     assert read_case_infos([pack], ids) == read_case_infos([data], ids)  # the same grades and sources: same folds
+    with pytest.raises(TrainingDataError, match=f"case {ids[0]} is in more than one data root"):
+        load_cases([pack, data], tmp_path / "cache", spacing)  # each case would be trained on twice
     with open(pack / "labels.csv", newline="") as handle:
         assert sorted(r["case_id"] for r in csv.DictReader(handle)) == sorted(ids)
     with pytest.raises(TrainingDataError, match="asked for"):

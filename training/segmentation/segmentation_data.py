@@ -4,6 +4,7 @@ augmented crops (``sample_training_crop``, the recipe of train_segmentation) and
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from GliomaAnalysisLib import __version__, load_case, preprocess
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
 
-from ..common.datasets import discover_cases
+from ..common.datasets import TrainingDataError, discover_cases
 from .augmentation import AugmentationConfig, intensity_augment, modality_presence, spatial_crop
 
 TARGETS_VERSION = "area-averaged-1"
@@ -76,12 +77,18 @@ def load_cached(folder: Path, cache: Path, spacing: Sequence[float], synthetic: 
 def load_cases(roots: Sequence[Path], cache: Path, spacing: Sequence[float],
                progress=None) -> List[TrainingCase]:
     """Every labelled case under each of ``roots`` (sorted by id), preprocessed and cached once. A root that is a
-    training pack (``pack_arrays.py``) gives its packed cases."""
+    training pack (``pack_arrays.py``) gives its packed cases. A case id found twice (a pack given beside the roots
+    it was made from) is a :class:`TrainingDataError`: it would be trained on twice, and could land in two folds."""
     from .pack_arrays import is_pack, read_pack
 
     packed = [c for root in roots if is_pack(root) for c in read_pack(Path(root), spacing)]
     found = sorted((c for root in roots if Path(root).is_dir() and not is_pack(root) for c in discover_cases(root)),
                    key=lambda c: c.case_id)
+    counts = Counter([c.case_id for c in packed] + [c.case_id for c in found])
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    if twice:
+        raise TrainingDataError(f"case {twice[0]} is in more than one data root ({len(twice)} such case(s)); give "
+                                "a training pack or the folders it was made from, not both")
     cases = packed
     for index, case in enumerate(found):
         if progress:
