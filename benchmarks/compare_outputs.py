@@ -7,7 +7,8 @@
 
 Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
 ``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
-expert labels and writes them with the label volumes per case. --compare prints the per-case and mean differences.
+expert labels (1.0 where both are empty, as the cross-validation scores them; files written before
+2026-12-04 scored that 0.0) and writes them with the label volumes per case. --compare prints the per-case and mean differences.
 Run it from the checkout whose code you measure (the repository root is put first on sys.path).
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ def score(roots, threads: int, passes: Optional[int] = None) -> dict:
 
     from GliomaAnalysisLib import analyze, load_case
     from GliomaAnalysisLib.io.labels import regions
+    from GliomaAnalysisLib.pipeline.measures import dice  # 1.0 when both are empty, as in cross-validation
     from GliomaAnalysisLib.models import onnx_engine
     from GliomaAnalysisLib.pipeline import analysis
 
@@ -49,8 +51,7 @@ def score(roots, threads: int, passes: Optional[int] = None) -> dict:
             predicted = regions(_contiguous(sitk.GetArrayFromImage(result.labels)))
             truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
             cases[folder.name] = {
-                **{k: float(2 * (predicted[k] & truth[k]).sum() / max(1, predicted[k].sum() + truth[k].sum()))
-                   for k in REGIONS},
+                **{k: dice(predicted[k], truth[k]) for k in REGIONS},
                 "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
             print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
     return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "cases": cases,
