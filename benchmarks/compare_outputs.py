@@ -8,7 +8,8 @@
 Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
 ``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
 expert labels (1.0 where both are empty, as the cross-validation scores them; files written before
-2026-12-04 scored that 0.0) and writes them with the label volumes per case. --compare prints the per-case and mean differences.
+2026-12-04 scored that 0.0) and writes them with the label volumes per case. --compare prints the per-case and mean
+differences.
 Run it from the checkout whose code you measure (the repository root is put first on sys.path).
 """
 from __future__ import annotations
