@@ -93,8 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = [label_contrast(case, args.spacing ** 3 / 1000.0) for case in cases]
     print(markdown_table(rows, args.min_enhancement))
     flagged = [r.case_id for r in rows if r.flagged(args.min_enhancement)]
-    print(f"\n{len(cases)} cases, {sum(r.enhancement is not None for r in rows)} with an ET label; "
-          f"{len(flagged)} ET label(s) without enhancement (< {args.min_enhancement} SD): {', '.join(flagged) or 'none'}")
+    with_et = sum(r.enhancement is not None for r in rows)
+    print(f"\n{len(cases)} cases, {with_et} with an ET label; {len(flagged)} ET label(s) without enhancement "
+          f"(< {args.min_enhancement} SD): {', '.join(flagged) or 'none'}")
     return 0
 
 
