@@ -175,6 +175,10 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert (run / "final.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())
     assert len(config["validation_cases"]) == 1 and len(config["train_cases"]) == 1
+    final_scores = records[2]["val_cases"]  # the final step's per-case validation Dice (compare_validation)
+    assert set(final_scores) == set(config["validation_cases"])
+    assert records[2]["val_dice"] == pytest.approx(next(iter(final_scores.values())), abs=1e-4)
+    assert "val_cases" not in records[0]  # only the final model's
     assert set(config["validation_cases"] + config["train_cases"]) == set(config["folds"])
 
 
@@ -203,20 +207,24 @@ def test_warm_restart_starts_from_the_given_weights(tmp_path):
 
 def test_validation_scores_a_perfect_and_an_empty_prediction():
     from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
-    from training.segmentation.train_segmentation import validate
+    from training.segmentation.train_segmentation import mean_dice, validation_dice
 
     torch.manual_seed(0)
     model = GliomaSegNet(NetworkConfig(widths=(4, 8), encoder_blocks=(1, 1), transformer_layers=1, transformer_heads=2))
     labels = np.zeros((10, 12, 9), dtype=np.uint8)
     labels[3:6, 3:7, 2:5] = 2
     case = TrainingCase("c", np.random.default_rng(0).normal(size=(4, 10, 12, 9)).astype(np.float32), labels)
-    scores = validate(model, [case])
-    assert set(scores) == {"wt", "tc", "et"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    scores = validation_dice(model, [case])
+    assert set(scores) == {"c"} and set(scores["c"]) == {"wt", "tc", "et"}
+    assert all(0.0 <= v <= 1.0 for v in scores["c"].values())
     assert model.training  # back in training mode
     with torch.no_grad():  # a model that always answers background: ET and TC are empty in both -> Dice 1, WT 0
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
-    assert validate(model, [case]) == {"wt": 0.0, "tc": 1.0, "et": 1.0}
+    other = TrainingCase("d", case.image, np.where(labels > 0, 3, 0).astype(np.uint8))  # ET present: Dice 0
+    scores = validation_dice(model, [case, other])
+    assert scores == {"c": {"wt": 0.0, "tc": 1.0, "et": 1.0}, "d": {"wt": 0.0, "tc": 0.0, "et": 0.0}}
+    assert mean_dice(scores) == {"wt": 0.0, "tc": 0.5, "et": 0.5}
 
 
 def test_the_affine_crop_samples_as_scipy_does():

@@ -45,13 +45,17 @@ def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
         b = report[name[:-4]][variant] if report is not None else score_variants(base / "oof" / name)[variant]
         rows.append([a[r] for r in REGIONS] + [b[r] for r in REGIONS])
         per_case[name[:-4]] = ([round(a[r], 4) for r in REGIONS], [round(b[r], 4) for r in REGIONS])
-    values = np.array(rows)
+    return {**paired_statistics(np.array(rows)), "per_case": per_case}
+
+
+def paired_statistics(values: np.ndarray) -> Dict:
+    """values (cases, 6): the new run's WT, TC, ET then the base's, one row per case -> {cases, new, base,
+    difference, se}: the means of each run, the mean paired difference and its standard error, per region."""
     difference = values[:, :3] - values[:, 3:]
     se = difference.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros(3)
     return {"cases": len(values), "new": dict(zip(REGIONS, values[:, :3].mean(0).round(4))),
             "base": dict(zip(REGIONS, values[:, 3:].mean(0).round(4))),
-            "difference": dict(zip(REGIONS, difference.mean(0).round(4))), "se": dict(zip(REGIONS, se.round(4))),
-            "per_case": per_case}
+            "difference": dict(zip(REGIONS, difference.mean(0).round(4))), "se": dict(zip(REGIONS, se.round(4)))}
 
 
 def main(argv=None) -> int:

@@ -45,20 +45,25 @@ T1CE = 1
 """Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
 
 
-def validate(model: GliomaSegNet, cases: List[TrainingCase],
-             device: torch.device = torch.device("cpu")) -> Dict[str, float]:
-    """Mean Dice (WT, TC, ET) over ``cases`` on the working grid, all modalities present, one plain pass on
-    ``device`` (the device the model trains on)."""
-    scores = []
+def validation_dice(model: GliomaSegNet, cases: List[TrainingCase],
+                    device: torch.device = torch.device("cpu")) -> Dict[str, Dict[str, float]]:
+    """Dice (WT, TC, ET) of each case of ``cases`` on the working grid, all modalities present, argmax of one plain
+    pass on ``device`` (the device the model trains on): {case id: {region: Dice}}."""
+    scores = {}
     for case in cases:
         shape = case.labels.shape
         pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
         probabilities, _, _ = predict(model, np.pad(case.image, pad), np.ones(4, dtype=np.float32), device)
         prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
         truth = regions(case.labels)
-        scores.append({name: dice(prediction[name], truth[name]) for name in ("wt", "tc", "et")})
+        scores[case.case_id] = {name: round(dice(prediction[name], truth[name]), 4) for name in REGIONS}
     model.train()
-    return {k: float(np.mean([s[k] for s in scores])) for k in ("wt", "tc", "et")}
+    return scores
+
+
+def mean_dice(scores: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """{region: mean over the cases} of :func:`validation_dice`'s scores."""
+    return {k: float(np.mean([s[k] for s in scores.values()])) for k in REGIONS}
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float:
@@ -249,7 +254,10 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
                   "seconds": round(elapsed_before + time.perf_counter() - started, 1)}
         if validation and (step % args.val_every == 0 or step == args.steps):
             if context.is_main:
-                record["val_dice"] = validate(model, validation, context.device)
+                scores = validation_dice(model, validation, context.device)
+                record["val_dice"] = mean_dice(scores)
+                if step == args.steps:  # the final model's per-case Dice: compare_validation pairs two runs on it
+                    record["val_cases"] = scores
                 print(f"step {step}: loss {mean_loss:.4f} val {record['val_dice']}", file=sys.stderr, flush=True)
             context.barrier()
         last = record
