@@ -3,9 +3,8 @@
     python benchmarks/bench_training_crops.py [--data PACK_OR_ROOTS ...] [--batches 30] [--workers 0 2]
 
 Prints the median seconds of one batch of the recipe in --config (default: the shipped one, two 64^3 crops) on one
-core (torch single-threaded),
-then, for each --workers value, the batches per second ``crop_stream.batches`` delivers with that many worker
-processes. Run it with nothing else busy.
+core (torch single-threaded), then, for each --workers value, the batches per second ``crop_stream.batches`` delivers
+with that many worker processes. Run it with nothing else busy.
 """
 from __future__ import annotations
 
@@ -48,8 +47,8 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         make_batch(cases, settings, step)
         times.append(time.perf_counter() - started)
-    print(f"{len(cases)} cases; one batch of {settings.batch} crops of {settings.crop}^3 on one core: median {np.median(times):.3f} s "
-          f"(min {min(times):.3f}, max {max(times):.3f}, {args.batches} batches)")
+    print(f"{len(cases)} cases; one batch of {settings.batch} crops of {settings.crop}^3 on one core: "
+          f"median {np.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, {args.batches} batches)")
     for workers in args.workers:
         stream = batches(cases, settings, 0, args.batches + 1, workers)
         next(stream)  # the pool's start-up is not counted

@@ -4,8 +4,8 @@ augmented crops (``sample_training_crop``, the recipe of train_segmentation) and
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
