@@ -20,12 +20,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from GliomaAnalysisLib import MODALITIES
+from GliomaAnalysisLib.io.labels import ED, ET, NCR  # contiguous labels, as on the cached working grid
 
 from ..common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS, TrainingDataError
 from .segmentation_data import TrainingCase, load_cases
 
-NCR, ED, ET = 1, 2, 3
-"""Contiguous labels of the cached working grid."""
 T1, T1CE = MODALITIES.index("t1"), MODALITIES.index("t1ce")
 
 

@@ -160,9 +160,9 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     """Run the training loop of ``args`` (in every torchrun process); returns the trained network (None when no
     labelled case was found). Only rank 0 writes the run folder."""
-    settings = crop_settings(args, rank=0)  # checks --drop-one-weights before anything is written
     init_path = init_weights_path(args) if args.init_weights else None
     context = setup(args.device)
+    settings = crop_settings(args, context.rank)  # checks --drop-one-weights before anything is written
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = context.device.type == "cuda"  # every crop has one shape: tune convolutions once
     wall_start = time.perf_counter()
@@ -217,7 +217,6 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     network = wrap(model, context)
     if context.rank:
         torch.manual_seed(args.seed + context.rank)  # dropout masks differ between ranks; rank 0 as one process
-    settings = crop_settings(args, context.rank)
 
     log = None
     elapsed_before = 0.0
