@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def load_cached(folder: Path, cache: Path, spacing: Sequence[float], synthetic: 
     pre = preprocess(load_case(folder), spacing=spacing, divisible_by=1)
     soft = np.round(pre.soft_labels * 255).astype(np.uint8)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: train_folds' folds may fill the cache at once
     np.savez(tmp, image=pre.image, labels=pre.labels, soft=soft)
     tmp.replace(path)
     return TrainingCase(folder.name, pre.image, pre.labels, synthetic, soft)
