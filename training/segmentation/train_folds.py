@@ -7,8 +7,8 @@ one GPU with a small network. Bundles the results for the trip back to the machi
 
 Every option other than --folds, --run-dir and --bundle-out goes to ``train_segmentation`` unchanged (checked once
 before anything starts); each fold trains into RUN/fold{k} and resumes from its checkpoint. ``--bundle-out`` writes
-OUT/fold{k}.tar per finished fold: config.json, run.json, log.jsonl and final.safetensors in float16, as the model
-store saves shipped weights (6 MB instead of 12).
+OUT/fold{k}.tar of each fold as soon as it finishes: config.json, run.json, log.jsonl and final.safetensors in
+float16, as the model store saves shipped weights (6 MB instead of 12).
 """
 from __future__ import annotations
 
@@ -81,16 +81,19 @@ def main(argv=None) -> int:
         processes[fold] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     started = time.perf_counter()
     shown = started
-    while any(p.poll() is None for p in processes.values()):
+    bundled: set = set()
+    while len(bundled) < len(processes):
         time.sleep(0.5)
+        for fold, process in processes.items():
+            if fold not in bundled and process.poll() is not None:
+                bundled.add(fold)  # each finished fold at once: a later fold that overruns a time limit costs only itself
+                if process.returncode == 0 and args.bundle_out:
+                    bundle(run / f"fold{fold}", f"fold{fold}", Path(args.bundle_out))
         if time.perf_counter() - shown >= PROGRESS_EVERY:
             shown = time.perf_counter()
             steps_now = ", ".join(f"fold {f} {last_step(run / f'fold{f}')}/{steps}" for f in args.folds)
             print(f"{shown - started:.0f} s: {steps_now}", file=sys.stderr, flush=True)
     failed = [f for f, p in processes.items() if p.returncode != 0]
-    for fold in args.folds:
-        if fold not in failed and args.bundle_out:
-            bundle(run / f"fold{fold}", f"fold{fold}", Path(args.bundle_out))
     for fold in failed:
         print(f"error: fold {fold} failed (exit {processes[fold].returncode}); see {run / f'fold{fold}.log'}",
               file=sys.stderr)
