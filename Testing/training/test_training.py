@@ -180,6 +180,9 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert records[2]["val_dice"] == pytest.approx(next(iter(final_scores.values())), abs=1e-4)
     assert "val_cases" not in records[0]  # only the final model's
     assert set(config["validation_cases"] + config["train_cases"]) == set(config["folds"])
+    with pytest.raises(SystemExit, match=r"--dice-weight 0\.5 -> 0\.0.*new --run-dir"):  # another recipe: refused
+        main(common + ["--steps", "3", "--resume", "--dice-weight", "0.0"])
+    assert json.loads((run / "config.json").read_text()) == config  # and the run's record is left as it was
 
 
 def test_warm_restart_starts_from_the_given_weights(tmp_path):

@@ -111,6 +111,26 @@ def init_weights_path(args: argparse.Namespace) -> str:
     return path
 
 
+RESUMABLE_CHANGES = frozenset({"run_dir", "resume", "steps", "workers", "threads", "device", "amp", "val_every",
+                               "checkpoint_every", "cache", "data", "config"})
+"""Options a resumed run may change: how it is carried out (and how long), not what it trains."""
+
+
+def check_resume(args: argparse.Namespace) -> None:
+    """--resume of a run whose checkpoint was trained under other options is a one-line error naming them: it would
+    otherwise go on (or, finished, stay) under a config.json that does not describe its weights."""
+    run = Path(args.run_dir)
+    if not (args.resume and (run / "checkpoint.pt").is_file() and (run / "config.json").is_file()):
+        return
+    stored = json.loads((run / "config.json").read_text()).get("args", {})
+    current = json.loads(json.dumps(vars(args)))  # as config.json holds them (tuples as lists)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and k in stored and stored[k] != current[k])
+    if changed:
+        options = ", ".join(f"--{k.replace('_', '-')} {stored[k]!r} -> {current[k]!r}" for k in changed)
+        raise SystemExit(f"error: {run}: --resume of a run trained with other options ({options}); "
+                         "use a new --run-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (also the keys of ``training/configs/segmentation.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +181,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     """Run the training loop of ``args`` (in every torchrun process); returns the trained network (None when no
     labelled case was found). Only rank 0 writes the run folder."""
     init_path = init_weights_path(args) if args.init_weights else None
+    check_resume(args)
     context = setup(args.device)
     settings = crop_settings(args, context.rank)  # checks --drop-one-weights before anything is written
     torch.set_num_threads(args.threads)
