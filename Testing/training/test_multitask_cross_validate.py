@@ -108,3 +108,49 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     assert evidence_table(card) in text
     assert text.index("Evidence on real cases") < text.index("Heads for grade")
     assert "| grade from volumes (reported) | 28 | 23 | 0.900 | 0.76-0.99 |" in text
+
+
+def test_refit_volume_grade_rescores_and_refits_on_a_new_segmentation_cv(tmp_path):
+    import shutil
+
+    from training.multitask.refit_volume_grade import main as refit
+
+    models, mt_cv = tmp_path / "models", tmp_path / "mt_cv"
+    models.mkdir()
+    for suffix in (".json", ".md", ".safetensors"):
+        shutil.copy(f"Resources/models/glioma_multitask{suffix}", models)
+    shutil.copytree("training/results/multitask_cv", mt_cv)
+    before = json.loads((mt_cv / "cv_report.json").read_text())
+    card_before = json.loads((models / "glioma_multitask.json").read_text())
+    # a segmentation CV whose enhancing volume tells the grade perfectly: every HGG 20 mL of ET, every LGG none
+    per_case = {}
+    for i, (case_id, row) in enumerate(sorted(before["cases"].items())):
+        hgg = row["targets"].get("grade") == 1
+        per_case[case_id] = {"fold": i % 5, "v": {"et_ml_pred": 20.0 + i if hgg else 0.0, "wt_ml_pred": 80.0 + i}}
+    (tmp_path / "seg.json").write_text(json.dumps({"chosen": "v", "per_case": per_case}))
+    assert refit(["--seg-cv", str(tmp_path / "seg.json"), "--mt-cv", str(mt_cv), "--models", str(models)]) == 0
+
+    after = json.loads((mt_cv / "cv_report.json").read_text())
+    assert after["volume_grade"]["auc"] == 1.0 and after["volume_grade"]["n"] == before["volume_grade"]["n"]
+    assert after["volume_grade_source"] == str(tmp_path / "seg.json")
+    assert after["tasks"] == before["tasks"]  # the heads' out-of-fold predictions are kept as they were
+    for case_id, row in after["cases"].items():
+        assert row["probability"] == before["cases"][case_id]["probability"]
+        if row["targets"].get("grade") is not None:
+            assert (row["volume_grade"] > 0.5) == (row["targets"]["grade"] == 1)
+    card = json.loads((models / "glioma_multitask.json").read_text())
+    assert card["sha256"] == card_before["sha256"] and card["calibration"] == card_before["calibration"]
+    assert card["evidence"]["grade"]["value"] == 1.0
+    assert {**card["evidence"]["idh"], "source": None} == {**card_before["evidence"]["idh"], "source": None}
+    assert card["grade_from_volumes"]["fitted_on"].endswith("seg.json")
+    assert card["grade_from_volumes"]["weights"] != card_before["grade_from_volumes"]["weights"]
+    assert "| grade | 1.00 |" in (models / "glioma_multitask.md").read_text()
+    assert "seg.json" in (mt_cv / "multitask_cv.md").read_text()
+
+
+def test_refit_volume_grade_names_a_missing_report(tmp_path, capsys):
+    from training.multitask.refit_volume_grade import main as refit
+
+    assert refit(["--seg-cv", str(tmp_path / "nothing.json")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: {tmp_path / 'nothing.json'}: no segmentation cross-validation report there"

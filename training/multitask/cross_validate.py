@@ -109,16 +109,24 @@ def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:
                                          np.array([c["targets"][task] for c in known], dtype=float))
     result = {"folds": [f["fold"] for f in folds], "n_cases": len(cases), "tasks": tasks, "cases": cases}
     if seg_cv is not None and (seg_cv / "cv_report.json").is_file():
-        features = volume_grade.case_features(seg_cv / "cv_report.json")
-        grades = {c: row["targets"].get("grade") for c, row in cases.items()}
-        volume_p = volume_grade.cross_validated_probabilities(
-            {c: v for c, v in features.items() if c in cases}, grades)
-        for case_id, value in volume_p.items():
-            cases[case_id]["volume_grade"] = value
-        known = [c for c in volume_p if grades.get(c) is not None]
-        result["volume_grade"] = binary_metrics(np.array([volume_p[c] for c in known]),
-                                                np.array([grades[c] for c in known], dtype=float))
+        add_volume_grade(result, seg_cv / "cv_report.json")
     return result
+
+
+def add_volume_grade(result: Dict, seg_report: Path) -> None:
+    """Score the grade-from-volumes model out of fold on the volumes of the segmentation cross-validation report
+    ``seg_report``: each case of ``result`` gets its ``volume_grade`` P(HGG) (replaced when present), ``result`` the
+    metrics over the graded ones (``volume_grade``) and the report it read (``volume_grade_source``)."""
+    cases = result["cases"]
+    features = volume_grade.case_features(seg_report)
+    grades = {c: row["targets"].get("grade") for c, row in cases.items()}
+    volume_p = volume_grade.cross_validated_probabilities({c: v for c, v in features.items() if c in cases}, grades)
+    for case_id, row in cases.items():
+        row["volume_grade"] = volume_p.get(case_id)
+    known = [c for c in volume_p if grades.get(c) is not None]
+    result["volume_grade"] = binary_metrics(np.array([volume_p[c] for c in known]),
+                                            np.array([grades[c] for c in known], dtype=float))
+    result["volume_grade_source"] = str(seg_report)
 
 
 def markdown(result: Dict) -> str:
@@ -131,7 +139,9 @@ def markdown(result: Dict) -> str:
     if volume:
         lines += ["", "Grade from the segmentation's volumes (`GliomaAnalysisLib/models/volume_grade.py`: enhancing "
                   "volume and its share of the whole tumor, from each case's out-of-fold segmentation; fold k's "
-                  "logistic model fitted on the other folds):", "",
+                  "logistic model fitted on the other folds"
+                  + (f"; volumes from `{result['volume_grade_source']}`" if result.get("volume_grade_source") else "")
+                  + "):", "",
                   *auc_table("model", "HGG", {"grade from volumes": volume})]
     lines += ["", "| case | fold | grade (truth) | P(HGG) heads | P(HGG) volumes | IDH (truth) | P(IDH mutant) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
