@@ -64,6 +64,10 @@ def test_a_pack_gives_back_the_cached_cases(tmp_path):
         assert sorted(r["case_id"] for r in csv.DictReader(handle)) == sorted(ids)
     with pytest.raises(TrainingDataError, match="asked for"):
         load_cases([pack], tmp_path / "cache", (2.0, 2.0, 2.0))
+    from training.segmentation.export_segmentation import data_source
+
+    assert data_source(str(pack)) == f"{pack}: a training pack of {data}"  # a card trained on it names the NIfTI roots
+    assert data_source(str(data)) == str(data)
 
 
 def test_packing_nothing_is_a_one_line_error(tmp_path, capsys):

@@ -128,8 +128,13 @@ def test_a_model_for_cases_without_a_modality_is_checked_before_the_export(tmp_p
     card["missing_modality_models"] = {"flair": "glioma_seg_without_flair"}
     card["fast_model"] = "glioma_seg_fast"
     (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
+    assert kept_model_links(tmp_path, "glioma_seg") == {}  # neither named model is in the folder: both links go
+    for name in ("glioma_seg_without_flair", "glioma_seg_fast"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(card, name=name)))
     assert kept_model_links(tmp_path, "glioma_seg") == {"missing_modality_models": {"flair": "glioma_seg_without_flair"},
                                                        "fast_model": "glioma_seg_fast"}
+    (tmp_path / "glioma_seg_fast.json").unlink()
+    assert kept_model_links(tmp_path, "glioma_seg") == {"missing_modality_models": {"flair": "glioma_seg_without_flair"}}
     assert kept_model_links(tmp_path, "absent") == {}
 
 
@@ -138,6 +143,7 @@ def test_a_model_for_fast_runs_is_named_in_the_primary_card(tmp_path):
 
     card = json.loads((RESOURCES / "glioma_seg.json").read_text())
     card.pop("fast_model", None)
+    card["missing_modality_models"] = {"flair": "glioma_seg_without_flair"}
     (tmp_path / "glioma_seg.json").write_text(json.dumps(card))
     stored = json.loads(register_in_primary(tmp_path, "glioma_seg", "glioma_seg_fast").read_text())
     assert stored["fast_model"] == "glioma_seg_fast"

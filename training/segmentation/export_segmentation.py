@@ -85,7 +85,8 @@ def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_V
         "training_data": {
             "real_cases": [c for c in run_config["train_cases"] if not c.startswith("Phantom")],
             "synthetic_phantoms": len([c for c in run_config["train_cases"] if c.startswith("Phantom")]),
-            "source": ", ".join(str(d) for d in args["data"]) if isinstance(args["data"], list) else args["data"],
+            "source": ", ".join(data_source(d) for d in (args["data"] if isinstance(args["data"], list)
+                                                           else [args["data"]])),
         },
         "validation_split": run_config["validation_cases"],
         "training": {"steps": args["steps"], "batch": args["batch"], "crop_voxels": args["crop"],
@@ -206,14 +207,21 @@ MODEL_LINKS = ("missing_modality_models", "fast_model")
 
 
 def kept_model_links(out: Path, name: str) -> Dict:
-    """The entries of ``MODEL_LINKS`` in the card of ``name`` already in ``out``, which a new export of ``name``
-    keeps."""
+    """The entries of ``MODEL_LINKS`` in the card of ``name`` already in ``out`` that name a model still there (a
+    removed model's card goes first, then a new export of ``name`` drops the link), which a new export keeps."""
     _, card_path = model_paths(name, out)
     if not card_path.is_file():
         return {}
+
+    def present(model: str) -> bool:
+        return model_paths(model, out)[1].is_file()
+
     try:
         card = json.loads(card_path.read_text())
-        return {key: card[key] for key in MODEL_LINKS if card.get(key)}
+        by_modality = {m: n for m, n in (card.get("missing_modality_models") or {}).items() if present(n)}
+        fast = card.get("fast_model")
+        links = {"missing_modality_models": by_modality, "fast_model": fast if fast and present(fast) else None}
+        return {key: value for key, value in links.items() if value}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
 
@@ -235,6 +243,15 @@ def register_in_primary(out: Path, primary: str, name: str, modality: Optional[s
     return card_path
 
 
+def data_source(root: str) -> str:
+    """A training data root as the card names it: a training pack (``pack_arrays``) with the roots it was packed from."""
+    try:
+        sources = json.loads((Path(root) / "pack.json").read_text()).get("sources")
+    except (OSError, ValueError, AttributeError):
+        sources = None
+    return f"{root}: a training pack of {', '.join(sources)}" if sources else str(root)
+
+
 def postprocessing_text(settings: Dict) -> str:
     """One sentence for the card: how labels are read and cleaned."""
     decoding = ("labels read from the nested regions (WT where P(WT) > {}, TC inside it where P(TC) > {}, ET inside "
@@ -242,7 +259,9 @@ def postprocessing_text(settings: Dict) -> str:
                 else "labels by argmax")
     decoding += "".join(f"; without {m.upper()} WT where P(WT) > {t[0]:g}"
                         for m, t in (settings.get("missing_region_thresholds") or {}).items())
-    return (f"{decoding}; lesion filter; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR")
+    small_et = (f"; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR"
+                if settings.get("min_et_ml") else "")
+    return f"{decoding}; lesion filter{small_et}"
 
 
 def _cross_validation_lines(cv: Dict) -> List[str]:

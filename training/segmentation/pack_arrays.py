@@ -4,7 +4,7 @@ are not (a GPU machine that takes at most a few tens of MB).
     python -m training.segmentation.pack_arrays --out PACK            # all 31 real cases, about 29 MB
     python -m training.segmentation.train_segmentation --data PACK ...   # then trains from it like from the roots
 
-PACK holds ``pack.json`` (format, spacing, library and target versions, intensity step), ``labels.csv`` (the rows of
+PACK holds ``pack.json`` (format, spacing, library and target versions, intensity step, the data roots packed), ``labels.csv`` (the rows of
 the roots' tables: grade and source for the folds) and one ``<case>.npz`` per case: the z-scored image as int16 in
 steps of 1/64 SD (rounding error at most 0.008 SD, far below the noise augmentation's), the contiguous labels and
 the uint8 soft targets, exactly as cached.
@@ -66,7 +66,7 @@ def _write_pack_into(out: Path, cases: Sequence[TrainingCase], roots: Sequence[P
     (out / "pack.json").write_text(json.dumps({
         "format": PACK_FORMAT, "spacing": list(spacing), "library_version": __version__,
         "targets_version": TARGETS_VERSION, "intensity_step": INTENSITY_STEP,
-        "cases": sorted(wanted)}, indent=2))
+        "cases": sorted(wanted), "sources": [str(r) for r in roots]}, indent=2))
 
 
 def read_pack(root: Path, spacing: Sequence[float]) -> List[TrainingCase]:
