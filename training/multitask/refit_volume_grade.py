@@ -1,6 +1,6 @@
 """Refit the grade-from-volumes model on a new segmentation cross-validation, the multi-task heads untouched.
 
-    python -m training.multitask.refit_volume_grade --seg-cv training/results/segmentation_cv14_long/cv_report.json
+    python -m training.multitask.refit_volume_grade --seg-cv training/results/segmentation_cv15_tcet_long/cv_report.json
 
 A new shipped segmentation model changes the volumes that ``analyze`` reads the grade from
 (``GliomaAnalysisLib/models/volume_grade.py``). This fits the multi-task card's ``grade_from_volumes`` block again on

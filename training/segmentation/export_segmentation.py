@@ -244,7 +244,7 @@ def register_in_primary(out: Path, primary: str, name: str, modality: Optional[s
 
 
 def data_source(root: str) -> str:
-    """A training data root as the card names it: a training pack (``pack_arrays``) with the roots it was packed from."""
+    """A training data root as the card names it: a training pack (``pack_arrays``) with the roots it packed."""
     try:
         sources = json.loads((Path(root) / "pack.json").read_text()).get("sources")
     except (OSError, ValueError, AttributeError):

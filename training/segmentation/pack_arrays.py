@@ -4,10 +4,10 @@ are not (a GPU machine that takes at most a few tens of MB).
     python -m training.segmentation.pack_arrays --out PACK            # all 31 real cases, about 29 MB
     python -m training.segmentation.train_segmentation --data PACK ...   # then trains from it like from the roots
 
-PACK holds ``pack.json`` (format, spacing, library and target versions, intensity step, the data roots packed), ``labels.csv`` (the rows of
-the roots' tables: grade and source for the folds) and one ``<case>.npz`` per case: the z-scored image as int16 in
-steps of 1/64 SD (rounding error at most 0.008 SD, far below the noise augmentation's), the contiguous labels and
-the uint8 soft targets, exactly as cached.
+PACK holds ``pack.json`` (format, spacing, library and target versions, intensity step, the data roots packed),
+``labels.csv`` (the rows of the roots' tables: grade and source for the folds) and one ``<case>.npz`` per case: the
+z-scored image as int16 in steps of 1/64 SD (rounding error at most 0.008 SD, far below the noise augmentation's),
+the contiguous labels and the uint8 soft targets, exactly as cached.
 """
 from __future__ import annotations
 

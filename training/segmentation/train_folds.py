@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         time.sleep(0.5)
         for fold, process in processes.items():
             if fold not in bundled and process.poll() is not None:
-                bundled.add(fold)  # each finished fold at once: a later fold that overruns a time limit costs only itself
+                bundled.add(fold)  # at once: a fold that overruns a time limit later costs only itself
                 if process.returncode == 0 and args.bundle_out:
                     bundle(run / f"fold{fold}", f"fold{fold}", Path(args.bundle_out))
         if time.perf_counter() - shown >= PROGRESS_EVERY:
