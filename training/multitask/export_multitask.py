@@ -124,12 +124,8 @@ def write_plots(logits: Dict[str, Dict[str, np.ndarray]], groups: Dict[str, List
 
 def fit_volume_grade(seg_cv: Path, split) -> Dict:
     """The card's ``grade_from_volumes`` block, fitted on the out-of-fold volumes of every graded real case."""
-    features = volume_grade.case_features(seg_cv / "cv_report.json")
-    graded = [s for s in split.all() if s.source == "real" and s.known("grade") and s.case_id in features]
-    block = volume_grade.fit_block(np.array([features[s.case_id][0] for s in graded]),
-                                   np.array([s.targets["grade"] for s in graded], dtype=float))
-    block["fitted_on"] = f"out-of-fold volumes of {seg_cv / 'cv_report.json'}"
-    return block
+    return volume_grade.fit_on_report(seg_cv / "cv_report.json", {s.case_id: s.targets["grade"] for s in split.all()
+                                                                  if s.source == "real" and s.known("grade")})
 
 
 def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Dict[str, float], metrics: Dict,

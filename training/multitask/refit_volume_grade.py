@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from GliomaAnalysisLib.models.model_store import write_card
 
 from . import volume_grade
@@ -33,12 +31,8 @@ def refit(seg_report: Path, mt_cv: Path, models: Path) -> dict:
     report_path = mt_cv / "cv_report.json"
     result = json.loads(report_path.read_text())
     add_volume_grade(result, seg_report)
-    features = volume_grade.case_features(seg_report)
-    graded = sorted(c for c, row in result["cases"].items()
-                    if row["targets"].get("grade") is not None and c in features)
-    block = volume_grade.fit_block(np.array([features[c][0] for c in graded]),
-                                   np.array([result["cases"][c]["targets"]["grade"] for c in graded], dtype=float))
-    block["fitted_on"] = f"out-of-fold volumes of {seg_report}"
+    block = volume_grade.fit_on_report(seg_report, {c: result["cases"][c]["targets"].get("grade")
+                                                    for c in sorted(result["cases"])})
     card_path = models / f"{MODEL_NAME}.json"
     card = json.loads(card_path.read_text())
     card.update(grade_from_volumes=block, real_cross_validation=cv_summary(result, report_path),

@@ -55,6 +55,16 @@ def fit_block(x: np.ndarray, y: np.ndarray, bootstrap: int = BOOTSTRAP, seed: in
             "lgg": int(len(y) - y.sum())}
 
 
+def fit_on_report(seg_cv_report: Path, grades: Mapping[str, Optional[int]]) -> Dict:
+    """The card block fitted on the out-of-fold volumes of ``seg_cv_report`` of every case of ``grades`` (case id ->
+    1 HGG, 0 LGG, None unknown; their order is the fit's, which the bootstrap draws depend on)."""
+    features = case_features(seg_cv_report)
+    graded = [c for c, grade in grades.items() if grade is not None and c in features]
+    block = fit_block(np.array([features[c][0] for c in graded]), np.array([grades[c] for c in graded], dtype=float))
+    block["fitted_on"] = f"out-of-fold volumes of {seg_cv_report}"
+    return block
+
+
 def case_features(seg_cv_report: Path) -> Dict[str, Tuple[np.ndarray, int]]:
     """case id -> (features (2,), fold) from the out-of-fold volumes of the chosen post-processing."""
     report = json.loads(Path(seg_cv_report).read_text())
