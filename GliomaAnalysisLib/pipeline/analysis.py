@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
+from ..io.labels import ET
 from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
@@ -29,7 +30,8 @@ from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
-from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, region_thresholds_for,
+from .enhancement import enhancement_sd, gate_unenhancing
+from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box, region_thresholds_for,
                           remove_small_components, suppress_small_enhancement)
 from ..preprocessing.prepared import PreparedInput
 from ..preprocessing.preprocess import PreprocessedCase, preprocess
@@ -67,6 +69,29 @@ def _on_native(prepared: PreparedInput, pre: PreprocessedCase, array: np.ndarray
     else:
         out = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(array, "probability")))
     return np.round(out, PROBABILITY_DECIMALS, out=out)
+
+
+def _gate_unenhancing(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
+                      min_enhancement_sd: float) -> np.ndarray:
+    """``enhancement.gate_unenhancing`` on the native labels (Z, Y, X): the T1CE - T1 contrast of the images the
+    model saw, on the tumor's ET bounding box. When the model ran on another grid (atlas space), the contrast map
+    is computed there and brought back linearly. Unchanged labels without ET or without T1CE."""
+    box = nonzero_box(labels == ET)
+    if box is None or "t1ce" not in model_case.images:
+        return labels
+    images = {m: sitk.GetArrayViewFromImage(model_case.images[m]) for m in model_case.present}
+    if prepared.is_native(model_case.geometry):
+        enhancement = enhancement_sd(images, box)
+    else:
+        whole = model_case.geometry.image_from_array(enhancement_sd(images))
+        enhancement = sitk.GetArrayFromImage(prepared.to_native(whole, "probability"))[box]
+    crop = labels[box]
+    gated = gate_unenhancing(crop, enhancement, min_enhancement_sd)
+    if gated is crop:
+        return labels
+    out = labels.copy()
+    out[box] = gated
+    return out
 
 
 def _timed(function: Callable, *args):
@@ -207,8 +232,11 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     voxel_ml = case.geometry.voxel_volume_ml
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
+        settings = card.get("postprocessing", {})
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
-        labels = suppress_small_enhancement(labels, voxel_ml, float(card.get("postprocessing", {}).get("min_et_ml", 0.0)))
+        if settings.get("min_enhancement_sd") is not None:
+            labels = _gate_unenhancing(labels, prepared, model_case, float(settings["min_enhancement_sd"]))
+        labels = suppress_small_enhancement(labels, voxel_ml, float(settings.get("min_et_ml", 0.0)))
     volumes = volumes_ml(labels, voxel_ml)
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}

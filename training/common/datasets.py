@@ -70,3 +70,8 @@ def read_case_labels(path: "str | os.PathLike[str]", id_column: str = "case_id")
             clean = {k: (v.strip() if v and v.strip() not in ("NA", "N/A", "nan") else None) for k, v in row.items()}
             table[row[id_column]] = clean
     return table
+
+
+def case_folders(roots: Sequence["str | os.PathLike[str]"]) -> Dict[str, CaseFolder]:
+    """case id -> CaseFolder of every labelled case under those of ``roots`` that exist."""
+    return {c.case_id: c for root in roots if Path(root).is_dir() for c in discover_cases(root)}

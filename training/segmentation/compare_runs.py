@@ -2,13 +2,15 @@
 
     python -m training.segmentation.compare_runs runs/cv4_wr runs/cv3_ce [--variant NAME]
     python -m training.segmentation.compare_runs runs/cv5_long training/results/segmentation_cv3_ce/cv_report.json
+    python -m training.segmentation.compare_runs runs/cv16 runs/cv15_tcet_long --variant lesion_filter+et_gate_0.5sd
 
 Reads the stored out-of-fold predictions (``RUN/oof/<case>.npz`` and ``<case>-without_<modality>.npz``, written by
 ``cross_validate``), scores both runs with the same post-processing variant (default: the shipped card's choice)
 and prints, with all four modalities and with each single modality missing, the mean Dice (WT, TC, ET) of each run
 and the mean paired difference with its standard error over the cases. The base may also be a published
 ``cv_report.json`` (its per-case Dice of each variant, all four modalities only): the run folders of a recipe
-do not outlive the machine they were trained on, its report does.
+do not outlive the machine they were trained on, its report does. An enhancement-gate variant also reads each case's
+T1CE and T1 from ``--data``.
 """
 from __future__ import annotations
 
@@ -22,14 +24,17 @@ import numpy as np
 
 from GliomaAnalysisLib import MODALITIES
 
-from .cross_validate import REGIONS, region_variant, score_variants
+from ..common.datasets import REAL_DATA_ROOTS, CaseFolder, case_folders
+from .cross_validate import REGIONS, gate_threshold_of, region_variant, score_variants
 
 DEFAULT_VARIANT = region_variant((0.5, 0.5, 0.2))
 
 
-def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
+def paired(new: Path, base: Path, suffix: str, variant: str,
+           folders: Optional[Dict[str, CaseFolder]] = None) -> Optional[Dict]:
     """{cases, new: {region: mean}, base: {...}, difference: {...}, se: {...}, per_case: {case: (new, base)}} over
-    the predictions ``*<suffix>.npz`` both runs hold (suffix '' = all four modalities); None when there are none."""
+    the predictions ``*<suffix>.npz`` both runs hold (suffix '' = all four modalities); None when there are none.
+    ``folders`` (case id -> CaseFolder): the cases' images, needed by the enhancement-gate variants."""
     report = json.loads(base.read_text())["per_case"] if base.is_file() else None
     if report is not None and suffix:
         return None  # a report holds the all-four Dice per case only
@@ -41,8 +46,8 @@ def paired(new: Path, base: Path, suffix: str, variant: str) -> Optional[Dict]:
     rows: List[List[float]] = []
     per_case = {}
     for name in names:
-        a = score_variants(new / "oof" / name)[variant]
-        b = report[name[:-4]][variant] if report is not None else score_variants(base / "oof" / name)[variant]
+        a = score_variants(new / "oof" / name, folders)[variant]
+        b = report[name[:-4]][variant] if report is not None else score_variants(base / "oof" / name, folders)[variant]
         rows.append([a[r] for r in REGIONS] + [b[r] for r in REGIONS])
         per_case[name[:-4]] = ([round(a[r], 4) for r in REGIONS], [round(b[r], 4) for r in REGIONS])
     return {**paired_statistics(np.array(rows)), "per_case": per_case}
@@ -63,6 +68,8 @@ def main(argv=None) -> int:
     parser.add_argument("new", type=Path, help="the screened run folder")
     parser.add_argument("base", type=Path, help="the run it is compared with, or its cv_report.json")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="post-processing variant (cross_validate's names)")
+    parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS,
+                        help="data roots of the cases (read by the enhancement-gate variants only)")
     args = parser.parse_args(argv)
     if not (args.new / "oof").is_dir() or not (args.base.is_file() or (args.base / "oof").is_dir()):
         run = args.base if (args.new / "oof").is_dir() else args.new
@@ -77,9 +84,10 @@ def main(argv=None) -> int:
             print(f"error: {args.base}: not a cv_report.json with per-case Dice of variant {args.variant}",
                   file=sys.stderr)
             return 2
+    folders = case_folders(args.data) if gate_threshold_of(args.variant) is not None else None
     found = False
     for suffix in [""] + [f"-without_{m}" for m in MODALITIES]:
-        result = paired(args.new, args.base, suffix, args.variant)
+        result = paired(args.new, args.base, suffix, args.variant, folders)
         if result is None:
             continue
         found = True

@@ -12,12 +12,14 @@ post-processing choice is then scored on the same out-of-fold predictions. With 
 single modality missing (``--missing``, one fast pass).
 
 The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
-post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each.
+post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each. The
+enhancement-gate variants (``ET_GATE_CHOICES``) read each case's T1CE and T1 from the data roots as well.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,11 +32,12 @@ from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.io.labels import regions, to_contiguous
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
+from GliomaAnalysisLib.pipeline.enhancement import enhancement_sd, gate_unenhancing
 from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter, remove_small_components,
                                                     suppress_small_enhancement)
 
 from ..common.config import parse_args
-from ..common.datasets import discover_cases
+from ..common.datasets import CaseFolder, case_folders
 from . import train_segmentation
 from .pack_arrays import is_pack
 
@@ -48,6 +51,10 @@ the lesion filter and the chosen ET floor beside the argmax. The WT and TC thres
 predictions over-call edema and core in a 1-6 mm ring around most CBICA tumors (ninth session,
 segmentation_screening.md)."""
 REGION_MIN_ET = 0.5
+ET_GATE_CHOICES = (0.25, 0.5, 0.75, 1.0)
+"""SD: candidate ``min_enhancement_sd`` of the enhancement gate (``GliomaAnalysisLib.pipeline.enhancement``): predicted
+ET voxels less than this brighter on T1CE than on T1 become NCR. Scored after the argmax and the lesion filter, when
+the cases' images are at hand (``report(..., folders)``)."""
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
 scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
@@ -156,8 +163,22 @@ def decode(probabilities: np.ndarray) -> np.ndarray:
     return np.argmax(np.concatenate([background[None], probabilities]), axis=0).astype(np.uint8)
 
 
-def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
-    """Dice per region of each post-processing variant of one stored out-of-fold prediction."""
+def enhancement_of(path: Path, folders: Dict[str, CaseFolder]) -> Optional[np.ndarray]:
+    """The T1CE - T1 contrast (``enhancement_sd``) of the case of one stored out-of-fold prediction, on its box,
+    from the images that prediction saw (``<case>-without_<modality>.npz``: without that one)."""
+    case_id, _, drop = path.stem.partition("-without_")
+    if case_id not in folders:
+        raise SystemExit(f"error: {path}: case {case_id} is not under the data roots given; its enhancement cannot be "
+                         f"measured")
+    found = folders[case_id]
+    case = load_case({m: p for m, p in found.files.items() if m != drop}, case_id=case_id)
+    box = tuple(slice(int(a), int(b)) for a, b in np.load(path)["box"])
+    return enhancement_sd({m: sitk.GetArrayViewFromImage(case.images[m]) for m in case.present}, box)
+
+
+def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict[str, float]]:
+    """Dice per region of each post-processing variant of one stored out-of-fold prediction; with the case
+    ``folders`` (case id -> CaseFolder) also the enhancement-gate variants, which need the case's images."""
     data = np.load(path)
     probabilities = data["probabilities"].astype(np.float32)
     truth = data["truth"]
@@ -168,6 +189,11 @@ def score_variants(path: Path) -> Dict[str, Dict[str, float]]:
     variants = {"none": raw, "lesion_filter": filtered}
     for min_et in MIN_ET_CHOICES[1:]:
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
+    if folders is not None:
+        enhancement = enhancement_of(path, folders)
+        for threshold in ET_GATE_CHOICES:  # without T1CE there is no ET to gate
+            variants[gate_variant(threshold)] = filtered if enhancement is None else \
+                gate_unenhancing(filtered, enhancement, threshold)
     for thresholds in REGION_THRESHOLDS:
         variants[region_variant(thresholds)] = decode_region_variant(probabilities, thresholds, spacing)
     true_regions = regions(truth)
@@ -191,6 +217,17 @@ def decode_region_variant(probabilities: np.ndarray, thresholds: Sequence[float]
     voxel_ml = float(np.prod(spacing)) / 1000.0
     decoded = remove_small_components(lesion_filter(decode_regions(*probabilities, thresholds), spacing), voxel_ml)
     return suppress_small_enhancement(decoded, voxel_ml, REGION_MIN_ET)
+
+
+def gate_variant(threshold: float) -> str:
+    """The report's name of an enhancement-gate variant, e.g. ``lesion_filter+et_gate_0.5sd``."""
+    return f"lesion_filter+et_gate_{threshold:g}sd"
+
+
+def gate_threshold_of(variant: str) -> Optional[float]:
+    """``min_enhancement_sd`` of an enhancement-gate variant name, None for the others."""
+    match = re.search(r"et_gate_([0-9.]+)sd", variant)
+    return float(match.group(1)) if match else None
 
 
 def region_variant(thresholds: Sequence[float]) -> str:
@@ -220,17 +257,18 @@ def summarise(rows: Dict[str, Dict], variant: str) -> Dict[str, Dict[str, float]
                 "min": round(float(v.min()), 4)} for r, v in values.items()}
 
 
-def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, Path]] = None) -> Dict:
-    """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table)."""
+def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
+    """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table). With
+    the cases' ``folders`` the enhancement-gate variants are scored and the worst cases pictured."""
     files = sorted(p for p in (run / "oof").glob("*.npz") if "-without_" not in p.name)
     if not files:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
-    rows = {p.stem: score_variants(p) for p in files}
+    rows = {p.stem: score_variants(p, folders) for p in files}
     variant_names = [k for k, v in rows[files[0].stem].items() if isinstance(v, dict)]
     summaries = {v: summarise(rows, v) for v in variant_names}
     chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, variant_names)
-    missing = _missing_summary(run, rows, chosen)
+    missing = _missing_summary(run, rows, chosen, folders)
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "folds_done": sorted({row["fold"] for row in rows.values()}),
@@ -248,7 +286,8 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     return result
 
 
-def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str) -> Dict[str, Dict]:
+def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str,
+                     folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict]:
     """Mean WT/TC/ET Dice without each modality (fast pass) against the same cases with all (fast pass not stored:
     the comparison uses the default prediction), on the cases where both exist; with region thresholds chosen, also
     the WT-threshold study of ``missing_wt_threshold``."""
@@ -258,7 +297,7 @@ def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str) -> Dict[str,
         paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
         if not paths:
             continue
-        scores = {p.name.split("-without_")[0]: score_variants(p)[chosen] for p in paths}
+        scores = {p.name.split("-without_")[0]: score_variants(p, folders)[chosen] for p in paths}
         common = [c for c in scores if c in rows]
         out[modality] = {"cases": len(common), **{r: round(float(np.mean([scores[c][r] for c in common])), 4)
                                                    for r in REGIONS},
@@ -309,7 +348,7 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     return round(float(spearmanr(a, b).statistic), 3)
 
 
-def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, Path]) -> Dict[str, str]:
+def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, CaseFolder]) -> Dict[str, str]:
     """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid."""
     import matplotlib
     matplotlib.use("Agg")
@@ -402,7 +441,7 @@ def main(argv=None) -> int:
         print(f"error: {packs[0]} is a training pack; cross-validation predicts from the NIfTI files: give the data "
               f"roots (train folds from a pack with train_folds, then predict here)", file=sys.stderr)
         return 2
-    folders = {c.case_id: c for root in args.data if Path(root).is_dir() for c in discover_cases(root)}
+    folders = case_folders(args.data)
     if not folders:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         return 2

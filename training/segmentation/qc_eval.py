@@ -22,7 +22,7 @@ from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.pipeline.quality import qc_flags
 
-from ..common.datasets import REAL_DATA_ROOTS, discover_cases
+from ..common.datasets import REAL_DATA_ROOTS, case_folders
 from .cross_validate import store_fold_model
 
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
 def evaluate_flags(run: Path, data: Sequence["str | Path"], low_wt: float = 0.7) -> Dict:
     """Flags and WT Dice of every held-out case of the finished folds of ``run``, and how they agree."""
-    folders = {c.case_id: c for root in data if Path(root).is_dir() for c in discover_cases(root)}
+    folders = case_folders(data)
     rows: List[Dict] = []
     for fold_dir in sorted(run.glob("fold*")):
         if not (fold_dir / "final.safetensors").is_file():

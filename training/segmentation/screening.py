@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-from ..common.datasets import REAL_DATA_ROOTS, discover_cases
+from ..common.datasets import REAL_DATA_ROOTS, case_folders
 from .cross_validate import save_prediction
 
 Analyse = Callable[[int, Path, dict, object, Path], tuple]
@@ -24,7 +24,7 @@ Analyse = Callable[[int, Path, dict, object, Path], tuple]
 def held_out_cases(cv: Path, data: Sequence[str]) -> Iterator[Tuple[int, Path, dict, object]]:
     """(fold, model folder, the fold's config.json, discovered case) for each case a fold model (``cv/foldK/model``)
     did not train on that is found under ``data``."""
-    folders = {c.case_id: c for root in data if Path(root).is_dir() for c in discover_cases(root)}
+    folders = case_folders(data)
     for model_dir in sorted(cv.glob("fold*/model")):
         config = json.loads((model_dir.parent / "config.json").read_text())
         for case_id in config["validation_cases"]:
