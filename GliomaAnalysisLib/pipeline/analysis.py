@@ -31,8 +31,8 @@ from .memory import check_memory
 from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .enhancement import enhancement_sd, gate_unenhancing
-from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box, region_thresholds_for,
-                          remove_small_components, suppress_small_enhancement)
+from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box,
+                          region_thresholds_for, remove_small_components, suppress_small_enhancement)
 from ..preprocessing.prepared import PreparedInput
 from ..preprocessing.preprocess import PreprocessedCase, preprocess
 from .result import AnalysisResult
@@ -230,13 +230,15 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     lap("resample")
 
     voxel_ml = case.geometry.voxel_volume_ml
+    post_settings = card.get("postprocessing", {})
+    enhancement_gate = (float(post_settings["min_enhancement_sd"]) if postprocess and et_assessable
+                        and post_settings.get("min_enhancement_sd") is not None else None)
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
-        settings = card.get("postprocessing", {})
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
-        if settings.get("min_enhancement_sd") is not None:
-            labels = _gate_unenhancing(labels, prepared, model_case, float(settings["min_enhancement_sd"]))
-        labels = suppress_small_enhancement(labels, voxel_ml, float(settings.get("min_et_ml", 0.0)))
+        if enhancement_gate is not None:
+            labels = _gate_unenhancing(labels, prepared, model_case, enhancement_gate)
+        labels = suppress_small_enhancement(labels, voxel_ml, float(post_settings.get("min_et_ml", 0.0)))
     volumes = volumes_ml(labels, voxel_ml)
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}
@@ -268,7 +270,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         slice_grade=classification.slice_grade,
         settings={"device": device_type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
-                  "et_assessable": et_assessable,
+                  "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate,
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
         timings_s=timings,
         warnings=warnings,

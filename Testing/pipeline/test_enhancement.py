@@ -75,6 +75,7 @@ def test_the_cards_enhancement_gate_applies_in_the_analysis(small_phantom, tmp_p
         card_path.write_text(json.dumps(card))
         result = analyze(case, model_dir=tmp_path, fast=True, classify=False)
         labels[threshold] = sitk.GetArrayFromImage(result.labels)
+        assert result.settings["min_enhancement_sd"] == threshold  # report.json says which gate ran
     enhancement = enhancement_sd({m: sitk.GetArrayFromImage(case.images[m]) for m in case.present})
     ungated, gated = labels[None], labels[1.5]
     assert (ungated == ET).sum() > 100  # the premise: the phantom's enhancing rim is found
