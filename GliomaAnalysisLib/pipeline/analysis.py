@@ -20,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
-from ..io.labels import ET
 from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
@@ -30,7 +29,7 @@ from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
-from .enhancement import enhancement_sd, gate_unenhancing
+from .signal_gates import SignalMaps, apply_gates, signal_maps
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box,
                           region_thresholds_for, remove_small_components, suppress_small_enhancement)
 from ..preprocessing.prepared import PreparedInput
@@ -71,22 +70,23 @@ def _on_native(prepared: PreparedInput, pre: PreprocessedCase, array: np.ndarray
     return np.round(out, PROBABILITY_DECIMALS, out=out)
 
 
-def _gate_unenhancing(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
-                      min_enhancement_sd: float) -> np.ndarray:
-    """``enhancement.gate_unenhancing`` on the native labels (Z, Y, X): the T1CE - T1 contrast of the images the
-    model saw, on the tumor's ET bounding box. When the model ran on another grid (atlas space), the contrast map
-    is computed there and brought back linearly. Unchanged labels without ET or without T1CE."""
-    box = nonzero_box(labels == ET)
-    if box is None or "t1ce" not in model_case.images:
+def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case, min_enhancement_sd: Optional[float],
+                  min_flair_sd: Optional[float]) -> np.ndarray:
+    """``signal_gates.apply_gates`` on the native labels (Z, Y, X), inside the tumor's bounding box, with the signals
+    of the images the model saw. When the model ran on another grid (atlas space), the signal maps are computed
+    there and brought back linearly."""
+    box = nonzero_box(labels)
+    if box is None:
         return labels
     images = {m: sitk.GetArrayViewFromImage(model_case.images[m]) for m in model_case.present}
     if prepared.is_native(model_case.geometry):
-        enhancement = enhancement_sd(images, box)
+        maps = signal_maps(images, box)
     else:
-        whole = model_case.geometry.image_from_array(enhancement_sd(images))
-        enhancement = sitk.GetArrayFromImage(prepared.to_native(whole, "probability"))[box]
+        whole = signal_maps(images)
+        maps = SignalMaps(*(None if m is None else sitk.GetArrayFromImage(prepared.to_native(
+            model_case.geometry.image_from_array(m), "probability"))[box] for m in (whole.enhancement, whole.flair)))
     crop = labels[box]
-    gated = gate_unenhancing(crop, enhancement, min_enhancement_sd)
+    gated = apply_gates(crop, maps, min_enhancement_sd, min_flair_sd)
     if gated is crop:
         return labels
     out = labels.copy()
@@ -233,11 +233,13 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     post_settings = card.get("postprocessing", {})
     enhancement_gate = (float(post_settings["min_enhancement_sd"]) if postprocess and et_assessable
                         and post_settings.get("min_enhancement_sd") is not None else None)
+    edema_gate = (float(post_settings["min_flair_sd"]) if postprocess and "flair" in model_case.images
+                  and post_settings.get("min_flair_sd") is not None else None)
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
-        if enhancement_gate is not None:
-            labels = _gate_unenhancing(labels, prepared, model_case, enhancement_gate)
+        if enhancement_gate is not None or edema_gate is not None:
+            labels = _signal_gates(labels, prepared, model_case, enhancement_gate, edema_gate)
         labels = suppress_small_enhancement(labels, voxel_ml, float(post_settings.get("min_et_ml", 0.0)))
     volumes = volumes_ml(labels, voxel_ml)
     images = {name: case.geometry.image_from_array(reference_probs[k])
@@ -270,7 +272,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         slice_grade=classification.slice_grade,
         settings={"device": device_type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
-                  "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate,
+                  "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
         timings_s=timings,
         warnings=warnings,

@@ -9,8 +9,8 @@ Reads the stored out-of-fold predictions (``RUN/oof/<case>.npz`` and ``<case>-wi
 and prints, with all four modalities and with each single modality missing, the mean Dice (WT, TC, ET) of each run
 and the mean paired difference with its standard error over the cases. The base may also be a published
 ``cv_report.json`` (its per-case Dice of each variant, all four modalities only): the run folders of a recipe
-do not outlive the machine they were trained on, its report does. An enhancement-gate variant also reads each case's
-T1CE and T1 from ``--data``.
+do not outlive the machine they were trained on, its report does. A signal-gate variant also reads each case's
+T1CE, T1 and FLAIR from ``--data``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from GliomaAnalysisLib import MODALITIES
 
 from ..common.datasets import REAL_DATA_ROOTS, CaseFolder, case_folders
-from .cross_validate import REGIONS, gate_threshold_of, region_variant, score_variants
+from .cross_validate import REGIONS, gate_thresholds_of, region_variant, score_variants
 
 DEFAULT_VARIANT = region_variant((0.5, 0.5, 0.2))
 
@@ -34,7 +34,7 @@ def paired(new: Path, base: Path, suffix: str, variant: str,
            folders: Optional[Dict[str, CaseFolder]] = None) -> Optional[Dict]:
     """{cases, new: {region: mean}, base: {...}, difference: {...}, se: {...}, per_case: {case: (new, base)}} over
     the predictions ``*<suffix>.npz`` both runs hold (suffix '' = all four modalities); None when there are none.
-    ``folders`` (case id -> CaseFolder): the cases' images, needed by the enhancement-gate variants."""
+    ``folders`` (case id -> CaseFolder): the cases' images, needed by the signal-gate variants."""
     report = json.loads(base.read_text())["per_case"] if base.is_file() else None
     if report is not None and suffix:
         return None  # a report holds the all-four Dice per case only
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("base", type=Path, help="the run it is compared with, or its cv_report.json")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="post-processing variant (cross_validate's names)")
     parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS,
-                        help="data roots of the cases (read by the enhancement-gate variants only)")
+                        help="data roots of the cases (read by the signal-gate variants only)")
     args = parser.parse_args(argv)
     if not (args.new / "oof").is_dir() or not (args.base.is_file() or (args.base / "oof").is_dir()):
         run = args.base if (args.new / "oof").is_dir() else args.new
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             print(f"error: {args.base}: not a cv_report.json with per-case Dice of variant {args.variant}",
                   file=sys.stderr)
             return 2
-    folders = case_folders(args.data) if gate_threshold_of(args.variant) is not None else None
+    folders = case_folders(args.data) if any(t is not None for t in gate_thresholds_of(args.variant)) else None
     found = False
     for suffix in [""] + [f"-without_{m}" for m in MODALITIES]:
         result = paired(args.new, args.base, suffix, args.variant, folders)

@@ -13,7 +13,8 @@ single modality missing (``--missing``, one fast pass).
 
 The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
 post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each. The
-enhancement-gate variants (``ET_GATE_CHOICES``) read each case's T1CE and T1 from the data roots as well.
+signal-gate variants (``ET_GATE_CHOICES``, ``ED_GATE_CHOICES``) read each case's T1CE, T1 and FLAIR from the data
+roots as well.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,7 +33,7 @@ from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.io.labels import regions, to_contiguous
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
-from GliomaAnalysisLib.pipeline.enhancement import enhancement_sd, gate_unenhancing
+from GliomaAnalysisLib.pipeline.signal_gates import SignalMaps, apply_gates, signal_maps
 from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter, remove_small_components,
                                                     suppress_small_enhancement)
 
@@ -52,9 +53,15 @@ predictions over-call edema and core in a 1-6 mm ring around most CBICA tumors (
 segmentation_screening.md)."""
 REGION_MIN_ET = 0.5
 ET_GATE_CHOICES = (0.25, 0.5, 0.75, 1.0)
-"""SD: candidate ``min_enhancement_sd`` of the enhancement gate (``GliomaAnalysisLib.pipeline.enhancement``): predicted
-ET voxels less than this brighter on T1CE than on T1 become NCR. Scored after the argmax and the lesion filter, when
-the cases' images are at hand (``report(..., folders)``)."""
+"""SD: candidate ``min_enhancement_sd`` of the enhancement gate (``GliomaAnalysisLib.pipeline.signal_gates``):
+predicted ET voxels less than this brighter on T1CE than on T1 become NCR. Scored after the argmax and the lesion
+filter, when the cases' images are at hand (``report(..., folders)``)."""
+ED_GATE_CHOICES = (0.25, 0.5)
+"""SD: candidate ``min_flair_sd`` of the edema gate: predicted ED voxels whose FLAIR z-score is below it become
+background. Scored on top of each enhancement gate. Not above 0.5 SD: on glioma_seg 0.3.1's out-of-fold predictions
+0.75 and 1.0 SD scored higher over the 31 cases (WT +0.015 / +0.016 against +0.010 at 0.5), but all of that extra
+came from the 13 CBICA cases, whose experts draw a tight edema; the 18 others lost WT on average at 1.0 SD (an LGG
+-0.053, a BraTS 2013 case -0.091) and gained at 0.5 SD (segmentation_screening.md, twentieth session)."""
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
 scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
@@ -163,22 +170,22 @@ def decode(probabilities: np.ndarray) -> np.ndarray:
     return np.argmax(np.concatenate([background[None], probabilities]), axis=0).astype(np.uint8)
 
 
-def enhancement_of(path: Path, folders: Dict[str, CaseFolder]) -> Optional[np.ndarray]:
-    """The T1CE - T1 contrast (``enhancement_sd``) of the case of one stored out-of-fold prediction, on its box,
+def signal_maps_of(path: Path, folders: Dict[str, CaseFolder]) -> SignalMaps:
+    """The signal maps (``signal_gates.signal_maps``) of the case of one stored out-of-fold prediction, on its box,
     from the images that prediction saw (``<case>-without_<modality>.npz``: without that one)."""
     case_id, _, drop = path.stem.partition("-without_")
     if case_id not in folders:
-        raise SystemExit(f"error: {path}: case {case_id} is not under the data roots given; its enhancement cannot be "
+        raise SystemExit(f"error: {path}: case {case_id} is not under the data roots given; its signals cannot be "
                          f"measured")
     found = folders[case_id]
     case = load_case({m: p for m, p in found.files.items() if m != drop}, case_id=case_id)
     box = tuple(slice(int(a), int(b)) for a, b in np.load(path)["box"])
-    return enhancement_sd({m: sitk.GetArrayViewFromImage(case.images[m]) for m in case.present}, box)
+    return signal_maps({m: sitk.GetArrayViewFromImage(case.images[m]) for m in case.present}, box)
 
 
 def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict[str, float]]:
     """Dice per region of each post-processing variant of one stored out-of-fold prediction; with the case
-    ``folders`` (case id -> CaseFolder) also the enhancement-gate variants, which need the case's images."""
+    ``folders`` (case id -> CaseFolder) also the signal-gate variants, which need the case's images."""
     data = np.load(path)
     probabilities = data["probabilities"].astype(np.float32)
     truth = data["truth"]
@@ -189,11 +196,12 @@ def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) 
     variants = {"none": raw, "lesion_filter": filtered}
     for min_et in MIN_ET_CHOICES[1:]:
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
-    if folders is not None:
-        enhancement = enhancement_of(path, folders)
-        for threshold in ET_GATE_CHOICES:  # without T1CE there is no ET to gate
-            variants[gate_variant(threshold)] = filtered if enhancement is None else \
-                gate_unenhancing(filtered, enhancement, threshold)
+    if folders is not None:  # a gate without its modality leaves the labels as they are
+        maps = signal_maps_of(path, folders)
+        for et_gate in ET_GATE_CHOICES:
+            variants[gate_variant(et_gate)] = apply_gates(filtered, maps, et_gate, None)
+            for ed_gate in ED_GATE_CHOICES:
+                variants[gate_variant(et_gate, ed_gate)] = apply_gates(filtered, maps, et_gate, ed_gate)
     for thresholds in REGION_THRESHOLDS:
         variants[region_variant(thresholds)] = decode_region_variant(probabilities, thresholds, spacing)
     true_regions = regions(truth)
@@ -219,15 +227,15 @@ def decode_region_variant(probabilities: np.ndarray, thresholds: Sequence[float]
     return suppress_small_enhancement(decoded, voxel_ml, REGION_MIN_ET)
 
 
-def gate_variant(threshold: float) -> str:
-    """The report's name of an enhancement-gate variant, e.g. ``lesion_filter+et_gate_0.5sd``."""
-    return f"lesion_filter+et_gate_{threshold:g}sd"
+def gate_variant(et_gate: float, ed_gate: Optional[float] = None) -> str:
+    """The report's name of a signal-gate variant, e.g. ``lesion_filter+et_gate_0.5sd+ed_gate_0.75sd``."""
+    return f"lesion_filter+et_gate_{et_gate:g}sd" + ("" if ed_gate is None else f"+ed_gate_{ed_gate:g}sd")
 
 
-def gate_threshold_of(variant: str) -> Optional[float]:
-    """``min_enhancement_sd`` of an enhancement-gate variant name, None for the others."""
-    match = re.search(r"et_gate_([0-9.]+)sd", variant)
-    return float(match.group(1)) if match else None
+def gate_thresholds_of(variant: str) -> Tuple[Optional[float], Optional[float]]:
+    """(``min_enhancement_sd``, ``min_flair_sd``) of a variant name, None for a gate it does not name."""
+    found = [re.search(rf"{gate}_gate_([0-9.]+)sd", variant) for gate in ("et", "ed")]
+    return tuple(float(m.group(1)) if m else None for m in found)
 
 
 def region_variant(thresholds: Sequence[float]) -> str:

@@ -43,7 +43,7 @@ from GliomaAnalysisLib.models.onnx_engine import load_parts
 from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
-from .cross_validate import gate_threshold_of, region_thresholds_of
+from .cross_validate import gate_thresholds_of, region_thresholds_of
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -143,12 +143,13 @@ def cross_validation_section(report: Dict) -> Dict:
 def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> Dict:
     """The card's ``postprocessing`` settings read by ``analyze`` for a variant chosen in cross-validation
     (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; ``regions_0.5_0.5_0.2+...`` adds
-    ``region_thresholds``; ``...+et_gate_0.5sd`` -> ``min_enhancement_sd`` 0.5; the lesion filter always runs), with ``missing_region_thresholds`` from the report's
+    ``region_thresholds``; ``...+et_gate_0.5sd+ed_gate_0.75sd`` -> ``min_enhancement_sd`` 0.5, ``min_flair_sd`` 0.75; the lesion filter always runs), with ``missing_region_thresholds`` from the report's
     ``missing_modality`` studies (``missing_region_thresholds``)."""
     match = re.search(r"min_et_([0-9.]+)ml", variant)
     settings = {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
-    if gate_threshold_of(variant) is not None:
-        settings["min_enhancement_sd"] = gate_threshold_of(variant)
+    for key, threshold in zip(("min_enhancement_sd", "min_flair_sd"), gate_thresholds_of(variant)):
+        if threshold is not None:
+            settings[key] = threshold
     thresholds = region_thresholds_of(variant)
     if thresholds:
         settings["region_thresholds"] = thresholds
@@ -265,6 +266,8 @@ def postprocessing_text(settings: Dict) -> str:
                 if settings.get("min_et_ml") else "")
     gate = (f"; enhancing voxels less than {settings['min_enhancement_sd']:g} SD brighter on T1CE than on T1 (T1CE "
             f"z-score without T1) relabelled NCR" if settings.get("min_enhancement_sd") is not None else "")
+    gate += (f"; edema voxels below {settings['min_flair_sd']:g} SD on FLAIR relabelled background (not without FLAIR)"
+             if settings.get("min_flair_sd") is not None else "")
     return f"{decoding}; lesion filter{gate}{small_et}"
 
 
