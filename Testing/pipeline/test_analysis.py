@@ -21,10 +21,10 @@ SCHEMA = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/repor
 PHANTOM_WT_DICE_BOUND = 0.75
 REAL_BOUNDS = {"wt": 0.83, "tc": 0.75, "et": 0.72}
 """The shipped model on Brats18_CBICA_AQN_1, a training case since 0.2.0 (trained on all 31): bounds set high, a
-little under what 0.3.1 scores in one pass (0.852 / 0.777 / 0.755; 0.3.0, the same network without the enhancement
-gate, 0.680 ET; a training case says nothing about unseen cases; the card's CV does)."""
+little under what 0.3.2 scores in one pass (0.866 / 0.777 / 0.755; 0.3.0, the same network without the signal
+gates, 0.852 WT and 0.680 ET; a training case says nothing about unseen cases; the card's CV does)."""
 REAL_BOUNDS_WITHOUT_FLAIR = {"wt": 0.78, "tc": 0.80, "et": 0.72}
-"""The same case without FLAIR, one pass: glioma_seg 0.3.1 scores 0.807 / 0.840 / 0.753 (0.3.0 ET 0.660; 0.2.0 found
+"""The same case without FLAIR, one pass: glioma_seg 0.3.2 scores 0.807 / 0.840 / 0.753 (0.3.0 ET 0.660; 0.2.0 found
 almost nothing, WT 0.075, and handed such cases to a second model, glioma_seg_without_flair, which scored 0.666 /
 0.623 / 0.478)."""
 
