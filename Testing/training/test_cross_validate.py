@@ -211,3 +211,57 @@ def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipp
     assert "0.7" in high["dice"] and high["best"] == 0.3
     assert postprocessing_of("regions_0.7_0.5_0.2+lesion_filter+min_et_0.5ml", {"flair": {"wt_threshold": high}}
                              )["missing_region_thresholds"] == {"flair": [0.3, 0.5, 0.2]}
+
+
+def test_signal_gate_variants_are_named_parsed_and_exported_to_the_card():
+    from training.segmentation.cross_validate import gate_thresholds_of, gate_variant
+    from training.segmentation.export_segmentation import postprocessing_of, postprocessing_text
+
+    both = gate_variant(0.5, 0.25)
+    assert both == "lesion_filter+et_gate_0.5sd+ed_gate_0.25sd" and gate_thresholds_of(both) == (0.5, 0.25)
+    assert gate_thresholds_of(gate_variant(0.75)) == (0.75, None)
+    assert gate_thresholds_of("regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml") == (None, None)
+    settings = postprocessing_of(both)
+    assert settings["min_enhancement_sd"] == 0.5 and settings["min_flair_sd"] == 0.25 and settings["min_et_ml"] == 0.0
+    assert "min_flair_sd" not in postprocessing_of(gate_variant(0.5))
+    assert "min_enhancement_sd" not in postprocessing_of("lesion_filter")
+    text = postprocessing_text(settings)
+    assert "0.5 SD brighter on T1CE than on T1" in text and "below 0.25 SD on FLAIR" in text
+
+
+def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
+    """``score_variants`` with the case folders: each gate variant is the lesion-filtered argmax with exactly the ET
+    voxels below the threshold moved to NCR and the edema below the FLAIR threshold dropped."""
+    import SimpleITK as sitk
+
+    from GliomaAnalysisLib import load_case
+    from GliomaAnalysisLib.io.labels import regions
+    from GliomaAnalysisLib.pipeline.measures import dice
+    from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components
+    from GliomaAnalysisLib.pipeline.signal_gates import apply_gates, signal_maps
+    from training.common.datasets import case_folders
+    from training.segmentation.cross_validate import gate_variant
+
+    write_cohort(tmp_path / "data", 1, seed=3, size=(48, 48, 40), spacing=(3.0, 3.0, 3.0))
+    folders = case_folders([tmp_path / "data"])
+    (case_id, found), = folders.items()
+    case = load_case(found.files, segmentation=found.segmentation, case_id=case_id)
+    truth = sitk.GetArrayFromImage(case.segmentation).astype(np.uint8)
+    truth[truth == 4] = 3  # BraTS 2021 labels -> contiguous
+    from scipy import ndimage
+    prediction = truth.copy()  # the network's two over-calls: its necrosis read as ET, a ring of edema around it
+    prediction[truth == 1] = 3
+    prediction[ndimage.binary_dilation(truth > 0, iterations=2) & (truth == 0)] = 2
+    probabilities = np.stack([(prediction == k).astype(np.float16) for k in (1, 2, 3)])
+    path = tmp_path / f"{case_id}.npz"
+    np.savez(path, probabilities=probabilities, truth=truth, uncertainty=np.zeros(truth.shape, np.float16),
+             box=np.array([[0, n] for n in truth.shape]), fold=0, spacing_zyx=np.array([3.0, 3.0, 3.0]), seconds=0.0)
+    scores = score_variants(path, folders)
+    maps = signal_maps({m: sitk.GetArrayFromImage(case.images[m]) for m in case.present})
+    filtered = remove_small_components(lesion_filter(prediction, (3.0, 3.0, 3.0)), 0.027)
+    expected = apply_gates(filtered, maps, 1.0, 0.5)
+    assert ((filtered == 3) & (expected == 1)).any() and ((filtered == 2) & (expected == 0)).any()  # both gates work
+    predicted, true = regions(expected), regions(truth)
+    for r in ("wt", "tc", "et"):
+        assert scores[gate_variant(1.0, 0.5)][r] == dice(predicted[r], true[r])
+    assert scores[gate_variant(1.0, 0.5)]["tc"] == scores["lesion_filter"]["tc"]  # the gates never move TC

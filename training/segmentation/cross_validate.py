@@ -108,7 +108,7 @@ def store_fold_model(run: Path, fold: int) -> Path:
     return folder
 
 
-def predict_held_out(run: Path, fold: int, folders: Dict[str, Path], missing: bool) -> None:
+def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missing: bool) -> None:
     """Analyse every held-out case of ``fold`` (default settings, no post-processing) into RUN/oof/."""
     from GliomaAnalysisLib.models.model_store import load_model_cached
     from GliomaAnalysisLib.models.onnx_engine import load_parts
@@ -228,7 +228,7 @@ def decode_region_variant(probabilities: np.ndarray, thresholds: Sequence[float]
 
 
 def gate_variant(et_gate: float, ed_gate: Optional[float] = None) -> str:
-    """The report's name of a signal-gate variant, e.g. ``lesion_filter+et_gate_0.5sd+ed_gate_0.75sd``."""
+    """The report's name of a signal-gate variant, e.g. ``lesion_filter+et_gate_0.5sd+ed_gate_0.25sd``."""
     return f"lesion_filter+et_gate_{et_gate:g}sd" + ("" if ed_gate is None else f"+ed_gate_{ed_gate:g}sd")
 
 
@@ -267,7 +267,8 @@ def summarise(rows: Dict[str, Dict], variant: str) -> Dict[str, Dict[str, float]
 
 def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
     """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table). With
-    the cases' ``folders`` the enhancement-gate variants are scored and the worst cases pictured."""
+    the cases' ``folders`` the signal-gate variants are scored (every case must then be under them) and the worst
+    cases pictured."""
     files = sorted(p for p in (run / "oof").glob("*.npz") if "-without_" not in p.name)
     if not files:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
@@ -276,7 +277,8 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     summaries = {v: summarise(rows, v) for v in variant_names}
     chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, variant_names)
-    missing = _missing_summary(run, rows, chosen, folders)
+    gated = any(t is not None for t in gate_thresholds_of(chosen))
+    missing = _missing_summary(run, rows, chosen, folders if gated else None)  # images only for a gate variant
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "folds_done": sorted({row["fold"] for row in rows.values()}),

@@ -143,8 +143,9 @@ def cross_validation_section(report: Dict) -> Dict:
 def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> Dict:
     """The card's ``postprocessing`` settings read by ``analyze`` for a variant chosen in cross-validation
     (``lesion_filter+min_et_0.5ml`` -> ``{"min_et_ml": 0.5}``; ``regions_0.5_0.5_0.2+...`` adds
-    ``region_thresholds``; ``...+et_gate_0.5sd+ed_gate_0.75sd`` -> ``min_enhancement_sd`` 0.5, ``min_flair_sd`` 0.75; the lesion filter always runs), with ``missing_region_thresholds`` from the report's
-    ``missing_modality`` studies (``missing_region_thresholds``)."""
+    ``region_thresholds``; ``...+et_gate_0.5sd+ed_gate_0.25sd`` -> ``min_enhancement_sd`` 0.5, ``min_flair_sd``
+    0.25; the lesion filter always runs), with ``missing_region_thresholds`` from the report's ``missing_modality``
+    studies (``missing_region_thresholds``)."""
     match = re.search(r"min_et_([0-9.]+)ml", variant)
     settings = {"min_et_ml": float(match.group(1)) if match else 0.0, "chosen_in_cross_validation": variant}
     for key, threshold in zip(("min_enhancement_sd", "min_flair_sd"), gate_thresholds_of(variant)):

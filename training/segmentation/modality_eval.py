@@ -31,6 +31,7 @@ from GliomaAnalysisLib.io.labels import regions
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.io.modalities import MODALITIES
 from GliomaAnalysisLib.models.network import GliomaSegNet
+from GliomaAnalysisLib.pipeline.postprocess import merge_enhancement_into_core
 
 from ..common.datasets import BRATS18, DEFAULT_CACHE, REAL_DATA_ROOTS
 from .segmentation_data import TrainingCase
@@ -78,8 +79,7 @@ def case_dice(model: GliomaSegNet, case: TrainingCase, presence: np.ndarray,
     image = np.pad(case.image * presence[:, None, None, None], pad).astype(np.float32)
     probabilities, _, _ = predict(model, image, presence, device)
     if not presence[T1CE]:
-        probabilities[1] += probabilities[3]
-        probabilities[3] = 0.0
+        probabilities = merge_enhancement_into_core(probabilities)
     prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
     truth = regions(case.labels)
     return {name: dice(prediction[name], truth[name]) for name in REGIONS}
@@ -154,8 +154,9 @@ def markdown_table(named: Dict[str, Dict[str, Dict]]) -> str:
             cells += [f"{entry['mean'][r]:.3f} ± {entry['std'][r]:.3f}"
                       if entry and (r != "et" or "t1ce" in entry["modalities"]) else "n/a" for r in REGIONS]
         lines.append(f"| {combo} | " + " | ".join(cells) + " |")
-    for key, label in (("one_missing_mean", "mean of the 4 one-missing rows"),
-                       ("missing_mean", "mean of the 14 missing-modality rows"), ("mean_15", "mean of all 15")):
+    for key, label in (("one_missing_mean", "mean of the 4 one-missing rows (ET: the 3 with T1CE)"),
+                       ("missing_mean", "mean of the 14 missing-modality rows (ET: the 7 with T1CE)"),
+                       ("mean_15", "mean of all 15 (ET: the 8 with T1CE)")):
         cells = []
         for n in names:
             s = summary(named[n])[key] if len(named[n]) == len(first) or key == "one_missing_mean" else {}
@@ -168,7 +169,7 @@ def summary_table(named: Dict[str, Dict[str, Dict]]) -> str:
     """One row per named model: Dice WT/TC/ET with all modalities, mean of the one-missing rows, and mean of the
     14 missing-modality rows (when all 15 were evaluated)."""
     lines = ["| model | all WT | all TC | all ET | 1-missing WT | 1-missing TC | 1-missing ET "
-             "| 14-missing WT | 14-missing TC | 14-missing ET |", "| --- " * 10 + "|"]
+             "| 14-missing WT | 14-missing TC | 14-missing ET (rows with T1CE) |", "| --- " * 10 + "|"]
     for name, results in named.items():
         s = summary(results)
         cells = [f"{s['all'][r]:.3f}" for r in REGIONS] + [f"{s['one_missing_mean'][r]:.3f}" for r in REGIONS]
@@ -214,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the 15 combinations, or all four + each one missing (5)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.cv and (args.weights or args.model_dir):
+        parser.error("--cv scores the fold models of RUN: --weights / --model-dir do not apply")
 
     if args.table:
         named = {}
@@ -243,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = evaluate(model, validation, subsets, log=log)
         source = args.weights or f"{args.model_dir or 'Resources/models'}/{args.name}"
         scored = [c.case_id for c in validation]
-    payload = {"weights": source, "cases": scored, "results": results, "summary": summary(results)}
+    payload = {"model": source, "cases": scored, "results": results, "summary": summary(results)}
     text = json.dumps(payload, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
