@@ -83,8 +83,14 @@ def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
         maps = signal_maps(images, box)
     else:
         whole = signal_maps(images)
-        maps = SignalMaps(*(None if m is None else sitk.GetArrayFromImage(prepared.to_native(
-            model_case.geometry.image_from_array(m), "probability"))[box] for m in (whole.enhancement, whole.flair)))
+
+        def on_native(signal: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            if signal is None:
+                return None
+            image = prepared.to_native(model_case.geometry.image_from_array(signal), "probability")
+            return sitk.GetArrayFromImage(image)[box]
+
+        maps = SignalMaps(on_native(whole.enhancement), on_native(whole.flair))
     crop = labels[box]
     gated = apply_gates(crop, maps, min_enhancement_sd, min_flair_sd)
     if gated is crop:

@@ -112,10 +112,7 @@ def evaluate_folds(run: Path, cases: Sequence[TrainingCase], subsets: Optional[S
     its validation cases among ``cases``; the per-case Dice of all folds merged per combination."""
     by_id = {c.case_id: c for c in cases}
     merged: Dict[str, Dict] = {}
-    folds = sorted(d for d in run.glob("fold[0-9]*") if (d / "final.safetensors").is_file())
-    if not folds:
-        raise SystemExit(f"error: {run}: no trained fold (fold<k>/final.safetensors)")
-    for fold in folds:
+    for fold in trained_folds(run):
         config = json.loads((fold / "config.json").read_text())
         held_out = [by_id[c] for c in config["validation_cases"] if c in by_id]
         model = load_segmentation_model(str(fold / "final.safetensors"), network=json.dumps(config["network"]))
@@ -123,6 +120,15 @@ def evaluate_folds(run: Path, cases: Sequence[TrainingCase], subsets: Optional[S
         for name, entry in evaluate(model, held_out, subsets, log=fold_log).items():
             merged.setdefault(name, {"modalities": entry["modalities"], "cases": {}})["cases"].update(entry["cases"])
     return {name: with_statistics(e["modalities"], e["cases"]) for name, e in merged.items()}
+
+
+def trained_folds(run: Path) -> List[Path]:
+    """The fold folders of ``run`` holding a trained model (``fold<k>/final.safetensors``); a one-line SystemExit
+    when there is none."""
+    folds = sorted(d for d in run.glob("fold[0-9]*") if (d / "final.safetensors").is_file())
+    if not folds:
+        raise SystemExit(f"error: {run}: no trained fold (fold<k>/final.safetensors)")
+    return folds
 
 
 def summary(results: Dict[str, Dict]) -> Dict[str, Dict[str, float]]:
@@ -233,6 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subsets = combinations() if args.subsets == "all15" else single_missing()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.cv:
+        trained_folds(Path(args.cv))  # a wrong folder fails before the cases load
         cases = load_cases([Path(d) for d in args.data or REAL_DATA_ROOTS], Path(args.cache), (2.0, 2.0, 2.0))
         results = evaluate_folds(Path(args.cv), cases, subsets, log=log)
         source = f"{args.cv} (each fold model on its held-out cases)"
