@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
 from training.segmentation.cross_validate import decode, main, score_variants
@@ -58,6 +59,35 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     import re
     known = set(re.findall(r'_flag\(\s*"(\w+)"', inspect.getsource(quality)))
     assert "uncertain" in known and all(f in known for r in qc["rows"] for f in r["flags"])
+
+
+def test_a_run_for_cases_without_flair_is_trained_and_predicted_without_it_only(tmp_path, capsys):
+    """--absent-modalities flair: the fold models (warm-started from another run's) never see FLAIR, and each held-out
+    case is predicted without FLAIR only (``<case>-without_flair.npz``), ready for compare_runs."""
+    data = tmp_path / "data"
+    write_cohort(data, 4, seed=5, size=(48, 48, 40), spacing=(3.0, 3.0, 3.0))
+    network = json.dumps({"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1, "transformer_heads": 2})
+    common = ["--data", str(data), "--cache", str(tmp_path / "cache"), "--crop", "16", "--batch", "1", "--steps", "2",
+              "--n-folds", "2", "--spacing", "4", "--val-every", "100", "--network", network]
+    base = tmp_path / "base"
+    assert main(common + ["--run-dir", str(base), "--missing"]) == 0
+    run = tmp_path / "without_flair"
+    assert main(common + ["--run-dir", str(run), "--absent-modalities", "flair", "--missing",
+                          "--init-weights", str(base / "fold{fold}" / "final.safetensors")]) == 0
+    cases = [c for f in (0, 1) for c in json.loads((run / f"fold{f}" / "config.json").read_text())["validation_cases"]]
+    assert sorted(p.name for p in (run / "oof").iterdir()) == sorted(f"{c}-without_flair.npz" for c in cases)
+    assert "compare_runs" in capsys.readouterr().err
+    for fold in (0, 1):
+        args = json.loads((run / f"fold{fold}" / "config.json").read_text())["args"]
+        assert args["absent_modalities"] == "flair" and args["init_weights"].endswith("fold{fold}/final.safetensors")
+    from training.segmentation.compare_runs import main as compare
+    assert compare([str(run), str(base), "--variant", "lesion_filter"]) == 0
+    out = capsys.readouterr().out
+    assert "without_flair    4 cases" in out and "all four" not in out
+    assert all(f"  {c}-without_flair new " in out for c in cases)  # per case, for the predictions both runs hold
+    with pytest.raises(SystemExit, match="one absent modality"):
+        main(common + ["--run-dir", str(tmp_path / "x"), "--absent-modalities", "t2,flair"])
+    assert not (tmp_path / "x").exists()  # refused before any training
 
 
 def test_a_perfect_prediction_scores_one(tmp_path):

@@ -98,6 +98,25 @@ def test_drop_one_weights_choose_which_modality_is_missing():
     assert only_t1_t2.tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
+def test_absent_modalities_are_never_shown_and_the_rest_still_drop_out():
+    """--absent-modalities flair: no crop keeps FLAIR; the other three are all kept, one missing or a subset, as
+    in the usual recipe. A bad name or all four absent is a one-line error."""
+    from training.segmentation.augmentation import AugmentationConfig, modality_presence
+    from training.segmentation.train_segmentation import absent_modalities
+
+    assert absent_modalities("flair") == (False, False, False, True)
+    assert absent_modalities(" T1CE, flair ") == (False, True, False, True)
+    assert absent_modalities(None) == (False, False, False, False)
+    for bad in ("pd", "t1,t1ce,t2,flair"):
+        with pytest.raises(SystemExit, match="--absent-modalities"):
+            absent_modalities(bad)
+    rng = np.random.default_rng(0)
+    config = AugmentationConfig(absent=absent_modalities("flair"))
+    draws = np.array([modality_presence(rng, np.ones(4, bool), config) for _ in range(400)])
+    assert draws[:, 3].max() == 0.0 and draws[:, :3].sum(1).min() >= 1
+    kept_three = int((draws[:, :3].sum(1) == 3).sum())
+    assert 160 < kept_three < 260  # keep_all_probability 0.5 of the draws, plus subsets that happen to keep all
+
 def test_enhancement_is_not_scored_without_t1ce():
     """A crop without T1CE is scored on the core (NCR + ET) only: calling true ET voxels NCR or ET costs the same,
     for any logits. With T1CE the two answers differ."""

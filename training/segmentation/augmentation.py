@@ -40,6 +40,7 @@ class AugmentationConfig:
     keep_all_probability: float = 0.5      # modality dropout: all present
     drop_one_probability: float = 0.3      # exactly one modality missing; otherwise a random non-empty subset
     drop_one_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # which one (t1, t1ce, t2, flair)
+    absent: Tuple[bool, bool, bool, bool] = (False, False, False, False)  # never shown (a model for cases without them)
 
 
 def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
@@ -131,8 +132,8 @@ def _integer_crop(array: np.ndarray, offset: np.ndarray, size: int, fill: float)
 
 def modality_presence(rng: np.random.Generator, available: np.ndarray, config: AugmentationConfig) -> np.ndarray:
     """Which of the ``available`` (4,) modalities the crop keeps: all, all but one (drawn by
-    ``config.drop_one_weights``), or a random non-empty subset."""
-    available = np.asarray(available, dtype=bool)
+    ``config.drop_one_weights``), or a random non-empty subset; ``config.absent`` ones never."""
+    available = np.asarray(available, dtype=bool) & ~np.asarray(config.absent, dtype=bool)
     keep = available.copy()
     draw = rng.random()
     indices = np.flatnonzero(available)

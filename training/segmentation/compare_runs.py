@@ -90,10 +90,10 @@ def main(argv=None) -> int:
         result = paired(args.new, args.base, suffix, args.variant, folders)
         if result is None:
             continue
-        found = True
-        if not suffix:
+        if not found:  # per case: the first set of predictions both hold (all four, or a run without one)
             for case, (a, b) in result["per_case"].items():
                 print(f"  {case:<24} new {a[0]:.3f} {a[1]:.3f} {a[2]:.3f}   base {b[0]:.3f} {b[1]:.3f} {b[2]:.3f}")
+        found = True
         fmt = lambda d: " / ".join(f"{d[r]:.3f}" for r in REGIONS)  # noqa: E731
         print(f"{(suffix.lstrip('-') or 'all four'):<16} {result['cases']} cases: new {fmt(result['new'])}, "
               f"base {fmt(result['base'])}, paired difference {fmt(result['difference'])} (SE {fmt(result['se'])})")

@@ -9,7 +9,9 @@ For each fold (stratified by grade and source, ``training/common/folds.py``): tr
 each held-out case with ``GliomaAnalysisLib.analyze`` at default settings (``QUALITY_PASSES``, full resolution) without
 post-processing and keep its probabilities (cropped to the brain, float16) as ``RUN/oof/<case>.npz``: every
 post-processing choice is then scored on the same out-of-fold predictions. With all modalities, and with each
-single modality missing (``--missing``, one fast pass).
+single modality missing (``--missing``, one fast pass). A run of models for cases without a modality
+(``--absent-modalities flair``, usually warm-started with ``--init-weights``) is predicted without it only, and
+compared with ``compare_runs``.
 
 The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
 post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each. The
@@ -118,7 +120,9 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
     model_dir = store_fold_model(run, fold)
     load_model_cached.cache_clear()
     load_parts.cache_clear()
-    variants: List[Optional[str]] = [None] + (list(MODALITIES) if missing else [])
+    absent = config["args"].get("absent_modalities")
+    variants: List[Optional[str]] = [absent_modality(absent)] if absent else \
+        [None] + (list(MODALITIES) if missing else [])
     for case_id in config["validation_cases"]:
         for drop in variants:
             out = run / "oof" / (f"{case_id}.npz" if drop is None else f"{case_id}-without_{drop}.npz")
@@ -133,6 +137,16 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
             seconds = time.perf_counter() - started
             save_prediction(out, case, result, fold, seconds)
             print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def absent_modality(text: str) -> str:
+    """The one modality a run's ``--absent-modalities`` names (its models are for cases without it: they are only
+    predicted without it); more than one is a one-line error."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if len(names) != 1:
+        raise SystemExit(f"error: --absent-modalities {text!r}: cross-validation predicts runs with one absent "
+                         f"modality")
+    return names[0]
 
 
 def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) -> None:
@@ -456,12 +470,19 @@ def main(argv=None) -> int:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         return 2
     folds = range(args.n_folds) if args.folds is None else [int(f) for f in args.folds.split(",")]
+    if args.absent_modalities:
+        absent_modality(args.absent_modalities)  # before any training
     if not args.report_only:
         for fold in folds:
             if not (run / f"fold{fold}" / "final.safetensors").is_file():
                 if train_segmentation.train(fold_args(args, fold)) is None:
                     return 2
             predict_held_out(run, fold, folders, args.missing)
+    if args.absent_modalities:
+        print(f"{run}: models for cases without {args.absent_modalities}, predicted without it only: compare them "
+              f"with another run's predictions without it (python -m training.segmentation.compare_runs {run} "
+              f"BASE_RUN)", file=sys.stderr)
+        return 0
     result = report(run, Path(args.table) if args.table else None, folders)
     print(json.dumps({"cases": result["cases"], "chosen": result["chosen"],
                       "mean": result["variants"][result["chosen"]]}, indent=2))

@@ -94,7 +94,8 @@ def base_card(run_config: Dict, training_log: List[Dict], version: str = MODEL_V
                      "loss": _loss(args.get("dice_weight", 0.5), args.get("dice_regions") or ("wt", "tc", "et")),
                      "foreground_probability": args.get("foreground_probability"),
                      "modality_dropout": {"keep_all": args.get("keep_all_probability"), "drop_one": 0.3,
-                                          "drop_one_weights_t1_t1ce_t2_flair": args.get("drop_one_weights", "1,1,1,1")},
+                                          "drop_one_weights_t1_t1ce_t2_flair": args.get("drop_one_weights", "1,1,1,1"),
+                                          "never_shown": args.get("absent_modalities")},
                      "augmentation": "rotation, scaling, flips; per-channel gamma, contrast, brightness, noise, "
                                      "blur, bias field; modality dropout (training/segmentation/augmentation.py)",
                      "fold": args.get("fold"), "warm_restart_from": args.get("init_weights"),

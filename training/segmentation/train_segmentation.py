@@ -30,6 +30,7 @@ from GliomaAnalysisLib.models.inference import predict
 from GliomaAnalysisLib.io.labels import regions
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+from GliomaAnalysisLib.io.modalities import MODALITIES
 
 from ..common.config import parse_args
 from ..common.distributed import amp_enabled, autocast, grad_scaler, setup, wrap
@@ -45,15 +46,16 @@ T1CE = 1
 """Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
 
 
-def validation_dice(model: GliomaSegNet, cases: List[TrainingCase],
-                    device: torch.device = torch.device("cpu")) -> Dict[str, Dict[str, float]]:
-    """Dice (WT, TC, ET) of each case of ``cases`` on the working grid, all modalities present, argmax of one plain
-    pass on ``device`` (the device the model trains on): {case id: {region: Dice}}."""
+def validation_dice(model: GliomaSegNet, cases: List[TrainingCase], device: torch.device = torch.device("cpu"),
+                    presence: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
+    """Dice (WT, TC, ET) of each case of ``cases`` on the working grid with the modalities of ``presence`` (4,)
+    (default all), argmax of one plain pass on ``device`` (the device the model trains on): {case id: {region: Dice}}."""
+    presence = np.ones(4, dtype=np.float32) if presence is None else np.asarray(presence, dtype=np.float32)
     scores = {}
     for case in cases:
         shape = case.labels.shape
         pad = [(0, 0)] + [(0, (-n) % model.config.divisor) for n in shape]
-        probabilities, _, _ = predict(model, np.pad(case.image, pad), np.ones(4, dtype=np.float32), device)
+        probabilities, _, _ = predict(model, np.pad(case.image, pad), presence, device)
         prediction = regions(probabilities[:, :shape[0], :shape[1], :shape[2]].argmax(0))
         truth = regions(case.labels)
         scores[case.case_id] = {name: round(dice(prediction[name], truth[name]), 4) for name in REGIONS}
@@ -96,10 +98,20 @@ def drop_one_weights(text: str) -> tuple:
     return weights
 
 
+def absent_modalities(text: Optional[str]) -> Tuple[bool, bool, bool, bool]:
+    """--absent-modalities 'flair' -> (False, False, False, True): modalities the crops never show; at least one stays."""
+    names = [n.strip().lower() for n in str(text or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown or len(set(names)) >= len(MODALITIES):
+        raise SystemExit(f"error: --absent-modalities {text!r}: give some (not all) of {','.join(MODALITIES)}")
+    return tuple(m in names for m in MODALITIES)
+
+
 def crop_settings(args: argparse.Namespace, rank: int) -> CropSettings:
     """The training batches of ``args`` (batch, crop, foreground share, augmentation, seed) for process ``rank``."""
     augmentation = AugmentationConfig(keep_all_probability=args.keep_all_probability,
-                                      drop_one_weights=drop_one_weights(args.drop_one_weights))
+                                      drop_one_weights=drop_one_weights(args.drop_one_weights),
+                                      absent=absent_modalities(args.absent_modalities))
     return CropSettings(args.batch, args.crop, args.foreground_probability, augmentation, args.seed, rank)
 
 
@@ -154,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="modality dropout: share of crops with every modality (then 0.3 one missing, else a subset)")
     parser.add_argument("--drop-one-weights", default="1,1,1,1",
                         help="modality dropout: relative odds of each modality (t1,t1ce,t2,flair) being the one missing")
+    parser.add_argument("--absent-modalities", default=None,
+                        help="comma-separated modalities (t1,t1ce,t2,flair) no crop shows and validation leaves out: "
+                             "a model for cases without them, e.g. flair")
     parser.add_argument("--init-weights", default=None,
                         help="start from these weights (safetensors; '{fold}' is replaced by the fold) instead of "
                              "random ones: a warm restart with a new learning-rate cycle")
@@ -250,6 +265,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         elapsed_before = previous[-1]["seconds"] if previous else 0.0
         log = open(log_path, "a")
     network.train()
+    shown = 1.0 - np.asarray(settings.augmentation.absent, dtype=np.float32)  # validation's modalities
     started = time.perf_counter()
     last: Dict = {}
     for image, targets, presence_array in batches(real, settings, step, args.steps, args.workers):
@@ -274,7 +290,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
                   "seconds": round(elapsed_before + time.perf_counter() - started, 1)}
         if validation and (step % args.val_every == 0 or step == args.steps):
             if context.is_main:
-                scores = validation_dice(model, validation, context.device)
+                scores = validation_dice(model, validation, context.device, shown)
                 record["val_dice"] = mean_dice(scores)
                 if step == args.steps:  # the final model's per-case Dice: compare_validation pairs two runs on it
                     record["val_cases"] = scores
