@@ -77,6 +77,12 @@ def test_a_run_for_cases_without_flair_is_trained_and_predicted_without_it_only(
     cases = [c for f in (0, 1) for c in json.loads((run / f"fold{f}" / "config.json").read_text())["validation_cases"]]
     assert sorted(p.name for p in (run / "oof").iterdir()) == sorted(f"{c}-without_flair.npz" for c in cases)
     assert "compare_runs" in capsys.readouterr().err
+    report = json.loads((run / "cv_report.json").read_text())  # scored on the predictions without FLAIR
+    assert report["without"] == "flair" and sorted(report["per_case"]) == sorted(cases) and report["passes"] == [1]
+    assert report["missing_modality"] == {}
+    from training.segmentation.export_segmentation import card_markdown, cross_validation_section
+    section = cross_validation_section(report)
+    assert section["without"] == "flair" and section["cases"] == 4
     for fold in (0, 1):
         args = json.loads((run / f"fold{fold}" / "config.json").read_text())["args"]
         assert args["absent_modalities"] == "flair" and args["init_weights"].endswith("fold{fold}/final.safetensors")

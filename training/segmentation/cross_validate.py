@@ -10,8 +10,8 @@ each held-out case with ``GliomaAnalysisLib.analyze`` at default settings (``QUA
 post-processing and keep its probabilities (cropped to the brain, float16) as ``RUN/oof/<case>.npz``: every
 post-processing choice is then scored on the same out-of-fold predictions. With all modalities, and with each
 single modality missing (``--missing``, one fast pass). A run of models for cases without a modality
-(``--absent-modalities flair``, usually warm-started with ``--init-weights``) is predicted without it only, and
-compared with ``compare_runs``.
+(``--absent-modalities flair``, usually warm-started with ``--init-weights``) is predicted and scored without it
+only (its report's ``without``); ``compare_runs`` pairs it with another run's predictions without it.
 
 The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
 post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each. The
@@ -279,23 +279,26 @@ def summarise(rows: Dict[str, Dict], variant: str) -> Dict[str, Dict[str, float]
                 "min": round(float(v.min()), 4)} for r, v in values.items()}
 
 
-def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
+def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, CaseFolder]] = None,
+           without: Optional[str] = None) -> Dict:
     """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table). With
     the cases' ``folders`` the signal-gate variants are scored (every case must then be under them) and the worst
-    cases pictured."""
-    files = sorted(p for p in (run / "oof").glob("*.npz") if "-without_" not in p.name)
+    cases pictured. ``without``: a run of models for cases without that modality, scored on its predictions
+    without it (``<case>-without_<modality>.npz``)."""
+    suffix = f"-without_{without}" if without else ""
+    files = sorted(p for p in (run / "oof").glob(f"*{suffix}.npz") if ("-without_" in p.name) == bool(without))
     if not files:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
-    rows = {p.stem: score_variants(p, folders) for p in files}
-    variant_names = [k for k, v in rows[files[0].stem].items() if isinstance(v, dict)]
+    rows = {p.stem[:len(p.stem) - len(suffix)]: score_variants(p, folders) for p in files}
+    variant_names = [k for k, v in next(iter(rows.values())).items() if isinstance(v, dict)]
     summaries = {v: summarise(rows, v) for v in variant_names}
     chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, variant_names)
     gated = any(t is not None for t in gate_thresholds_of(chosen))
-    missing = _missing_summary(run, rows, chosen, folders if gated else None)  # images only for a gate variant
+    missing = {} if without else _missing_summary(run, rows, chosen, folders if gated else None)  # images: gates
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
-    result = {"cases": len(rows), "folds_done": sorted({row["fold"] for row in rows.values()}),
+    result = {"cases": len(rows), "without": without, "folds_done": sorted({row["fold"] for row in rows.values()}),
               "passes": sorted({row["passes"] for row in rows.values()}),
               "variants": summaries, "chosen": chosen, "nested_choice": nested, "worst_cases": worst,
               "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
@@ -305,7 +308,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     (run / "cv_report.json").write_text(json.dumps(result, indent=2))
     if table:
         table.parent.mkdir(parents=True, exist_ok=True)
-        pictures = _pictures(run, worst, table.parent, folders) if folders else {}
+        pictures = _pictures(run, worst, table.parent, folders, suffix) if folders else {}
         table.write_text(markdown(result, pictures))
     return result
 
@@ -372,15 +375,17 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     return round(float(spearmanr(a, b).statistic), 3)
 
 
-def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, CaseFolder]) -> Dict[str, str]:
-    """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid."""
+def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, CaseFolder],
+              suffix: str = "") -> Dict[str, str]:
+    """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid, from
+    ``<case><suffix>.npz``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pictures = {}
     for case_id in cases:
-        data = np.load(run / "oof" / f"{case_id}.npz")
+        data = np.load(run / "oof" / f"{case_id}{suffix}.npz")
         box = tuple(slice(int(a), int(b)) for a, b in data["box"])
         case = load_case(folders[case_id].files, case_id=case_id)  # the reference grid of the stored arrays
         flair = sitk.GetArrayFromImage(case.images.get("flair", case.images[case.present[0]]))[box]
@@ -403,7 +408,9 @@ def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str,
 
 def markdown(result: Dict, pictures: Dict[str, str]) -> str:
     chosen = result["chosen"]
-    lines = [f"# Segmentation cross-validation ({result['cases']} real cases, folds {result['folds_done']})", "",
+    inputs = f", without {result['without'].upper()}" if result.get("without") else ""
+    lines = [f"# Segmentation cross-validation ({result['cases']} real cases{inputs}, folds {result['folds_done']})",
+             "",
              f"Out-of-fold predictions of `GliomaAnalysisLib.analyze` at default settings "
              f"({' and '.join(map(str, result.get('passes', [QUALITY_PASSES])))} network passes), full "
              "resolution, against the expert labels. Produced by `python -m training.segmentation.cross_validate "
@@ -478,12 +485,12 @@ def main(argv=None) -> int:
                 if train_segmentation.train(fold_args(args, fold)) is None:
                     return 2
             predict_held_out(run, fold, folders, args.missing)
-    if args.absent_modalities:
-        print(f"{run}: models for cases without {args.absent_modalities}, predicted without it only: compare them "
-              f"with another run's predictions without it (python -m training.segmentation.compare_runs {run} "
-              f"BASE_RUN)", file=sys.stderr)
-        return 0
-    result = report(run, Path(args.table) if args.table else None, folders)
+    without = absent_modality(args.absent_modalities) if args.absent_modalities else None
+    result = report(run, Path(args.table) if args.table else None, folders, without)
+    if without:
+        print(f"{run}: models for cases without {without}, predicted and scored without it; paired with another "
+              f"run's predictions without it by python -m training.segmentation.compare_runs {run} BASE_RUN",
+              file=sys.stderr)
     print(json.dumps({"cases": result["cases"], "chosen": result["chosen"],
                       "mean": result["variants"][result["chosen"]]}, indent=2))
     return 0

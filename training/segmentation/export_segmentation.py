@@ -131,7 +131,8 @@ def cross_validation_section(report: Dict) -> Dict:
              **{f"{r}_ml": round(row[chosen][f"{r}_ml_pred"], 2) for r in ("wt", "tc", "et")},
              **{f"{r}_ml_true": round(row[chosen][f"{r}_ml_true"], 2) for r in ("wt", "tc", "et")}}
             for case, row in sorted(report["per_case"].items())]
-    return {"cases": report["cases"], "folds": report["folds_done"], "network_passes": report.get("passes"),
+    return {"cases": report["cases"], "without": report.get("without"), "folds": report["folds_done"],
+            "network_passes": report.get("passes"),
             "post_processing": chosen, "dice": report["variants"][chosen],
             "dice_nested": (report.get("nested_choice") or {}).get("dice"), "worst_cases": report["worst_cases"],
             "et_free_cases_predicted_et_ml": report["et_free_cases"],
@@ -275,7 +276,8 @@ def postprocessing_text(settings: Dict) -> str:
 
 def _cross_validation_lines(cv: Dict) -> List[str]:
     dice = cv["dice"]
-    lines = [f"## Cross-validation: {cv['cases']} real cases, folds {cv['folds']} ({cv['how']})", "",
+    inputs = f" without {cv['without'].upper()}" if cv.get("without") else ""
+    lines = [f"## Cross-validation: {cv['cases']} real cases{inputs}, folds {cv['folds']} ({cv['how']})", "",
              "| region | mean Dice | SD | SE | worst |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r.upper()} | {dice[r]['mean']:.3f} | {dice[r]['sd']:.3f} | {dice[r]['se']:.3f} | "
               f"{dice[r]['min']:.3f} |" for r in ("wt", "tc", "et")]
@@ -288,7 +290,7 @@ def _cross_validation_lines(cv: Dict) -> List[str]:
     lines += ["", f"Worst cases: {', '.join(cv['worst_cases'])}. ET-free cases, predicted ET: "
               + (", ".join(f"{c} {v:.2f} mL" for c, v in cv["et_free_cases_predicted_et_ml"].items()) or "none"),
               ""]
-    lines += _missing_modality_lines(cv["missing_modality"])
+    lines += _missing_modality_lines(cv["missing_modality"]) if cv["missing_modality"] else []
     lines += ["", "| case | fold | WT | TC | ET | WT mL (true) | ET mL (true) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['case']} | {r['fold']} | {r['wt']:.3f} | {r['tc']:.3f} | {r['et']:.3f} | {r['wt_ml']:.1f} "
               f"({r['wt_ml_true']:.1f}) | {r['et_ml']:.1f} ({r['et_ml_true']:.1f}) |" for r in cv["per_case"]]
