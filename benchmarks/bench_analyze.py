@@ -3,7 +3,7 @@ side by side with MONAI's standard BraTS SegResNet (init_filters 16, blocks_down
 overlap 0.5, random weights) on the same case, each run in its own process; then where the time of one default
 and one --fast run goes (imports, each analysis stage, writing the outputs).
 
-    python benchmarks/bench_analyze.py [--case DIR] [--repeats 3] [--monai-repeats 1] [--threads 2]
+    python benchmarks/bench_analyze.py [--case DIR] [--repeats 3] [--monai-repeats 1 (0: none)] [--threads 2]
 
 Without --case a 240x240x155 phantom is generated. Prints medians, the ratios to MONAI and the profile. The first
 analysis of a model exports its network to ONNX into the user cache; one untimed warm-up run does that first.
@@ -49,6 +49,8 @@ start = time.perf_counter()
 import numpy, SimpleITK, onnxruntime
 from GliomaAnalysisLib.models import onnx_engine
 onnx_engine.set_threads(int(sys.argv[2]))
+from GliomaAnalysisLib.reporting.render3d import prestart_render
+prestart_render()  # as the CLI does
 from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.reporting.writers import write_outputs
 imports = time.perf_counter() - start
@@ -96,6 +98,8 @@ def main() -> None:
                                       ("analyze --fast (1 pass)", ["--fast"], args.repeats),
                                       ("analyze --fast --no-classify", ["--fast", "--no-classify"], args.repeats),
                                       ("MONAI SegResNet-16 sliding window 128^3/0.5", None, args.monai_repeats)):
+            if repeats < 1:
+                continue
             runs = []
             for k in range(repeats):
                 out = f"{tmp}/{len(rows)}-{k}"
@@ -106,8 +110,8 @@ def main() -> None:
             rows[label] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs))
             print(f"{label:<52} {rows[label][0]:6.2f} s  peak {rows[label][1]:5.0f} MB  ({repeats} run(s))",
                   flush=True)
-        monai = rows["MONAI SegResNet-16 sliding window 128^3/0.5"][0]
-        for label in list(rows)[:3]:
+        monai = rows.get("MONAI SegResNet-16 sliding window 128^3/0.5", (None,))[0]
+        for label in list(rows)[:3] if monai else []:
             print(f"MONAI / '{label}': {monai / rows[label][0]:.1f}x")
         profiles: Dict[str, List[Dict]] = {"default": [], "fast": []}
         for mode, runs in profiles.items():

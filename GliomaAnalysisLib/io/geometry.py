@@ -132,11 +132,18 @@ def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry,
     stop = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 1, 0, target.size)
     if np.any(stop <= start):
         return out
-    box = sub_grid(target, start, stop)
-    image = source.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
-    part = resample_to(image, box, sitk.sitkLinear, pixel_type=sitk.sitkFloat32)  # kept alive while viewed
-    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(part)
+    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = resample_array_box(array, source, target, start, stop)
     return out
+
+
+def resample_array_box(array: np.ndarray, source: Geometry, target: Geometry, start_xyz: np.ndarray,
+                       stop_xyz: np.ndarray) -> np.ndarray:
+    """Linear resampling of ``array`` (z, y, x on ``source``) onto the voxels ``start_xyz`` (inclusive) to
+    ``stop_xyz`` (exclusive) of ``target`` only: float32 (z, y, x) of that box, the values the whole resampling
+    has there (each target voxel reads only the source around its own centre)."""
+    image = source.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+    part = resample_to(image, sub_grid(target, start_xyz, stop_xyz), sitk.sitkLinear, pixel_type=sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(part)
 
 
 def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:

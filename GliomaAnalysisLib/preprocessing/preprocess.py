@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case
-from ..io.geometry import Geometry, regrid, resample_array_within, resample_to
+from ..io.geometry import Geometry, regrid, resample_array_box, resample_array_within, resample_to
 from ..io.labels import to_contiguous
 from ..io.modalities import MODALITIES
 
@@ -74,6 +74,13 @@ class PreprocessedCase:
             raise ValueError(f"array shape {array.shape} does not match the working grid "
                              f"{tuple(reversed(self.working.size))}")
         return resample_array_within(array, self.working, self.reference, floor)
+
+    def to_reference_box(self, array: np.ndarray, box: Tuple[slice, slice, slice]) -> np.ndarray:
+        """A map on the working grid (Z, Y, X) linearly resampled onto the (z, y, x) slices ``box`` of the reference
+        grid only: float32, the values the whole resampling has there."""
+        start = np.array([box[2].start, box[1].start, box[0].start])
+        stop = np.array([box[2].stop, box[1].stop, box[0].stop])
+        return resample_array_box(array, self.working, self.reference, start, stop)
 
 
 def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm: float = 10.0,
