@@ -93,14 +93,12 @@ def _analyse_one(source: str, target: str, options: Dict, loaded: Optional[Futur
     from .pipeline.analysis import analyze
     from .pipeline.quality import qc_flags
     from .reporting.cohort_index import THUMBNAIL_FILE, thumbnail_png
-    from .reporting.render3d import prestart_render
     from .reporting.writers import write_contract_files
 
     analysis_options = {k: v for k, v in options.items() if k != "channels"}
     target_path = Path(target)
     name = target_path.name
     start = time.perf_counter()
-    prestart_render()  # this case's 3D view: VTK and its OpenGL context ready while the case is analysed
     try:
         case = loaded.result() if loaded is not None else _load(source, options)
         result = analyze(case, **analysis_options)  # refuses tiny extents itself
@@ -256,18 +254,13 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
 def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
     if jobs <= 1 or len(todo) <= 1:
         # one process: the next case is read in a thread while this one is analysed
-        from .reporting.render3d import discard_prestarted
-
-        try:
-            with ThreadPoolExecutor(max_workers=1) as reader:
-                loaded = reader.submit(_load, todo[0][0], options) if todo else None
-                for index, (folder, target) in enumerate(todo):
-                    current = loaded
-                    if index + 1 < len(todo):
-                        loaded = reader.submit(_load, todo[index + 1][0], options)
-                    yield _analyse_one(folder, target, options, current)
-        finally:
-            discard_prestarted()  # a last case that failed before its report leaves its view's child unused
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            loaded = reader.submit(_load, todo[0][0], options) if todo else None
+            for index, (folder, target) in enumerate(todo):
+                current = loaded
+                if index + 1 < len(todo):
+                    loaded = reader.submit(_load, todo[index + 1][0], options)
+                yield _analyse_one(folder, target, options, current)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:

@@ -207,18 +207,6 @@ def prestart_render(size: int = 480) -> bool:
     return True
 
 
-def discard_prestarted() -> None:
-    """End the child :func:`prestart_render` started, if no view used it (it sees the end of its pipe and leaves)."""
-    global _prestarted
-    if _prestarted is None:
-        return
-    pid, request, reply_read = _prestarted
-    _prestarted = None
-    os.close(request)
-    os.waitpid(pid, 0)
-    os.close(reply_read)
-
-
 def _send_reply(fd: int, draw: Callable[[], bytes]) -> None:
     """In a child process: (True, draw()) or (False, "<exception type>: <message>") pickled into ``fd``."""
     try:
