@@ -18,16 +18,14 @@ from GliomaAnalysisLib.io.atomic import staged_folder
 from GliomaAnalysisLib.reporting.writers import CONTRACT_FILES, LOG_FILE
 
 CHILD = textwrap.dedent("""
-    import sys, threading, time, pathlib
+    import sys, time, pathlib
     import GliomaAnalysisLib.pipeline.analysis as analysis
     import GliomaAnalysisLib.reporting.writers as writers
     flag, moment = pathlib.Path(sys.argv[1]), sys.argv[2]
 
     def pause():
         flag.write_text(moment)
-        # the maps are written by worker threads: a slow write there, which the interrupted run waits for before
-        # it cleans up (as for a real write, which takes a fraction of a second)
-        time.sleep(120 if threading.current_thread() is threading.main_thread() else 3)
+        time.sleep(120)
 
     def wrap(module, name, before):
         original = getattr(module, name)
