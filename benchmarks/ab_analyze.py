@@ -1,0 +1,79 @@
+"""Interleaved A/B of two versions of the code: whole-process wall time of ``analyze`` on one case, A and B run in
+turn, so that both see the same phases of a noisy machine.
+
+    python benchmarks/ab_analyze.py --a bd475b2 --b HEAD [--case DIR] [--flags "--fast"] [--runs 10]
+
+A and B are git revisions of this repository (checked out into temporary worktrees, then removed) or ``.`` for the
+working tree. Each run is a fresh ``python -m GliomaAnalysisLib.cli analyze`` process with ``PYTHONPATH`` on that
+version; the ONNX graphs are cached by weights, so both versions share them (one untimed warm-up each). Prints every
+run, the medians, and the median of the paired differences B - A with the spread of those differences.
+
+Why: on the 2-core VM the same command took 5.96 s at one hour and 5.1 s half an hour later; benchmark runs minutes
+apart compare the machine, not the code (README, Performance).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_analyze import timed_process  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def checkout(revision: str, parent: Path) -> Path:
+    """A folder holding ``revision`` of the repository (``.``: the working tree itself)."""
+    if revision == ".":
+        return REPOSITORY
+    folder = parent / revision.replace("/", "_")
+    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", "-q", str(folder), revision],
+                   check=True)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", required=True, help="git revision of A, or . for the working tree")
+    parser.add_argument("--b", default=".", help="git revision of B, or . for the working tree (default)")
+    parser.add_argument("--case", default=str(REPOSITORY.parent / "shared/data/brats18/Brats18_CBICA_AME_1"))
+    parser.add_argument("--flags", default="", help='analyze options, e.g. "--fast" or "--fast --no-classify"')
+    parser.add_argument("--runs", type=int, default=10, help="runs of each version")
+    args = parser.parse_args()
+    flags = shlex.split(args.flags)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
+        try:
+            folders = {name: checkout(revision, Path(tmp)) for name, revision in (("A", args.a), ("B", args.b))}
+            seconds: Dict[str, List[float]] = {"A": [], "B": []}
+            for run in range(-1, args.runs):  # run -1: warm-up
+                for name, folder in folders.items():
+                    env = dict(os.environ, PYTHONPATH=str(folder))
+                    command = [sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", args.case, "--out",
+                               f"{tmp}/out-{name}-{run}", "--device", "cpu", *flags]
+                    wall = timed_process(command, env)[0]
+                    if run >= 0:
+                        seconds[name].append(wall)
+                        print(f"run {run + 1:2d} {name}: {wall:.2f} s", flush=True)
+        finally:
+            for folder in folders.values():
+                if folder != REPOSITORY:
+                    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(folder)],
+                                   check=False)
+    differences = [b - a for a, b in zip(seconds["A"], seconds["B"])]
+    print(f"analyze {args.flags or '(default)'} on {Path(args.case).name}, {args.runs} interleaved runs each")
+    for name, revision in (("A", args.a), ("B", args.b)):
+        print(f"  {name} ({revision}): median {statistics.median(seconds[name]):.2f} s")
+    spread = statistics.stdev(differences) if len(differences) > 1 else float("nan")
+    print(f"  B - A: median {statistics.median(differences):+.3f} s (SD of the paired differences {spread:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
