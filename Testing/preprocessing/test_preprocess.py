@@ -142,3 +142,31 @@ def test_resampling_only_the_tumor_region_gives_the_rounded_full_resampling(smal
     assert full.shape == boxed.shape and full.max() > 0.5
     assert np.array_equal(full, boxed)
     assert not pre.to_reference_array(np.zeros(shape, np.float32), 0.0005).any()
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_the_argmax_reads_the_background_only_around_the_tumor_and_gives_the_same_labels(small_phantom, grid):
+    """analysis._argmax_labels resamples the background map only inside the box of the NCR/ED/ET maps' non-zero
+    voxels: the same labels as the argmax of all four maps resampled everywhere, on oblique, flipped and permuted
+    grids; a box resampled on its own has the values of the whole resampling there (to float precision: its corner
+    is computed again)."""
+    from GliomaAnalysisLib.pipeline.analysis import _argmax_labels, _on_native, argmax_uint8
+    from GliomaAnalysisLib.preprocessing.prepared import PreparedInput
+
+    images, seg = _restamp(small_phantom, *GRIDS[grid])
+    case = load_case(images, segmentation=seg)
+    pre = preprocess(case, spacing=(2.0, 2.0, 2.0), divisible_by=8)
+    prepared = PreparedInput(case=case, native=case, registered={}, report={}, warnings=[])
+    rng = np.random.default_rng(1)
+    shape = pre.image.shape[1:]
+    logits = rng.normal(size=(4,) + shape).astype(np.float32)
+    logits[0] += 6.0  # background nearly everywhere
+    logits[1:, 4:10, 5:12, 3:9] += 7.0  # a tumor, NCR / ED / ET at random inside it
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    tumor_maps = [_on_native(prepared, pre, p) for p in probabilities[1:]]
+    every = argmax_uint8([_on_native(prepared, pre, probabilities[0])] + tumor_maps)
+    boxed = _argmax_labels(prepared, pre, probabilities[0], tumor_maps)
+    assert set(np.unique(every)) == {0, 1, 2, 3} and np.array_equal(every, boxed)
+    whole = sitk.GetArrayFromImage(pre.to_reference(probabilities[0], "probability"))
+    box = (slice(3, 20), slice(5, 31), slice(2, 17))
+    assert np.abs(pre.to_reference_box(probabilities[0], box) - whole[box]).max() < 1e-6
