@@ -1,7 +1,7 @@
 """Interleaved A/B of two versions of the code: whole-process wall time of ``analyze`` on one case, A and B run in
 turn, so that both see the same phases of a noisy machine.
 
-    python benchmarks/ab_analyze.py --a bd475b2 --b HEAD [--case DIR] [--flags "--fast"] [--runs 10]
+    python benchmarks/ab_analyze.py --a bd475b2 --b HEAD [--case DIR] [--flags="--fast"] [--runs 10]
 
 A and B are git revisions of this repository (checked out into temporary worktrees, then removed) or ``.`` for the
 working tree. Each run is a fresh ``python -m GliomaAnalysisLib.cli analyze`` process with ``PYTHONPATH`` on that
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--a", required=True, help="git revision of A, or . for the working tree")
     parser.add_argument("--b", default=".", help="git revision of B, or . for the working tree (default)")
     parser.add_argument("--case", default=str(REPOSITORY.parent / "shared/data/brats18/Brats18_CBICA_AME_1"))
-    parser.add_argument("--flags", default="", help='analyze options, e.g. "--fast" or "--fast --no-classify"')
+    parser.add_argument("--flags", default="", help="analyze options, given as --flags=\"--fast --no-classify\"")
     parser.add_argument("--runs", type=int, default=10, help="runs of each version")
     args = parser.parse_args()
     flags = shlex.split(args.flags)
