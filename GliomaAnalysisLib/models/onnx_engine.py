@@ -186,14 +186,14 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
 
 
-def compile_part(spec: PartSpec, path: Path) -> Tuple[Part, str]:
-    """(an ONNX Runtime session of ``spec`` exported to ``path``, "") or (a TorchPart, why) when ONNX Runtime is
-    missing or the export fails."""
+def compile_part(spec: PartSpec, path: Path, intra_threads: Optional[int] = None) -> Tuple[Part, str]:
+    """(an ONNX Runtime session of ``spec`` exported to ``path``, with ``intra_threads`` (None: :func:`threads`),
+    "") or (a TorchPart, why) when ONNX Runtime is missing or the export fails."""
     if not onnxruntime_available():
         return TorchPart(spec), "the onnxruntime package is not installed"
     try:
         graph = export_part(spec)
-        part = OnnxPart(graph)
+        part = OnnxPart(graph, intra_threads)
     except Exception as exc:  # an export or runtime limitation: torch runs the part instead
         return TorchPart(spec), _why(exc)
     _store(path, graph)
@@ -204,11 +204,13 @@ def compile_part(spec: PartSpec, path: Path) -> Tuple[Part, str]:
 def load_parts(model_name: str, folder: Optional[str],
                parts: Union[Tuple[str, ...], Callable[[Dict], Tuple[str, ...]]],
                parts_of: Callable[[Any], Mapping[str, PartSpec]],
-               build: Optional[Callable[[Dict], Any]] = None) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
+               build: Optional[Callable[[Dict], Any]] = None,
+               intra_threads: Optional[int] = None) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
     """(parts, model card, warnings) of stored model ``model_name`` (``model_store.model_paths``; the weights'
-    sha256 is checked against the card); ``parts`` names the parts, or gives their names from the card. Cached graphs are loaded without torch; a missing one is exported from
-    the torch model (``build(card)`` with the stored weights; ``parts_of(model)`` names its parts). Cached per
-    process; call ``load_parts.cache_clear()`` after replacing a model's files."""
+    sha256 is checked against the card); ``parts`` names the parts, or gives their names from the card. Cached
+    graphs are loaded without torch; a missing one is exported from the torch model (``build(card)`` with the
+    stored weights; ``parts_of(model)`` names its parts). ``intra_threads``: the sessions' intra-op threads (None:
+    :func:`threads`). Cached per process; call ``load_parts.cache_clear()`` after replacing a model's files."""
     from .model_store import load_verified_card
 
     card = load_verified_card(model_name, folder)
@@ -220,7 +222,7 @@ def load_parts(model_name: str, folder: Optional[str],
         for part, path in paths.items():
             if path.is_file():
                 try:
-                    loaded[part] = OnnxPart(path.read_bytes())
+                    loaded[part] = OnnxPart(path.read_bytes(), intra_threads)
                 except Exception:  # a damaged cached graph: exported again below
                     pass
     warnings: List[str] = []
@@ -231,7 +233,7 @@ def load_parts(model_name: str, folder: Optional[str],
         model, _ = load_model_cached(model_name, folder, *(() if build is None else (build,)))
         specs = parts_of(model)
         for part in missing:
-            loaded[part], why = compile_part(specs[part], paths[part])
+            loaded[part], why = compile_part(specs[part], paths[part], intra_threads)
             if why:
                 warnings.append(f"ONNX Runtime not used for {model_name} ({why}); torch ran it")
     return loaded, card, tuple(dict.fromkeys(warnings))

@@ -103,6 +103,23 @@ def test_a_stored_model_is_exported_once_and_then_loaded_from_the_cache(net, cac
     np.testing.assert_array_equal(again["network"](**feed)[0], parts["network"](**feed)[0])
 
 
+def test_intra_threads_reach_the_sessions_exported_and_cached_with_the_same_outputs(net, tmp_path):
+    folder = tmp_path / "models"
+    save_model(net, {"version": "t"}, folder, "tiny_seg")
+    x = _image()[None]
+    feed = {"x": x, "presence": np.ones((1, 4), np.float32),
+            **{f"mask{k}": m for k, m in enumerate(dropout_masks(net.config, x.shape[2:], None))}}
+    outputs = []
+    for threads in (1, 2, 1):  # the first call exports the graph, the others load it from the cache
+        onnx_engine.load_parts.cache_clear()
+        parts, _, _ = onnx_engine.load_parts("tiny_seg", str(folder), SEGMENTATION_PARTS, segmentation_parts_of,
+                                             intra_threads=threads)
+        assert parts["network"].session.get_session_options().intra_op_num_threads == threads
+        outputs.append(parts["network"](**feed)[0])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
 def test_a_damaged_cached_graph_is_exported_again(net, cache, tmp_path):
     folder = tmp_path / "models"
     save_model(net, {"version": "t"}, folder, "tiny_seg")

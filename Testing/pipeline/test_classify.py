@@ -9,6 +9,8 @@ from GliomaAnalysisLib.io.case import load_case
 from GliomaAnalysisLib.models.evidence import evidence_level
 from GliomaAnalysisLib.models.model_store import load_card
 from GliomaAnalysisLib.models.multitask import TASK_LABELS
+from GliomaAnalysisLib.models.onnx_engine import OnnxPart
+from GliomaAnalysisLib.pipeline.classify import CLASSIFIERS, CLASSIFIER_THREADS, load_classifier
 from GliomaAnalysisLib.pipeline.result import PREDICTION_TASKS
 
 
@@ -41,6 +43,14 @@ def test_every_classifier_fills_its_report_fields(classified):
     names = {m["name"] for m in report["models"]}
     assert {"glioma_seg", "glioma_multitask", "mgmt_fusion", "slice_grade"} <= names
     assert report["timings_s"]["classify"] > 0
+
+
+def test_the_classifiers_sessions_run_on_one_thread_beside_the_main_path(classified):
+    for classifier in CLASSIFIERS:
+        parts, _, _ = load_classifier(classifier, None)  # the sessions the analysis used (cached per process)
+        sessions = [p.session for p in parts.values() if isinstance(p, OnnxPart)]
+        assert len(sessions) == len(parts) > 0
+        assert {s.get_session_options().intra_op_num_threads for s in sessions} == {CLASSIFIER_THREADS} == {1}
 
 
 def test_classifiers_run_on_two_modalities(phantom_dir):
