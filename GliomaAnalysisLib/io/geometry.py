@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from .axis_aligned import axis_steps, resample_box
 
 _ORIGIN_TOL_MM = 1e-3
 _SPACING_RTOL = 1e-5
@@ -111,7 +113,8 @@ def sub_grid(geometry: Geometry, start_xyz: np.ndarray, stop_xyz: np.ndarray) ->
                     tuple(float(o) for o in origin), geometry.direction)
 
 
-def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry, floor: float) -> np.ndarray:
+def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry, floor: float,
+                          decimals: Optional[int] = None) -> np.ndarray:
     """Linear resampling of ``array`` (z, y, x on ``source``; values >= 0) onto ``target``, computed only where it
     can reach ``floor``: float32 (z, y, x) on ``target``, exactly 0 where every source voxel that a linear
     interpolation reads is below ``floor`` (there the full resampling is below ``floor`` too).
@@ -119,7 +122,8 @@ def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry,
     A target voxel's value is a convex combination of the 8 source voxels around it, so outside the target box
     covering the source voxels >= ``floor`` grown by one source voxel, it is < ``floor``. The box is resampled,
     the rest left 0: for probability maps rounded to 3 decimals with floor 0.0005, the same result as resampling
-    everything, at the cost of the tumor's region instead of the whole volume.
+    everything, at the cost of the tumor's region instead of the whole volume. ``decimals``: round the values to
+    that many decimals (``np.round``).
     """
     out = np.zeros(tuple(reversed(target.size)), dtype=np.float32)
     where = np.argwhere(array >= floor)  # (N, 3) z-y-x
@@ -132,7 +136,10 @@ def resample_array_within(array: np.ndarray, source: Geometry, target: Geometry,
     stop = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 1, 0, target.size)
     if np.any(stop <= start):
         return out
-    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = resample_array_box(array, source, target, start, stop)
+    box = resample_array_box(array, source, target, start, stop)
+    if decimals is not None:
+        np.round(box, decimals, out=box)
+    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = box
     return out
 
 
@@ -140,10 +147,20 @@ def resample_array_box(array: np.ndarray, source: Geometry, target: Geometry, st
                        stop_xyz: np.ndarray) -> np.ndarray:
     """Linear resampling of ``array`` (z, y, x on ``source``) onto the voxels ``start_xyz`` (inclusive) to
     ``stop_xyz`` (exclusive) of ``target`` only: float32 (z, y, x) of that box, the values the whole resampling
-    has there (each target voxel reads only the source around its own centre)."""
+    has there (each target voxel reads only the source around its own centre). Grids with parallel index axes
+    (the working grid of a case) take the separable path of :mod:`.axis_aligned`, others ``sitk.Resample``."""
+    steps = axis_steps(*_arrays(source), *_arrays(target))
+    if steps is not None:
+        return resample_box(array, steps, np.asarray(start_xyz), np.asarray(stop_xyz))
     image = source.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
     part = resample_to(image, sub_grid(target, start_xyz, stop_xyz), sitk.sitkLinear, pixel_type=sitk.sitkFloat32)
     return sitk.GetArrayFromImage(part)
+
+
+def _arrays(geometry: Geometry) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin, spacing, direction 3x3 with the index axes as columns) of ``geometry`` as float arrays."""
+    return (np.asarray(geometry.origin, float), np.asarray(geometry.spacing, float),
+            np.asarray(geometry.direction, float).reshape(3, 3))
 
 
 def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:

@@ -64,9 +64,8 @@ def _on_native(prepared: PreparedInput, pre: PreprocessedCase, array: np.ndarray
     On the usual path (the model ran on the native grid) only the region where the rounded map is non-zero is
     resampled (``PreprocessedCase.to_reference_array``): the same values at a fraction of the cost."""
     if prepared.is_native(pre.reference):
-        out = pre.to_reference_array(array, PROBABILITY_FLOOR)
-    else:
-        out = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(array, "probability")))
+        return pre.to_reference_array(array, PROBABILITY_FLOOR, PROBABILITY_DECIMALS)
+    out = sitk.GetArrayFromImage(prepared.to_native(pre.to_reference(array, "probability")))
     return np.round(out, PROBABILITY_DECIMALS, out=out)
 
 

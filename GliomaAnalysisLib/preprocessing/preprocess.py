@@ -67,13 +67,14 @@ class PreprocessedCase:
             return resample_to(source, self.reference, sitk.sitkLinear, pixel_type=sitk.sitkFloat32)
         raise ValueError(f"kind must be 'label' or 'probability', not {kind!r}")
 
-    def to_reference_array(self, array: np.ndarray, floor: float) -> np.ndarray:
+    def to_reference_array(self, array: np.ndarray, floor: float, decimals: Optional[int] = None) -> np.ndarray:
         """A map >= 0 on the working grid (Z, Y, X) linearly resampled onto the reference grid, float32 (z, y, x),
-        computed only around the voxels >= ``floor`` and exactly 0 elsewhere (``resample_array_within``)."""
+        computed only around the voxels >= ``floor`` and exactly 0 elsewhere (``resample_array_within``), rounded
+        to ``decimals`` when given."""
         if tuple(array.shape) != tuple(reversed(self.working.size)):
             raise ValueError(f"array shape {array.shape} does not match the working grid "
                              f"{tuple(reversed(self.working.size))}")
-        return resample_array_within(array, self.working, self.reference, floor)
+        return resample_array_within(array, self.working, self.reference, floor, decimals)
 
     def to_reference_box(self, array: np.ndarray, box: Tuple[slice, slice, slice]) -> np.ndarray:
         """A map on the working grid (Z, Y, X) linearly resampled onto the (z, y, x) slices ``box`` of the reference

@@ -1,0 +1,76 @@
+"""Linear resampling between two grids whose index axes are parallel (any order, any sign), one axis at a time.
+
+When every index axis of the target grid runs along one index axis of the source grid (the usual case: the working
+grid is the reference grid oriented to LPS and coarsened to 2 mm), a target voxel's continuous source index along
+source axis k depends only on its own index along one target axis j: ``c_k = offset_k + step_k * i_j``. Trilinear
+interpolation is then three 1D linear interpolations in turn, each a gather of two slabs and a weighted sum:
+the values of ITK's linear interpolator in ``sitk.Resample`` (up to float32 rounding, ~1e-7), with its border rules:
+a point within half a voxel outside the outermost source centres takes the edge value, one further out is 0.
+Measured on the probability maps of a BraTS case: 3-5x faster than ``sitk.Resample`` with two threads.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+DIRECTION_TOLERANCE = 1e-6
+"""Largest |cosine| between an index axis of one grid and a non-matching axis of the other that still counts as
+parallel. The neglected term moves a sample by at most tolerance x steps (< 0.001 voxel on a 512-voxel axis)."""
+
+AxisSteps = List[Tuple[int, int, float, float]]
+"""Per source axis k (x, y, z): (k, target axis j, offset, step): ``c_k = offset + step * i_j``."""
+
+
+def axis_steps(source_origin: np.ndarray, source_spacing: np.ndarray, source_direction: np.ndarray,
+               target_origin: np.ndarray, target_spacing: np.ndarray,
+               target_direction: np.ndarray) -> Optional[AxisSteps]:
+    """How target indices (x, y, z) map to continuous source indices, axis by axis; None when an axis of the
+    target grid is not parallel to one of the source grid (oblique, or two axes on one). Directions are 3x3
+    (column j: the physical direction of index axis j), spacings and origins in mm."""
+    cosines = source_direction.T @ target_direction  # [k, j]: source axis k against target axis j
+    source_of = np.abs(cosines).argmax(axis=0)  # for each target axis j
+    if sorted(source_of.tolist()) != [0, 1, 2]:
+        return None
+    off_axis = np.abs(cosines).copy()
+    off_axis[source_of, [0, 1, 2]] = 0.0
+    if off_axis.max() > DIRECTION_TOLERANCE:
+        return None
+    offsets = (source_direction.T @ (target_origin - source_origin)) / source_spacing
+    steps: AxisSteps = []
+    for j, k in enumerate(source_of.tolist()):
+        steps.append((k, j, float(offsets[k]), float(cosines[k, j] * target_spacing[j] / source_spacing[k])))
+    return sorted(steps)
+
+
+def resample_box(array: np.ndarray, steps: AxisSteps, start_xyz: np.ndarray, stop_xyz: np.ndarray) -> np.ndarray:
+    """Linear resampling of ``array`` (z, y, x on the source grid) onto the target voxels ``start_xyz`` (inclusive)
+    to ``stop_xyz`` (exclusive): float32 (z, y, x) in the target's axis order. ``steps`` from :func:`axis_steps`."""
+    out = np.asarray(array, dtype=np.float32)
+    for k, j, offset, step in steps:  # x first: the passes that grow the array come last, on contiguous slabs
+        positions = offset + step * np.arange(start_xyz[j], stop_xyz[j], dtype=np.float64)
+        out = _interpolate_axis(out, 2 - k, positions)
+    # numpy axis 2 - k now holds target axis j: reorder to the target's (z, y, x)
+    target_axis_of = {2 - k: 2 - j for k, j, _, _ in steps}
+    return np.ascontiguousarray(np.moveaxis(out, list(target_axis_of), list(target_axis_of.values())))
+
+
+def _interpolate_axis(array: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
+    """``array`` sampled at the continuous ``positions`` along ``axis`` (linear; ITK's border rules)."""
+    n = array.shape[axis]
+    base = np.floor(positions)
+    weight = (positions - base).astype(np.float32)
+    low = np.clip(base, 0, n - 1).astype(np.intp)
+    high = np.clip(base + 1, 0, n - 1).astype(np.intp)
+    inside = (positions >= -0.5) & (positions < n - 0.5)
+    shape = [1, 1, 1]
+    shape[axis] = len(positions)
+    weight = np.where(inside, weight, 0.0).astype(np.float32).reshape(shape)
+    keep = inside.astype(np.float32).reshape(shape)
+    low_values = np.take(array, low, axis=axis)
+    high_values = np.take(array, high, axis=axis)
+    high_values -= low_values
+    high_values *= weight
+    low_values *= keep
+    low_values += high_values
+    return low_values
