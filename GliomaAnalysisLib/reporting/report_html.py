@@ -15,7 +15,8 @@ import SimpleITK as sitk
 
 from ..io.geometry import lps_array
 from ..models.evidence import NOT_ASSESSABLE, RULE
-from .figures import LABEL_COLOURS, LABEL_NAMES, css_gradient, map_figure, overlay_figure, probability_bars
+from .figures import (LABEL_COLOURS, LABEL_NAMES, css_gradient, map_figure, overlay_figure, probability_bars,
+                      tumor_centre, window)
 from .narrative import AUTOMATIC_NOTICE, build_narrative
 from .render3d import RenderError, start_render
 from ..pipeline.result import RESEARCH_USE, AnalysisResult
@@ -121,16 +122,19 @@ def _figures(result: AnalysisResult, warnings: List[str], tumor_view: Callable[[
     parts = []
     if backgrounds:
         rows = ", ".join(name.upper() for name in backgrounds)
-        parts.append(_img(overlay_figure(backgrounds, labels, spacing),
+        centre = tumor_centre(labels)  # the three figures cut through it, over the same grey windows
+        windows = {name: window(image) for name, image in backgrounds.items()}
+        parts.append(_img(overlay_figure(backgrounds, labels, spacing, centre, windows),
                           f"Slices through the tumor centre: columns axial (anterior at the top), coronal and sagittal "
                           f"(superior at the top); rows {rows}. Label overlay:", "fig-overlay", _legend()))
         background_name, background = next(iter(backgrounds.items()))
         maps = {f"P({name.upper()})": _oriented(image) for name, image in result.probabilities.items()}
-        parts.append(_img(map_figure(background, maps, labels, spacing),
+        frame = {"centre": centre, "background_window": windows[background_name]}
+        parts.append(_img(map_figure(background, maps, labels, spacing, **frame),
                           f"Class probability heat maps over {background_name.upper()}: rows {', '.join(maps)}; "
                           f"columns axial, coronal, sagittal. Probability:", "fig-probability", _colour_bar("hot")))
         parts.append(_img(map_figure(background, {"uncertainty": _oriented(result.uncertainty)}, labels, spacing,
-                                     cmap="viridis"),
+                                     cmap="viridis", **frame),
                           "Voxel uncertainty (normalised predictive entropy of the TTA / MC-dropout passes); columns "
                           "axial, coronal, sagittal. Uncertainty:", "fig-uncertainty", _colour_bar("viridis")))
     try:

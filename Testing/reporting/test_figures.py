@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, strategies as st
+from hypothesis.extra.numpy import arrays
 
 from GliomaAnalysisLib.reporting.figures import GAP, LABEL_COLOURS, MAX_PANEL, MIN_PANEL, colour_lut, map_figure, \
-    overlay_figure
+    overlay_figure, window
 from GliomaAnalysisLib.reporting.longitudinal import comparison_figure
 from GliomaAnalysisLib.reporting.png import encode_png
 
@@ -128,3 +130,12 @@ def test_analysis_and_report_do_not_import_matplotlib(phantom_dir, tiny_model_di
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert 'id="fig-overlay"' in (tmp_path / "out" / "report.html").read_text()
+
+
+@given(arrays(st.sampled_from([np.int16, np.uint16, np.int32]), st.integers(1, 300),
+              elements=st.integers(1, 4000)))
+def test_windows_of_integer_images_are_numpys_percentiles(values):
+    np.testing.assert_allclose(window(values), [np.percentile(values, 0.5),
+                                                max(np.percentile(values, 99.5), np.percentile(values, 0.5) + 1e-6)],
+                               rtol=0, atol=1e-9)
+    assert window(np.zeros(5, np.int16)) == (0.0, 1.0)
