@@ -39,6 +39,21 @@ def checkout(revision: str, parent: Path) -> Path:
     return folder
 
 
+def version_env(folder: Path) -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
+def require_imported_from(folder: Path) -> None:
+    """Stop unless a child run in ``folder`` imports the package from it. ``python -m`` puts the working folder
+    first on sys.path: before 2026-12-05 every child ran in the caller's folder, so both A and B ran the working
+    tree's code and every A/B read 0 (the A/Bs of 2026-12-04/05 in the README are void)."""
+    probe = "import GliomaAnalysisLib; print(GliomaAnalysisLib.__file__)"
+    found = subprocess.run([sys.executable, "-c", probe], env=version_env(folder), cwd=str(folder),
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(folder.resolve()):
+        raise SystemExit(f"a child in {folder} imports GliomaAnalysisLib from {found}: the A/B would not compare")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True, help="git revision of A, or . for the working tree")
@@ -48,17 +63,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs of each version")
     args = parser.parse_args()
     flags = shlex.split(args.flags)
+    case = str(Path(args.case).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
         try:
             folders = {name: checkout(revision, Path(tmp)) for name, revision in (("A", args.a), ("B", args.b))}
+            for folder in folders.values():
+                require_imported_from(folder)
             seconds: Dict[str, List[float]] = {"A": [], "B": []}
             for run in range(-1, args.runs):  # run -1: warm-up
                 for name, folder in folders.items():
-                    env = dict(os.environ, PYTHONPATH=str(folder))
-                    command = [sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", args.case, "--out",
+                    command = [sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", case, "--out",
                                f"{tmp}/out-{name}-{run}", "--device", "cpu", *flags]
-                    wall = timed_process(command, env)[0]
+                    wall = timed_process(command, version_env(folder), cwd=str(folder))[0]
                     if run >= 0:
                         seconds[name].append(wall)
                         print(f"run {run + 1:2d} {name}: {wall:.2f} s", flush=True)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 MONAI_CHILD = r'''
 import sys, torch
@@ -60,11 +60,12 @@ print(json.dumps({"imports": imports, **result.timings_s, "write": time.perf_cou
 '''
 
 
-def timed_process(command: List[str], env: Dict[str, str]) -> Tuple[float, float, str]:
-    """(wall seconds, peak resident MB, stdout) of one child process; its own peak, from ``os.wait4``."""
+def timed_process(command: List[str], env: Dict[str, str], cwd: Optional[str] = None) -> Tuple[float, float, str]:
+    """(wall seconds, peak resident MB, stdout) of one child process run in ``cwd``; its own peak, from
+    ``os.wait4``."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, text=True)
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, text=True, cwd=cwd)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(status)
