@@ -101,7 +101,8 @@ def _analyse_one(source: str, target: str, options: Dict, loaded: Optional[Futur
     start = time.perf_counter()
     try:
         case = loaded.result() if loaded is not None else _load(source, options)
-        result = analyze(case, **analysis_options)  # refuses tiny extents itself
+        # refuses tiny extents itself; the classifiers finish while the maps are written
+        result = analyze(case, **analysis_options, wait=False)
         flags = qc_flags(result)
         with staged_folder(target_path, replace=True) as staging:
             write_contract_files(result, staging)

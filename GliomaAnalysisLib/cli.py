@@ -159,7 +159,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
               + (f", missing {', '.join(case.missing)}" if case.missing else ""))
     result = analyze(case, model_dir=args.model_dir, device=args.device, fast=args.fast, classify=not args.no_classify,
                      uncertainty=not args.no_uncertainty, progress=_progress, preprocessing=args.preprocess,
-                     clinical_backend=args.clinical_backend, single_model=args.single_model)
+                     clinical_backend=args.clinical_backend, single_model=args.single_model,
+                     wait=False)  # the classifiers finish while the maps are written
     with staged_folder(out) as staging:  # one rename: an interruption leaves no new folder, a failure nothing new
         write_contract_files(result, staging, convention=args.labels, dicom_seg=args.dicom_seg)
         if args.save_registered:

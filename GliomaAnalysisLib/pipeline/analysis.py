@@ -6,8 +6,10 @@ network (TTA / MC-dropout passes) -> probabilities back to the reference grid (l
 thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
 probabilities go back to the reference grid and are post-processed
-(ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and what the analysis waited
-for them after that (``classify_wait``).
+(ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and how long the result
+waited for them after that (``classify_wait``). With ``wait=False`` the result comes back while they still run and
+:meth:`AnalysisResult.finish` (called by the writers after the maps, before the report) fills in their fields: the
+CLI and batch write the five maps meanwhile.
 """
 from __future__ import annotations
 
@@ -127,19 +129,21 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
             model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", fast: bool = False,
             uncertainty: bool = True, postprocess: bool = True, progress: Progress = None,
             preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True,
-            single_model: bool = False) -> AnalysisResult:
+            single_model: bool = False, wait: bool = True) -> AnalysisResult:
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
-    fast: one plain network pass, by the model's ``fast_model`` when its card names one. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with
-    ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
+    fast: one plain network pass, by the model's ``fast_model`` when its card names one. Otherwise
+    ``QUALITY_PASSES`` passes with flip test-time augmentation, and with ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
     (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`). single_model: ``model``
     segments every case, also one without a modality or a fast run for which its card names another model
-    (:mod:`GliomaAnalysisLib.pipeline.model_choice`).
+    (:mod:`GliomaAnalysisLib.pipeline.model_choice`). wait: False returns before the classifiers are done; the
+    result's :meth:`~AnalysisResult.finish` (also called by :meth:`~AnalysisResult.report`) waits for them.
     """
     model_folder = None if model_dir is None else str(model_dir)
     device_type, device_warnings = resolve_device(device)
     pool = ThreadPoolExecutor(max_workers=1)
+    done = False
     try:
         # one worker: the segmentation network loads first, the classifiers after it (while the network runs);
         # classify_case, submitted later, runs after both
@@ -147,11 +151,15 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False)
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
-        return _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
-                        progress, preprocessing, clinical_backend, classify, pool, (preloaded, segmentation_ready),
-                        single_model)
+        result = _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
+                          progress, preprocessing, clinical_backend, classify, pool, (preloaded, segmentation_ready),
+                          single_model)
+        if wait:
+            result.finish()
+        done = True
+        return result
     finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=not done)  # a classifiers' task still running finishes on its own
 
 
 def _load_models(model: Optional[str], model_folder: Optional[str], device_type: str, classify: bool) -> None:
@@ -235,7 +243,6 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
                         "and no ET volume is measured")
     lap("network")
 
-    classification = Classification()
     # the classifiers (ONNX Runtime, which releases the GIL) run in ``pool`` while the maps go back to the input grid
     pending = None
     if classify:
@@ -268,14 +275,23 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
               for k, name in enumerate(("ncr", "ed", "et"))}
     lap("postprocess")
 
-    if pending is not None:  # the classifiers ran beside the mapping back and the post-processing
-        classification, timings["classify"] = pending.result()
-        warnings += classification.warnings
-        lap("classify_wait")
-    warnings += classification.grade_from_volumes(volumes, et_assessable)
-    timings["total"] = time.perf_counter() - start
-    say(f"done: WT {volumes['wt']:.1f} mL in {timings['total']:.1f} s")
-    log += [f"warning: {w}" for w in warnings]
+    def finish(result: AnalysisResult) -> None:
+        """Add the classifiers' fields (waiting for them: they ran beside the mapping back and the post-processing,
+        and when the caller did not wait, beside what it did next), the grade from volumes and the log's end."""
+        classification = Classification()
+        if pending is not None:
+            waited = time.perf_counter()
+            classification, timings["classify"] = pending.result()
+            timings["classify_wait"] = time.perf_counter() - waited
+        result.warnings += classification.warnings + classification.grade_from_volumes(volumes, et_assessable)
+        result.models += classification.models
+        result.predictions = classification.predictions
+        result.mgmt_late_fusion = classification.mgmt_late_fusion
+        result.slice_grade = classification.slice_grade
+        timings["total"] = time.perf_counter() - start
+        say(f"done: WT {volumes['wt']:.1f} mL in {timings['total']:.1f} s")
+        log.extend(f"warning: {w}" for w in result.warnings)
+
     return AnalysisResult(
         case_id=case.case_id,
         inputs={m: case.sources[m] for m in case.present},
@@ -287,11 +303,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         volumes_ml=volumes,
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
-        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}]
-        + classification.models,
-        predictions=classification.predictions,
-        mgmt_late_fusion=classification.mgmt_late_fusion,
-        slice_grade=classification.slice_grade,
+        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
         settings={"device": device_type, "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
@@ -301,4 +313,5 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         images=dict(prepared.registered),
         dicom_sources=list(case.dicom_files.get(case.reference, [])),
         log=log,
+        pending=finish,
     )

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import SimpleITK as sitk
 
@@ -53,6 +53,16 @@ class AnalysisResult:
     location: Optional[Dict[str, Any]] = None
     """Approximate hemisphere and lobe of the tumor (pipeline/location.py); computed from labels and images on the
     first call of :meth:`report` when not set."""
+    pending: Optional[Callable[["AnalysisResult"], None]] = field(default=None, repr=False, compare=False)
+    """What completes the result: the classifiers' fields, still being computed (``analyze(wait=False)``)."""
+
+    def finish(self) -> "AnalysisResult":
+        """Wait for the classifiers and fill in their fields (``predictions``, ``mgmt_late_fusion``, ``slice_grade``,
+        their ``models``, ``warnings`` and timings); nothing to do when they are in. Returns the result."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending(self)
+        return self
 
     def label_image(self, convention: str = "brats2021") -> sitk.Image:
         """The label map in a file convention (``brats2021``: 0/1/2/4, ``brats2023``: 0/1/2/3)."""
@@ -63,6 +73,7 @@ class AnalysisResult:
 
     def report(self, convention: str = "brats2021") -> Dict[str, Any]:
         """The machine-readable report (``report.json``)."""
+        self.finish()
         geometry = self.labels
         if self.location is None and self.images:
             self.location = tumor_location(self.labels, self.images)

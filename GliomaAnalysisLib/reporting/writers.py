@@ -59,6 +59,7 @@ def write_contract_files(result: AnalysisResult, folder: Path, convention: str =
         for name, image in result.probabilities.items():
             _write_image(image, folder / f"prob_{name}.nii.gz")
         _write_image(result.uncertainty, folder / "uncertainty.nii.gz")
+        result.finish()  # the classifiers, when analyze() did not wait for them, ran beside the maps' writing
         report = result.report(convention)
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (folder / "report.html").write_text(render_report(result, report, figures=figures, tumor_view=tumor_view))

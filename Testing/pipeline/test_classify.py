@@ -12,6 +12,7 @@ from GliomaAnalysisLib.models.multitask import TASK_LABELS
 from GliomaAnalysisLib.models.onnx_engine import OnnxPart
 from GliomaAnalysisLib.pipeline.classify import CLASSIFIERS, CLASSIFIER_THREADS, load_classifier
 from GliomaAnalysisLib.pipeline.result import PREDICTION_TASKS
+from GliomaAnalysisLib.reporting.writers import write_outputs
 
 
 def _in_unit_interval(value) -> bool:
@@ -51,6 +52,19 @@ def test_the_classifiers_sessions_run_on_one_thread_beside_the_main_path(classif
         sessions = [p.session for p in parts.values() if isinstance(p, OnnxPart)]
         assert len(sessions) == len(parts) > 0
         assert {s.get_session_options().intra_op_num_threads for s in sessions} == {CLASSIFIER_THREADS} == {1}
+
+
+def test_a_result_returned_before_the_classifiers_gets_their_fields_when_written(phantom_dir, classified, tmp_path):
+    result = analyze(phantom_dir, fast=True, wait=False)  # as the CLI and batch call it
+    assert result.pending is not None and all(p is None for p in result.predictions.values())
+    assert result.mgmt_late_fusion is None and [m["task"] for m in result.models] == ["segmentation"]
+    write_outputs(result, tmp_path / "out")  # the maps first, then finish(), then the report
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    expected = json.loads(json.dumps(classified.report()))
+    assert result.pending is None and written["timings_s"]["classify"] > 0
+    for key in ("predictions", "mgmt_late_fusion", "slice_grade", "models", "warnings", "volumes_ml"):
+        assert written[key] == expected[key], key
+    assert "done: WT" in (tmp_path / "out" / "analysis.log").read_text()
 
 
 def test_classifiers_run_on_two_modalities(phantom_dir):

@@ -139,3 +139,5 @@ def test_windows_of_integer_images_are_numpys_percentiles(values):
                                                 max(np.percentile(values, 99.5), np.percentile(values, 0.5) + 1e-6)],
                                rtol=0, atol=1e-9)
     assert window(np.zeros(5, np.int16)) == (0.0, 1.0)
+    huge = np.array([1, 2, 2 ** 40], np.int64)  # beyond the histogram's range: sorted instead
+    assert window(huge) == (float(np.percentile(huge, 0.5)), float(np.percentile(huge, 99.5)))
