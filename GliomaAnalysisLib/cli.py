@@ -147,11 +147,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .io.atomic import staged_folder
     from .pipeline.analysis import analyze
+    from .reporting.render3d import prestart_render
     from .reporting.writers import write_contract_files
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise GliomaAnalysisError(f"{out}: exists and is not a folder; --out takes a folder")
+    prestart_render()  # the report's 3D view gets VTK and its OpenGL context ready while the case is analysed
     case = _load_from_args(args)
     for warning in case.warnings:
         _progress(f"warning: {warning}")

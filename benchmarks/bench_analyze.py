@@ -49,6 +49,8 @@ start = time.perf_counter()
 import numpy, SimpleITK, onnxruntime
 from GliomaAnalysisLib.models import onnx_engine
 onnx_engine.set_threads(int(sys.argv[2]))
+from GliomaAnalysisLib.reporting.render3d import prestart_render
+prestart_render()  # as the CLI does
 from GliomaAnalysisLib.pipeline.analysis import analyze
 from GliomaAnalysisLib.reporting.writers import write_outputs
 imports = time.perf_counter() - start

@@ -3,15 +3,18 @@
 Surfaces of NCR, ED and ET (SurfaceNets; discrete marching cubes and windowed-sinc smoothing before VTK 9.3) inside a
 translucent brain surface.
 Without a display on Linux, VTK's EGL render window is used (``VTK_DEFAULT_OPENGL_WINDOW``).
-:func:`start_render` runs it in a forked child process on Linux, so that VTK's import and the rendering (about 1 s)
-overlap the writing of the other outputs.
+:func:`start_render` runs it in a child process on Linux, so that the rendering overlaps the writing of the other
+outputs; :func:`prestart_render` starts that child at the beginning of a one-case run, so that VTK's import and the
+OpenGL context are ready before the analysis ends.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
-from typing import Callable, Optional, Sequence
+import threading
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -88,18 +91,46 @@ def _surface(vtk, image, value: int, smooth: int = 16):
     return normals
 
 
+def render_scene(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None) -> Dict:
+    """What the 3D view draws, small enough to send to a child process: the labels (z, y, x, contiguous 0..3) of the
+    tumor's bounding box with one voxel of margin (which closes the surfaces) and its corner, the brain mask sampled
+    at about ``BRAIN_SURFACE_MM`` (context only: a quarter of the work of 2 mm) and the spacings (mm)."""
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(0, int(present[0]) - 1), int(present[-1]) + 2) if present.size else slice(0, 0))
+    scene = {"tumor": np.ascontiguousarray(labels[tuple(box)], dtype=np.uint8), "corner": [b.start for b in box],
+             "spacing": [float(s) for s in spacing_zyx], "brain": None, "brain_spacing": None}
+    if brain is not None and brain.any():
+        step = max(1, int(round(BRAIN_SURFACE_MM / min(spacing_zyx))))
+        scene["brain"] = np.ascontiguousarray(brain[::step, ::step, ::step], dtype=np.uint8)
+        scene["brain_spacing"] = [float(s) * step for s in spacing_zyx]
+    return scene
+
+
 def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None,
                  size: int = 480) -> bytes:
     """PNG bytes of a 3D view (from above and the front-left) of labels (z, y, x), contiguous 0..3."""
+    return draw_scene(render_scene(labels, spacing_zyx, brain), size)
+
+
+def new_window(vtk, size: int):
+    """An offscreen render window of ``size`` x ``size`` pixels, its OpenGL context created."""
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(size, size)
+    window.Initialize()
+    return window
+
+
+def draw_scene(scene: Dict, size: int = 480, window=None) -> bytes:
+    """PNG bytes of a :func:`render_scene` (in ``window``, from :func:`new_window`, or a new one)."""
     vtk, numpy_support = _vtk()
     keep = []  # a vtkAlgorithmOutput does not keep its producer alive: hold every pipeline stage here
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
-    if brain is not None and brain.any():
-        # the brain is context only: its surface at about 4 mm (a quarter of the work of 2 mm, 0.3 s less)
-        step = max(1, int(round(BRAIN_SURFACE_MM / min(spacing_zyx))))
-        brain_image = _image_data(vtk, numpy_support, brain[::step, ::step, ::step].astype(np.uint8),
-                                  [s * step for s in spacing_zyx])
+    if scene["brain"] is not None:
+        brain_image = _image_data(vtk, numpy_support, scene["brain"], scene["brain_spacing"])
         actor = vtk.vtkActor()
         mapper = vtk.vtkPolyDataMapper()
         keep.append(_surface(vtk, brain_image, 1, smooth=20))
@@ -109,13 +140,8 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
         actor.GetProperty().SetColor(0.75, 0.75, 0.8)
         actor.GetProperty().SetOpacity(0.12)
         renderer.AddActor(actor)
-    # surfaces of the tumor's bounding box only (one voxel of margin closes them): a fraction of the volume's work
-    box = []
-    for axis in range(3):
-        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, int(present[0]) - 1), int(present[-1]) + 2) if present.size else slice(0, 0))
-    tumor = labels[tuple(box)]
-    image = _image_data(vtk, numpy_support, tumor, spacing_zyx, [b.start for b in box])
+    tumor = scene["tumor"]
+    image = _image_data(vtk, numpy_support, tumor, scene["spacing"], scene["corner"])
     for value, colour in LABEL_COLOURS.items():
         if not np.any(tumor == value):
             continue
@@ -133,10 +159,9 @@ def render_tumor(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
     camera.SetPosition(-1, -1.4, 0.8)  # from the right-anterior-superior side
     camera.SetFocalPoint(0, 0, 0)
     renderer.ResetCamera()
-    window = vtk.vtkRenderWindow()
-    window.SetOffScreenRendering(1)
-    window.AddRenderer(renderer)
+    window = window or new_window(vtk, size)
     window.SetSize(size, size)
+    window.AddRenderer(renderer)
     window.Render()
     grabber = vtk.vtkWindowToImageFilter()
     grabber.SetInput(window)
@@ -158,35 +183,112 @@ class RenderError(RuntimeError):
     """The rendering failed in the child process; the message is "<exception type>: <its message>"."""
 
 
+def _forks_here() -> bool:
+    """Whether the rendering may run in a forked child: on Linux, outside a GUI process."""
+    return sys.platform.startswith("linux") and not any(name in sys.modules for name in GUI_MODULES)
+
+
+_prestarted: Optional[Tuple[int, int, int]] = None
+"""(pid, request write end, reply read end) of the child :func:`prestart_render` started, until used."""
+
+
+def prestart_render(size: int = 480) -> bool:
+    """Fork the child that will draw the 3D view now, at the start of a one-case process: it imports VTK and opens
+    its offscreen OpenGL context (about 0.3 s) while the case is analysed, then waits for :func:`start_render` to
+    send it the scene, so that only drawing is left when the outputs are written. Returns whether it was started
+    (Linux outside a GUI, once). Call it before any thread starts (a fork copies the calling thread only); a process
+    that never sends a scene leaves the child to exit when its pipe closes."""
+    global _prestarted
+    if _prestarted is not None or not _forks_here():
+        return False
+    request_read, request_write = os.pipe()
+    reply_read, reply_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: get ready, wait for the scene, draw it, send (ok, PNG or message), leave
+        os.close(request_write)
+        os.close(reply_read)
+        window = None
+        try:
+            window = new_window(_vtk()[0], size)
+        except BaseException:  # noqa: BLE001  (draw_scene tries again and reports what fails)
+            pass
+        with os.fdopen(request_read, "rb") as pipe:
+            data = pipe.read()
+        if data:
+            _send_reply(reply_write, lambda: draw_scene(pickle.loads(data), size, window))
+        os._exit(0)
+    os.close(request_read)
+    os.close(reply_write)
+    _prestarted = (pid, request_write, reply_read)
+    return True
+
+
+def _send_reply(fd: int, draw: Callable[[], bytes]) -> None:
+    """In a child process: (True, draw()) or (False, "<exception type>: <message>") pickled into ``fd``."""
+    try:
+        reply = (True, draw())
+    except BaseException as exc:  # noqa: BLE001  (reported to the parent)
+        reply = (False, f"{type(exc).__name__}: {str(exc)[:200]}")
+    with os.fdopen(fd, "wb") as pipe:
+        pipe.write(pickle.dumps(reply))
+
+
 def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None,
                  size: int = 480) -> Callable[[], bytes]:
     """Start :func:`render_tumor` and return a function that waits for its PNG bytes (raising what the rendering
     raised; from the child process as a :class:`RenderError`; every call gives the same answer).
 
-    On Linux the rendering runs in a forked child process (it reads the arrays the fork shares and sends back the
-    PNG through a pipe), so it overlaps the caller's work. Elsewhere (no fork; macOS's frameworks are not
-    fork-safe), and inside a GUI process (``GUI_MODULES``: its windowing state must not be forked), it runs when
-    its result is asked for."""
-    in_gui = any(name in sys.modules for name in GUI_MODULES)
-    if not sys.platform.startswith("linux") or in_gui:
-        return lambda: render_tumor(labels, spacing_zyx, brain, size)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: render, send (ok, PNG or message), leave without the parent's exit handlers
-        os.close(read_end)
+    On Linux the rendering runs in a child process, so it overlaps the caller's work: the one
+    :func:`prestart_render` started (the scene is sent through a pipe by a thread, never blocking the caller), else
+    one forked now (it reads the arrays the fork shares). Both send back the PNG through a pipe. Elsewhere (no
+    fork; macOS's frameworks are not fork-safe), and inside a GUI process (``GUI_MODULES``: its windowing state must
+    not be forked), it runs when its result is asked for."""
+    global _prestarted
+    if _prestarted is not None:
+        pid, request, reply_read = _prestarted
+        _prestarted = None
         try:
-            reply = (True, render_tumor(labels, spacing_zyx, brain, size))
-        except BaseException as exc:  # noqa: BLE001  (reported to the parent)
-            reply = (False, f"{type(exc).__name__}: {str(exc)[:200]}")
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(pickle.dumps(reply))
+            scene = pickle.dumps(render_scene(labels, spacing_zyx, brain), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # reported when the view is asked for, as a child's failure would be
+            os.close(request)  # the child sees the end of its pipe and leaves without a reply
+            failed = _reply_of(pid, reply_read)
+            message = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+            def failure() -> bytes:
+                with contextlib.suppress(RenderError):
+                    failed()  # waits for the child
+                raise RenderError(message)
+
+            return failure
+
+        def send() -> None:
+            try:
+                with os.fdopen(request, "wb") as pipe:
+                    pipe.write(scene)
+            except OSError:  # the child is gone: the reply says so
+                pass
+
+        threading.Thread(target=send, daemon=True).start()
+        return _reply_of(pid, reply_read)
+    if not _forks_here():
+        return lambda: render_tumor(labels, spacing_zyx, brain, size)
+    reply_read, reply_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, reply, leave without the parent's exit handlers
+        os.close(reply_read)
+        _send_reply(reply_write, lambda: render_tumor(labels, spacing_zyx, brain, size))
         os._exit(0)
-    os.close(write_end)
+    os.close(reply_write)
+    return _reply_of(pid, reply_read)
+
+
+def _reply_of(pid: int, reply_read: int) -> Callable[[], bytes]:
+    """The function that waits (once) for child ``pid``'s reply on ``reply_read`` and returns its PNG bytes."""
     reply: list = []
 
     def result() -> bytes:  # waits once; later calls give the same answer
         if not reply:
-            with os.fdopen(read_end, "rb") as pipe:
+            with os.fdopen(reply_read, "rb") as pipe:
                 data = pipe.read()
             os.waitpid(pid, 0)
             reply.append(pickle.loads(data) if data else (False, "the 3D rendering process ended without a result"))

@@ -82,3 +82,28 @@ def test_inside_a_gui_process_the_render_runs_in_process(monkeypatch):
     monkeypatch.setattr(render3d, "render_tumor", lambda *args: b"png from this process")
     monkeypatch.setattr(os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked a GUI process")))
     assert render3d.start_render(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0))() == b"png from this process"
+
+
+def test_a_prestarted_child_draws_the_same_picture_and_leaves_when_nothing_is_asked():
+    """prestart_render forks the child at the start of a run (VTK imported, OpenGL context open); start_render then
+    sends it the scene: the same PNG as drawing in this process, failures reported the same way, and a child never
+    sent a scene ends when its pipe closes (no process is left behind)."""
+    from GliomaAnalysisLib.reporting import render3d
+
+    labels = np.zeros((24, 28, 26), np.uint8)
+    labels[4:20, 5:22, 6:20] = 2
+    labels[8:16, 9:18, 10:16] = 3
+    direct = _render(labels)
+    assert render3d.prestart_render(size=160) and not render3d.prestart_render(size=160)  # one at a time
+    assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct
+    assert render3d._prestarted is None  # used once: the next view forks its own child
+    assert render3d.prestart_render(size=160)
+    failing = render3d.start_render(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0), size=160)  # 2D: cannot be drawn
+    with pytest.raises(render3d.RenderError, match=r"^\w+Error: "):
+        failing()
+    assert render3d.prestart_render(size=160)
+    pid, request, reply = render3d._prestarted
+    render3d._prestarted = None
+    os.close(request)  # what the end of this process does
+    assert os.waitpid(pid, 0)[0] == pid and os.read(reply, 10) == b""  # it left without a reply
+    os.close(reply)
