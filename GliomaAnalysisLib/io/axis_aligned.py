@@ -6,7 +6,8 @@ source axis k depends only on its own index along one target axis j: ``c_k = off
 interpolation is then three 1D linear interpolations in turn, each a gather of two slabs and a weighted sum:
 the values of ITK's linear interpolator in ``sitk.Resample`` (up to float32 rounding, ~1e-7), with its border rules:
 a point within half a voxel outside the outermost source centres takes the edge value, one further out is 0.
-Measured on the probability maps of a BraTS case: 3-5x faster than ``sitk.Resample`` with two threads.
+On a 5.9 M-voxel box of a 240x240x155 grid from its 2 mm LPS grid: 0.029 s against 0.059 s for ``sitk.Resample`` (with
+its copies in and out) on two threads.
 """
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
     fast: one plain network pass, by the model's ``fast_model`` when its card names one. Otherwise
-    ``QUALITY_PASSES`` passes with flip test-time augmentation, and with ``uncertainty`` MC-dropout on in every pass. Outputs lie exactly on the case's reference geometry.
+    ``QUALITY_PASSES`` passes with flip test-time augmentation, and with ``uncertainty`` MC-dropout on in every
+    pass. Outputs lie exactly on the case's reference geometry.
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
     (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`). single_model: ``model``
     segments every case, also one without a modality or a fast run for which its card names another model

@@ -100,7 +100,7 @@ def window(image: np.ndarray) -> Tuple[float, float]:
 def _integer_percentiles(values: np.ndarray, percents: Sequence[float]) -> List[float]:
     """``np.percentile(values, percents)`` of positive integers, from their cumulative histogram: the k-th smallest
     value (0-based) is the first v whose cumulative count exceeds k."""
-    cumulative = np.cumsum(np.bincount(values))
+    cumulative = np.cumsum(np.bincount(values.astype(np.intp, copy=False)))  # uint64 too
     out = []
     for percent in percents:
         rank = percent / 100 * (values.size - 1)

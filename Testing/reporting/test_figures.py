@@ -132,7 +132,7 @@ def test_analysis_and_report_do_not_import_matplotlib(phantom_dir, tiny_model_di
     assert 'id="fig-overlay"' in (tmp_path / "out" / "report.html").read_text()
 
 
-@given(arrays(st.sampled_from([np.int16, np.uint16, np.int32]), st.integers(1, 300),
+@given(arrays(st.sampled_from([np.int16, np.uint16, np.int32, np.uint64]), st.integers(1, 300),
               elements=st.integers(1, 4000)))
 def test_windows_of_integer_images_are_numpys_percentiles(values):
     np.testing.assert_allclose(window(values), [np.percentile(values, 0.5),
