@@ -11,42 +11,18 @@ its copies in and out) on two threads.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
-DIRECTION_TOLERANCE = 1e-6
-"""Largest |cosine| between an index axis of one grid and a non-matching axis of the other that still counts as
-parallel. The neglected term moves a sample by at most tolerance x steps (< 0.001 voxel on a 512-voxel axis)."""
-
 AxisSteps = List[Tuple[int, int, float, float]]
-"""Per source axis k (x, y, z): (k, target axis j, offset, step): ``c_k = offset + step * i_j``."""
-
-
-def axis_steps(source_origin: np.ndarray, source_spacing: np.ndarray, source_direction: np.ndarray,
-               target_origin: np.ndarray, target_spacing: np.ndarray,
-               target_direction: np.ndarray) -> Optional[AxisSteps]:
-    """How target indices (x, y, z) map to continuous source indices, axis by axis; None when an axis of the
-    target grid is not parallel to one of the source grid (oblique, or two axes on one). Directions are 3x3
-    (column j: the physical direction of index axis j), spacings and origins in mm."""
-    cosines = source_direction.T @ target_direction  # [k, j]: source axis k against target axis j
-    source_of = np.abs(cosines).argmax(axis=0)  # for each target axis j
-    if sorted(source_of.tolist()) != [0, 1, 2]:
-        return None
-    off_axis = np.abs(cosines).copy()
-    off_axis[source_of, [0, 1, 2]] = 0.0
-    if off_axis.max() > DIRECTION_TOLERANCE:
-        return None
-    offsets = (source_direction.T @ (target_origin - source_origin)) / source_spacing
-    steps: AxisSteps = []
-    for j, k in enumerate(source_of.tolist()):
-        steps.append((k, j, float(offsets[k]), float(cosines[k, j] * target_spacing[j] / source_spacing[k])))
-    return sorted(steps)
+"""Per source axis k (x, y, z), in that order: (k, target axis j, offset, step): ``c_k = offset + step * i_j``
+(``geometry.axis_steps``)."""
 
 
 def resample_box(array: np.ndarray, steps: AxisSteps, start_xyz: np.ndarray, stop_xyz: np.ndarray) -> np.ndarray:
     """Linear resampling of ``array`` (z, y, x on the source grid) onto the target voxels ``start_xyz`` (inclusive)
-    to ``stop_xyz`` (exclusive): float32 (z, y, x) in the target's axis order. ``steps`` from :func:`axis_steps`."""
+    to ``stop_xyz`` (exclusive): float32 (z, y, x) in the target's axis order."""
     out = np.asarray(array, dtype=np.float32)
     for k, j, offset, step in steps:  # x first: the passes that grow the array come last, on contiguous slabs
         positions = offset + step * np.arange(start_xyz[j], stop_xyz[j], dtype=np.float64)

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .axis_aligned import axis_steps, resample_box
+from .axis_aligned import AxisSteps, resample_box
 
 _ORIGIN_TOL_MM = 1e-3
 _SPACING_RTOL = 1e-5
@@ -149,7 +149,7 @@ def resample_array_box(array: np.ndarray, source: Geometry, target: Geometry, st
     ``stop_xyz`` (exclusive) of ``target`` only: float32 (z, y, x) of that box, the values the whole resampling
     has there (each target voxel reads only the source around its own centre). Grids with parallel index axes
     (the working grid of a case) take the separable path of :mod:`.axis_aligned`, others ``sitk.Resample``."""
-    steps = axis_steps(*_arrays(source), *_arrays(target))
+    steps = axis_steps(source, target)
     if steps is not None:
         return resample_box(array, steps, np.asarray(start_xyz), np.asarray(stop_xyz))
     image = source.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
@@ -157,10 +157,26 @@ def resample_array_box(array: np.ndarray, source: Geometry, target: Geometry, st
     return sitk.GetArrayFromImage(part)
 
 
-def _arrays(geometry: Geometry) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(origin, spacing, direction 3x3 with the index axes as columns) of ``geometry`` as float arrays."""
-    return (np.asarray(geometry.origin, float), np.asarray(geometry.spacing, float),
-            np.asarray(geometry.direction, float).reshape(3, 3))
+AXIS_TOLERANCE = 1e-6
+"""Largest drift across source axes, per target voxel step, relative to the step along the matching source axis,
+that still counts as parallel: the neglected term moves a sample by < 0.001 voxel on a 512-voxel axis."""
+
+
+def axis_steps(source: Geometry, target: Geometry) -> Optional[AxisSteps]:
+    """How target indices (x, y, z) map to continuous source indices, axis by axis (:mod:`.axis_aligned`'s
+    ``AxisSteps``); None when an index axis of ``target`` does not run along one index axis of ``source`` (oblique,
+    or two axes on one)."""
+    origin = physical_to_index(source, index_to_physical(target, np.zeros((1, 3))))[0]
+    moves = physical_to_index(source, index_to_physical(target, np.eye(3))) - origin  # [j, k]: per step along j
+    source_of = np.abs(moves).argmax(axis=1)
+    if sorted(source_of.tolist()) != [0, 1, 2]:
+        return None
+    along = moves[[0, 1, 2], source_of]
+    drift = np.abs(moves)
+    drift[[0, 1, 2], source_of] = 0.0
+    if np.any(drift.max(axis=1) > AXIS_TOLERANCE * np.abs(along)):
+        return None
+    return sorted((int(k), j, float(origin[k]), float(along[j])) for j, k in enumerate(source_of.tolist()))
 
 
 def regrid(geometry: Geometry, spacing: Tuple[float, float, float]) -> Geometry:

@@ -142,7 +142,7 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
 def absent_modality(text: str) -> str:
     """The one modality a run's ``--absent-modalities`` names (its models are for cases without it: they are only
     predicted without it); more than one is a one-line error."""
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    names = [m for m, absent in zip(MODALITIES, train_segmentation.absent_modalities(text)) if absent]
     if len(names) != 1:
         raise SystemExit(f"error: --absent-modalities {text!r}: cross-validation predicts runs with one absent "
                          f"modality")
