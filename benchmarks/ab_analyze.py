@@ -2,6 +2,7 @@
 turn, so that both see the same phases of a noisy machine.
 
     python benchmarks/ab_analyze.py --a bd475b2 --b HEAD [--case DIR] [--flags="--fast"] [--runs 10]
+    python benchmarks/ab_analyze.py --a HEAD --batch COHORT_DIR [--runs 5]    # `batch` over a cohort instead
 
 A and B are git revisions of this repository (checked out into temporary worktrees, then removed) or ``.`` for the
 working tree. Each run is a fresh ``python -m GliomaAnalysisLib.cli analyze`` process with ``PYTHONPATH`` on that
@@ -61,9 +62,13 @@ def main() -> None:
     parser.add_argument("--case", default=str(REPOSITORY.parent / "shared/data/brats18/Brats18_CBICA_AME_1"))
     parser.add_argument("--flags", default="", help="analyze options, given as --flags=\"--fast --no-classify\"")
     parser.add_argument("--runs", type=int, default=10, help="runs of each version")
+    parser.add_argument("--batch", metavar="COHORT", help="time `batch COHORT` (seconds per case) instead of analyze")
     args = parser.parse_args()
     flags = shlex.split(args.flags)
-    case = str(Path(args.case).resolve())
+    case = str(Path(args.batch or args.case).resolve())
+    command_name, cases = "analyze", 1
+    if args.batch:
+        command_name, cases = "batch", sum(1 for p in Path(case).iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
         try:
@@ -73,9 +78,9 @@ def main() -> None:
             seconds: Dict[str, List[float]] = {"A": [], "B": []}
             for run in range(-1, args.runs):  # run -1: warm-up
                 for name, folder in folders.items():
-                    command = [sys.executable, "-m", "GliomaAnalysisLib.cli", "analyze", case, "--out",
+                    command = [sys.executable, "-m", "GliomaAnalysisLib.cli", command_name, case, "--out",
                                f"{tmp}/out-{name}-{run}", "--device", "cpu", *flags]
-                    wall = timed_process(command, version_env(folder), cwd=str(folder))[0]
+                    wall = timed_process(command, version_env(folder), cwd=str(folder))[0] / cases
                     if run >= 0:
                         seconds[name].append(wall)
                         print(f"run {run + 1:2d} {name}: {wall:.2f} s", flush=True)
@@ -85,7 +90,8 @@ def main() -> None:
                     subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(folder)],
                                    check=False)
     differences = [b - a for a, b in zip(seconds["A"], seconds["B"])]
-    print(f"analyze {args.flags or '(default)'} on {Path(args.case).name}, {args.runs} interleaved runs each")
+    what = f"batch of {cases} cases (seconds per case)" if args.batch else Path(args.case).name
+    print(f"{command_name} {args.flags or '(default)'} on {what}, {args.runs} interleaved runs each")
     for name, revision in (("A", args.a), ("B", args.b)):
         print(f"  {name} ({revision}): median {statistics.median(seconds[name]):.2f} s")
     spread = statistics.stdev(differences) if len(differences) > 1 else float("nan")
