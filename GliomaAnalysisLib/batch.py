@@ -4,6 +4,7 @@ case folder after a failure, Ctrl-C or SIGTERM (each case is written in a hidden
 place with its completion marker already inside)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -253,9 +254,12 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
 
 
 def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
+    from .reporting.render3d import render_child
+
     if jobs <= 1 or len(todo) <= 1:
-        # one process: the next case is read in a thread while this one is analysed
-        with ThreadPoolExecutor(max_workers=1) as reader:
+        # one process: the next case is read in a thread while this one is analysed, and one child process (forked
+        # before that thread starts) draws every case's 3D view
+        with render_child() if todo else contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as reader:
             loaded = reader.submit(_load, todo[0][0], options) if todo else None
             for index, (folder, target) in enumerate(todo):
                 current = loaded
@@ -264,7 +268,7 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
                 yield _analyse_one(folder, target, options, current)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_analyse_one, folder, target, options) for folder, target in todo]
         try:
             for future in as_completed(futures):
@@ -274,10 +278,13 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
             raise
 
 
-def _limit_threads(threads: int) -> None:
-    """Threads of each worker: ONNX Runtime's sessions, and torch's if a network must run in torch."""
+def _start_worker(threads: int) -> None:
+    """Each worker: its threads (ONNX Runtime's sessions, and torch's if a network must run in torch), and one child
+    process drawing all its 3D views (it leaves with the worker)."""
     from .models import onnx_engine
+    from .reporting.render3d import prestart_render
 
+    prestart_render(keep=True)  # before any thread of the worker starts
     onnx_engine.set_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when it is first imported
     if "torch" in sys.modules:

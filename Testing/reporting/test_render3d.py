@@ -96,14 +96,42 @@ def test_a_prestarted_child_draws_the_same_picture_and_leaves_when_nothing_is_as
     direct = _render(labels)
     assert render3d.prestart_render(size=160) and not render3d.prestart_render(size=160)  # one at a time
     assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct
-    assert render3d._prestarted is None  # used once: the next view forks its own child
+    assert render3d._child is None  # used once: the next view forks its own child
     assert render3d.prestart_render(size=160)
     failing = render3d.start_render(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0), size=160)  # 2D: cannot be drawn
     with pytest.raises(render3d.RenderError, match=r"^\w+Error: "):
         failing()
     assert render3d.prestart_render(size=160)
-    pid, request, reply = render3d._prestarted
-    render3d._prestarted = None
-    os.close(request)  # what the end of this process does
-    assert os.waitpid(pid, 0)[0] == pid and os.read(reply, 10) == b""  # it left without a reply
-    os.close(reply)
+    child, render3d._child = render3d._child, None
+    child.stop()  # what the end of this process does: the pipe closes
+    assert os.popen(f"ps --ppid {os.getpid()} -o pid=").read().split().count(str(child.pid)) == 0  # it left
+
+
+def test_a_kept_child_draws_every_view_of_a_batch(monkeypatch):
+    """render_child: one child draws every view inside the block (no fork per view), answers collected in any
+    order are each the picture of their own scene, a failure does not stop it, and it ends with the block."""
+    from GliomaAnalysisLib.reporting import render3d
+
+    small = np.zeros((24, 28, 26), np.uint8)
+    small[8:16, 9:18, 10:16] = 3
+    large = np.zeros((24, 28, 26), np.uint8)
+    large[4:20, 5:22, 6:20] = 2
+    large[8:16, 9:18, 10:16] = 1
+    direct = [_render(small), _render(large)]
+    assert direct[0] != direct[1]
+    with render3d.render_child(size=160) as started:
+        assert started
+        child = render3d._child
+        monkeypatch.setattr(os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked a child per view")))
+        views = [render3d.start_render(labels, (1.0, 1.0, 1.0), size=160) for labels in (small, large, small)]
+        failing = render3d.start_render(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0), size=160)
+        assert [views[2](), views[0](), views[1]()] == [direct[0], direct[0], direct[1]]  # read out of order
+        with pytest.raises(render3d.RenderError, match=r"^\w+Error: "):
+            failing()
+        with pytest.raises(render3d.RenderError, match=r"^KeyError: "):
+            child.draw({})()  # fails in the child
+        assert render3d.start_render(large, (1.0, 1.0, 1.0), size=160)() == direct[1]  # still there
+        monkeypatch.undo()
+        assert render3d._child is child
+    assert render3d._child is None and child.ended
+    assert str(child.pid) not in os.popen(f"ps --ppid {os.getpid()} -o pid=").read().split()
