@@ -208,7 +208,7 @@ class _RenderChild:
         if self.pid == 0:
             os.close(self.request)
             os.close(self.replies)
-            _serve(request_read, reply_write, size)  # never returns
+            _serve(request_read, reply_write, size, keep)  # never returns
         os.close(request_read)
         os.close(reply_write)
         self.sent = self.next_answer = 0
@@ -273,10 +273,10 @@ class _RenderChild:
             self.end()
 
 
-def _serve(requests: int, replies: int, size: int) -> None:
-    """The child: open a window, then draw each scene that arrives into it (a fresh window opened for the next while
-    waiting) and send back (True, PNG) or (False, "<exception type>: <message>"); leave when the pipe closes,
-    whatever happens (never returning into the parent's code)."""
+def _serve(requests: int, replies: int, size: int, keep: bool) -> None:
+    """The child: open a window, then draw each scene that arrives into it and send back (True, PNG) or
+    (False, "<exception type>: <message>"); keep: a fresh window is opened for the next scene while waiting, else it
+    leaves after one. It leaves when the pipe closes, whatever happens (never returning into the parent's code)."""
     try:
         with open(requests, "rb") as pipe_in, open(replies, "wb") as pipe_out:
             window = _new_window_or_none(size)
@@ -288,6 +288,8 @@ def _serve(requests: int, replies: int, size: int) -> None:
                 message = pickle.dumps(reply)
                 pipe_out.write(len(message).to_bytes(8, "little") + message)
                 pipe_out.flush()
+                if not keep:
+                    break
                 window = _new_window_or_none(size)
     finally:
         os._exit(0)
