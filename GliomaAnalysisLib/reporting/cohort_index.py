@@ -34,8 +34,9 @@ def thumbnail_png(result: AnalysisResult, size: int = 128) -> bytes:
     labels = lps_array(result.labels)[0]
     image = lps_array(result.images[result.reference])[0] if result.reference in result.images \
         else np.zeros(labels.shape, np.float32)
-    tumor = np.argwhere(labels > 0)
-    z = int(np.round(tumor[:, 0].mean())) if len(tumor) else labels.shape[0] // 2
+    per_slice = np.count_nonzero(labels, axis=(1, 2))  # the tumor's mean slice, without its voxels' coordinates
+    total = int(per_slice.sum())
+    z = int(np.round(float(per_slice @ np.arange(len(per_slice))) / total)) if total else labels.shape[0] // 2
     grey = np.asarray(image[z], dtype=np.float32)
     high = float(np.percentile(grey, 99.5)) or 1.0
     rgb = np.repeat(np.clip(grey / high, 0, 1)[..., None] * 255, 3, axis=2)
