@@ -327,9 +327,7 @@ def _assemble(inputs: Mapping[str, ImageSource], reference: Optional[str],
         image, name, dicom = _read(inputs[modality], modality)
         if dicom:
             dicom_files[modality] = dicom
-        values = validate_image(image, name)
-        as_float = sitk.GetImageFromArray(values)
-        as_float.CopyInformation(image)
+        as_float = validate_image(image, name)
         as_float.SetDirection(_without_tiny_cosines(image.GetDirection()))
         raw[modality], sources[modality] = as_float, name
 

@@ -21,11 +21,14 @@ def test_validation_accepts_or_refuses_with_a_library_error_only(data):
     array = data.draw(arrays(dtype, shape, elements=elements))
     image = sitk.GetImageFromArray(array)
     try:
-        values = validate_image(image, "generated")
+        converted = validate_image(image, "generated")
     except GliomaAnalysisError as exc:
         assert str(exc).startswith("generated: ") and "\n" not in str(exc)
         return
-    # accepted: a finite, non-constant 3D volume that is not a label map
+    # accepted: a finite, non-constant 3D volume that is not a label map, as a float32 copy of the same geometry
+    values = sitk.GetArrayFromImage(converted)
+    assert converted is not image and converted.GetOrigin() == image.GetOrigin()
+    assert np.array_equal(values, array.astype(np.float32))
     assert values.dtype == np.float32 and values.shape == array.shape
     assert np.all(np.isfinite(values)) and values.min() < values.max()
     assert sum(n > 1 for n in array.shape) == 3
