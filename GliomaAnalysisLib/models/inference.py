@@ -59,7 +59,7 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
     state = {"device": device}
     model.eval()
 
-    def run_pass(x: np.ndarray, p: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+    def run_pass(x: np.ndarray, p: np.ndarray, rng: Optional[np.random.Generator], last: bool = True) -> np.ndarray:
         try:
             return _run_on(model, x, p, rng, state["device"]).numpy()
         except RuntimeError as exc:

@@ -2,8 +2,8 @@
 their voxel uncertainty. The network itself is a callable (an ONNX Runtime part of a stored model, see
 models/onnx_engine.py, or torch in models/inference.py), so a run from cached graphs never imports torch.
 
-    run_pass(x (1, 4, Z, Y, X), presence (1, 4), rng) -> probabilities (1, 4, Z, Y, X), all float32; the pass draws
-    its dropout masks from rng (None: a plain pass)
+    run_pass(x (1, 4, Z, Y, X), presence (1, 4), rng, last) -> probabilities (1, 4, Z, Y, X), all float32; the pass
+    draws its dropout masks from rng (None: a plain pass); last: no further pass over this volume follows
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ whole-volume pass."""
 FLIP_SETS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
 """Array axes (of B, C, Z, Y, X) flipped in successive test-time passes; the first pass is unflipped."""
 
-RunPass = Callable[[np.ndarray, np.ndarray, Optional[np.random.Generator]], np.ndarray]
+RunPass = Callable[[np.ndarray, np.ndarray, Optional[np.random.Generator], bool], np.ndarray]
 
 
 def segmentation_parts_of(model) -> Dict[str, PartSpec]:
@@ -48,12 +48,13 @@ def dropout_masks(config: NetworkConfig, spatial_zyx: Sequence[int],
 
 
 def part_pass(network: Part, config: NetworkConfig) -> RunPass:
-    """``run_pass`` of the segmentation model's ``network`` part (logits -> softmax in NumPy)."""
+    """``run_pass`` of the segmentation model's ``network`` part (logits -> softmax in NumPy); the part keeps its
+    working memory until the last pass."""
 
-    def run(x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
+    def run(x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator], last: bool = True) -> np.ndarray:
         masks = dropout_masks(config, x.shape[2:], rng)
         feed = {"x": x, "presence": presence, **{f"mask{k}": m for k, m in enumerate(masks)}}
-        return softmax(network(**feed)[0])
+        return softmax(network(keep_memory=not last, **feed)[0])
 
     return run
 
@@ -76,7 +77,7 @@ def mean_over_passes(run_pass: RunPass, image: np.ndarray, presence: np.ndarray,
         if progress:
             progress(f"network pass {index + 1}/{passes}")
         x = np.ascontiguousarray(np.flip(image[None], flips) if flips else image[None], dtype=np.float32)
-        out = run_pass(x, p, rng)
+        out = run_pass(x, p, rng, index == passes - 1)
         out = np.flip(out, flips) if flips else out
         total = out.copy() if total is None else total + out
     mean = total[0] / passes

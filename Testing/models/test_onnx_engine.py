@@ -50,6 +50,8 @@ def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported
         with torch.no_grad():
             expected = net(torch.from_numpy(x), torch.from_numpy(presence), [torch.from_numpy(m) for m in masks])
         got = network(x=x, presence=presence, **{f"mask{k}": m for k, m in enumerate(masks)})[0]
+        kept = network(keep_memory=True, x=x, presence=presence, **{f"mask{k}": m for k, m in enumerate(masks)})[0]
+        assert np.array_equal(kept, got)  # keeping the working memory for the next pass changes nothing
         assert got.shape == (1, 4, 24, 32, 16)
         np.testing.assert_allclose(got, expected.numpy(), atol=2e-4)
     tokens = (24 // 4) * (32 // 4) * (16 // 4)
