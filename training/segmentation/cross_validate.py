@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from GliomaAnalysisLib import MODALITIES, load_case
 from GliomaAnalysisLib.io.labels import regions, to_contiguous
 from GliomaAnalysisLib.pipeline.measures import dice
-from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, argmax_uint8
 from GliomaAnalysisLib.pipeline.signal_gates import SignalMaps, apply_gates, signal_maps
 from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter, remove_small_components,
                                                     suppress_small_enhancement)
@@ -180,8 +180,7 @@ def _box(*masks: np.ndarray, margin: int = 30) -> tuple:
 
 def decode(probabilities: np.ndarray) -> np.ndarray:
     """(3, Z, Y, X) NCR, ED, ET probabilities -> contiguous labels, argmax with background = 1 - sum (as analyze)."""
-    background = 1.0 - probabilities.sum(axis=0)
-    return np.argmax(np.concatenate([background[None], probabilities]), axis=0).astype(np.uint8)
+    return argmax_uint8([1.0 - probabilities.sum(axis=0), *probabilities])
 
 
 def signal_maps_of(path: Path, folders: Dict[str, CaseFolder]) -> SignalMaps:
