@@ -135,3 +135,21 @@ def test_a_kept_child_draws_every_view_of_a_batch(monkeypatch):
         assert render3d._child is child
     assert render3d._child is None and child.ended
     assert str(child.pid) not in os.popen(f"ps --ppid {os.getpid()} -o pid=").read().split()
+
+
+def test_a_batch_whose_drawing_child_died_reports_that_view_and_draws_the_next_in_a_new_child():
+    import signal
+
+    from GliomaAnalysisLib.reporting import render3d
+
+    labels = np.zeros((24, 28, 26), np.uint8)
+    labels[8:16, 9:18, 10:16] = 3
+    direct = _render(labels)
+    with render3d.render_child(size=160):
+        child = render3d._child
+        os.kill(child.pid, signal.SIGKILL)
+        with pytest.raises(render3d.RenderError, match="ended without a result"):
+            render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)()
+        assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct  # a child forked for it
+        assert render3d._child is None and child.ended
+    assert "Z" not in os.popen(f"ps --ppid {os.getpid()} -o stat=").read()  # every child was waited for
