@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.geometry import lps_array
+from ..preprocessing.preprocess import brain_mask as preprocessing_brain_mask
 
 METHOD = ("approximate: tumor centroid within the brain mask's bounding box on the LPS orientation, coarse "
           "rules per lobe, no atlas")
@@ -31,18 +32,11 @@ LOBE_RULES = (
 
 
 def brain_mask(images: Mapping[str, sitk.Image]) -> Optional[np.ndarray]:
-    """Voxels above zero in any image (skull-stripped input); Otsu on the first image when nearly every voxel is
-    non-zero (skull-on input). Array in the images' own index order; None without images."""
+    """The preprocessing's brain mask (``preprocess.brain_mask``: voxels non-zero in any image, or Otsu on their mean
+    for skull-on input) of ``images``, in their own index order; None without images."""
     if not images:
         return None
-    arrays = [sitk.GetArrayViewFromImage(image) for image in images.values()]
-    mask = np.zeros(arrays[0].shape, dtype=bool)
-    for array in arrays:
-        mask |= array > 0
-    if mask.mean() > 0.9:
-        first = next(iter(images.values()))
-        mask = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.Cast(first, sitk.sitkFloat32), 0, 1)) > 0
-    return mask
+    return preprocessing_brain_mask([sitk.GetArrayViewFromImage(image) for image in images.values()])
 
 
 def _lps(array: np.ndarray, like: sitk.Image) -> np.ndarray:
