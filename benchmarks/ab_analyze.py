@@ -62,13 +62,15 @@ def main() -> None:
     parser.add_argument("--case", default=str(REPOSITORY.parent / "shared/data/brats18/Brats18_CBICA_AME_1"))
     parser.add_argument("--flags", default="", help="analyze options, given as --flags=\"--fast --no-classify\"")
     parser.add_argument("--runs", type=int, default=10, help="runs of each version")
-    parser.add_argument("--batch", metavar="COHORT", help="time `batch COHORT` (seconds per case) instead of analyze")
+    parser.add_argument("--batch", metavar="COHORT", help="time `batch COHORT` (seconds per case) instead of analyze (--case is then not used)")
     args = parser.parse_args()
     flags = shlex.split(args.flags)
     case = str(Path(args.batch or args.case).resolve())
     command_name, cases = "analyze", 1
     if args.batch:
-        command_name, cases = "batch", sum(1 for p in Path(case).iterdir() if p.is_dir())
+        from GliomaAnalysisLib.batch import discover_cases  # the cases batch itself will find
+
+        command_name, cases = "batch", len(discover_cases(case))
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
         try:

@@ -134,7 +134,7 @@ def validate_image(image: sitk.Image, name: str) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     integer = np.issubdtype(array.dtype, np.integer)
     # cast by ITK: one pass into one new buffer (numpy's copy then a new image filled from it cost three)
-    as_float = sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else sitk.Image(image)
+    as_float = sitk.Cast(image, sitk.sitkFloat32)  # a new image, without the input's metadata, for every type
     values = sitk.GetArrayViewFromImage(as_float)
     if not integer:
         bad = int(np.count_nonzero(~np.isfinite(values)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import queue
 import sys
 import threading
 from typing import BinaryIO, Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -191,57 +192,74 @@ def _forks_here() -> bool:
 class _RenderChild:
     """A forked child that draws the scenes sent to it, in order, each in an offscreen window it opened beforehand.
 
-    Messages both ways are pickles behind an 8-byte length. ``keep``: the child draws every view until :meth:`stop`
-    (a batch); else it draws one and leaves (a one-case run). Answers are read in order and kept until asked for, so
-    the views of several cases may be collected in any order."""
+    Messages both ways are pickles behind an 8-byte length. One sender thread writes the scenes in the order they
+    were given (the caller never blocks on the pipe) and alone closes the request pipe. ``keep``: the child draws
+    every view until :meth:`stop` (a batch); else it draws one and leaves (a one-case run). Answers are read in order
+    and kept until asked for, so views in flight together may be collected in any order. Only the process that
+    started the child uses it (a process forked from it, e.g. a batch worker, starts its own)."""
 
     def __init__(self, size: int, keep: bool) -> None:
         self.keep = keep
-        request_read, self.request = os.pipe()
+        self.owner = os.getpid()
+        request_read, request = os.pipe()
         self.replies, reply_write = os.pipe()
         try:
             self.pid = os.fork()
         except OSError:
-            for fd in (request_read, self.request, self.replies, reply_write):
+            for fd in (request_read, request, self.replies, reply_write):
                 os.close(fd)
             raise
         if self.pid == 0:
-            os.close(self.request)
-            os.close(self.replies)
-            _serve(request_read, reply_write, size, keep)  # never returns
+            try:
+                os.close(request)
+                os.close(self.replies)
+                _serve(request_read, reply_write, size, keep)
+            finally:
+                os._exit(1)  # never back into the parent's code
         os.close(request_read)
         os.close(reply_write)
         self.sent = self.next_answer = 0
         self.answers: Dict[int, Tuple[bool, object]] = {}
         self.closed = self.ended = False
-        self.sending = threading.Lock()  # scenes leave in the order of their numbers
+        self.outbox: "queue.SimpleQueue[Optional[bytes]]" = queue.SimpleQueue()
+        self.numbering = threading.Lock()  # a scene's number is its place in the outbox
         self.reading = threading.Lock()  # answers are read in order
         self.ending = threading.Lock()
+        self.sender = threading.Thread(target=self._send_all, args=(request,), daemon=True)
+        self.sender.start()
+
+    def _send_all(self, request: int) -> None:
+        """The sender thread: each scene of the outbox in turn, until None; then the request pipe is closed."""
+        pipe = open(request, "wb")
+        try:
+            while (data := self.outbox.get()) is not None:
+                pipe.write(len(data).to_bytes(8, "little") + data)
+                pipe.flush()
+        except OSError:  # the child is gone: the answers say so
+            pass
+        finally:
+            with contextlib.suppress(OSError):  # the descriptor is closed even when the last flush fails
+                pipe.close()
 
     def draw(self, scene: Dict) -> Callable[[], bytes]:
-        """Send ``scene`` (through a thread: the caller never blocks on the pipe); returns the wait for its PNG."""
+        """Send ``scene``; returns the wait for its PNG."""
         data = pickle.dumps(scene, protocol=pickle.HIGHEST_PROTOCOL)
-        number, self.sent = self.sent, self.sent + 1
-
-        def send() -> None:
-            with self.sending:
-                try:
-                    if not self.closed:
-                        with open(self.request, "wb", closefd=False) as pipe:
-                            pipe.write(len(data).to_bytes(8, "little") + data)
-                except OSError:  # the child is gone: its answer says so
-                    pass
-                if not self.keep:
-                    self.close()
-
-        threading.Thread(target=send, daemon=True).start()
+        with self.numbering:
+            number, self.sent = self.sent, self.sent + 1
+            self.outbox.put(data)
+        if not self.keep:
+            self.close()
         return _once(lambda: _answer(self.answer(number)))
 
     def answer(self, number: int) -> Tuple[bool, object]:
         """The child's (ok, PNG or message) for scene ``number``, waiting for it."""
         with self.reading:
             while number not in self.answers and not self.ended:
-                data = _read_message(self.replies)
+                try:
+                    data = _read_message(self.replies)
+                except BaseException:  # e.g. an interrupt halfway through a message: the pipe is no longer readable
+                    self.end()
+                    raise
                 if data is None:  # the child ended: no later answer will come
                     self.end()
                     break
@@ -253,13 +271,14 @@ class _RenderChild:
 
     def close(self) -> None:
         """No more scenes: the child leaves once it has answered those it got."""
-        with self.ending:
+        with self.numbering:
             if not self.closed:
                 self.closed = True
-                os.close(self.request)
+                self.outbox.put(None)
 
     def end(self) -> None:
-        """Close both pipes (a child blocked on an unread answer fails to write it and leaves) and wait for it."""
+        """No more scenes or answers: the reply pipe is closed (a child blocked on an unread answer fails to write it
+        and leaves) and the child waited for."""
         self.close()
         with self.ending:
             if not self.ended:
@@ -268,9 +287,9 @@ class _RenderChild:
                 os.waitpid(self.pid, 0)
 
     def stop(self) -> None:
-        """End the child once the scenes being sent have left (answers not yet read are dropped)."""
-        with self.sending:
-            self.end()
+        """End the child (answers not read yet are dropped)."""
+        self.end()
+        self.sender.join()
 
 
 def _serve(requests: int, replies: int, size: int, keep: bool) -> None:
@@ -348,6 +367,11 @@ _child: Optional[_RenderChild] = None
 """The child :func:`prestart_render` started, until used (one-case run) or stopped (:func:`render_child`)."""
 
 
+def _own_child() -> Optional[_RenderChild]:
+    """``_child`` when this process started it (a forked process inherits the variable, not the child)."""
+    return _child if _child is not None and _child.owner == os.getpid() else None
+
+
 def prestart_render(size: int = 480, keep: bool = False) -> bool:
     """Fork the child that will draw the 3D view now, at the start of a run: it imports VTK and opens its offscreen
     OpenGL context (about 0.2 s) while the case is analysed, so that only drawing is left when the outputs are
@@ -355,7 +379,7 @@ def prestart_render(size: int = 480, keep: bool = False) -> bool:
     the next one. Returns whether it was started (Linux outside a GUI, one at a time). Call it before any thread
     starts (a fork copies the calling thread only); a child never sent a scene leaves when its pipe closes."""
     global _child
-    if _child is not None or not _forks_here():
+    if _own_child() is not None or not _forks_here():
         return False
     try:
         _child = _RenderChild(size, keep)
@@ -402,20 +426,19 @@ def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Option
     fork; macOS's frameworks are not fork-safe), and inside a GUI process (``GUI_MODULES``: its windowing state must
     not be forked), it runs when its result is asked for."""
     global _child
-    child = _child
+    child = _own_child()
     if child is not None and child.closed:
         child = _child = None  # a kept child that died: views are drawn as if it had never been started
     if child is not None:
         if not child.keep:
             _child = None
         try:
-            scene = render_scene(labels, spacing_zyx, brain)
+            return child.draw(render_scene(labels, spacing_zyx, brain))
         except Exception as exc:  # reported when the view is asked for, as a child's failure would be
             if not child.keep:
                 child.stop()  # the child sees the end of its pipe and leaves without a reply
             message = f"{type(exc).__name__}: {str(exc)[:200]}"
             return _once(lambda: _answer((False, message)))
-        return child.draw(scene)
     if not _forks_here():
         return lambda: render_tumor(labels, spacing_zyx, brain, size)
     reply_read, reply_write = os.pipe()

@@ -114,18 +114,22 @@ def test_a_kept_child_draws_every_view_of_a_batch(monkeypatch):
 
     small = np.zeros((24, 28, 26), np.uint8)
     small[8:16, 9:18, 10:16] = 3
-    large = np.zeros((24, 28, 26), np.uint8)
-    large[4:20, 5:22, 6:20] = 2
-    large[8:16, 9:18, 10:16] = 1
+    large = np.zeros((72, 72, 72), np.uint8)  # its scene (> 64 KiB) fills the pipe: sends wait for the child
+    large[4:68, 5:66, 6:64] = 2
+    large[20:50, 20:50, 20:50] = 1
     direct = [_render(small), _render(large)]
     assert direct[0] != direct[1]
     with render3d.render_child(size=160) as started:
         assert started
         child = render3d._child
         monkeypatch.setattr(os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked a child per view")))
-        views = [render3d.start_render(labels, (1.0, 1.0, 1.0), size=160) for labels in (small, large, small)]
+        views = [render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)
+                 for labels in (large, small, large, small)]
         failing = render3d.start_render(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0), size=160)
-        assert [views[2](), views[0](), views[1]()] == [direct[0], direct[0], direct[1]]  # read out of order
+        assert [views[3](), views[0](), views[2](), views[1]()] == [direct[0], direct[1], direct[1], direct[0]]
+        with monkeypatch.context() as forked:  # a process forked from this one (a batch worker) does not use it
+            forked.setattr(os, "getpid", lambda: child.owner + 1)
+            assert render3d._own_child() is None
         with pytest.raises(render3d.RenderError, match=r"^\w+Error: "):
             failing()
         with pytest.raises(render3d.RenderError, match=r"^KeyError: "):
