@@ -89,19 +89,19 @@ def _argmax_labels(prepared: PreparedInput, pre: PreprocessedCase, background: n
     return labels
 
 
-def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case, min_enhancement_sd: Optional[float],
-                  min_flair_sd: Optional[float]) -> np.ndarray:
+def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case, brain: Optional[np.ndarray],
+                  min_enhancement_sd: Optional[float], min_flair_sd: Optional[float]) -> np.ndarray:
     """``signal_gates.apply_gates`` on the native labels (Z, Y, X), inside the tumor's bounding box, with the signals
-    of the images the model saw. When the model ran on another grid (atlas space), the signal maps are computed
-    there and brought back linearly."""
+    of the images the model saw (``brain``: their brain mask, from the preprocessing). When the model ran on another
+    grid (atlas space), the signal maps are computed there and brought back linearly."""
     box = nonzero_box(labels)
     if box is None:
         return labels
     images = {m: sitk.GetArrayViewFromImage(model_case.images[m]) for m in model_case.present}
     if prepared.is_native(model_case.geometry):
-        maps = signal_maps(images, box)
+        maps = signal_maps(images, box, brain)
     else:
-        whole = signal_maps(images)
+        whole = signal_maps(images, brain=brain)
 
         def on_native(signal: Optional[np.ndarray]) -> Optional[np.ndarray]:
             if signal is None:
@@ -269,7 +269,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         spacing_zyx = tuple(reversed(case.geometry.spacing))
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
         if enhancement_gate is not None or edema_gate is not None:
-            labels = _signal_gates(labels, prepared, model_case, enhancement_gate, edema_gate)
+            labels = _signal_gates(labels, prepared, model_case, pre.input_brain_mask, enhancement_gate, edema_gate)
         labels = suppress_small_enhancement(labels, voxel_ml, float(post_settings.get("min_et_ml", 0.0)))
     volumes = volumes_ml(labels, voxel_ml)
     images = {name: case.geometry.image_from_array(reference_probs[k])

@@ -47,10 +47,12 @@ def _z_score(image: np.ndarray, brain: np.ndarray, box: Tuple[slice, ...]) -> np
     return (image[box].astype(np.float32) - np.float32(mean)) / np.float32(sd if sd > 0 else 1.0)
 
 
-def signal_maps(images: Mapping[str, np.ndarray], box: Optional[Tuple[slice, ...]] = None) -> SignalMaps:
+def signal_maps(images: Mapping[str, np.ndarray], box: Optional[Tuple[slice, ...]] = None,
+                brain: Optional[np.ndarray] = None) -> SignalMaps:
     """The signals of ``images`` (modality -> (Z, Y, X) array on one grid, every present modality: they define the
-    brain mask) inside ``box`` (slices; the whole array when None)."""
-    brain = brain_mask(list(images.values()))
+    brain mask, unless ``brain``, that mask already computed, is given) inside ``box`` (slices; the whole array when
+    None)."""
+    brain = brain_mask(list(images.values())) if brain is None else brain
     box = box or tuple(slice(None) for _ in brain.shape)
     z = {m: _z_score(images[m], brain, box) for m in ("t1ce", "t1", "flair") if m in images}
     enhancement = None

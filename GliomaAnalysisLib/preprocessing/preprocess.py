@@ -40,6 +40,8 @@ class PreprocessedCase:
                 (nearest-neighbour picked one corner voxel and shifted every label by half an input voxel).
     working:    grid of the arrays above (after cropping, resampling and padding).
     reference:  the case's reference grid, where outputs go back to.
+    input_brain_mask: bool (Z, Y, X) on the case's own grid, in its index order: the brain mask the crop came from
+                (:func:`brain_mask` of the present channels), kept so that later steps need not compute it again.
     """
 
     image: np.ndarray
@@ -49,6 +51,7 @@ class PreprocessedCase:
     reference: Geometry
     labels: Optional[np.ndarray] = None
     soft_labels: Optional[np.ndarray] = None
+    input_brain_mask: Optional[np.ndarray] = None
 
     def to_reference(self, array: np.ndarray, kind: str = "probability") -> sitk.Image:
         """Put an array on the working grid back onto the reference grid.
@@ -93,7 +96,7 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
     """
     present = case.present
     # Crop in the input's own index space first (no copy of the full volume), then orient the small crop.
-    mask = brain_mask([sitk.GetArrayViewFromImage(case.images[m]) for m in present])
+    input_mask = mask = brain_mask([sitk.GetArrayViewFromImage(case.images[m]) for m in present])
     box = _bounding_box(mask, np.asarray(case.geometry.spacing)[::-1], margin_mm)
     index_slices = tuple(slice(lo, hi) for lo, hi in box)  # (z, y, x)
     sitk_slices = tuple(reversed(index_slices))  # (x, y, z)
@@ -141,7 +144,7 @@ def preprocess(case: Case, spacing: Optional[Sequence[float]] = None, margin_mm:
             soft[0][soft.sum(axis=0) == 0] = 1.0  # padding is background
         working = Geometry(tuple(int(n + p[1]) for n, p in zip(working.size, reversed(pad))),
                            working.spacing, working.origin, working.direction)
-    return PreprocessedCase(image, presence, mask, working, case.geometry, labels, soft)
+    return PreprocessedCase(image, presence, mask, working, case.geometry, labels, soft, input_mask)
 
 
 def area_averaged(one_hot: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:

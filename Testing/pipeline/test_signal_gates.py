@@ -35,6 +35,10 @@ def test_enhancement_is_t1ce_minus_t1_and_flair_its_z_score_in_brain_sd():
     cropped = signal_maps({"t1": t1, "t1ce": t1ce, "flair": flair}, box)
     assert np.allclose(cropped.enhancement, maps.enhancement[box], atol=1e-5)
     assert np.allclose(cropped.flair, maps.flair[box], atol=1e-5)
+    from GliomaAnalysisLib.preprocessing.preprocess import brain_mask
+
+    given = signal_maps({"t1": t1, "t1ce": t1ce, "flair": flair}, box, brain_mask([t1, t1ce, flair]))
+    assert np.array_equal(given.enhancement, cropped.enhancement)  # the preprocessing's mask, not computed again
 
 
 def test_without_t1_the_t1ce_z_score_is_the_enhancement_and_absent_modalities_give_no_signal():
