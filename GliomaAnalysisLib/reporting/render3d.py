@@ -405,59 +405,29 @@ def render_child(size: int = 480) -> Iterator[bool]:
                 _child = None
 
 
-def _send_reply(fd: int, draw: Callable[[], bytes]) -> None:
-    """In a child process: (True, draw()) or (False, "<exception type>: <message>") pickled into ``fd``."""
-    try:
-        reply = (True, draw())
-    except BaseException as exc:  # noqa: BLE001  (reported to the parent)
-        reply = (False, f"{type(exc).__name__}: {str(exc)[:200]}")
-    with os.fdopen(fd, "wb") as pipe:
-        pipe.write(pickle.dumps(reply))
-
-
 def start_render(labels: np.ndarray, spacing_zyx: Sequence[float], brain: Optional[np.ndarray] = None,
                  size: int = 480) -> Callable[[], bytes]:
     """Start :func:`render_tumor` and return a function that waits for its PNG bytes (raising what the rendering
     raised; from the child process as a :class:`RenderError`; every call gives the same answer).
 
-    On Linux the rendering runs in a child process, so it overlaps the caller's work: the one
-    :func:`prestart_render` started (the scene is sent through a pipe by a thread, never blocking the caller), else
-    one forked now (it reads the arrays the fork shares). Both send back the PNG through a pipe. Elsewhere (no
-    fork; macOS's frameworks are not fork-safe), and inside a GUI process (``GUI_MODULES``: its windowing state must
-    not be forked), it runs when its result is asked for."""
+    On Linux the rendering runs in a child process (:class:`_RenderChild`), so it overlaps the caller's work: the one
+    :func:`prestart_render` started, else one forked now for this view; the scene goes there and the PNG comes back
+    through pipes, never blocking the caller. Elsewhere (no fork; macOS's frameworks are not fork-safe), and inside a
+    GUI process (``GUI_MODULES``: its windowing state must not be forked), it runs when its result is asked for."""
     global _child
     child = _own_child()
     if child is not None and child.closed:
         child = _child = None  # a kept child that died: views are drawn as if it had never been started
-    if child is not None:
+    if child is None:
+        if not _forks_here():
+            return lambda: render_tumor(labels, spacing_zyx, brain, size)
+        child = _RenderChild(size, keep=False)  # forked now, for this view only
+    elif not child.keep:
+        _child = None
+    try:
+        return child.draw(render_scene(labels, spacing_zyx, brain))
+    except Exception as exc:  # reported when the view is asked for, as a child's failure would be
         if not child.keep:
-            _child = None
-        try:
-            return child.draw(render_scene(labels, spacing_zyx, brain))
-        except Exception as exc:  # reported when the view is asked for, as a child's failure would be
-            if not child.keep:
-                child.stop()  # the child sees the end of its pipe and leaves without a reply
-            message = f"{type(exc).__name__}: {str(exc)[:200]}"
-            return _once(lambda: _answer((False, message)))
-    if not _forks_here():
-        return lambda: render_tumor(labels, spacing_zyx, brain, size)
-    reply_read, reply_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: render, reply, leave without the parent's exit handlers
-        os.close(reply_read)
-        _send_reply(reply_write, lambda: render_tumor(labels, spacing_zyx, brain, size))
-        os._exit(0)
-    os.close(reply_write)
-    return _reply_of(pid, reply_read)
-
-
-def _reply_of(pid: int, reply_read: int) -> Callable[[], bytes]:
-    """The function that waits (once) for child ``pid``'s reply on ``reply_read`` and returns its PNG bytes."""
-
-    def result() -> bytes:
-        with os.fdopen(reply_read, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(pid, 0)
-        return _answer(pickle.loads(data) if data else (False, "the 3D rendering process ended without a result"))
-
-    return _once(result)
+            child.stop()  # the child sees the end of its pipe and leaves without a reply
+        message = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return _once(lambda: _answer((False, message)))
