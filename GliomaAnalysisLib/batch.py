@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import GliomaAnalysisError, ModalityConflictError
 from .io.atomic import staged_folder
@@ -23,6 +23,9 @@ from .io.case import scan_folder
 from .io.image_io import channel_count
 from .io.modalities import strip_image_suffix
 from .reporting.cohort_index import write_index
+
+if TYPE_CHECKING:
+    from .pipeline.result import AnalysisResult
 
 COMPLETE_MARKER = ".complete"
 QC_FILE = "qc.json"
@@ -91,33 +94,67 @@ def _load(source: str, options: Dict):
 def _analyse_one(source: str, target: str, options: Dict, loaded: Optional[Future] = None) -> CaseOutcome:
     """Analyse one case into ``target`` atomically; returns its outcome (never raises for a case's own fault).
     ``loaded``: the case already being read (a future of :func:`_load`), else it is read here."""
+    return _write_case(_analyse_case(source, target, options, loaded))
+
+
+@dataclass
+class _AnalysedCase:
+    """A case between its analysis and its files: the result (its classifiers may still run), or the outcome of
+    a failure."""
+
+    name: str
+    target: Path
+    start: float
+    result: Optional["AnalysisResult"] = None
+    failure: Optional[CaseOutcome] = None
+
+
+def _analyse_case(source: str, target: str, options: Dict, loaded: Optional[Future] = None) -> _AnalysedCase:
+    """The analysis of the case at ``source`` (read here unless ``loaded``), returned before its classifiers
+    finish; a case's own fault becomes a failed outcome."""
     from .pipeline.analysis import analyze
+
+    analysis_options = {k: v for k, v in options.items() if k != "channels"}
+    case = _AnalysedCase(Path(target).name, Path(target), time.perf_counter())
+    try:
+        loaded_case = loaded.result() if loaded is not None else _load(source, options)
+        case.result = analyze(loaded_case, **analysis_options, wait=False)  # refuses tiny extents itself
+    except CASE_ERRORS as exc:
+        case.failure = _failed(case, exc)
+    return case
+
+
+def _write_case(case: _AnalysedCase) -> CaseOutcome:
+    """Write an analysed case's files into its folder atomically (waiting for its classifiers); its outcome."""
     from .pipeline.quality import qc_flags
     from .reporting.cohort_index import THUMBNAIL_FILE, thumbnail_png
     from .reporting.writers import write_contract_files
 
-    analysis_options = {k: v for k, v in options.items() if k != "channels"}
-    target_path = Path(target)
-    name = target_path.name
-    start = time.perf_counter()
+    if case.failure is not None:
+        return case.failure
+    result = case.result
     try:
-        case = loaded.result() if loaded is not None else _load(source, options)
-        # refuses tiny extents itself; the classifiers finish while the maps are written
-        result = analyze(case, **analysis_options, wait=False)
         flags = qc_flags(result)
-        with staged_folder(target_path, replace=True) as staging:
+        with staged_folder(case.target, replace=True) as staging:
             write_contract_files(result, staging)
-            (staging / QC_FILE).write_text(json.dumps({"case": name, "flags": flags}, indent=2) + "\n")
+            (staging / QC_FILE).write_text(json.dumps({"case": case.name, "flags": flags}, indent=2) + "\n")
             (staging / THUMBNAIL_FILE).write_bytes(thumbnail_png(result))
             (staging / COMPLETE_MARKER).write_text("ok\n")
-        predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
-        return CaseOutcome(name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - start,
-                           [flag["flag"] for flag in flags])
-    except GliomaAnalysisError as exc:
-        return CaseOutcome(name, "failed", str(exc), seconds=time.perf_counter() - start)
-    except (MemoryError, RuntimeError, ValueError, OSError) as exc:  # unexpected, but one case must not stop a batch
-        return CaseOutcome(name, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                           seconds=time.perf_counter() - start)
+    except CASE_ERRORS as exc:
+        return _failed(case, exc)
+    predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
+    return CaseOutcome(case.name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - case.start,
+                       [flag["flag"] for flag in flags])
+
+
+CASE_ERRORS = (GliomaAnalysisError, MemoryError, RuntimeError, ValueError, OSError)
+"""What fails one case and not the batch: the library's own refusals, and unexpected errors of one case."""
+
+
+def _failed(case: _AnalysedCase, exc: BaseException) -> CaseOutcome:
+    message = str(exc) if isinstance(exc, GliomaAnalysisError) else \
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return CaseOutcome(case.name, "failed", message, seconds=time.perf_counter() - case.start)
 
 
 def summary_name(shard: Optional[Tuple[int, int]] = None) -> str:
@@ -257,15 +294,29 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
     from .reporting.render3d import render_child
 
     if jobs <= 1 or len(todo) <= 1:
-        # one process: the next case is read in a thread while this one is analysed, and one child process (forked
-        # before that thread starts) draws every case's 3D view
-        with render_child() if todo else contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as reader:
-            loaded = reader.submit(_load, todo[0][0], options) if todo else None
-            for index, (folder, target) in enumerate(todo):
-                current = loaded
-                if index + 1 < len(todo):
-                    loaded = reader.submit(_load, todo[index + 1][0], options)
-                yield _analyse_one(folder, target, options, current)
+        # one process; while a case is analysed, one thread writes the previous case (its classifiers finish, its
+        # maps are compressed, its views drawn) and then reads the next (after the writing, so that two cases'
+        # images and maps are never held beside the analysis); one child process (forked before that thread
+        # starts) draws every case's 3D view
+        with render_child() if todo else contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as files:
+            try:
+                loaded = files.submit(_load, todo[0][0], options) if todo else None
+                writing: Optional[Future] = None
+                for index, (folder, target) in enumerate(todo):
+                    current = loaded
+                    if index + 1 < len(todo):
+                        loaded = files.submit(_load, todo[index + 1][0], options)
+                    analysed = _analyse_case(folder, target, options, current)
+                    current = None
+                    if writing is not None:
+                        yield writing.result()
+                    writing = files.submit(_write_case, analysed)
+                    del analysed  # the writing alone holds the result: it goes once written
+                if writing is not None:
+                    yield writing.result()
+            except BaseException:
+                files.shutdown(wait=True, cancel_futures=True)  # a case being written completes; no new read
+                raise
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(threads,)) as pool:

@@ -170,6 +170,32 @@ def test_interrupt_leaves_no_half_written_case(cohort, tmp_path, tiny_model_dir,
     assert [r["case"] for r in rows] == ["good_0"]
 
 
+def test_a_case_failing_while_written_fails_alone(cohort, tmp_path, tiny_model_dir, monkeypatch):
+    """With one job a case is written while the next is analysed: a write failure fails that case only."""
+    import GliomaAnalysisLib.reporting.writers as writers
+
+    root, _ = cohort
+    subset = tmp_path / "root"
+    for name in ("good_0", "good_1", "good_2"):
+        shutil.copytree(root / name, subset / name)
+    real = writers.write_contract_files
+
+    def full_disk_for_good_1(result, out, *args, **kwargs):
+        if result.case_id == "good_1":
+            raise OSError(28, "No space left on device")
+        return real(result, out, *args, **kwargs)
+
+    monkeypatch.setattr(writers, "write_contract_files", full_disk_for_good_1)
+    out = tmp_path / "out"
+    outcomes = {o.case: o for o in analyze_folder(subset, out, fast=True, model_dir=tiny_model_dir)}
+    assert outcomes["good_1"].status == "failed" and "No space left on device" in outcomes["good_1"].error
+    assert not (out / "good_1").exists()
+    for name in ("good_0", "good_2"):
+        assert outcomes[name].status == "ok" and (out / name / COMPLETE_MARKER).is_file()
+    rows = {r["case"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows == {"good_0": "ok", "good_1": "failed", "good_2": "ok"}
+
+
 def test_parallel_jobs_give_the_same_volumes(cohort, tmp_path, tiny_model_dir):
     root, _ = cohort
     subset = tmp_path / "root"
