@@ -125,7 +125,8 @@ def new_window(vtk, size: int):
 
 
 def draw_scene(scene: Dict, size: int = 480, window=None) -> bytes:
-    """PNG bytes of a :func:`render_scene` (in ``window``, from :func:`new_window`, or a new one)."""
+    """PNG bytes of a :func:`render_scene`, drawn in ``window`` (from :func:`new_window`; left open, without this
+    scene, for the next: its OpenGL context and compiled shaders are reused) or in a new window closed after."""
     vtk, numpy_support = _vtk()
     keep = []  # a vtkAlgorithmOutput does not keep its producer alive: hold every pipeline stage here
     renderer = vtk.vtkRenderer()
@@ -160,20 +161,26 @@ def draw_scene(scene: Dict, size: int = 480, window=None) -> bytes:
     camera.SetPosition(-1, -1.4, 0.8)  # from the right-anterior-superior side
     camera.SetFocalPoint(0, 0, 0)
     renderer.ResetCamera()
-    window = window or new_window(vtk, size)
+    owned = window is None
+    window = new_window(vtk, size) if owned else window
     window.SetSize(size, size)
     window.AddRenderer(renderer)
-    window.Render()
-    grabber = vtk.vtkWindowToImageFilter()
-    grabber.SetInput(window)
-    grabber.Update()
-    writer = vtk.vtkPNGWriter()
-    writer.WriteToMemoryOn()
-    writer.SetInputConnection(grabber.GetOutputPort())
-    writer.Write()
-    data = bytes(numpy_support.vtk_to_numpy(writer.GetResult()))
-    window.Finalize()
-    return data
+    try:
+        window.Render()
+        grabber = vtk.vtkWindowToImageFilter()
+        grabber.SetInput(window)
+        grabber.ShouldRerenderOff()  # read the frame just drawn (by default it draws it again: 0.1 CPU-s)
+        grabber.Update()
+        writer = vtk.vtkPNGWriter()
+        writer.WriteToMemoryOn()
+        writer.SetInputConnection(grabber.GetOutputPort())
+        writer.Write()
+        return bytes(numpy_support.vtk_to_numpy(writer.GetResult()))
+    finally:
+        if owned:
+            window.Finalize()
+        else:
+            window.RemoveRenderer(renderer)
 
 
 GUI_MODULES = ("slicer", "qt", "PyQt5", "PySide2", "PySide6")
@@ -294,8 +301,9 @@ class _RenderChild:
 
 def _serve(requests: int, replies: int, size: int, keep: bool) -> None:
     """The child: open a window, then draw each scene that arrives into it and send back (True, PNG) or
-    (False, "<exception type>: <message>"); keep: a fresh window is opened for the next scene while waiting, else it
-    leaves after one. It leaves when the pipe closes, whatever happens (never returning into the parent's code)."""
+    (False, "<exception type>: <message>"); keep: the window serves the next scene too (a fresh one after a
+    failure), else it leaves after one. It leaves when the pipe closes, whatever happens (never returning into the
+    parent's code)."""
     try:
         with open(requests, "rb") as pipe_in, open(replies, "wb") as pipe_out:
             window = _new_window_or_none(size)
@@ -309,7 +317,8 @@ def _serve(requests: int, replies: int, size: int, keep: bool) -> None:
                 pipe_out.flush()
                 if not keep:
                     break
-                window = _new_window_or_none(size)
+                if window is None or not reply[0]:
+                    window = _new_window_or_none(size)
     finally:
         os._exit(0)
 

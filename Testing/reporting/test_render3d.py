@@ -108,8 +108,9 @@ def test_a_prestarted_child_draws_the_same_picture_and_leaves_when_nothing_is_as
 
 
 def test_a_kept_child_draws_every_view_of_a_batch(monkeypatch):
-    """render_child: one child draws every view inside the block (no fork per view), answers collected in any
-    order are each the picture of their own scene, a failure does not stop it, and it ends with the block."""
+    """render_child: one child draws every view inside the block in one window (no fork per view), answers
+    collected in any order are each the picture of their own scene (byte-identical to a fresh window's), a
+    failure does not stop it, and it ends with the block."""
     from GliomaAnalysisLib.reporting import render3d
 
     small = np.zeros((24, 28, 26), np.uint8)
