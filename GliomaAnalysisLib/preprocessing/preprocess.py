@@ -160,6 +160,11 @@ def area_averaged(one_hot: np.ndarray, source: Geometry, target: Geometry) -> np
     return out
 
 
+_FLOAT32_SAFE_SPAN = 1e30
+"""Above this intensity range the Otsu threshold of the channel mean is computed in float64 (its histogram's
+arithmetic would overflow float32)."""
+
+
 def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
     """Brain mask (Z, Y, X) from the present channels (each (Z, Y, X)), without stacking them.
 
@@ -175,9 +180,13 @@ def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
     from skimage.filters import threshold_otsu
 
     mean = np.zeros(channels[0].shape, dtype=np.float32)
-    for channel in channels:
-        mean += channel
-    mean /= len(channels)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for channel in channels:
+            mean += channel
+        mean /= len(channels)
+        span = float(mean.max()) - float(mean.min())
+    if not np.isfinite(span) or span > _FLOAT32_SAFE_SPAN:  # intensities near float32's limit overflow the sum
+        mean = sum(np.asarray(channel, np.float64) for channel in channels) / len(channels)
     mask = mean > threshold_otsu(mean)
     components, count = ndimage.label(mask)
     if count > 1:

@@ -88,6 +88,20 @@ def test_non_skull_stripped_input_gets_an_otsu_brain_mask():
     assert 2 * np.sum(mask & brain) / (mask.sum() + brain.sum()) > 0.98
 
 
+def test_otsu_brain_mask_of_intensities_near_the_float32_limit():
+    """Four channels near float32's maximum overflow a float32 sum (skimage's Otsu raised 'range is not finite'):
+    the mask is the one of the same volume scaled down, without a warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    array = (rng.random((12, 12, 12)) * (np.finfo(np.float32).max / 2)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = brain_mask([array] * 4)
+    scaled = (array / np.float32(1e30)).astype(np.float32)
+    assert huge.any() and np.array_equal(huge, brain_mask([scaled] * 4))
+
+
 def test_to_reference_refuses_a_wrong_shape(small_phantom):
     pre = preprocess(load_case({"t1": small_phantom.image("t1")}))
     with pytest.raises(ValueError, match="does not match the working grid"):
