@@ -246,6 +246,19 @@ def _previous_outcomes(out: Path, name: str = "summary.csv") -> Dict[str, CaseOu
     return outcomes
 
 
+def _outcome_of_folder(folder: Path) -> CaseOutcome:
+    """The outcome of a case completed in an earlier run but missing from its summary (the run was stopped while
+    the case was written), read back from its report.json and qc.json."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        flags = json.loads((folder / QC_FILE).read_text()).get("flags", [])
+        return CaseOutcome(folder.name, "ok", "", {k: float(v) for k, v in report["volumes_ml"].items()},
+                           {task: (value or {}).get("label") for task, value in report["predictions"].items()},
+                           qc_flags=[flag["flag"] for flag in flags])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return CaseOutcome(folder.name, "ok", "completed in an earlier run")
+
+
 def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]", resume: bool = False,
                    jobs: int = 1, progress: Optional[Callable[[str], None]] = None,
                    shard: Optional[Tuple[int, int]] = None, **options) -> List[CaseOutcome]:
@@ -270,7 +283,7 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
     todo = []
     for name, source in sorted(named.items()):
         if resume and (out / name / COMPLETE_MARKER).is_file():
-            outcomes[name] = previous.get(name) or CaseOutcome(name, "ok", "completed in an earlier run")
+            outcomes[name] = previous.get(name) or _outcome_of_folder(out / name)
         else:
             todo.append((str(source), str(out / name)))
     say = progress or (lambda message: None)

@@ -143,6 +143,14 @@ def test_resume_skips_completed_cases(cohort, tmp_path, tiny_model_dir):
     assert (out / "good_0" / "report.json").stat().st_mtime_ns == stamp
     assert outcomes["good_0"].status == "ok" and outcomes["good_0"].volumes_ml
     assert outcomes["zero_byte"].status == "failed"  # retried, still failing
+    # a run stopped while a case was written leaves it complete but out of the summary: read back from its files
+    (out / "summary.csv").unlink()
+    again = {o.case: o for o in analyze_folder(subset, out, resume=True, fast=True, model_dir=tiny_model_dir)}
+    assert again["good_0"].volumes_ml == outcomes["good_0"].volumes_ml
+    assert again["good_0"].predictions == outcomes["good_0"].predictions
+    assert again["good_0"].qc_flags == outcomes["good_0"].qc_flags
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert float(rows["good_1"]["wt_ml"]) == outcomes["good_1"].volumes_ml["wt"]
 
 
 def test_interrupt_leaves_no_half_written_case(cohort, tmp_path, tiny_model_dir, monkeypatch):
