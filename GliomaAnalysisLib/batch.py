@@ -85,10 +85,14 @@ def _case_name(source: Path, root: Path) -> str:
 
 
 def _load(source: str, options: Dict):
-    """The case at ``source`` (read with the batch's ``channels`` option), for :func:`_analyse_one`."""
+    """The case at ``source`` (read with the batch's ``channels`` option), for :func:`_analyse_case`."""
     from .io.case import load_case
 
     return load_case(source, ground_truth=False, channels=options.get("channels"))
+
+
+CASE_ERRORS = (GliomaAnalysisError, MemoryError, RuntimeError, ValueError, OSError)
+"""What fails one case and not the batch: the library's own refusals, and unexpected errors of one case."""
 
 
 def _analyse_one(source: str, target: str, options: Dict, loaded: Optional[Future] = None) -> CaseOutcome:
@@ -147,14 +151,11 @@ def _write_case(case: _AnalysedCase) -> CaseOutcome:
                        [flag["flag"] for flag in flags])
 
 
-CASE_ERRORS = (GliomaAnalysisError, MemoryError, RuntimeError, ValueError, OSError)
-"""What fails one case and not the batch: the library's own refusals, and unexpected errors of one case."""
-
-
 def _failed(case: _AnalysedCase, exc: BaseException) -> CaseOutcome:
-    message = str(exc) if isinstance(exc, GliomaAnalysisError) else \
-        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return CaseOutcome(case.name, "failed", message, seconds=time.perf_counter() - case.start)
+    text = str(exc)
+    if not isinstance(exc, GliomaAnalysisError):
+        text = f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+    return CaseOutcome(case.name, "failed", text, seconds=time.perf_counter() - case.start)
 
 
 def summary_name(shard: Optional[Tuple[int, int]] = None) -> str:
@@ -254,7 +255,7 @@ def _outcome_of_folder(folder: Path) -> CaseOutcome:
         flags = json.loads((folder / QC_FILE).read_text()).get("flags", [])
         return CaseOutcome(folder.name, "ok", "", {k: float(v) for k, v in report["volumes_ml"].items()},
                            {task: (value or {}).get("label") for task, value in report["predictions"].items()},
-                           qc_flags=[flag["flag"] for flag in flags])
+                           float(report.get("timings_s", {}).get("total", 0.0)), [flag["flag"] for flag in flags])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return CaseOutcome(folder.name, "ok", "completed in an earlier run")
 
@@ -307,29 +308,9 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
     from .reporting.render3d import render_child
 
     if jobs <= 1 or len(todo) <= 1:
-        # one process; while a case is analysed, one thread writes the previous case (its classifiers finish, its
-        # maps are compressed, its views drawn) and then reads the next (after the writing, so that two cases'
-        # images and maps are never held beside the analysis); one child process (forked before that thread
-        # starts) draws every case's 3D view
-        with render_child() if todo else contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as files:
-            try:
-                loaded = files.submit(_load, todo[0][0], options) if todo else None
-                writing: Optional[Future] = None
-                for index, (folder, target) in enumerate(todo):
-                    current = loaded
-                    if index + 1 < len(todo):
-                        loaded = files.submit(_load, todo[index + 1][0], options)
-                    analysed = _analyse_case(folder, target, options, current)
-                    current = None
-                    if writing is not None:
-                        yield writing.result()
-                    writing = files.submit(_write_case, analysed)
-                    del analysed  # the writing alone holds the result: it goes once written
-                if writing is not None:
-                    yield writing.result()
-            except BaseException:
-                files.shutdown(wait=True, cancel_futures=True)  # a case being written completes; no new read
-                raise
+        # one child process (forked before any thread of the batch starts) draws every case's 3D view
+        with render_child() if todo else contextlib.nullcontext():
+            yield from _pipelined(todo, options) if todo else ()
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(threads,)) as pool:
@@ -340,6 +321,51 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _pipelined(todo, options: Dict) -> Iterator[CaseOutcome]:
+    """The cases one after another (``--jobs 1``): while a case is analysed in this thread, one worker thread writes
+    the previous one (its classifiers finish, its maps are compressed, its views drawn), then reads the next one
+    (after the writing, so that two cases' images and maps are never held beside an analysis). Interrupted, it reads
+    nothing more, lets the writing under way complete (through further Ctrl-C / SIGTERM: no case folder is left
+    half-renamed) and reports that case before the interruption goes on."""
+    files = ThreadPoolExecutor(max_workers=1)
+    loaded: Optional[Future] = files.submit(_load, todo[0][0], options)
+    writing: Optional[Future] = None
+    try:
+        for index, (folder, target) in enumerate(todo):
+            current = loaded
+            loaded = files.submit(_load, todo[index + 1][0], options) if index + 1 < len(todo) else None
+            analysed = _analyse_case(folder, target, options, current)
+            current = None
+            if writing is not None:
+                outcome, writing = writing.result(), None
+                yield outcome
+            writing = files.submit(_write_case, analysed)
+            del analysed  # the writing alone holds the result: it goes once written
+        if writing is not None:
+            outcome, writing = writing.result(), None
+            yield outcome
+    except BaseException as exc:
+        if loaded is not None:
+            loaded.cancel()
+        _shut_down_uninterrupted(files)
+        if (writing is not None and not isinstance(exc, GeneratorExit) and not writing.cancelled()
+                and writing.exception() is None):
+            yield writing.result()  # its summary row, then the interruption goes on
+        raise
+    finally:
+        files.shutdown(wait=True)
+
+
+def _shut_down_uninterrupted(pool: ThreadPoolExecutor) -> None:
+    """Wait for ``pool``'s started and queued work, through further KeyboardInterrupts (Ctrl-C, SIGTERM)."""
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _start_worker(threads: int) -> None:

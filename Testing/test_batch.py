@@ -1,5 +1,6 @@
 """Batch processing with injected faults: every bad case fails cleanly, good cases complete, nothing is lost."""
 import csv
+import json
 import os
 import shutil
 import signal
@@ -202,6 +203,60 @@ def test_a_case_failing_while_written_fails_alone(cohort, tmp_path, tiny_model_d
         assert outcomes[name].status == "ok" and (out / name / COMPLETE_MARKER).is_file()
     rows = {r["case"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows == {"good_0": "ok", "good_1": "failed", "good_2": "ok"}
+
+
+def test_ctrl_c_during_the_next_analysis_completes_and_reports_the_case_being_written(cohort, tmp_path,
+                                                                                    tiny_model_dir, monkeypatch):
+    """With one job, Ctrl-C arrives in the main thread while it analyses case 2 and case 1 is being written: case 1
+    completes, has its summary row, and nothing is half-written."""
+    import GliomaAnalysisLib.batch as batch
+    import GliomaAnalysisLib.reporting.writers as writers
+
+    root, _ = cohort
+    subset = tmp_path / "root"
+    for name in ("good_0", "good_1", "good_2"):
+        shutil.copytree(root / name, subset / name)
+    real_write, real_analyse, analysed = writers.write_contract_files, batch._analyse_case, []
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.5)  # still writing when the interrupt comes
+        return real_write(*args, **kwargs)
+
+    def interrupted_second(*args, **kwargs):
+        analysed.append(args[0])
+        if len(analysed) == 2:
+            raise KeyboardInterrupt
+        return real_analyse(*args, **kwargs)
+
+    monkeypatch.setattr(writers, "write_contract_files", slow_write)
+    monkeypatch.setattr(batch, "_analyse_case", interrupted_second)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        analyze_folder(subset, out, fast=True, model_dir=tiny_model_dir)
+    assert (out / "good_0" / COMPLETE_MARKER).is_file() and not (out / "good_1").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["case"] for r in rows] == ["good_0"] and float(rows[0]["wt_ml"]) > 0
+
+
+def test_resume_reads_a_completed_case_missing_from_the_summary_back_from_its_files(tmp_path):
+    from GliomaAnalysisLib.batch import _outcome_of_folder
+
+    folder = tmp_path / "case_a"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({
+        "volumes_ml": {"ncr": 1.5, "ed": 20.0, "et": 3.25, "tc": 4.75, "wt": 24.75},
+        "predictions": {"grade": {"label": "HGG"}, "idh": {"label": "wildtype"}, "codeletion_1p19q": None,
+                        "mgmt": {"label": "methylated"}},
+        "timings_s": {"total": 2.5}}))
+    (folder / "qc.json").write_text(json.dumps({"case": "case_a", "flags": [{"flag": "unregistered", "detail": ""}]}))
+    outcome = _outcome_of_folder(folder)
+    assert (outcome.case, outcome.status, outcome.seconds) == ("case_a", "ok", 2.5)
+    assert outcome.volumes_ml["wt"] == 24.75 and outcome.qc_flags == ["unregistered"]
+    assert outcome.predictions == {"grade": "HGG", "idh": "wildtype", "codeletion_1p19q": None, "mgmt": "methylated"}
+    (folder / "report.json").write_text("{not json")
+    damaged = _outcome_of_folder(folder)
+    assert (damaged.status, damaged.error, damaged.volumes_ml) == ("ok", "completed in an earlier run", {})
 
 
 def test_parallel_jobs_give_the_same_volumes(cohort, tmp_path, tiny_model_dir):
