@@ -13,6 +13,7 @@ import contextlib
 import os
 import pickle
 import queue
+import signal
 import sys
 import threading
 from typing import BinaryIO, Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -218,6 +219,9 @@ class _RenderChild:
             raise
         if self.pid == 0:
             try:
+                # Ctrl-C reaches the whole process group: the child finishes the view under way and leaves when
+                # its pipe closes (an interrupted batch still completes the case it is writing, 3D view included)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 os.close(request)
                 os.close(self.replies)
                 _serve(request_read, reply_write, size, keep)

@@ -158,3 +158,24 @@ def test_a_batch_whose_drawing_child_died_reports_that_view_and_draws_the_next_i
         assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct  # a child forked for it
         assert render3d._child is None and child.ended
     assert "Z" not in os.popen(f"ps --ppid {os.getpid()} -o stat=").read()  # every child was waited for
+
+
+def test_ctrl_c_reaching_the_drawing_child_does_not_stop_its_views():
+    """Ctrl-C (SIGINT) and SIGTERM reach the whole process group: the batch's drawing child ignores both (the
+    batch completes the case it is writing, 3D view included) and leaves when its pipe closes."""
+    import signal
+
+    from GliomaAnalysisLib.reporting import render3d
+
+    labels = np.zeros((24, 28, 26), np.uint8)
+    labels[8:16, 9:18, 10:16] = 3
+    direct = _render(labels)
+    with render3d.render_child(size=160):
+        child = render3d._child
+        assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct  # running
+        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signal.SIGTERM)
+        assert render3d.start_render(labels, (1.0, 1.0, 1.0), size=160)() == direct
+        assert render3d._child is child
+    assert render3d._child is None and child.ended
+    assert str(child.pid) not in os.popen(f"ps --ppid {os.getpid()} -o pid=").read().split()
