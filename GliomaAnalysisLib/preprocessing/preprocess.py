@@ -160,9 +160,9 @@ def area_averaged(one_hot: np.ndarray, source: Geometry, target: Geometry) -> np
     return out
 
 
-_FLOAT32_SAFE_SPAN = 1e30
-"""Above this intensity range the Otsu threshold of the channel mean is computed in float64 (its histogram's
-arithmetic would overflow float32)."""
+_OTSU_SAFE_MAGNITUDE = 1e12
+"""Above this intensity the Otsu threshold of the channel mean is taken on the mean rescaled to [0, 1]: skimage's
+class-variance arithmetic overflows float32 from about 1e15 (a wrong, near-full mask from 1e20 to 1e29)."""
 
 
 def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
@@ -184,9 +184,12 @@ def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
         for channel in channels:
             mean += channel
         mean /= len(channels)
-        span = float(mean.max()) - float(mean.min())
-    if not np.isfinite(span) or span > _FLOAT32_SAFE_SPAN:  # intensities near float32's limit overflow the sum
+        low, high = float(mean.min()), float(mean.max())
+    if not np.isfinite(high - low) or max(abs(low), abs(high)) > _OTSU_SAFE_MAGNITUDE:
+        # Otsu's float32 arithmetic overflows (or the sum did): the same threshold on the mean rescaled to [0, 1]
         mean = sum(np.asarray(channel, np.float64) for channel in channels) / len(channels)
+        low, high = float(mean.min()), float(mean.max())
+        mean = (mean - low) / (high - low if high > low else 1.0)
     mask = mean > threshold_otsu(mean)
     components, count = ndimage.label(mask)
     if count > 1:

@@ -88,18 +88,24 @@ def test_non_skull_stripped_input_gets_an_otsu_brain_mask():
     assert 2 * np.sum(mask & brain) / (mask.sum() + brain.sum()) > 0.98
 
 
-def test_otsu_brain_mask_of_intensities_near_the_float32_limit():
-    """Four channels near float32's maximum overflow a float32 sum (skimage's Otsu raised 'range is not finite'):
-    the mask is the one of the same volume scaled down, without a warning."""
+@pytest.mark.parametrize("scale", [1e15, 1e20, 1e25, float(np.finfo(np.float32).max) / 2])
+def test_otsu_brain_mask_of_huge_intensities(scale):
+    """Skull-on input whose intensities overflow float32 arithmetic (the channel sum near float32's maximum, which
+    made skimage's Otsu raise 'range is not finite'; its class variances from about 1e15, which gave a near-full
+    mask): the mask of the same volume at ordinary intensities, without a warning."""
     import warnings
 
-    rng = np.random.default_rng(0)
-    array = (rng.random((12, 12, 12)) * (np.finfo(np.float32).max / 2)).astype(np.float32)
+    ordinary = np.full((40, 40, 40), 50.0, dtype=np.float32)  # 'skull and scalp' everywhere
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    brain = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 < 12 ** 2
+    ordinary[brain] = 400.0
+    ordinary += np.random.default_rng(0).random(ordinary.shape, dtype=np.float32) * 20
+    huge = (ordinary.astype(np.float64) * (scale / 420.0)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        huge = brain_mask([array] * 4)
-    scaled = (array / np.float32(1e30)).astype(np.float32)
-    assert huge.any() and np.array_equal(huge, brain_mask([scaled] * 4))
+        mask = brain_mask([huge] * 4)
+    assert np.array_equal(mask, brain_mask([ordinary] * 4))
+    assert 2 * np.sum(mask & brain) / (mask.sum() + brain.sum()) > 0.98
 
 
 def test_to_reference_refuses_a_wrong_shape(small_phantom):
