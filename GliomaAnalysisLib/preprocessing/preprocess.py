@@ -190,7 +190,7 @@ def brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
         mean = sum(np.asarray(channel, np.float64) for channel in channels) / len(channels)
         low, high = float(mean.min()), float(mean.max())
         mean = (mean - low) / (high - low if high > low else 1.0)
-    mask = mean > threshold_otsu(mean)
+    mask = mean > threshold_otsu(mean.ravel())  # the values' histogram (a 3D shape ending in 3 looks RGB to skimage)
     components, count = ndimage.label(mask)
     if count > 1:
         sizes = ndimage.sum(mask, components, index=np.arange(1, count + 1))
