@@ -89,6 +89,14 @@ def _argmax_labels(prepared: PreparedInput, pre: PreprocessedCase, background: n
     return labels
 
 
+def _saw_registered_images(prepared: PreparedInput, model_case: Case) -> bool:
+    """Whether the model's case holds exactly the report's images (the same objects, in the same order), so that
+    the preprocessing's brain mask is theirs."""
+    registered = prepared.registered
+    return list(registered) == list(model_case.present) and all(
+        registered[m] is model_case.images[m] for m in model_case.present)
+
+
 def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case, brain: Optional[np.ndarray],
                   min_enhancement_sd: Optional[float], min_flair_sd: Optional[float]) -> np.ndarray:
     """``signal_gates.apply_gates`` on the native labels (Z, Y, X), inside the tumor's bounding box, with the signals
@@ -312,6 +320,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         timings_s=timings,
         warnings=warnings,
         images=dict(prepared.registered),
+        brain_mask=pre.input_brain_mask if _saw_registered_images(prepared, model_case) else None,
         dicom_sources=list(case.dicom_files.get(case.reference, [])),
         log=log,
         pending=finish,

@@ -45,13 +45,15 @@ def _lps(array: np.ndarray, like: sitk.Image) -> np.ndarray:
     return lps_array(image)[0] > 0  # (z: S, y: P, x: L) increasing
 
 
-def tumor_location(labels: sitk.Image, images: Mapping[str, sitk.Image]) -> Optional[Dict]:
+def tumor_location(labels: sitk.Image, images: Mapping[str, sitk.Image],
+                   brain: Optional[np.ndarray] = None) -> Optional[Dict]:
     """``{hemisphere, region, left_fraction, position: {left_right, anterior_posterior, inferior_superior}, method}``
-    of the whole tumor in ``labels`` (contiguous, > 0 tumor), or None without tumor or brain mask."""
+    of the whole tumor in ``labels`` (contiguous, > 0 tumor), or None without tumor or brain mask. ``brain``: the
+    brain mask of ``images`` already computed (else :func:`brain_mask`)."""
     tumor = sitk.GetArrayViewFromImage(labels) > 0
     if not tumor.any():
         return None
-    mask = brain_mask(images)
+    mask = brain_mask(images) if brain is None else brain
     if mask is None or mask.shape != tumor.shape:
         return None
     brain, tumor = _lps(mask | tumor, labels), _lps(tumor, labels)

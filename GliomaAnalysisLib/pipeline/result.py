@@ -53,6 +53,9 @@ class AnalysisResult:
     location: Optional[Dict[str, Any]] = None
     """Approximate hemisphere and lobe of the tumor (pipeline/location.py); computed from labels and images on the
     first call of :meth:`report` when not set."""
+    brain_mask: Optional[Any] = field(default=None, repr=False, compare=False)
+    """bool (Z, Y, X): the preprocessing's brain mask of exactly ``images`` (when the model saw them as they are),
+    which the location reads instead of computing it again; None: computed from ``images``."""
     pending: Optional[Callable[["AnalysisResult"], None]] = field(default=None, repr=False, compare=False)
     """What completes the result: the classifiers' fields, still being computed (``analyze(wait=False)``)."""
 
@@ -76,7 +79,7 @@ class AnalysisResult:
         self.finish()
         geometry = self.labels
         if self.location is None and self.images:
-            self.location = tumor_location(self.labels, self.images)
+            self.location = tumor_location(self.labels, self.images, self.brain_mask)
         return {
             "schema_version": SCHEMA_VERSION,
             "software": {"name": "GliomaAnalysis", "version": __version__},

@@ -60,3 +60,15 @@ def test_no_tumor_or_no_image_gives_none():
     empty = sitk.Image(labels.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(labels)
     assert tumor_location(empty, images) is None and tumor_location(labels, {}) is None
+
+
+def test_the_analysis_hands_its_brain_mask_to_the_location(phantom_dir, tiny_model_dir):
+    """analyze keeps the preprocessing's brain mask of the very images the report holds, and the location read
+    from it is the one computed from those images."""
+    from GliomaAnalysisLib import analyze
+    from GliomaAnalysisLib.pipeline.location import brain_mask
+
+    result = analyze(phantom_dir, fast=True, classify=False, model_dir=tiny_model_dir)
+    assert result.brain_mask is not None
+    assert np.array_equal(result.brain_mask, brain_mask(result.images))
+    assert result.report()["location"] == tumor_location(result.labels, result.images)
