@@ -146,9 +146,13 @@ def _write_case(case: _AnalysedCase) -> CaseOutcome:
             (staging / COMPLETE_MARKER).write_text("ok\n")
     except CASE_ERRORS as exc:
         return _failed(case, exc)
-    predictions = {task: (value or {}).get("label") for task, value in result.predictions.items()}
-    return CaseOutcome(case.name, "ok", "", dict(result.volumes_ml), predictions, time.perf_counter() - case.start,
-                       [flag["flag"] for flag in flags])
+    return CaseOutcome(case.name, "ok", "", dict(result.volumes_ml), _labels(result.predictions),
+                       time.perf_counter() - case.start, [flag["flag"] for flag in flags])
+
+
+def _labels(predictions: Dict[str, Optional[Dict]]) -> Dict[str, Optional[str]]:
+    """The summary's label per task of a result's (or report's) predictions (None where a classifier did not run)."""
+    return {task: (value or {}).get("label") for task, value in predictions.items()}
 
 
 def _failed(case: _AnalysedCase, exc: BaseException) -> CaseOutcome:
@@ -254,7 +258,7 @@ def _outcome_of_folder(folder: Path) -> CaseOutcome:
         report = json.loads((folder / "report.json").read_text())
         flags = json.loads((folder / QC_FILE).read_text()).get("flags", [])
         return CaseOutcome(folder.name, "ok", "", {k: float(v) for k, v in report["volumes_ml"].items()},
-                           {task: (value or {}).get("label") for task, value in report["predictions"].items()},
+                           _labels(report["predictions"]),
                            float(report.get("timings_s", {}).get("total", 0.0)), [flag["flag"] for flag in flags])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return CaseOutcome(folder.name, "ok", "completed in an earlier run")
