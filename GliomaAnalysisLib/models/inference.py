@@ -32,10 +32,16 @@ MaskSampler = Callable[[Sequence[int]], List[torch.Tensor]]
 """spatial (Z, Y, X) of one forward call -> its dropout masks (see :func:`dropout_masks`)."""
 
 
-def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks_for: MaskSampler) -> torch.Tensor:
+def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks_for: MaskSampler,
+             encoder_maps: Optional[list] = None) -> torch.Tensor:
     """Softmax probabilities (1, 4, Z, Y, X) of a padded input (1, 4, Z, Y, X); each forward call (the whole volume,
-    or each window of the sliding window) draws its own masks."""
+    or each window of the sliding window) draws its own masks. ``encoder_maps``, when given and still empty,
+    receives a whole-volume pass's (fine, level, deep) maps as NumPy arrays (``forward_with_features``)."""
     if x[0, 0].numel() <= MAX_WHOLE_VOLUME_VOXELS:
+        if encoder_maps is not None and not encoder_maps and len(model.encoder) >= 3:
+            logits, *maps = model.forward_with_features(x, presence, masks_for(x.shape[2:]))
+            encoder_maps.append(tuple(m.float().cpu().numpy() for m in maps))
+            return torch.softmax(logits, dim=1)
         return torch.softmax(model(x, presence, masks_for(x.shape[2:])), dim=1)
     from monai.inferers import sliding_window_inference
 
@@ -47,13 +53,15 @@ def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks
 
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
             passes: int = 1, mc_dropout: bool = False, seed: int = 0,
-            progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+            progress: Optional[Callable[[str], None]] = None,
+            encoder_maps: Optional[list] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes in torch
     (:func:`segment.mean_over_passes`).
 
     image: float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence: (4,).
     Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings). A CUDA failure
-    or out-of-memory falls back to the CPU with a warning.
+    or out-of-memory falls back to the CPU with a warning. ``encoder_maps`` (a list) receives the first pass's
+    encoder maps when it runs on the whole volume (see :func:`_forward`).
     """
     warnings: List[str] = []
     state = {"device": device}
@@ -61,13 +69,13 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
 
     def run_pass(x: np.ndarray, p: np.ndarray, rng: Optional[np.random.Generator], last: bool = True) -> np.ndarray:
         try:
-            return _run_on(model, x, p, rng, state["device"]).numpy()
+            return _run_on(model, x, p, rng, state["device"], encoder_maps).numpy()
         except RuntimeError as exc:
             if state["device"].type != "cuda":
                 raise
             warnings.append(f"CUDA failed ({str(exc).splitlines()[0][:120]}); fell back to the CPU")
             state["device"] = torch.device("cpu")
-            return _run_on(model, x, p, rng, state["device"]).numpy()
+            return _run_on(model, x, p, rng, state["device"], encoder_maps).numpy()
 
     with torch.inference_mode():
         mean, entropy = mean_over_passes(run_pass, image, presence, passes, mc_dropout, seed, progress)
@@ -75,7 +83,7 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
 
 
 def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator],
-            device: torch.device) -> torch.Tensor:
+            device: torch.device, encoder_maps: Optional[list] = None) -> torch.Tensor:
     """Probabilities (1, 4, Z, Y, X) on the CPU of x (1, 4, Z, Y, X) and presence (1, 4) run in torch on
     ``device``; dropout masks from ``rng`` (None: a plain pass)."""
     model.to(device)
@@ -84,4 +92,4 @@ def _run_on(model: GliomaSegNet, x: np.ndarray, presence: np.ndarray, rng: Optio
     def masks_for(spatial: Sequence[int]) -> List[torch.Tensor]:
         return [torch.from_numpy(m).to(device) for m in dropout_masks(model.config, spatial, rng)]
 
-    return _forward(model, torch.from_numpy(x).to(device), p, masks_for).float().cpu()
+    return _forward(model, torch.from_numpy(x).to(device), p, masks_for, encoder_maps).float().cpu()

@@ -1,25 +1,33 @@
 """Multi-task classifier on the segmentation network's features (seed 001, III.C.3-4 and Fig. A12).
 
-    local input  (B, 4, 64, 64, 64)   tumor-centred crop of the 2 mm working grid (128 mm box)
-    global input (B, 4, Z/2, Y/2, X/2) the whole brain at 4 mm
-      -> the segmentation network's encoder (the backbone; frozen by default)
-      -> GAP + GMP of the local level-2 map (64 ch) and local bottleneck (128 ch), and of the global bottleneck
-      -> channel-attention fusion of local and global vectors (sigmoid gates, then a linear map back to 256)
+    fine  (1, w[-3], Z/2, Y/2, X/2)  the segmentation encoder's level-1 map of the whole 2 mm working grid (4 mm)
+    level (1, w[-2], Z/4, Y/4, X/4)  its level-2 map (8 mm)
+    deep  (1, w[-1], Z/8, Y/8, X/8)  its deepest map, before the bottleneck's dropout and transformer (16 mm)
+      (from the segmentation pass itself when the segmenting network is the backbone; no dropout acts on them, so a
+       quality-mode MC-dropout pass gives the same maps as a plain one; otherwise the backbone's ``encoder`` part
+       computes them)
+      -> the backbone's transformer over the whole deep map
+      -> GAP + GMP of: the level map and the transformed deep map inside the tumor-centred box (128 mm); the whole
+         transformed deep map; the fine and level maps over the tumor itself (its voxels on each map)
+      -> channel-attention fusion of the vectors (sigmoid gates, then a linear map back to 256)
       -> "Summarize and Separate": a shared summary layer, then one branch per task
       -> logits (B, 2) per task: grade (LGG/HGG), IDH (wildtype/mutant), 1p/19q (intact/codeleted),
          MGMT (unmethylated/methylated)
 
-Epistemic uncertainty is the standard deviation of the calibrated probability over MC-dropout passes of the
-heads (seed 001, eq. 6); calibration is a temperature per task (from the model card) on the logit difference.
+Until 0.3.0 the classifier encoded a 64^3 crop and the brain at 4 mm a second time (0.46 CPU seconds a case);
+reading the segmentation pass's maps costs the transformer alone. Epistemic uncertainty is the standard deviation
+of the calibrated probability over MC-dropout passes of the heads (seed 001, eq. 6); calibration is a temperature
+per task (from the model card) on the logit difference.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..preprocessing.cropping import crop_padded, pad_to_multiple, tumor_box
+from ..preprocessing.cropping import tumor_box
+from .model_store import ModelError
 from .network_config import NetworkConfig
 from .onnx_engine import Part, PartSpec, dropout_mask, torch_parts
 
@@ -29,6 +37,13 @@ TASK_LABELS: Dict[str, Tuple[str, str]] = {
     "codeletion_1p19q": ("intact", "codeleted"), "mgmt": ("unmethylated", "methylated")}
 """(negative, positive) label of each task; targets are 1 for the positive label."""
 MC_SAMPLES = 20
+FEATURES = "segmentation encoder maps"
+"""The ``features`` field of a card this code can run: the heads read the segmentation encoder's fine, level and
+deep maps of the whole working grid."""
+MAP_NAMES = ("fine", "level", "deep")
+"""The encoder maps the heads read, in the order the segmentation pass and the ``encoder`` part output them."""
+MASK_NAMES = ("level_box", "deep_box", "fine_tumor", "level_tumor")
+"""The ``features`` part's masks (:func:`feature_masks`)."""
 
 
 @dataclass
@@ -36,11 +51,11 @@ class MultiTaskConfig:
     """Classifier layout (stored in the model card); ``backbone`` is the segmentation network's NetworkConfig."""
 
     local_crop: Tuple[int, int, int] = (64, 64, 64)
-    global_downsample: int = 2
     fused_features: int = 256
     hidden: int = 128
     dropout: float = 0.3
     backbone: Dict = field(default_factory=lambda: NetworkConfig().to_dict())
+    features: str = FEATURES
 
     def __post_init__(self) -> None:
         self.local_crop = tuple(int(n) for n in self.local_crop)
@@ -50,31 +65,45 @@ class MultiTaskConfig:
 
     @classmethod
     def from_dict(cls, data: Dict) -> "MultiTaskConfig":
+        """The layout of a card's ``network`` block; a card whose classifier encodes image crops itself (before
+        0.4.0) is refused with a :class:`ModelError`: its heads cannot read the segmentation encoder's maps."""
+        if data.get("features") != FEATURES:
+            raise ModelError("multi-task model card: its heads read image crops encoded a second time (cards "
+                             "before 0.4.0), not the segmentation encoder's maps; retrain with "
+                             "training.multitask.train_multitask")
         return cls(**data)
 
 
 def pooled_dim(config: "MultiTaskConfig") -> int:
-    """Length of the pooled feature vector: GAP + GMP of the local level-2 and bottleneck maps and the global
-    bottleneck map."""
+    """Length of the pooled feature vector: GAP + GMP of the level and transformed deep maps in the box, of the
+    whole transformed deep map, and of the fine and level maps over the tumor."""
     widths = NetworkConfig.from_dict(config.backbone).widths
-    return 2 * (widths[-2] + widths[-1]) + 2 * widths[-1]
+    return 2 * (widths[-2] + widths[-1]) + 2 * widths[-1] + 2 * (widths[-3] + widths[-2])
 
 
-def network_inputs(image: np.ndarray, labels: np.ndarray, config: MultiTaskConfig, divisor: int = 8,
-                   box: Optional[Tuple[slice, ...]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """(local (4, *local_crop), global (4, Z', Y', X')) float32 from a working-grid image (4, Z, Y, X) and labels.
-
-    local: the tumor-centred box (``box`` overrides it); global: the whole image average-pooled by
-    ``global_downsample`` and zero-padded to multiples of ``divisor``.
-    """
+def feature_masks(labels: np.ndarray, config: MultiTaskConfig, shapes: Sequence[Sequence[int]],
+                  box: Optional[Tuple[slice, ...]] = None) -> Dict[str, np.ndarray]:
+    """The ``features`` part's masks, float32 (1, 1, *map shape) of 0 and 1, for the fine, level and deep maps of
+    ``shapes``: ``level_box`` / ``deep_box`` the map voxels that overlap the tumor-centred ``config.local_crop`` box
+    (``box`` overrides it), ``fine_tumor`` / ``level_tumor`` those holding a tumor voxel (the box's where there is no
+    tumor). labels (Z, Y, X): on the grid the network saw, which each map divides by an integer stride."""
     box = box or tumor_box(labels, config.local_crop)
-    local = crop_padded(image, box)
-    f = config.global_downsample
-    trimmed = pad_to_multiple(image, f)
-    c, z, y, x = trimmed.shape
-    pooled = trimmed.reshape(c, z // f, f, y // f, f, x // f, f).mean(axis=(2, 4, 6))
-    return (np.ascontiguousarray(local, dtype=np.float32),
-            np.ascontiguousarray(pad_to_multiple(pooled, divisor), dtype=np.float32))
+    tumor = labels > 0
+    out: Dict[str, np.ndarray] = {}
+    for name, shape in zip(MAP_NAMES, shapes):
+        if len(shape) != 3 or any(n_grid % n_map for n_grid, n_map in zip(labels.shape, shape)):
+            raise ValueError(f"labels {labels.shape} are not on the grid of a feature map {tuple(shape)}")
+        strides = [n_grid // n_map for n_grid, n_map in zip(labels.shape, shape)]
+        in_box = np.zeros((1, 1, *shape), np.float32)
+        region = []
+        for s, stride, n_map in zip(box, strides, shape):
+            lo = min(max(0, s.start // stride), n_map - 1)
+            region.append(slice(lo, max(lo + 1, min(n_map, -(-s.stop // stride)))))
+        in_box[(0, 0, *region)] = 1
+        blocks = tumor.reshape(shape[0], strides[0], shape[1], strides[1], shape[2], strides[2]).any(axis=(1, 3, 5))
+        out[f"{name}_box"] = in_box
+        out[f"{name}_tumor"] = blocks[None, None].astype(np.float32) if blocks.any() else in_box
+    return {name: out[name] for name in MASK_NAMES}
 
 
 def probability_of_positive(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -83,7 +112,10 @@ def probability_of_positive(logits: np.ndarray, temperature: float = 1.0) -> np.
 
 
 MULTITASK_PARTS = ("features", "heads")
-"""The backbone's pooled features, then the fusion and heads with dropout masks as inputs (multitask_net.py)."""
+"""The pooled features of the encoder maps, then the fusion and heads with dropout masks as inputs
+(multitask_net.py); ``encoder`` (the backbone's maps of an image) is loaded only for a case another network
+segmented (:func:`predict_markers`)."""
+ENCODER_PART = "encoder"
 
 
 def multitask_parts_of(model) -> Dict[str, PartSpec]:
@@ -108,31 +140,40 @@ def head_masks(config: MultiTaskConfig, samples: int, rng: Optional[np.random.Ge
 
 
 def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
-                    mc_samples: int = MC_SAMPLES, seed: int = 0) -> Dict[str, Dict]:
+                    mc_samples: int = MC_SAMPLES, seed: int = 0,
+                    maps: Optional[Tuple[np.ndarray, ...]] = None,
+                    encoder: Optional[Callable[[], Part]] = None) -> Dict[str, Dict]:
     """Predictions per task: ``{label, probability (of that label), uncertainty, probability_positive}``.
 
     model_or_parts: a MultiTaskNet, or its parts (``MULTITASK_PARTS``, e.g. from ``onnx_engine.load_parts``; the
     layout then comes from ``card["network"]``). image float32 (4, Z, Y, X) working grid; presence (4,); labels
-    uint8 (Z, Y, X) (the predicted segmentation). probability is the mean of ``mc_samples`` MC-dropout passes of
-    the heads over one backbone pass (masks from NumPy's generator seeded with ``seed``: reruns are identical);
+    uint8 (Z, Y, X) (the predicted segmentation, which places the tumor box and masks). maps: the backbone's
+    (fine, level, deep) maps of this image (``MAP_NAMES``), from the segmentation pass; without them ``encoder()`` (the ``encoder`` part; for a
+    MultiTaskNet its own backbone) computes them. probability is the mean of ``mc_samples`` MC-dropout passes of the
+    heads over one feature pass (masks from NumPy's generator seeded with ``seed``: reruns are identical);
     uncertainty is their standard deviation (eq. 6).
     """
     parts: Mapping[str, Part]
     if isinstance(model_or_parts, Mapping):
         parts, config = model_or_parts, MultiTaskConfig.from_dict(card["network"])
     else:
-        parts, config = torch_parts(multitask_parts_of(model_or_parts)), model_or_parts.config
-    divisor = NetworkConfig.from_dict(config.backbone).divisor
-    local, global_ = network_inputs(image, labels, config, divisor)
+        specs = multitask_parts_of(model_or_parts)
+        parts, config = torch_parts(specs), model_or_parts.config
+        encoder = encoder or (lambda: torch_parts({ENCODER_PART: specs[ENCODER_PART]})[ENCODER_PART])
+    if maps is None:
+        if encoder is None:
+            raise ValueError("predict_markers needs the encoder maps or the encoder part")
+        maps = tuple(encoder()(x=np.ascontiguousarray(image[None], np.float32),
+                               presence=np.asarray(presence, np.float32)[None]))
+    masks = feature_masks(labels, config, [m.shape[2:] for m in maps])
     temperatures = np.array([float(card.get("calibration", {}).get(task, {}).get("temperature", 1.0))
                              for task in TASKS])
-    pooled = parts["features"](**{"local": local[None], "global": global_[None],
-                                  "presence": np.asarray(presence, np.float32)[None]})[0]
+    pooled = parts["features"](**dict(zip(MAP_NAMES, maps)), **masks)[0]
     samples = max(1, mc_samples)
     rng = np.random.default_rng(seed) if mc_samples > 1 else None
-    masks = head_masks(config, samples, rng)
+    dropout = head_masks(config, samples, rng)
     logits = parts["heads"](pooled=np.repeat(pooled, samples, axis=0),
-                            **{f"mask{k}": m for k, m in enumerate(masks)})[0]  # (samples, T, 2)
+                            **{f"mask{k}": m for k, m in enumerate(dropout)})[0]  # (samples, T, 2)
     values = probability_of_positive(logits.astype(np.float64), temperatures)  # (samples, T)
     out = {}
     for t, task in enumerate(TASKS):

@@ -1,19 +1,22 @@
 """The multi-task classifier's torch modules (layout and prediction: models/multitask.py).
 
-    local (B, 4, 64, 64, 64), global (B, 4, Z/2, Y/2, X/2), presence (B, 4)
-      -> the segmentation network's encoder -> pooled features (B, F)        part "features"
+    x (B, 4, Z, Y, X), presence (B, 4)
+      -> the segmentation network's encoder -> fine, level, deep maps          part "encoder" (the segmentation
+                                                                                pass outputs the same maps)
+    fine, level, deep, masks (tumor box, tumor voxels)
+      -> the backbone's transformer on deep -> masked / whole GAP + GMP (B, F)  part "features"
       -> channel-attention fusion -> "Summarize and Separate" heads
       -> logits (B, T, 2) in TASKS order; dropout masks as inputs              part "heads"
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .multitask import TASKS, MultiTaskConfig, pooled_dim
+from .multitask import MAP_NAMES, MASK_NAMES, TASKS, MultiTaskConfig, pooled_dim
 from .network import GliomaSegNet, NetworkConfig
 from .onnx_engine import PartSpec
 
@@ -23,8 +26,15 @@ def _pool(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], dim=1)
 
 
+def _masked_pool(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GAP and GMP over the voxels where ``mask`` (B, 1, Z, Y, X) is 1: (B, C, Z, Y, X) -> (B, 2C)."""
+    mean = (features * mask).sum(dim=(2, 3, 4)) / mask.sum(dim=(2, 3, 4)).clamp_min(1.0)
+    peak = (features * mask + (mask - 1.0) * 1e9).amax(dim=(2, 3, 4))
+    return torch.cat([mean, peak], dim=1)
+
+
 class ChannelAttentionFusion(nn.Module):
-    """Concatenated local and global vectors, re-weighted by learned sigmoid gates, mapped to ``out_features``."""
+    """The concatenated pooled vectors, re-weighted by learned sigmoid gates, mapped to ``out_features``."""
 
     def __init__(self, in_features: int, out_features: int, reduction: int = 4) -> None:
         super().__init__()
@@ -67,7 +77,7 @@ class SummarizeSeparate(nn.Module):
 
 
 class MultiTaskNet(nn.Module):
-    """Backbone (a GliomaSegNet) + fusion + heads; ``forward(local, global, presence) -> {task: logits (B, 2)}``."""
+    """Backbone (a GliomaSegNet) + fusion + heads; ``forward(x, presence, *masks) -> {task: logits (B, 2)}``."""
 
     def __init__(self, config: Optional[MultiTaskConfig] = None) -> None:
         super().__init__()
@@ -76,19 +86,29 @@ class MultiTaskNet(nn.Module):
         self.fusion = ChannelAttentionFusion(pooled_dim(config), config.fused_features)
         self.heads = SummarizeSeparate(config.fused_features, config.hidden, config.dropout)
 
-    def pooled_features(self, local: torch.Tensor, global_: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        """Backbone features pooled into one vector per case: (B, 2 * (w[-2] + w[-1]) + 2 * w[-1])."""
-        local_levels = self.backbone.encode(local, presence)
-        global_levels = self.backbone.encode(global_, presence)
-        return torch.cat([_pool(local_levels[-2]), _pool(local_levels[-1]), _pool(global_levels[-1])], dim=1)
+    def encoder_maps(self, x: torch.Tensor, presence: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(fine, level, deep) of x (B, 4, Z, Y, X): the backbone's last three encoder maps
+        (``GliomaSegNet.encoder_levels``; the segmentation pass outputs the same), at 1/2, 1/4 and 1/8 resolution."""
+        return tuple(self.backbone.encoder_levels(x, presence)[-3:])
+
+    def pooled_features(self, fine: torch.Tensor, level: torch.Tensor, deep: torch.Tensor, level_box: torch.Tensor,
+                        deep_box: torch.Tensor, fine_tumor: torch.Tensor, level_tumor: torch.Tensor) -> torch.Tensor:
+        """One vector per case (B, ``pooled_dim``): GAP + GMP of ``level`` and of the transformed ``deep`` map
+        inside the tumor box, of the whole transformed deep map, and of ``fine`` and ``level`` over the tumor (masks
+        (B, 1, ...) of 0 and 1, ``multitask.feature_masks``). The transformer is the backbone's (without dropout in
+        eval mode, as at inference)."""
+        transformed = self.backbone.transformer(deep)
+        return torch.cat([_masked_pool(level, level_box), _masked_pool(transformed, deep_box), _pool(transformed),
+                          _masked_pool(fine, fine_tumor), _masked_pool(level, level_tumor)], dim=1)
 
     def classify(self, pooled: torch.Tensor,
                  masks: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Heads on pooled features (B, F) -> {task: logits (B, 2)}; ``masks``: see ``SummarizeSeparate.forward``."""
         return self.heads(self.fusion(pooled), masks)
 
-    def forward(self, local: torch.Tensor, global_: torch.Tensor, presence: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.classify(self.pooled_features(local, global_, presence))
+    def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """{task: logits (B, 2)} of x (B, 4, Z, Y, X), presence (B, 4) and the masks (``MASK_NAMES`` order)."""
+        return self.classify(self.pooled_features(*self.encoder_maps(x, presence), *masks))
 
     def freeze_backbone(self) -> None:
         for parameter in self.backbone.parameters():
@@ -114,21 +134,32 @@ def _stacked_logits(model: MultiTaskNet, pooled: torch.Tensor, *masks: torch.Ten
 
 
 def multitask_parts(model: MultiTaskNet) -> Dict[str, PartSpec]:
-    """The parts (models/onnx_engine.py): ``features`` local (1, 4, *local_crop), global (1, 4, Z', Y', X') dynamic,
-    presence (1, 4) -> pooled (1, F); ``heads`` pooled (B, F), mask0 (B, hidden), mask1..mask4 (B, hidden // 2) ->
-    logits (B, T, 2) in TASKS order."""
+    """The parts (models/onnx_engine.py): ``encoder`` x (1, 4, Z, Y, X), presence (1, 4) -> fine, level, deep;
+    ``features`` fine, level, deep and the masks (``MASK_NAMES``; spatial axes dynamic) -> pooled (1, F); ``heads``
+    pooled (B, F), mask0 (B, hidden), mask1..mask4 (B, hidden // 2) -> logits (B, T, 2) in TASKS order."""
     config = model.config
-    divisor = model.backbone.config.divisor
-    local = np.zeros((1, 4, *config.local_crop), np.float32)
-    global_ = np.zeros((1, 4, 2 * divisor, 2 * divisor, 2 * divisor), np.float32)
-    masks = [np.ones((1, config.hidden), np.float32)] + [np.ones((1, config.hidden // 2), np.float32)] * len(TASKS)
-    names = tuple(f"mask{k}" for k in range(len(masks)))
+    backbone = model.backbone.config
+    size = 2 * backbone.divisor
+    x = np.zeros((1, 4, size, size, size), np.float32)
+    levels = len(backbone.widths)
+    maps = [np.zeros((1, backbone.widths[k], *(size // 2 ** k,) * 3), np.float32) for k in range(levels - 3, levels)]
+    masks = {name: np.ones((1, 1, *maps[MAP_NAMES.index(name.split("_")[0])].shape[2:]), np.float32)
+             for name in MASK_NAMES}
+    head_masks = [np.ones((1, config.hidden), np.float32)] + [np.ones((1, config.hidden // 2), np.float32)] * len(TASKS)
+    names = tuple(f"mask{k}" for k in range(len(head_masks)))
     pooled = np.zeros((1, pooled_dim(config)), np.float32)
+
+    def spatial(prefix: str) -> Dict[int, str]:
+        return {2: f"{prefix}_z", 3: f"{prefix}_y", 4: f"{prefix}_x"}
+
+    map_axes = {name: spatial(name) for name in MAP_NAMES}
     return {
-        "features": PartSpec(model, (local, global_, np.ones((1, 4), np.float32)),
-                             ("local", "global", "presence"), ("pooled",),
-                             {"global": {2: "z", 3: "y", 4: "x"}}, MultiTaskNet.pooled_features),
-        "heads": PartSpec(model, (pooled, *masks), ("pooled", *names), ("logits",),
+        "encoder": PartSpec(model, (x, np.ones((1, 4), np.float32)), ("x", "presence"), MAP_NAMES,
+                            {"x": spatial("x"), **map_axes}, MultiTaskNet.encoder_maps),
+        "features": PartSpec(model, (*maps, *masks.values()), (*MAP_NAMES, *MASK_NAMES), ("pooled",),
+                             {**map_axes, **{name: spatial(name.split("_")[0]) for name in MASK_NAMES}},
+                             MultiTaskNet.pooled_features),
+        "heads": PartSpec(model, (pooled, *head_masks), ("pooled", *names), ("logits",),
                           {"pooled": {0: "batch"}, "logits": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           _stacked_logits),
     }

@@ -174,9 +174,23 @@ class GliomaSegNet(nn.Module):
     def encode(self, x: torch.Tensor, presence: torch.Tensor,
                bottleneck_masks: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Encoder features, one per level: (B, widths[l], Z/2^l, Y/2^l, X/2^l); the last one after the
-        transformer bottleneck. Used by ``forward`` and by the classifiers that read these features.
-        bottleneck_masks: the bottleneck's channel mask (B, widths[-1]) then the transformer's masks; they replace
-        those dropout layers when given."""
+        transformer bottleneck. bottleneck_masks: the bottleneck's channel mask (B, widths[-1]) then the
+        transformer's masks; they replace those dropout layers when given."""
+        levels = self.encoder_levels(x, presence)
+        levels[-1] = self._bottleneck(levels[-1], bottleneck_masks)
+        return levels
+
+    def _bottleneck(self, deep: torch.Tensor, masks: Optional[Sequence[torch.Tensor]]) -> torch.Tensor:
+        """The bottleneck's dropout and transformer on the deepest encoder map (masks replace the dropout)."""
+        if masks is None:
+            return self.transformer(self.bottleneck_dropout(deep))
+        return self.transformer(deep * masks[0][:, :, None, None, None], masks[1:])
+
+    def encoder_levels(self, x: torch.Tensor, presence: torch.Tensor) -> List[torch.Tensor]:
+        """The convolutional encoder's output at every level, (B, widths[l], Z/2^l, Y/2^l, X/2^l), the deepest
+        before the bottleneck's dropout and transformer: no dropout acts on any of them, so an MC-dropout pass
+        computes the same maps as a plain one. The multi-task classifier reads the last three
+        (models/multitask.py)."""
         divisor = self.config.divisor
         if any(n % divisor for n in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
@@ -187,12 +201,6 @@ class GliomaSegNet(nn.Module):
                 features = self.down[level - 1](features)
             features = block(features)
             levels.append(features)
-        deepest = levels[-1]
-        if bottleneck_masks is None:
-            levels[-1] = self.transformer(self.bottleneck_dropout(deepest))
-        else:
-            levels[-1] = self.transformer(deepest * bottleneck_masks[0][:, :, None, None, None],
-                                          bottleneck_masks[1:])
         return levels
 
     def dropout_mask_shapes(self, spatial_zyx: Sequence[int]) -> List[Tuple[int, ...]]:
@@ -208,27 +216,47 @@ class GliomaSegNet(nn.Module):
         replace every dropout layer, so an MC-dropout pass is a plain function of its inputs: the same in torch and
         in the exported ONNX graph, reproducible from the masks' random generator.
         """
+        return self._logits_and_levels(x, presence, dropout_masks)[0]
+
+    def forward_with_features(self, x: torch.Tensor, presence: torch.Tensor,
+                              dropout_masks: Optional[Sequence[torch.Tensor]] = None,
+                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, fine, level, deep): :meth:`forward`'s logits and the encoder's last three maps
+        (:meth:`encoder_levels`; fine (B, widths[-3], Z/2^(L-3), ...), level (B, widths[-2], ...), deep
+        (B, widths[-1], ...)), which no dropout touches. Needs at least three levels."""
+        if len(self.encoder) < 3:
+            raise ValueError(f"the encoder has {len(self.encoder)} levels; its maps for the multi-task heads need 3")
+        logits, levels = self._logits_and_levels(x, presence, dropout_masks)
+        return logits, levels[-3], levels[-2], levels[-1]
+
+    def _logits_and_levels(self, x: torch.Tensor, presence: torch.Tensor,
+                           dropout_masks: Optional[Sequence[torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(logits, the encoder's maps of every level, as :meth:`encoder_levels` returns them)."""
         decoders = len(self.decoder)
         masks = list(dropout_masks) if dropout_masks is not None else None
-        skips = self.encode(x, presence, None if masks is None else masks[:-decoders])
-        features = skips.pop()
+        levels = self.encoder_levels(x, presence)
+        skips = list(levels)
+        features = self._bottleneck(skips.pop(), None if masks is None else masks[:-decoders])
         for index, (reduce, block) in enumerate(zip(self.reduce, self.decoder)):
             features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
             mask = None if masks is None else masks[len(masks) - decoders + index]
             features = block(features + skips.pop(), mask)
-        return self.head(features)
+        return self.head(features), levels
 
 
-def _logits_with_masks(net: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor,
-                       ) -> torch.Tensor:
-    """The network with its dropout masks as separate inputs."""
-    return net(x, presence, list(masks))
+def _outputs_with_masks(net: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor):
+    """The network with its dropout masks as separate inputs: (logits, fine, level, deep), or logits alone for a
+    network of fewer than three levels."""
+    if len(net.encoder) < 3:
+        return net(x, presence, list(masks))
+    return net.forward_with_features(x, presence, list(masks))
 
 
 def segmentation_parts(model: GliomaSegNet) -> Dict[str, PartSpec]:
     """The one part of the segmentation model (models/onnx_engine.py): inputs x (B, 4, Z, Y, X), presence (B, 4)
-    and mask0..maskK (``dropout_mask_shapes``, every axis dynamic so all-ones masks may be (1, ..., 1)); output
-    logits (B, 4, Z, Y, X)."""
+    and mask0..maskK (``dropout_mask_shapes``, every axis dynamic so all-ones masks may be (1, ..., 1)); outputs
+    logits (B, 4, Z, Y, X) and, for a network of three levels or more, the encoder maps the multi-task classifier
+    reads, fine, level and deep (:meth:`GliomaSegNet.forward_with_features`)."""
     import numpy as np
 
     size = 2 * model.config.divisor
@@ -236,8 +264,9 @@ def segmentation_parts(model: GliomaSegNet) -> Dict[str, PartSpec]:
     names = [f"mask{k}" for k in range(len(shapes))]
     example = (np.zeros((1, 4, size, size, size), np.float32), np.ones((1, 4), np.float32),
                *[np.ones((1, *shape), np.float32) for shape in shapes])
+    outputs = ("logits", "fine", "level", "deep") if len(model.encoder) >= 3 else ("logits",)
     dynamic = {"x": {0: "batch", 2: "z", 3: "y", 4: "x"}, "presence": {0: "batch"},
-               "logits": {0: "batch", 2: "z", 3: "y", 4: "x"},
+               **{name: {0: "batch", 2: f"{name}_z", 3: f"{name}_y", 4: f"{name}_x"} for name in outputs},
                **{name: {axis: f"{name}_{axis}" for axis in range(len(shape) + 1)} for name, shape in zip(names, shapes)}}
-    return {"network": PartSpec(model, example, ("x", "presence", *names), ("logits",), dynamic,
-                                _logits_with_masks)}
+    dynamic["logits"] = {0: "batch", 2: "z", 3: "y", 4: "x"}
+    return {"network": PartSpec(model, example, ("x", "presence", *names), outputs, dynamic, _outputs_with_masks)}

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-ENGINE_VERSION = 4
+ENGINE_VERSION = 5
 """Part of the cached file's name: bump it when an export changes, so stale graphs are never reused."""
 OPSET = 17
 _threads: Optional[int] = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,14 +47,19 @@ def dropout_masks(config: NetworkConfig, spatial_zyx: Sequence[int],
     return [dropout_mask(rng, (1, *shape), config.dropout) for shape in shapes]
 
 
-def part_pass(network: Part, config: NetworkConfig) -> RunPass:
+def part_pass(network: Part, config: NetworkConfig,
+              encoder_maps: Optional[List[Tuple[np.ndarray, ...]]] = None) -> RunPass:
     """``run_pass`` of the segmentation model's ``network`` part (logits -> softmax in NumPy); the part keeps its
-    working memory until the last pass."""
+    working memory until the last pass. ``encoder_maps``, when given, receives the first pass's (fine, level,
+    deep) encoder maps (the part's other outputs; the first pass is unflipped, and no dropout acts on them)."""
 
     def run(x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator], last: bool = True) -> np.ndarray:
         masks = dropout_masks(config, x.shape[2:], rng)
         feed = {"x": x, "presence": presence, **{f"mask{k}": m for k, m in enumerate(masks)}}
-        return softmax(network(keep_memory=not last, **feed)[0])
+        logits, *maps = network(keep_memory=not last, **feed)
+        if encoder_maps is not None and not encoder_maps and maps:
+            encoder_maps.append(tuple(np.array(m) for m in maps))  # copies: nothing of ONNX Runtime's stays held
+        return softmax(logits)
 
     return run
 
@@ -106,21 +111,38 @@ def load_segmentation_parts(model_name: str, model_dir: Optional[str]):
     return load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of)
 
 
+class Segmentation(NamedTuple):
+    """What :func:`segment` returns."""
+
+    probabilities: np.ndarray
+    """float32 (4, Z, Y, X): mean softmax over the passes"""
+    uncertainty: np.ndarray
+    """float32 (Z, Y, X) in [0, 1]: predictive entropy / ln 4"""
+    warnings: List[str]
+    encoder_maps: Optional[Tuple[np.ndarray, ...]]
+    """(fine, level, deep): the encoder's last three maps of the unflipped image (``GliomaSegNet.forward_with_features``),
+    which the multi-task classifier reads; None for a sliding window or a network of fewer than three levels."""
+
+
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
-            progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """(probabilities (4, Z, Y, X), uncertainty (Z, Y, X), warnings) of stored model ``model_name`` (config from its
-    card) over ``passes`` test-time passes. On the CPU the network runs from its cached ONNX graph (exported on
-    first use); on CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
+            progress: Optional[Callable[[str], None]] = None) -> Segmentation:
+    """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
+    ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use); on CUDA, or
+    a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
         parts, _, warnings = load_segmentation_parts(model_name, model_dir)
-        mean, entropy = mean_over_passes(part_pass(parts["network"], config), image, presence, passes, mc_dropout,
-                                         progress=progress)
-        return mean, entropy, list(warnings)
+        maps: List[Tuple[np.ndarray, ...]] = []
+        mean, entropy = mean_over_passes(part_pass(parts["network"], config, maps), image, presence, passes,
+                                         mc_dropout, progress=progress)
+        return Segmentation(mean, entropy, list(warnings), maps[0] if maps else None)
     import torch
 
     from .inference import predict
     from .model_store import load_model_cached
 
     net, _ = load_model_cached(model_name, model_dir)
-    return predict(net, image, presence, torch.device(device), passes, mc_dropout, progress=progress)
+    maps: List[Tuple[np.ndarray, ...]] = []
+    mean, entropy, warnings = predict(net, image, presence, torch.device(device), passes, mc_dropout,
+                                      progress=progress, encoder_maps=maps)
+    return Segmentation(mean, entropy, warnings, maps[0] if maps else None)

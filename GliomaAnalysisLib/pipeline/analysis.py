@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
 from ..io.modalities import MODALITIES
-from .classify import CLASSIFIERS, Classification, classify_case, load_classifier
+from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
 from ..models.segment import load_segmentation_parts, resolve_device, segment
@@ -242,9 +242,12 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     lap("model_wait")
     passes = 1 if fast else QUALITY_PASSES
     say(f"segmenting with '{model}' on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
-    probabilities, entropy, run_warnings = segment(model, model_folder, config, pre.image, pre.presence, device_type,
-                                                   passes, mc_dropout=uncertainty and not fast, progress=say)
-    warnings += run_warnings
+    segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
+                           mc_dropout=uncertainty and not fast, progress=say)
+    probabilities, entropy = segmentation.probabilities, segmentation.uncertainty
+    encoder_maps = segmentation.encoder_maps
+    warnings += segmentation.warnings
+    del segmentation
     et_assessable = bool(pre.presence[T1CE_CHANNEL])
     if not et_assessable:
         probabilities = merge_enhancement_into_core(probabilities)
@@ -256,8 +259,10 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     pending = None
     if classify:
         working_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        maps = EncoderMaps(card["sha256"], encoder_maps) if encoder_maps is not None else None
         pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
-                              uncertainty, say)
+                              uncertainty, say, maps)
+    encoder_maps = None  # the classifiers hold them while they run
     say("mapping results back to the input grid")
     thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # NCR, ED, ET; the background map is only read by the argmax, around the tumor

@@ -1,7 +1,9 @@
 """The classifiers of one case, run on the working-grid arrays the segmentation network saw.
 
-    image (4, Z, Y, X) z-scored, presence (4,), labels (Z, Y, X) = argmax of the network's mean probabilities
-      -> multi-task heads       grade, IDH, 1p/19q, MGMT with MC-dropout uncertainty   (report "predictions")
+    image (4, Z, Y, X) z-scored, presence (4,), labels (Z, Y, X) = argmax of the network's mean probabilities,
+    the segmentation pass's encoder maps
+      -> multi-task heads       grade, IDH, 1p/19q, MGMT with MC-dropout uncertainty   (report "predictions"),
+                                on the encoder maps when the segmenting network is their backbone
          grade from volumes     when the multi-task card holds ``grade_from_volumes``, the grade is replaced once
                                 the final volumes are known (``Classification.grade_from_volumes``)
       -> MGMT late fusion       per-modality CNN + LSTM, fused                           ("mgmt_late_fusion")
@@ -24,7 +26,8 @@ from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import mgmt_parts, mgmt_parts_of, predict_mgmt_fusion
 from ..models.model_store import ModelError
-from ..models.multitask import MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of, predict_markers
+from ..models.multitask import (ENCODER_PART, MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of,
+                                predict_markers)
 from ..models.onnx_engine import load_parts
 from ..models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, build_slice_grade, predict_slice_grade,
                                   slice_grade_parts_of)
@@ -66,6 +69,26 @@ class Classification:
         return [f"grade: {reason}"]
 
 
+@dataclass(frozen=True)
+class EncoderMaps:
+    """The segmentation pass's encoder maps (fine, level, deep) (``models/segment.Segmentation``) and the sha256 of
+    the weights that computed them: the multi-task classifier reads them when its backbone has those weights."""
+
+    weights_sha256: str
+    maps: Tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class CaseArrays:
+    """What the classifiers read of one case (see the module docstring)."""
+
+    image: np.ndarray
+    presence: np.ndarray
+    labels: np.ndarray
+    encoder_maps: Optional[EncoderMaps] = None
+    model_dir: Optional[str] = None
+
+
 def _model_entry(card: Dict, task: str) -> Dict[str, str]:
     return {"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": task}
 
@@ -73,27 +96,35 @@ def _model_entry(card: Dict, task: str) -> Dict[str, str]:
 Say = Callable[[str], None]
 
 
-def _multitask(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
-               labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+def _multitask(parts, card: Dict, out: Classification, case: CaseArrays, uncertainty: bool, say: Say) -> None:
     say("classifying grade, IDH, 1p/19q and MGMT (multi-task heads)")
-    predictions = predict_markers(parts, card, image, presence, labels, mc_samples=MC_SAMPLES if uncertainty else 1)
+    given = case.encoder_maps
+    maps = given.maps if given and given.weights_sha256 == card.get("backbone", {}).get("sha256") else None
+
+    def encoder():
+        parts, _, warnings = load_parts(MULTITASK_MODEL, case.model_dir, (ENCODER_PART,), multitask_parts_of,
+                                        build_multitask, CLASSIFIER_THREADS)
+        out.warnings.extend(w for w in warnings if w not in out.warnings)
+        return parts[ENCODER_PART]
+
+    predictions = predict_markers(parts, card, case.image, case.presence, case.labels,
+                                  mc_samples=MC_SAMPLES if uncertainty else 1, maps=maps, encoder=encoder)
     out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
     if card.get("grade_from_volumes"):
         out.volume_grade = {"block": card["grade_from_volumes"], "evidence": task_evidence(card, "grade")}
 
 
-def _mgmt_fusion(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
-                 labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+def _mgmt_fusion(parts, card: Dict, out: Classification, case: CaseArrays, uncertainty: bool, say: Say) -> None:
     say("classifying MGMT (per-modality late fusion)")
-    out.mgmt_late_fusion = predict_mgmt_fusion(parts, card, image, presence, labels,
+    out.mgmt_late_fusion = predict_mgmt_fusion(parts, card, case.image, case.presence, case.labels,
                                                mc_samples=16 if uncertainty else 0)
     out.mgmt_late_fusion.update(task_evidence(card, "mgmt"))
 
 
-def _slice_grade(parts, card: Dict, out: Classification, image: np.ndarray, presence: np.ndarray,
-                 labels: np.ndarray, uncertainty: bool, say: Say) -> None:
+def _slice_grade(parts, card: Dict, out: Classification, case: CaseArrays, uncertainty: bool, say: Say) -> None:
     say("classifying grade from tumor slices")
-    out.slice_grade = predict_slice_grade(parts, card, image, presence, labels, mc_samples=20 if uncertainty else 0)
+    out.slice_grade = predict_slice_grade(parts, card, case.image, case.presence, case.labels,
+                                          mc_samples=20 if uncertainty else 0)
     out.slice_grade.update(task_evidence(card, "grade"))
     out.warnings += out.slice_grade.pop("warnings", [])
     if out.slice_grade.get("reason"):
@@ -139,12 +170,14 @@ def load_classifier(classifier: Classifier, model_dir: Optional[str]):
 
 
 def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, model_dir: Optional[str] = None,
-                  uncertainty: bool = True, progress: Optional[Say] = None) -> Classification:
+                  uncertainty: bool = True, progress: Optional[Say] = None,
+                  encoder_maps: Optional[EncoderMaps] = None) -> Classification:
     """Run every installed classifier on one case (see the module docstring for the arrays)."""
     out = Classification()
     say = progress or (lambda message: None)
     if not (labels > 0).any():
         out.warnings.append("no tumor was segmented; classifiers read a crop at the brain's centre")
+    case = CaseArrays(image, presence, labels, encoder_maps, model_dir)
     for classifier in CLASSIFIERS:
         try:
             parts, card, warnings = load_classifier(classifier, model_dir)
@@ -153,7 +186,10 @@ def classify_case(image: np.ndarray, presence: np.ndarray, labels: np.ndarray, m
             continue
         out.warnings += warnings
         try:
-            classifier.run(parts, card, out, image, presence, labels, uncertainty, say)
+            classifier.run(parts, card, out, case, uncertainty, say)
+        except ModelError as exc:
+            out.warnings.append(f"{classifier.title} skipped: {exc}")
+            continue
         except GliomaAnalysisError as exc:  # e.g. no modality the MGMT ensemble knows is present
             out.warnings.append(str(exc))
             continue

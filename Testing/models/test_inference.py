@@ -35,6 +35,19 @@ def test_mc_dropout_passes_raise_the_uncertainty_of_a_single_pass(net):
     assert not any(m.training for m in net.modules())  # left in eval mode
 
 
+def test_the_torch_path_hands_over_the_first_pass_encoder_maps(net):
+    """What the multi-task heads read when torch segments (CUDA): the unflipped first pass's encoder maps, equal to
+    the encoder's own maps although the pass samples MC-dropout."""
+    image, presence = _image()
+    maps = []
+    predict(net, image, presence, torch.device("cpu"), passes=2, mc_dropout=True, encoder_maps=maps)
+    with torch.no_grad():
+        expected = net.encoder_levels(torch.from_numpy(image[None]), torch.from_numpy(presence[None]))
+    assert len(maps) == 1 and [m.shape for m in maps[0]] == [(1, 4, 24, 32, 16), (1, 8, 12, 16, 8), (1, 16, 6, 8, 4)]
+    for got, want in zip(maps[0], expected):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+
+
 def test_large_volumes_go_through_the_sliding_window(net, monkeypatch):
     image, presence = _image()
     calls = []
@@ -49,18 +62,20 @@ def test_large_volumes_go_through_the_sliding_window(net, monkeypatch):
     monkeypatch.setattr(monai.inferers, "sliding_window_inference", spy)
     monkeypatch.setattr(inference, "MAX_WHOLE_VOLUME_VOXELS", 1000)
     monkeypatch.setattr(inference, "SLIDING_WINDOW_ROI", (16, 16, 16))
-    probs, _, _ = predict(net, image, presence, torch.device("cpu"))
+    maps = []
+    probs, _, _ = predict(net, image, presence, torch.device("cpu"), encoder_maps=maps)
     assert calls == [(16, 16, 16)] and np.allclose(probs.sum(axis=0), 1, atol=1e-5)
+    assert maps == []  # no whole-volume pass: the multi-task heads compute their maps themselves
 
 
 def test_a_cuda_failure_falls_back_to_the_cpu_with_a_warning(net, monkeypatch):
     image, presence = _image()
     real = inference._run_on
 
-    def flaky(model, x, presence, rng, device):
+    def flaky(model, x, presence, rng, device, encoder_maps=None):
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, x, presence, rng, device)
+        return real(model, x, presence, rng, device, encoder_maps)
 
     monkeypatch.setattr(inference, "_run_on", flaky)
     probs, _, warnings = predict(net, image, presence, torch.device("cuda"), passes=2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from GliomaAnalysisLib.models.multitask import (TASK_LABELS, TASKS, MultiTaskConfig, network_inputs, predict_markers,
+from GliomaAnalysisLib.models.multitask import (TASK_LABELS, TASKS, MultiTaskConfig, feature_masks, predict_markers,
                                                 probability_of_positive)
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 from GliomaAnalysisLib.models.network import NetworkConfig
@@ -112,16 +112,52 @@ def test_mixed_targets_mix_labels_and_mask_unknown():
     np.testing.assert_allclose(targets[TASKS.index("idh")], [0.0, 1.0])
 
 
-def test_network_inputs_shapes_and_centring():
-    config = tiny_config(local_crop=(16, 16, 16), global_downsample=2)
-    image = np.random.default_rng(0).normal(size=(4, 30, 41, 37)).astype(np.float32)
-    labels = np.zeros((30, 41, 37), dtype=np.uint8)
+def test_feature_masks_cover_the_tumor_box_and_the_tumor_on_each_map():
+    config = tiny_config(local_crop=(16, 16, 16))
+    labels = np.zeros((32, 48, 40), dtype=np.uint8)
     labels[20:24, 5:9, 30:34] = 1
-    local, global_ = network_inputs(image, labels, config, divisor=8)
-    assert local.shape == (4, 16, 16, 16) and global_.shape == (4, 16, 24, 24)
-    # the crop holds the tumor: it starts at centre - 8, clipped to the volume
-    np.testing.assert_array_equal(local[:, :, :, :], image[:, 14:30, 0:16, 21:37])
-    np.testing.assert_allclose(global_[0, 0, 0, 0], image[0, :2, :2, :2].mean(), rtol=1e-5)
+    labels[21, 6, 31] = 3
+    masks = feature_masks(labels, config, [(16, 24, 20), (8, 12, 10), (4, 6, 5)])
+    assert list(masks) == ["level_box", "deep_box", "fine_tumor", "level_tumor"]
+    # the box starts at centre - 8, clipped to the volume: z 14-30, y 0-16, x 24-40 on the working grid
+    expected = np.zeros((8, 12, 10), np.float32)
+    expected[3:8, 0:4, 6:10] = 1  # stride 4: voxels 14 // 4 = 3 to ceil(30 / 4) = 8
+    np.testing.assert_array_equal(masks["level_box"][0, 0], expected)
+    expected = np.zeros((4, 6, 5), np.float32)
+    expected[1:4, 0:2, 3:5] = 1  # stride 8
+    np.testing.assert_array_equal(masks["deep_box"][0, 0], expected)
+    # the tumor: every map voxel holding a tumor voxel (stride 2: z 10-11, y 2-4, x 15-16)
+    expected = np.zeros((16, 24, 20), np.float32)
+    expected[10:12, 2:5, 15:17] = 1
+    np.testing.assert_array_equal(masks["fine_tumor"][0, 0], expected)
+    expected = np.zeros((8, 12, 10), np.float32)
+    expected[5, 1:3, 7:9] = 1
+    np.testing.assert_array_equal(masks["level_tumor"][0, 0], expected)
+    # no tumor: the tumor masks are the box's
+    empty = feature_masks(np.zeros_like(labels), config, [(16, 24, 20), (8, 12, 10), (4, 6, 5)])
+    assert empty["level_tumor"].sum() == empty["level_box"].sum() == 4 * 4 * 4
+    with pytest.raises(ValueError, match="not on the grid"):
+        feature_masks(labels[:30], config, [(16, 24, 20), (8, 12, 10), (4, 6, 5)])
+
+
+def test_the_segmentation_pass_outputs_the_encoder_maps_the_classifier_reads():
+    """The maps of a quality-mode pass (MC-dropout masks, as analyze runs it) equal the multi-task backbone's own
+    encoder maps: no dropout acts on them, so the classifier may take them from the segmentation."""
+    from GliomaAnalysisLib.models.segment import dropout_masks
+
+    torch.manual_seed(0)
+    model = MultiTaskNet(tiny_config()).eval()
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(1, 4, 24, 32, 16)).astype(np.float32))
+    presence = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    masks = [torch.from_numpy(m) for m in dropout_masks(model.backbone.config, (24, 32, 16), rng)]
+    with torch.no_grad():
+        logits, *maps = model.backbone.forward_with_features(x, presence, masks)
+        plain = model.backbone(x, presence)
+        own = model.encoder_maps(x, presence)
+    assert [tuple(m.shape) for m in maps] == [(1, 8, 12, 16, 8), (1, 8, 6, 8, 4), (1, 16, 3, 4, 2)]
+    assert all(torch.equal(m, o) for m, o in zip(maps, own))
+    assert not torch.allclose(logits, plain)  # the masks did act on the decoding
 
 
 def test_predict_markers_fields_and_determinism():
@@ -164,11 +200,25 @@ def test_onnx_parts_equal_torch_and_masks_replace_the_dropout_layers():
     reference = torch_parts(specs)
     onnx = {name: OnnxPart(export_part(spec), 1) for name, spec in specs.items()}
     rng = np.random.default_rng(2)
-    feed = {"local": rng.normal(size=(1, 4, *model.config.local_crop)).astype(np.float32),
-            "global": rng.normal(size=(1, 4, 16, 24, 32)).astype(np.float32),  # not the exported size
-            "presence": np.array([[1, 0, 1, 1]], np.float32)}
+    image = {"x": rng.normal(size=(1, 4, 24, 32, 40)).astype(np.float32),  # not the exported size
+             "presence": np.array([[1, 0, 1, 1]], np.float32)}
+    fine, level, deep = onnx["encoder"](**image)
+    for got, expected in zip((fine, level, deep), reference["encoder"](**image)):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    labels = np.zeros((24, 32, 40), np.uint8)
+    labels[8:12, 10:14, 20:26] = 2
+    masks = feature_masks(labels, model.config, [fine.shape[2:], level.shape[2:], deep.shape[2:]])
+    feed = {"fine": fine, "level": level, "deep": deep, **masks}
     pooled = onnx["features"](**feed)[0]
     np.testing.assert_allclose(pooled, reference["features"](**feed)[0], atol=1e-4)
+    # the first vector is GAP and GMP of the level map inside the box; the last, of the level map over the tumor
+    width = level.shape[1]
+    inside = level[0][:, masks["level_box"][0, 0] > 0]
+    np.testing.assert_allclose(pooled[0, :width], inside.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(pooled[0, width:2 * width], inside.max(axis=1), atol=1e-6)
+    over_tumor = level[0][:, 2:3, 2:4, 5:7].reshape(width, -1)
+    np.testing.assert_allclose(pooled[0, -2 * width:-width], over_tumor.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(pooled[0, -width:], over_tumor.max(axis=1), atol=1e-6)
     masks = head_masks(model.config, 5, np.random.default_rng(0))
     heads = {"pooled": np.repeat(pooled, 5, axis=0), **{f"mask{k}": m for k, m in enumerate(masks)}}
     sampled = onnx["heads"](**heads)[0]
@@ -195,11 +245,28 @@ def test_predictions_through_onnx_parts_equal_the_torch_model():
     labels[8:14, 10:20, 10:20] = 3
     card = {"network": model.config.to_dict(), "calibration": {"idh": {"temperature": 1.5}}}
     through_torch = predict_markers(model, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
-    through_onnx = predict_markers(parts, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3)
+    through_onnx = predict_markers(parts, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3,
+                                   encoder=lambda: parts["encoder"])
+    with torch.no_grad():
+        maps = [m.numpy() for m in model.encoder_maps(torch.from_numpy(image[None]), torch.ones(1, 4))]
+    assert len(maps) == 3
+    given_maps = predict_markers(parts, card, image, np.ones(4, np.float32), labels, mc_samples=8, seed=3,
+                                 maps=tuple(maps))
     for task in TASKS:
         assert through_onnx[task]["label"] == through_torch[task]["label"]
         for key in ("probability", "uncertainty", "probability_positive"):
             assert abs(through_onnx[task][key] - through_torch[task][key]) <= 2e-4
+            assert abs(given_maps[task][key] - through_torch[task][key]) <= 2e-4
+
+
+def test_a_card_whose_heads_encode_image_crops_is_refused():
+    from GliomaAnalysisLib.models.model_store import ModelError
+
+    old = tiny_config().to_dict()
+    del old["features"]
+    old["global_downsample"] = 2
+    with pytest.raises(ModelError, match="before 0.4.0"):
+        MultiTaskConfig.from_dict(old)
 
 
 def test_the_prediction_module_imports_without_torch():
@@ -222,7 +289,7 @@ def test_short_training_on_phantoms_learns_grade_and_idh(tmp_path, monkeypatch):
     samples = small_phantom_samples(112, seed=11)
     split = ClassificationSplit(samples[:60], samples[60:72], samples[72:])
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
-    train.main(["--out", str(tmp_path), "--no-real", "--local-crop", "32", "--global-downsample", "4",
+    train.main(["--out", str(tmp_path), "--no-real", "--local-crop", "32",
                 "--views", "2", "--steps", "400", "--eval-every", "50", "--threads", "1"])
     config = MultiTaskConfig.from_dict(__import__("json").loads((tmp_path / "network.json").read_text()))
     model = MultiTaskNet(config)
@@ -246,7 +313,7 @@ def test_finetune_trains_the_backbone_with_segmentation_as_a_task(tmp_path, monk
     monkeypatch.setattr(train, "load_classification_split", lambda *args, **kwargs: split)
     from GliomaAnalysisLib.models.model_store import load_model
     shipped, _ = load_model()
-    train.main(["--out", str(tmp_path), "--no-real", "--finetune", "--local-crop", "32", "--global-downsample", "4",
+    train.main(["--out", str(tmp_path), "--no-real", "--finetune", "--local-crop", "32",
                 "--steps", "2", "--eval-every", "1", "--batch", "2", "--threads", "2"])
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert set(state["sigmas"]) == set(TASKS) | {"segmentation"}

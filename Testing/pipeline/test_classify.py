@@ -67,6 +67,37 @@ def test_a_result_returned_before_the_classifiers_gets_their_fields_when_written
     assert "done: WT" in (tmp_path / "out" / "analysis.log").read_text()
 
 
+def test_the_multitask_heads_read_the_segmentation_pass_maps(phantom_dir, monkeypatch):
+    """analyze hands the segmentation pass's encoder maps to the multi-task heads (the backbone's encoder part is
+    not run); the heads' answers equal those on maps the encoder part computes itself, which is what a case
+    segmented by a network other than the backbone gets."""
+    import GliomaAnalysisLib.pipeline.classify as classify
+    from GliomaAnalysisLib.pipeline.classify import EncoderMaps, classify_case
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return predict_markers(*args, **kwargs)
+
+    predict_markers = classify.predict_markers
+    monkeypatch.setattr(classify, "predict_markers", spy)
+    result = analyze(phantom_dir, device="cpu")  # quality mode: the maps come from an MC-dropout pass
+    (parts, card, image, presence, labels), kwargs = calls[0]
+    fine, level, deep = kwargs["maps"]
+    assert (fine.shape[1], level.shape[1], deep.shape[1]) == (32, 64, 128)
+    assert ([n * 2 for n in fine.shape[2:]] == [n * 4 for n in level.shape[2:]] == [n * 8 for n in deep.shape[2:]]
+            == list(image.shape[1:]))
+    for given, computed in zip(kwargs["maps"], kwargs["encoder"]()(x=image[None], presence=presence[None])):
+        np.testing.assert_allclose(given, computed, atol=1e-3)
+    other = classify_case(image, presence, labels, encoder_maps=EncoderMaps("0" * 64, (fine * 0, level * 0, deep * 0)))
+    assert calls[-1][1]["maps"] is None  # not the backbone's weights: the encoder part ran
+    for task, p in result.predictions.items():
+        if task != "grade":  # the reported grade comes from the volumes
+            assert other.predictions[task]["probability_positive"] == pytest.approx(p["probability_positive"],
+                                                                                     abs=2e-3), task
+
+
 def test_classifiers_run_on_two_modalities(phantom_dir):
     case = load_case({m: str(next(phantom_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1ce", "flair")})
     result = analyze(case, fast=True)
@@ -135,6 +166,22 @@ def test_evidence_follows_the_card_in_the_model_folder(phantom_dir, tmp_path):
     assert report["slice_grade"]["evidence"] == "not assessable"
     assert report["slice_grade"]["evidence_detail"]["source"] == \
         "the model card states no real-data figure for this task"
+
+
+def test_a_multitask_card_of_the_old_layout_is_skipped_with_a_warning(phantom_dir, tmp_path):
+    """A card whose heads read re-encoded image crops (before 0.4.0) cannot run on the encoder maps: the multi-task
+    classifier is skipped with a one-line warning (also when its graphs are cached), the others run."""
+    def edit(stem, card):
+        if stem == "glioma_multitask":
+            del card["network"]["features"]
+            card["network"]["global_downsample"] = 2
+
+    _shipped_cards(tmp_path, edit)
+    result = analyze(phantom_dir, model_dir=tmp_path, fast=True)
+    skipped = [w for w in result.warnings if w.startswith("multi-task classifier skipped")]
+    assert len(skipped) == 1 and "before 0.4.0" in skipped[0]
+    assert all(p is None for p in result.predictions.values())
+    assert result.mgmt_late_fusion is not None and result.slice_grade is not None
 
 
 def _shipped_cards(folder, edit):

@@ -37,7 +37,7 @@ def test_every_case_is_predicted_once_by_heads_that_never_saw_it(tmp_path, monke
     folds = {0: (ids[5:], ids[:5]), 1: (ids[:5], ids[5:])}
     fake_segmentation_cv(tmp_path / "seg", folds)
     args = cv.build_parser().parse_args(["--seg-cv", str(tmp_path / "seg"), "--run-dir", str(tmp_path / "mt"),
-                                         "--local-crop", "32", "--global-downsample", "4", "--views", "1",
+                                         "--local-crop", "32", "--views", "1",
                                          "--steps", "4", "--eval-every", "2", "--batch", "4"])
     for fold in cv.fold_numbers(tmp_path / "seg", None):
         cv.run_fold(args, fold, samples, ([], [], []))
@@ -56,6 +56,43 @@ def test_every_case_is_predicted_once_by_heads_that_never_saw_it(tmp_path, monke
     stamp = (tmp_path / "mt" / "oof" / "fold0.json").stat().st_mtime_ns
     cv.run_fold(args, 0, samples, ([], [], []))
     assert (tmp_path / "mt" / "oof" / "fold0.json").stat().st_mtime_ns == stamp
+
+
+def test_one_stored_backbone_for_every_fold_with_the_folds_of_a_segmentation_report(tmp_path):
+    """--backbone glioma_seg --folds-from REPORT: the folds are the report's per-case folds, every fold's heads
+    read the stored network, and each oof file names it."""
+    from training.multitask import cross_validate as cv
+
+    samples = small_phantom_samples(8, seed=6)
+    for s in samples:
+        s.source = "real"
+    ids = [s.case_id for s in samples]
+    assigned = {case: index % 2 for index, case in enumerate(ids)}
+    seg_report = tmp_path / "seg_cv_report.json"
+    seg_report.write_text(json.dumps({"per_case": {case: {"fold": k} for case, k in assigned.items()}}))
+    args = cv.build_parser().parse_args(["--backbone", "glioma_seg", "--folds-from", str(seg_report),
+                                         "--run-dir", str(tmp_path / "mt"), "--local-crop", "32", "--views", "1",
+                                         "--steps", "2", "--eval-every", "1", "--batch", "4"])
+    folds = cv.fold_numbers(None, None, cv.report_folds(seg_report))
+    assert folds == [0, 1]
+    for fold in folds:
+        cv.run_fold(args, fold, samples, ([], [], []), cv.report_folds(seg_report))
+        oof = json.loads((tmp_path / "mt" / "oof" / f"fold{fold}.json").read_text())
+        assert sorted(oof["cases"]) == sorted(c for c, k in assigned.items() if k == fold)
+        assert oof["train_real"] == sorted(c for c, k in assigned.items() if k != fold)
+        assert oof["backbone"] == "glioma_seg"
+    assert cv.report(tmp_path / "mt")["backbones"] == ["glioma_seg"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--backbone", "glioma_seg"], ["--seg-cv", "x", "--backbone", "glioma_seg",
+                                                                       "--folds-from", "r.json"]])
+def test_the_backbone_options_are_checked(tmp_path, flags, capsys):
+    from training.multitask import cross_validate as cv
+
+    with pytest.raises(SystemExit) as exit_info:
+        cv.main([*flags, "--run-dir", str(tmp_path / "mt")])
+    assert exit_info.value.code == 2
+    assert "give --seg-cv, or --backbone with --folds-from" in capsys.readouterr().err
 
 
 def test_report_auc_and_its_bootstrap_interval(tmp_path):

@@ -2,9 +2,13 @@
 
     python -m training.multitask.cross_validate --config training/configs/multitask.yaml \\
         --seg-cv runs/cv3_ce --run-dir runs/mtcv [--folds 0,1] [--report-only] [--table results.md]
+    python -m training.multitask.cross_validate --config training/configs/multitask.yaml \\
+        --backbone glioma_seg --folds-from SEG_CV_REPORT.json --run-dir runs/mtcv
 
-Fold k's heads sit on fold k's segmentation network (``SEG_CV/fold{k}``, trained without fold k's cases), learn from
-the real cases of the other folds (and the training phantoms, unless ``--n-phantoms 0``), stop early on the
+Fold k's heads sit on fold k's segmentation network (``SEG_CV/fold{k}``, trained without fold k's cases), or with
+``--backbone`` on one stored network for every fold (the shipped one was trained on every real case: its encoder saw
+each case's tumor labels, never its grade or IDH), the folds then read from a segmentation report's per-case
+``fold``. The heads learn from the real cases of the other folds (and the training phantoms, unless ``--n-phantoms 0``), stop early on the
 validation phantoms and take their temperatures from them (no phantoms: a fixed number of steps, temperature 1).
 Fold k's real cases are then predicted once, with the MC-dropout heads as at inference, into ``RUN/oof/fold{k}.json``.
 Every step resumes. The report (``RUN/cv_report.json``, ``--table``) gives per task the out-of-fold AUC with a
@@ -39,28 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_multitask import build_parser as train_parser
 
     parser = cross_validation_parser(train_parser(), __doc__)
-    parser.add_argument("--seg-cv", type=Path, required=True,
+    parser.add_argument("--seg-cv", type=Path, default=None,
                         help="segmentation cross-validation run folder (fold{k}/ inside)")
-    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: every fold of --seg-cv)")
+    parser.add_argument("--backbone", default=None,
+                        help="a stored segmentation model every fold's heads read instead of --seg-cv's fold networks")
+    parser.add_argument("--folds-from", type=Path, default=None,
+                        help="with --backbone: a segmentation cv_report.json whose per-case folds (and out-of-fold "
+                             "volumes, for the grade from volumes) are used")
+    parser.add_argument("--folds", default=None,
+                        help="comma-separated folds to run (default: every fold of --seg-cv or --folds-from)")
     return parser
 
 
-def fold_numbers(seg_cv: Path, folds: Optional[str]) -> List[int]:
-    """The folds to run: ``folds`` (comma-separated) or every ``fold{k}`` of the segmentation run."""
+def fold_numbers(seg_cv: Optional[Path], folds: Optional[str], assigned: Optional[Dict[str, int]] = None,
+                 ) -> List[int]:
+    """The folds to run: ``folds`` (comma-separated), every fold of ``assigned`` (case -> fold) or every ``fold{k}``
+    of the segmentation run."""
     if folds:
         return [int(f) for f in folds.split(",")]
+    if assigned is not None:
+        return sorted(set(assigned.values()))
     return sorted(int(p.name[4:]) for p in seg_cv.glob("fold[0-9]*") if (p / "config.json").is_file())
 
 
+def report_folds(seg_report: Path) -> Dict[str, int]:
+    """case -> fold of a segmentation cross-validation report (``per_case[case]["fold"]``)."""
+    return {case: int(row["fold"]) for case, row in json.loads(seg_report.read_text())["per_case"].items()}
+
+
+def fold_backbone(args: argparse.Namespace, fold: int, assigned: Optional[Dict[str, int]]):
+    """(segmentation network, held-out case ids) of fold ``fold``."""
+    if args.backbone:
+        seg, _ = load_model(args.backbone)
+        return seg, {case for case, k in assigned.items() if k == fold}
+    seg_config = json.loads((args.seg_cv / f"fold{fold}" / "config.json").read_text())
+    seg, _ = load_model(f"glioma_seg_fold{fold}", store_fold_model(args.seg_cv, fold))
+    return seg, set(seg_config["validation_cases"])
+
+
 def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSample],
-             phantoms: tuple) -> Path:
+             phantoms: tuple, assigned: Optional[Dict[str, int]] = None) -> Path:
     """Train fold ``fold``'s heads and predict its real cases into RUN/oof/fold{k}.json (skipped when present)."""
     out = args.run_dir / "oof" / f"fold{fold}.json"
     if out.is_file():
         return out
-    seg_config = json.loads((args.seg_cv / f"fold{fold}" / "config.json").read_text())
-    held_out = set(seg_config["validation_cases"])
-    seg, _ = load_model(f"glioma_seg_fold{fold}", store_fold_model(args.seg_cv, fold))
+    seg, held_out = fold_backbone(args, fold, assigned)
     fold_args = argparse.Namespace(**{**vars(args), "out": args.run_dir / f"fold{fold}", "resume": True,
                                       "finetune": False})
     fold_args.out.mkdir(parents=True, exist_ok=True)
@@ -90,15 +117,16 @@ def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSampl
                                          for task in TASKS}}
              for i, s in enumerate(validation)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"fold": fold, "temperatures": temperatures, "steps": summary["step"],
+    out.write_text(json.dumps({"fold": fold, "backbone": args.backbone or f"{args.seg_cv}/fold{fold}",
+                               "temperatures": temperatures, "steps": summary["step"],
                                "train_real": sorted(s.case_id for s in train if s.source == "real"),
                                "cases": cases}, indent=1))
     return out
 
 
-def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:
-    """Out-of-fold metrics per task over every predicted fold, the per-case table and, given the segmentation
-    cross-validation ``seg_cv``, the grade-from-volumes model's out-of-fold metrics (``volume_grade``)."""
+def report(run: Path, seg_report: Optional[Path] = None) -> Dict:
+    """Out-of-fold metrics per task over every predicted fold, the per-case table and, given a segmentation
+    cross-validation report ``seg_report``, the grade-from-volumes model's out-of-fold metrics (``volume_grade``)."""
     folds = [json.loads(p.read_text()) for p in sorted((run / "oof").glob("fold*.json"))]
     cases = {case_id: {**row, "fold": f["fold"]} for f in folds for case_id, row in f["cases"].items()}
     tasks = {}
@@ -107,9 +135,10 @@ def report(run: Path, seg_cv: Optional[Path] = None) -> Dict:
         if known:
             tasks[task] = binary_metrics(np.array([c["probability"][task] for c in known]),
                                          np.array([c["targets"][task] for c in known], dtype=float))
-    result = {"folds": [f["fold"] for f in folds], "n_cases": len(cases), "tasks": tasks, "cases": cases}
-    if seg_cv is not None and (seg_cv / "cv_report.json").is_file():
-        add_volume_grade(result, seg_cv / "cv_report.json")
+    result = {"folds": [f["fold"] for f in folds], "n_cases": len(cases), "tasks": tasks, "cases": cases,
+              "backbones": sorted({str(f.get("backbone", "segmentation fold networks")) for f in folds})}
+    if seg_report is not None and seg_report.is_file():
+        add_volume_grade(result, seg_report)
     return result
 
 
@@ -133,7 +162,8 @@ def markdown(result: Dict) -> str:
     """The report as Markdown: the per-task table, then one row per case."""
     lines = [f"# Multi-task classifier: {len(result['folds'])}-fold cross-validation on {result['n_cases']} real cases",
              "", "Positive class: grade HGG, IDH mutant, 1p/19q codeleted, MGMT methylated. Probabilities calibrated "
-             "as at inference (temperatures from the validation phantoms of each fold).", "",
+             "as at inference (temperatures from the validation phantoms of each fold). Backbone: "
+             + ", ".join(f"`{b}`" for b in result.get("backbones", [])) + ".", "",
              *auc_table("task", "positives", {f"{task} (heads)": m for task, m in result["tasks"].items()})]
     volume = result.get("volume_grade")
     if volume:
@@ -155,15 +185,19 @@ def markdown(result: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if bool(args.seg_cv) == bool(args.backbone) or bool(args.backbone) != bool(args.folds_from):
+        parser.error("give --seg-cv, or --backbone with --folds-from")
     torch.set_num_threads(args.threads)
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    assigned = report_folds(args.folds_from) if args.folds_from else None
     if not args.report_only:
         real = load_real_samples(args.real_root, args.cache)
         phantoms = phantom_split(args.cache, args.n_phantoms) if args.n_phantoms else ([], [], [])
-        for fold in fold_numbers(args.seg_cv, args.folds):
-            run_fold(args, fold, real, phantoms)
-    result = report(args.run_dir, args.seg_cv)
+        for fold in fold_numbers(args.seg_cv, args.folds, assigned):
+            run_fold(args, fold, real, phantoms, assigned)
+    result = report(args.run_dir, args.folds_from or (args.seg_cv / "cv_report.json"))
     (args.run_dir / "cv_report.json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
     if args.table:

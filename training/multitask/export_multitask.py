@@ -80,10 +80,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     split = load_classification_split(args.real_root, args.cache, args.n_phantoms,
                                       real_validation=() if args.all_real_train else VALIDATION_CASES)
-    _, seg_card = load_model(args.seg_model, args.seg_model_dir)
+    seg, seg_card = load_model(args.seg_model, args.seg_model_dir)
     model = MultiTaskNet(MultiTaskConfig.from_dict(json.loads((args.run / "network.json").read_text())))
     model.load_state_dict(torch.load(args.run / "best.pt", weights_only=True))
     model.eval()
+    if not same_weights(model.backbone, seg):  # fine-tuned: the segmentation pass's maps are not the backbone's
+        seg_card = {**seg_card, "sha256": None}
 
     temperatures = calibrate(model, split.validation)
     groups = {"test_phantoms": split.test}
@@ -100,6 +102,13 @@ def main(argv=None) -> int:
     (args.out / f"{MODEL_NAME}.md").write_text(model_card_markdown(card))
     print(json.dumps(metrics, indent=1))
     return 0
+
+
+def same_weights(backbone: torch.nn.Module, seg: torch.nn.Module) -> bool:
+    """Whether the multi-task backbone still has the segmentation network's weights (not so after --finetune); only
+    then may ``analyze`` hand the heads the segmentation pass's maps (the card's ``backbone.sha256``)."""
+    theirs = seg.state_dict()
+    return all(k in theirs and torch.equal(v, theirs[k].to(v.dtype)) for k, v in backbone.state_dict().items())
 
 
 def calibrate(model: MultiTaskNet, validation: List[ClassificationSample]) -> Dict[str, float]:
@@ -140,7 +149,7 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
         "architecture": "multitask",
         "disclaimer": "Research use only; not a medical device.",
         "labels": {task: {"0": neg, "1": pos} for task, (neg, pos) in TASK_LABELS.items()},
-        "backbone": {"model": seg_card["name"], "sha256": seg_card["sha256"], "frozen": True},
+        "backbone": {"model": seg_card["name"], "sha256": seg_card["sha256"], "frozen": seg_card["sha256"] is not None},
         "calibration": {task: {"temperature": round(t, 4), "fitted_on": "validation split"}
                         for task, t in temperatures.items()},
         "training_data": {
@@ -184,10 +193,18 @@ def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
         if by_volume:
             m = report["volume_grade"]
         kind = (f"{len(report['folds'])}-fold cross-validation over the project's real cases "
-                + ("(grade from the out-of-fold segmentation's volumes)" if by_volume else
-                   "(each fold's heads on that fold's segmentation network)"))
+                + ("(grade from the out-of-fold segmentation's volumes)" if by_volume else heads_backbone(report)))
         evidence[task] = auc_evidence(m, kind, str(path))
     return evidence
+
+
+def heads_backbone(report: Dict) -> str:
+    """How a multi-task cross-validation's heads met their backbone, in words for the card."""
+    stored = [b for b in report.get("backbones", []) if "/" not in b and b != "segmentation fold networks"]
+    if stored:
+        return (f"(every fold's heads on the stored network {', '.join(stored)}, which was trained on every real "
+                "case's tumor labels, never on its grade or IDH)")
+    return "(each fold's heads on that fold's segmentation network)"
 
 
 def _fmt(value) -> str:
@@ -202,9 +219,14 @@ def model_card_markdown(card: Dict) -> str:
         lines += [evidence_section(card, "Levels from the cross-validation over the project's real cases (below); "
                                          "1p/19q and MGMT were never validated on a real label. Reports show every "
                                          "prediction with its level.")]
-    lines += ["Heads for grade, IDH, 1p/19q and MGMT on the frozen encoder of the segmentation model "
-              f"`{card['backbone']['model']}` (sha256 {card['backbone']['sha256'][:12]}...): GAP+GMP of a tumor-centred "
-              "128 mm crop (2 mm grid) and of the whole brain at 4 mm, channel-attention fusion, "
+    backbone = card["backbone"]
+    where = (f"the frozen encoder of the segmentation model `{backbone['model']}` (sha256 {backbone['sha256'][:12]}...), "
+             "read from the segmentation pass itself" if backbone.get("sha256") else
+             f"an encoder fine-tuned from `{backbone['model']}` (a copy in this model, run on every case)")
+    lines += [f"Heads for grade, IDH, 1p/19q and MGMT on {where}: "
+              "GAP+GMP of its level-2 map (8 mm) and of its transformed deepest map (16 mm) inside a "
+              "tumor-centred 128 mm box, of the whole transformed deepest map, and of its level-1 (4 mm) and level-2 "
+              "maps over the tumor's voxels; channel-attention fusion, "
               "\"Summarize and Separate\" heads (seed 001, Fig. A12). Class-weighted cross-entropy per task, labels "
               "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix. Uncertainty: "
               "standard deviation over 20 MC-dropout passes of the heads (eq. 6). Temperatures per task fitted on "

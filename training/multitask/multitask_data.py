@@ -5,8 +5,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from GliomaAnalysisLib.preprocessing.cropping import tumor_box, tumor_centre
-from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, network_inputs
+from GliomaAnalysisLib.preprocessing.cropping import pad_to_multiple, tumor_box, tumor_centre
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig
+from GliomaAnalysisLib.models.network_config import NetworkConfig
 
 from ..common.classification_data import ClassificationSample
 from ..segmentation.segmentation_data import augment_volume
@@ -66,26 +67,36 @@ def mixed_targets(a: Dict[str, Optional[int]], b: Optional[Dict[str, Optional[in
     return targets, known
 
 
+def _example(image: np.ndarray, labels: np.ndarray, presence: np.ndarray, config: MultiTaskConfig,
+             targets: np.ndarray, known: np.ndarray, rng: Optional[np.random.Generator] = None,
+             ) -> Dict[str, np.ndarray]:
+    """Image and labels padded as ``preprocess`` pads them for the network, the tumor box on that grid (jittered by
+    +-6 voxels with ``rng``)."""
+    divisor = NetworkConfig.from_dict(config.backbone).divisor
+    labels = pad_to_multiple(np.ascontiguousarray(labels), divisor)
+    return {"image": np.ascontiguousarray(pad_to_multiple(image, divisor), dtype=np.float32), "labels": labels,
+            "box": tumor_box(labels, config.local_crop, jitter=6 if rng is not None else 0, rng=rng),
+            "presence": np.asarray(presence, np.float32), "targets": targets, "known": known}
+
+
 def training_example(sample: ClassificationSample, config: MultiTaskConfig, rng: np.random.Generator,
                      partner: Optional[ClassificationSample] = None, modality_dropout: float = 0.3,
                      ) -> Dict[str, np.ndarray]:
-    """One augmented example: local / global inputs, presence (4,), soft targets (tasks, 2), known (tasks,).
+    """One augmented example: the image padded to the backbone's divisor (4, Z, Y, X), its labels, the tumor box,
+    presence (4,), soft targets (tasks, 2), known (tasks,).
 
     Augmentation: Tumor-CutMix with ``partner`` when given, random flips, per-channel intensity scale (0.9-1.1)
-    and shift (+-0.1 SD) inside the brain, modality dropout, crop jitter of +-6 voxels (12 mm).
+    and shift (+-0.1 SD) inside the brain, modality dropout, box jitter of +-6 voxels (12 mm).
     """
     image, labels, lam = sample.image, sample.labels, 0.0
     if partner is not None:
         image, labels, lam = tumor_cutmix(image, labels, partner.image, partner.labels, rng)
     targets, known = mixed_targets(sample.targets, partner.targets if partner is not None else None, lam)
     image, labels, presence = augment_volume(image, labels, rng, modality_dropout)
-    box = tumor_box(labels, config.local_crop, jitter=6, rng=rng)
-    local, global_ = network_inputs(image, np.ascontiguousarray(labels), config, box=box)
-    return {"local": local, "global": global_, "presence": presence, "targets": targets, "known": known}
+    return _example(image, labels, presence, config, targets, known, rng)
 
 
 def evaluation_example(sample: ClassificationSample, config: MultiTaskConfig) -> Dict[str, np.ndarray]:
-    """The unaugmented inputs of a case, as at inference (ground-truth labels place the crop)."""
-    local, global_ = network_inputs(sample.image, sample.labels, config)
+    """The unaugmented inputs of a case, as at inference (ground-truth labels place the box)."""
     targets, known = mixed_targets(sample.targets, None, 0.0)
-    return {"local": local, "global": global_, "presence": sample.presence, "targets": targets, "known": known}
+    return _example(sample.image, sample.labels, sample.presence, config, targets, known)

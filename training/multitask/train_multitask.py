@@ -16,13 +16,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from GliomaAnalysisLib.models.model_store import load_model
-from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, feature_masks
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import (ClassificationSample, ClassificationSplit, class_weights,
@@ -38,26 +38,25 @@ from ..common.run_record import git_commit
 
 
 
-def collate(examples: Sequence[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
-    """Stack examples; global inputs of different sizes are zero-padded to the largest."""
-    shape = np.max([e["global"].shape for e in examples], axis=0)
-    globals_ = [np.pad(e["global"], [(0, s - n) for s, n in zip(shape, e["global"].shape)]) for e in examples]
-    return {"local": torch.from_numpy(np.stack([e["local"] for e in examples])),
-            "global": torch.from_numpy(np.stack(globals_)),
-            "presence": torch.from_numpy(np.stack([e["presence"] for e in examples])),
-            "targets": torch.from_numpy(np.stack([e["targets"] for e in examples])),
-            "known": torch.from_numpy(np.stack([e["known"] for e in examples]))}
+def example_features(model: MultiTaskNet, example: Dict[str, np.ndarray]) -> torch.Tensor:
+    """Pooled features (1, F) of one example (``multitask_data``): the backbone's encoder maps of the whole image,
+    the tumor box as masks; gradients flow where the model's parameters require them."""
+    maps = model.encoder_maps(torch.from_numpy(example["image"][None]), torch.from_numpy(example["presence"][None]))
+    masks = feature_masks(example["labels"], model.config, [m.shape[2:] for m in maps], box=example["box"])
+    return model.pooled_features(*maps, *(torch.from_numpy(m) for m in masks.values()))
 
 
-def pooled_features(model: MultiTaskNet, samples: List[ClassificationSample], batch: int = 4) -> torch.Tensor:
+def stacked_targets(examples: Sequence[Dict[str, np.ndarray]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(targets (N, tasks, 2), known (N, tasks)) of examples."""
+    return (torch.from_numpy(np.stack([e["targets"] for e in examples])),
+            torch.from_numpy(np.stack([e["known"] for e in examples])))
+
+
+def pooled_features(model: MultiTaskNet, samples: List[ClassificationSample]) -> torch.Tensor:
     """Backbone features (N, F) of unaugmented cases (the backbone is frozen, so they are computed once)."""
     model.eval()
-    out = []
     with torch.no_grad():
-        for start in range(0, len(samples), batch):
-            b = collate([evaluation_example(s, model.config) for s in samples[start:start + batch]])
-            out.append(model.pooled_features(b["local"], b["global"], b["presence"]))
-    return torch.cat(out)
+        return torch.cat([example_features(model, evaluation_example(s, model.config)) for s in samples])
 
 
 def known_targets(samples: List[ClassificationSample]) -> Dict[str, torch.Tensor]:
@@ -86,11 +85,11 @@ def cache_training_views(model: MultiTaskNet, samples: List[ClassificationSample
         examples = [training_example(samples[index], model.config, rng,
                                      samples[int(rng.integers(len(samples)))] if view and rng.random() < cutmix
                                      else None, modality_dropout) for view in range(views)]
-        batch = collate(examples)
         with torch.no_grad():
-            pooled.append(model.pooled_features(batch["local"], batch["global"], batch["presence"]).numpy())
-        targets.append(batch["targets"].numpy())
-        known.append(batch["known"].numpy())
+            pooled.append(torch.cat([example_features(model, e) for e in examples]).numpy())
+        view_targets, view_known = stacked_targets(examples)
+        targets.append(view_targets.numpy())
+        known.append(view_known.numpy())
         if (index + 1) % 10 == 0 or index + 1 == len(samples):
             np.savez(path, pooled=np.concatenate(pooled), targets=np.concatenate(targets), known=np.concatenate(known))
             log(event="views", cases=index + 1, of=len(samples))
@@ -137,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all-real-train", action="store_true",
                         help="every real case trains (validation: phantoms only), as for the shipped model")
     parser.add_argument("--local-crop", type=int, default=64, help="tumor-centred crop edge (voxels of the 2 mm grid)")
-    parser.add_argument("--global-downsample", type=int, default=2, help="whole-brain input pooling factor")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--views", type=int, default=6, help="augmented views per training case (frozen backbone)")
@@ -181,8 +179,7 @@ def main(argv=None) -> int:
 
 def build_multitask(seg: torch.nn.Module, args: argparse.Namespace) -> MultiTaskNet:
     """A multi-task network on ``seg``'s weights (frozen unless ``args.finetune``), heads seeded by ``args.seed``."""
-    config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, global_downsample=args.global_downsample,
-                             backbone=seg.config.to_dict())
+    config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, backbone=seg.config.to_dict())
     torch.manual_seed(args.seed)
     model = MultiTaskNet(config)
     model.backbone.load_state_dict(seg.state_dict())
@@ -247,10 +244,9 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
                 sample = split.train[int(rng.integers(len(split.train)))]
                 partner = split.train[int(rng.integers(len(split.train)))] if rng.random() < args.cutmix else None
                 examples.append(training_example(sample, config, rng, partner, args.modality_dropout))
-            batch = collate(examples)
             model.train()
-            pooled = model.pooled_features(batch["local"], batch["global"], batch["presence"])
-            targets, known = batch["targets"], batch["known"]
+            pooled = torch.cat([example_features(model, e) for e in examples])
+            targets, known = stacked_targets(examples)
         losses = head_losses(model.classify(pooled), targets, known, weights)
         if args.finetune:
             crops = [sample_crop(split.train[int(rng.integers(len(split.train)))], 64, rng) for _ in range(2)]
