@@ -6,8 +6,10 @@ turn, so that both see the same phases of a noisy machine.
 
 A and B are git revisions of this repository (checked out into temporary worktrees, then removed) or ``.`` for the
 working tree. Each run is a fresh ``python -m GliomaAnalysisLib.cli analyze`` process with ``PYTHONPATH`` on that
-version; the ONNX graphs are cached by weights, so both versions share them (one untimed warm-up each). Prints every
-run, the medians, and the median of the paired differences B - A with the spread of those differences.
+version and a graph cache of its own (``GLIOMA_ANALYSIS_CACHE``: versions of different ONNX engine versions would
+otherwise delete each other's cached graphs and export them again in every run); one untimed warm-up each exports
+them. Prints every run, the medians, and the median of the paired differences B - A with the spread of those
+differences.
 
 Why: on the 2-core VM the same command took 5.96 s at one hour and 5.1 s half an hour later; benchmark runs minutes
 apart compare the machine, not the code (README, Performance).
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_analyze import timed_process  # noqa: E402
@@ -40,8 +42,12 @@ def checkout(revision: str, parent: Path) -> Path:
     return folder
 
 
-def version_env(folder: Path) -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(folder))
+def version_env(folder: Path, cache: Optional[Path] = None) -> Dict[str, str]:
+    """The environment of a child running ``folder``'s code (with ``cache`` as its user cache)."""
+    env = dict(os.environ, PYTHONPATH=str(folder))
+    if cache is not None:
+        env["GLIOMA_ANALYSIS_CACHE"] = str(cache)
+    return env
 
 
 def require_imported_from(folder: Path) -> None:
@@ -82,7 +88,8 @@ def main() -> None:
                 for name, folder in folders.items():
                     command = [sys.executable, "-m", "GliomaAnalysisLib.cli", command_name, case, "--out",
                                f"{tmp}/out-{name}-{run}", "--device", "cpu", *flags]
-                    wall = timed_process(command, version_env(folder), cwd=str(folder))[0] / cases
+                    env = version_env(folder, Path(tmp) / f"cache-{name}")
+                    wall = timed_process(command, env, cwd=str(folder))[0] / cases
                     if run >= 0:
                         seconds[name].append(wall)
                         print(f"run {run + 1:2d} {name}: {wall:.2f} s", flush=True)
