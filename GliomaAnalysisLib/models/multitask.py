@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..preprocessing.cropping import tumor_box
+from ..preprocessing.cropping import pad_to_multiple, tumor_box
 from .model_store import ModelError
 from .network_config import NetworkConfig
 from .onnx_engine import Part, PartSpec, dropout_mask, torch_parts
@@ -163,6 +163,8 @@ def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence
     if maps is None:
         if encoder is None:
             raise ValueError("predict_markers needs the encoder maps or the encoder part")
+        divisor = NetworkConfig.from_dict(config.backbone).divisor  # another segmenting network may pad less
+        image, labels = pad_to_multiple(image, divisor), pad_to_multiple(labels, divisor)
         maps = tuple(encoder()(x=np.ascontiguousarray(image[None], np.float32),
                                presence=np.asarray(presence, np.float32)[None]))
     masks = feature_masks(labels, config, [m.shape[2:] for m in maps])

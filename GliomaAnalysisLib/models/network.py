@@ -231,17 +231,17 @@ class GliomaSegNet(nn.Module):
 
     def _logits_and_levels(self, x: torch.Tensor, presence: torch.Tensor,
                            dropout_masks: Optional[Sequence[torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """(logits, the encoder's maps of every level, as :meth:`encoder_levels` returns them)."""
+        """(logits, the encoder's maps of the last three levels, as :meth:`encoder_levels` returns them)."""
         decoders = len(self.decoder)
         masks = list(dropout_masks) if dropout_masks is not None else None
-        levels = self.encoder_levels(x, presence)
-        skips = list(levels)
+        skips = self.encoder_levels(x, presence)
+        kept = skips[-3:]  # not the full-resolution map, which goes once its decoder block has read it
         features = self._bottleneck(skips.pop(), None if masks is None else masks[:-decoders])
         for index, (reduce, block) in enumerate(zip(self.reduce, self.decoder)):
             features = F.interpolate(reduce(features), scale_factor=2, mode="trilinear", align_corners=False)
             mask = None if masks is None else masks[len(masks) - decoders + index]
             features = block(features + skips.pop(), mask)
-        return self.head(features), levels
+        return self.head(features), kept
 
 
 def _outputs_with_masks(net: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor):

@@ -262,7 +262,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         maps = EncoderMaps(card["sha256"], encoder_maps) if encoder_maps is not None else None
         pending = pool.submit(_timed, classify_case, pre.image, pre.presence, working_labels, model_folder,
                               uncertainty, say, maps)
-    encoder_maps = None  # the classifiers hold them while they run
+        del maps
+    encoder_maps = None  # the classifiers' task holds them (about 12 MB for a BraTS case) until it is done
     say("mapping results back to the input grid")
     thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # NCR, ED, ET; the background map is only read by the argmax, around the tumor

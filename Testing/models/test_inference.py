@@ -44,7 +44,7 @@ def test_the_torch_path_hands_over_the_first_pass_encoder_maps(net):
     with torch.no_grad():
         expected = net.encoder_levels(torch.from_numpy(image[None]), torch.from_numpy(presence[None]))
     assert len(maps) == 1 and [m.shape for m in maps[0]] == [(1, 4, 24, 32, 16), (1, 8, 12, 16, 8), (1, 16, 6, 8, 4)]
-    for got, want in zip(maps[0], expected):
+    for got, want in zip(maps[0], expected[-3:]):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
 
 

@@ -181,6 +181,10 @@ def test_predict_markers_fields_and_determinism():
     # modalities can be missing
     partial = predict_markers(model, card, image, np.array([0, 1, 0, 1], np.float32), labels, mc_samples=2)
     assert set(partial) == set(TASKS)
+    # a grid that another segmenting network padded less: the backbone's encoder pads it to its divisor
+    uneven = predict_markers(model, card, image[:, :22, :30], np.ones(4, np.float32), labels[:22, :30],
+                             mc_samples=1)
+    assert set(uneven) == set(TASKS)
 
 
 def test_temperature_softens_probability():

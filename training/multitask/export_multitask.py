@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     model.load_state_dict(torch.load(args.run / "best.pt", weights_only=True))
     model.eval()
     if not same_weights(model.backbone, seg):  # fine-tuned: the segmentation pass's maps are not the backbone's
+        if not fine_tuned(args.run):
+            raise SystemExit(f"{args.run}: its backbone is not the weights of --seg-model {args.seg_model}, and the "
+                             "run did not fine-tune it; export with the segmentation model it was trained on")
         seg_card = {**seg_card, "sha256": None}
 
     temperatures = calibrate(model, split.validation)
@@ -109,6 +112,15 @@ def same_weights(backbone: torch.nn.Module, seg: torch.nn.Module) -> bool:
     then may ``analyze`` hand the heads the segmentation pass's maps (the card's ``backbone.sha256``)."""
     theirs = seg.state_dict()
     return all(k in theirs and torch.equal(v, theirs[k].to(v.dtype)) for k, v in backbone.state_dict().items())
+
+
+def fine_tuned(run: Path) -> bool:
+    """Whether the training run of folder ``run`` trained its backbone (``--finetune``, from its log)."""
+    for line in (run / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "start":
+            return str(record.get("args", {}).get("finetune")) == "True"
+    return False
 
 
 def calibrate(model: MultiTaskNet, validation: List[ClassificationSample]) -> Dict[str, float]:
