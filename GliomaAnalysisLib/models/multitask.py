@@ -157,9 +157,8 @@ def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence
     if isinstance(model_or_parts, Mapping):
         parts, config = model_or_parts, MultiTaskConfig.from_dict(card["network"])
     else:
-        specs = multitask_parts_of(model_or_parts)
-        parts, config = torch_parts(specs), model_or_parts.config
-        encoder = encoder or (lambda: torch_parts({ENCODER_PART: specs[ENCODER_PART]})[ENCODER_PART])
+        parts, config = torch_parts(multitask_parts_of(model_or_parts)), model_or_parts.config
+        encoder = encoder or (lambda: parts[ENCODER_PART])  # the model's own parts include its encoder
     if maps is None:
         if encoder is None:
             raise ValueError("predict_markers needs the encoder maps or the encoder part")
