@@ -32,6 +32,7 @@ from GliomaAnalysisModuleLib.helpers import (SAMPLE_NAME, assign_nodes, build_co
                                              sample_data_sources, write_sample_phantom)
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
+POLL_MS = 50  # how often the GUI thread reads the running child's progress and exit (a few microseconds a tick)
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
 TORCH_REQUIREMENT = ">=2.0"  # pyproject.toml's torch requirement, passed to PyTorchUtils.installTorch
 REQUIREMENTS = ("monai>=1.3", "SimpleITK>=2.2", "scipy>=1.8", "scikit-image>=0.19", "safetensors>=0.4",
@@ -305,7 +306,7 @@ class AnalysisRun(ChildRun):
         self.inputs, self.outputSegmentation = dict(inputs), outputSegmentation
         self._onFinished = onFinished
         self._timer = qt.QTimer()
-        self._timer.setInterval(200)
+        self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self._tick)
         self._timer.start()
 
@@ -404,9 +405,10 @@ class GliomaAnalysisLogic(ScriptedLoadableModuleLogic):
             for modality, node in inputs.items():
                 path = os.path.join(workDir, "inputs", f"{modality}.nrrd")
                 # sitkUtils reads the voxels and geometry without touching the node; slicer.util.saveNode would
-                # point the node's storage node at this temporary copy.
+                # point the node's storage node at this temporary copy. Uncompressed: the copy lives for one run,
+                # and gzip cost about 0.04 s a volume here and again in the child.
                 try:
-                    sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), path, True)
+                    sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), path, False)
                 except RuntimeError as exc:
                     raise RuntimeError(f"Could not write {node.GetName()} to {path}: {exc}") from None
                 files[modality] = path

@@ -24,11 +24,11 @@ Per repeat:
    - ``GliomaAnalysisLogic.ensureDependencies(ask=True)`` (the first click imports torch into Slicer's process);
    - ``GliomaAnalysisLogic.start(...)`` with the widget's arguments: it checks the parent transforms, makes the
      temporary folder (``slicer.util.tempDirectory``), writes every input node with
-     ``sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), <workDir>/inputs/<modality>.nrrd, True)``, builds the
+     ``sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), <workDir>/inputs/<modality>.nrrd, False)``, builds the
      command (``helpers.build_command``) and the child's PYTHONPATH, and starts ``AnalysisRun`` (child.py's
      ``ChildRun``: ``subprocess.Popen`` in its own session, stderr reader thread). "write inputs" is the time from
      entering start() to entering AnalysisRun, "launch" that of AnalysisRun's constructor;
-   - waiting: AnalysisRun's 200 ms QTimer calls its ``_tick`` -> ``ChildRun.poll`` until the child has ended and
+   - waiting: AnalysisRun's QTimer (every ``POLL_MS``, 50 ms) calls its ``_tick`` -> ``ChildRun.poll`` until the child has ended and
      every stderr line is handed out (``onProgress``), then ``onFinished``; here a loop sleeps the timer's interval
      and calls the timer's callback, as Qt's event loop would;
    - the widget's ``onFinished``: on success ``GliomaAnalysisLogic.loadResults`` (``scene.read_report``,
@@ -44,7 +44,7 @@ What is not the module's code (Slicer-application pieces slicer-core lacks; only
   callback, which the wait loop calls;
 - ``sitkUtils.PullVolumeFromSlicer``: pip's SimpleITK has no MRMLIDImageIO ("slicer:" addresses), so the node's
   voxels and IJK-to-RAS geometry are copied into a SimpleITK image in LPS (what current Slicer's sitkUtils does in
-  memory); the compressed .nrrd writing is the Logic's own ``sitk.WriteImage`` call;
+  memory); the uncompressed .nrrd writing is the Logic's own ``sitk.WriteImage`` call;
 - ``slicer.util.tempDirectory`` (Qt-based in slicer-core's util.py): the same ``<key><yyyy-MM-dd_hh+mm+ss.zzz>``
   folder under ``slicer.app.temporaryPath`` (a temporary folder of this run);
 - ``slicer.app`` (temporaryPath; ``layoutManager()`` None, i.e. batch mode, so ``showTable`` switches no layout),
@@ -54,7 +54,7 @@ What is not the module's code (Slicer-application pieces slicer-core lacks; only
 - ``GliomaAnalysisLogic.pythonExecutable`` (``shutil.which("PythonSlicer") or sys.executable``; child.py takes the
   command as given) is replaced on the logic instance by ``--python``, Slicer's python here.
 - The widget's GUI updates (progress bar, state line, log, Show 3D button) are left out; onProgress only records
-  when the child's progress lines arrive (at poll time: 200 ms resolution). Rendering (Slicer redrawing the slice
+  when the child's progress lines arrive (at poll time: 50 ms resolution). Rendering (Slicer redrawing the slice
   views with the new foreground, the 3D view, the table layout) is not measured: there are no views here.
 """
 from __future__ import annotations
@@ -277,7 +277,7 @@ def click(module, python: str, inputs: Dict) -> Dict[str, float]:
             "check dependencies (ensureDependencies)": marks["dependencies"] - start,
             "write inputs (start: PullVolumeFromSlicer + WriteImage .nrrd)": marks["launch"] - marks["dependencies"],
             "launch child (AnalysisRun / ChildRun: Popen)": marks["launched"] - marks["launch"],
-            "wait for the child (QTimer poll, 200 ms)": marks["finished"] - marks["started"],
+            "wait for the child (QTimer poll, 50 ms)": marks["finished"] - marks["started"],
             "  child: start -> 'case' line (python, imports, reading inputs)":
                 lines.get("case", float("nan")) - marks["launch"],
             "  child: analyze() ('done in')": done[-1] if done else float("nan"),

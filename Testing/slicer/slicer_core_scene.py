@@ -124,7 +124,9 @@ def facts(app, result_nodes, reference):
                       "applyThreshold": bool(display.GetApplyThreshold()),
                       "colors": display.GetColorNodeID(), "ijkToRas": matrix(node),
                       "dimensions": list(node.GetImageData().GetDimensions()),
-                      "max": float(slicer.util.arrayFromVolume(node).max()), "transform": node.GetTransformNodeID()}
+                      "max": float(slicer.util.arrayFromVolume(node).max()),
+                      "sum": float(slicer.util.arrayFromVolume(node).sum(dtype=np.float64)),
+                      "autoWindowLevel": bool(display.GetAutoWindowLevel()), "transform": node.GetTransformNodeID()}
     table = result_nodes["table"]
     columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
 
@@ -336,6 +338,14 @@ def main(case_dir, out_dir, result_dir, screenshot_path=None, render=True):
         app.scene.RemoveNode(node)
     app.scene.RemoveNode(transform)
 
+    nodes_before = app.scene.GetNumberOfNodes()
+    try:  # a file that is no volume: a one-line error naming it, and no node left behind
+        layer.load_map(app.layer, os.path.join(out_dir, "report.json"), "not a map")
+        unreadable = {"error": None}
+    except RuntimeError as exc:
+        unreadable = {"error": str(exc)}
+    unreadable["nodesAdded"] = app.scene.GetNumberOfNodes() - nodes_before
+
     mrb = os.path.join(result_dir, "scene.mrb")
     if not app.scene.WriteToMRB(mrb):
         raise RuntimeError(f"{mrb}: could not be written")
@@ -352,7 +362,8 @@ def main(case_dir, out_dir, result_dir, screenshot_path=None, render=True):
         json.dump({"types": terminology_types(app.logics["Terminologies"]),
                    "typesFromFile": terminology_types(OlderTerminologies(app.logics["Terminologies"])),
                    "loaded": loaded, "reread": reread, "transformed": transformed,
-                   "transformID": transformID, "report": result["report"]}, handle, indent=1)
+                   "transformID": transformID, "report": result["report"], "unreadable": unreadable}, handle,
+                  indent=1)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,22 @@ def test_maps_are_shown_in_the_probability_range(scene):
         assert volume["window"] == [0.0, 1.0] and volume["threshold"] == [0.1, 1.0] and volume["applyThreshold"]
         assert volume["colors"] == "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
         assert 0.0 < volume["max"] <= 1.0
+        assert not volume["autoWindowLevel"]  # the window is fixed: Slicer computes none on loading
+
+
+def test_maps_hold_the_voxels_of_their_files(scene, analyzed):
+    _, out = analyzed
+    for stem, volume in scene["loaded"]["maps"].items():
+        voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{stem}.nii.gz")))
+        assert volume["sum"] == pytest.approx(float(voxels.sum(dtype=np.float64)), rel=1e-9), stem
+        assert volume["max"] == pytest.approx(float(voxels.max())), stem
+
+
+def test_a_map_that_cannot_be_read_is_named_and_leaves_no_node(scene, analyzed):
+    _, out = analyzed
+    unreadable = scene["unreadable"]
+    assert unreadable["error"] == f"{out / 'report.json'}: Slicer could not read this volume"
+    assert unreadable["nodesAdded"] == 0
 
 
 def test_results_go_to_the_input_study_and_under_its_transform(scene):
