@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
 START_UP_CHILD = r'''
 from GliomaAnalysisLib.cli import main
-from GliomaAnalysisLib.models.segment import load_segmentation_parts
+from GliomaAnalysisLib.models.segment import load_segmentation_networks
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
 from GliomaAnalysisLib.pipeline.classify import CLASSIFIERS, load_classifier
-load_segmentation_parts("glioma_seg", None)
+load_segmentation_networks("glioma_seg", None, QUALITY_PASSES)
 for classifier in CLASSIFIERS:
     load_classifier(classifier, None)
 '''

@@ -209,12 +209,15 @@ def load_parts(model_name: str, folder: Optional[str],
                parts: Union[Tuple[str, ...], Callable[[Dict], Tuple[str, ...]]],
                parts_of: Callable[[Any], Mapping[str, PartSpec]],
                build: Optional[Callable[[Dict], Any]] = None,
-               intra_threads: Optional[int] = None) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
+               intra_threads: Optional[int] = None,
+               replica: int = 0) -> Tuple[Dict[str, Part], Dict, Tuple[str, ...]]:
     """(parts, model card, warnings) of stored model ``model_name`` (``model_store.model_paths``; the weights'
     sha256 is checked against the card); ``parts`` names the parts, or gives their names from the card. Cached
     graphs are loaded without torch; a missing one is exported from the torch model (``build(card)`` with the
     stored weights; ``parts_of(model)`` names its parts). ``intra_threads``: the sessions' intra-op threads (None:
-    :func:`threads`). Cached per process; call ``load_parts.cache_clear()`` after replacing a model's files."""
+    :func:`threads`); ``replica`` k > 0: other sessions of the same graphs, to run beside replica 0's (a session
+    runs one call at a time well; two calls on one session share its threads). Cached per process; call
+    ``load_parts.cache_clear()`` after replacing a model's files."""
     from .model_store import load_verified_card
 
     card = load_verified_card(model_name, folder)

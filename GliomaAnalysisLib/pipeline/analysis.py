@@ -26,7 +26,7 @@ from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
-from ..models.segment import load_segmentation_parts, resolve_device, segment
+from ..models.segment import load_segmentation_networks, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory
 from .model_choice import choose_segmentation_model, fast_model_name
@@ -127,6 +127,11 @@ def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
     return out
 
 
+def network_passes(fast: bool) -> int:
+    """Segmentation network passes of a run: one in fast mode, else ``QUALITY_PASSES``."""
+    return 1 if fast else QUALITY_PASSES
+
+
 def _timed(function: Callable, *args):
     """(function(*args), seconds it took)."""
     start = time.perf_counter()
@@ -157,7 +162,8 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         # one worker: the segmentation network loads first, the classifiers after it (while the network runs);
         # classify_case, submitted later, runs after both
         preloaded = fast_model_name(model, model_folder) if fast and not single_model else model
-        segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False)
+        passes = network_passes(fast)
+        segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False, passes)
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
         result = _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
@@ -171,12 +177,15 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         pool.shutdown(wait=not done)  # a classifiers' task still running finishes on its own
 
 
-def _load_models(model: Optional[str], model_folder: Optional[str], device_type: str, classify: bool) -> None:
-    """Load (on first use: export) the segmentation network ``model`` (None: not) and with ``classify`` the
+def _load_models(model: Optional[str], model_folder: Optional[str], device_type: str, classify: bool,
+                 passes: int = 1) -> None:
+    """Load (on first use: export) the segmentation network ``model`` (None: not) for ``passes`` passes
+    (:func:`~GliomaAnalysisLib.models.segment.load_segmentation_networks`) and with ``classify`` the
     classifiers, in a thread beside reading and preprocessing the case. A model that fails to load is left to the
     main path, which reports it where it belongs (an error for the segmentation model, a warning for a
     classifier)."""
-    loaders = [lambda: load_segmentation_parts(model, model_folder)] if model and device_type == "cpu" else []
+    loaders = [lambda: load_segmentation_networks(model, model_folder, passes)] if model and device_type == "cpu" \
+        else []
     if classify:
         loaders += [lambda c=c: load_classifier(c, model_folder) for c in CLASSIFIERS]
     for load in loaders:
@@ -240,7 +249,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     if model == preloaded:  # else the preloaded network is not the one that runs: segment() loads the other
         segmentation_ready.result()
     lap("model_wait")
-    passes = 1 if fast else QUALITY_PASSES
+    passes = network_passes(fast)
     say(f"segmenting with '{model}' on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
     segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
                            mc_dropout=uncertainty and not fast, progress=say)

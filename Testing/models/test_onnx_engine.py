@@ -9,8 +9,8 @@ import GliomaAnalysisLib.models.onnx_engine as onnx_engine
 from GliomaAnalysisLib.models.inference import predict
 from GliomaAnalysisLib.models.model_store import save_model
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig, segmentation_parts
-from GliomaAnalysisLib.models.segment import (SEGMENTATION_PARTS, dropout_masks, mean_over_passes, part_pass,
-                                              segmentation_parts_of)
+from GliomaAnalysisLib.models.segment import (SEGMENTATION_PARTS, dropout_masks, load_segmentation_networks,
+                                              mean_over_passes, part_pass, part_passes, segmentation_parts_of)
 
 
 @pytest.fixture(params=["average", "concat"])
@@ -73,6 +73,43 @@ def test_passes_through_onnx_match_torch_mc_dropout_and_are_reproducible(net):
     plain, _ = mean_over_passes(run_pass, image, presence, passes=4)
     assert np.abs(plain - onnx_probs).max() > 1e-3  # the masks did drop channels
     np.testing.assert_allclose(onnx_probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("passes", [2, 3, 4])
+def test_passes_side_by_side_equal_the_same_passes_one_after_another(net, passes):
+    image, presence = _image(), np.array([1, 1, 0, 1], np.float32)
+    one = _onnx_network(net)
+    for mc_dropout in (False, True):
+        maps_in_turn, maps_side_by_side = [], []
+        in_turn = part_passes([one], net.config, image, presence, passes, mc_dropout, encoder_maps=maps_in_turn)
+        side_by_side = part_passes([one, _onnx_network(net)], net.config, image, presence, passes, mc_dropout,
+                                   encoder_maps=maps_side_by_side)
+        for got, expected in zip(side_by_side, in_turn):  # probabilities, uncertainty
+            assert np.array_equal(got, expected)
+        assert len(maps_in_turn) == len(maps_side_by_side) == 1  # the first, unflipped pass's
+        for got, expected in zip(maps_side_by_side[0], maps_in_turn[0]):
+            assert np.array_equal(got, expected)
+    one_pass, _ = part_passes([one], net.config, image, presence, 1, True)
+    assert np.abs(one_pass - side_by_side[0]).max() > 1e-3  # the other passes counted
+
+
+def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    save_model(net, {"version": "t"}, folder, "tiny_seg")
+
+    def threads_of(networks):
+        return [n.session.get_session_options().intra_op_num_threads for n in networks]
+
+    monkeypatch.setattr(onnx_engine, "_threads", 2)
+    two, _, _ = load_segmentation_networks("tiny_seg", str(folder), passes=2)
+    assert threads_of(two) == [1, 1] and two[0] is not two[1]
+    assert load_segmentation_networks("tiny_seg", str(folder), passes=2)[0] == two  # cached per process
+    assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=1)[0]) == [2]
+    monkeypatch.setattr(onnx_engine, "_threads", 4)
+    assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [2, 2]
+    assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=8)[0]) == [1, 1, 1, 1]
+    monkeypatch.setattr(onnx_engine, "_threads", 1)  # a batch worker of --jobs 2 on 2 cores
+    assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [1]
 
 
 def test_a_stored_model_is_exported_once_and_then_loaded_from_the_cache(net, cache, tmp_path, monkeypatch):
