@@ -194,12 +194,13 @@ class Segmentation(NamedTuple):
 
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
-            progress: Optional[Callable[[str], None]] = None) -> Segmentation:
+            progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True) -> Segmentation:
     """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
-    ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use); on CUDA, or
-    a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
+    ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use), its passes
+    side by side unless ``side_by_side`` is False (:func:`part_passes`); on CUDA, or a working grid above
+    ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
-        networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes)
+        networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes if side_by_side else 1)
         maps: List[Tuple[np.ndarray, ...]] = []
         mean, entropy = part_passes(networks, config, image, presence, passes, mc_dropout, progress=progress,
                                     encoder_maps=maps)

@@ -28,7 +28,7 @@ from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
 from ..models.segment import load_segmentation_networks, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
-from .memory import check_memory
+from .memory import check_memory, side_by_side_fits
 from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
 from .signal_gates import SignalMaps, apply_gates, signal_maps
@@ -240,19 +240,20 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         model, card, choice_warnings = choose_segmentation_model(model, card, model_folder, unseen, fast)
         config = NetworkConfig.from_dict(card["network"])
         warnings += choice_warnings
-    needed = check_memory(case.case_id, int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])),
-                          config.widths[0])
-    say(f"memory estimate {needed / 2 ** 30:.1f} GiB")
+    grids = (int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])), config.widths[0])
+    needed = check_memory(case.case_id, *grids)
+    passes = network_passes(fast)
+    side_by_side = passes > 1 and side_by_side_fits(*grids, passes)
+    say(f"memory estimate {needed / 2 ** 30:.1f} GiB{'' if side_by_side or passes == 1 else ' (passes in turn)'}")
     lap("preprocess")
 
     preloaded, segmentation_ready = preloading
     if model == preloaded:  # else the preloaded network is not the one that runs: segment() loads the other
         segmentation_ready.result()
     lap("model_wait")
-    passes = network_passes(fast)
     say(f"segmenting with '{model}' on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
     segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
-                           mc_dropout=uncertainty and not fast, progress=say)
+                           mc_dropout=uncertainty and not fast, progress=say, side_by_side=side_by_side)
     probabilities, entropy = segmentation.probabilities, segmentation.uncertainty
     encoder_maps = segmentation.encoder_maps
     warnings += segmentation.warnings

@@ -1,11 +1,14 @@
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+import GliomaAnalysisLib.models.onnx_engine as onnx_engine
+import GliomaAnalysisLib.pipeline.analysis as analysis
 import GliomaAnalysisLib.pipeline.memory as memory
 from GliomaAnalysisLib import load_case
 from GliomaAnalysisLib.pipeline.analysis import analyze, argmax_uint8
 from GliomaAnalysisLib.cli import main
-from GliomaAnalysisLib.pipeline.memory import MemoryGuardError, check_memory, estimate_bytes
+from GliomaAnalysisLib.pipeline.memory import MemoryGuardError, check_memory, estimate_bytes, side_by_side_fits
 
 
 def test_estimate_grows_with_the_input_grid_not_the_network():
@@ -31,6 +34,32 @@ def test_analysis_and_cli_stop_before_running_out_of_memory(phantom_dir, tiny_mo
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("glioma-analysis: error: ") and "GiB are available" in error
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_side_by_side_passes_need_each_pass_s_activations():
+    grids = (240 * 240 * 155, 80 * 96 * 88, 16)
+    one, two = estimate_bytes(*grids), estimate_bytes(*grids, side_by_side=2)
+    assert two - one == 80 * 96 * 88 * 16 * memory.BYTES_PER_WORKING_VOXEL_PER_CHANNEL
+    assert side_by_side_fits(*grids, 2, available=int(two / 0.9) + 1)
+    assert not side_by_side_fits(*grids, 2, available=int(two / 0.9) - 1)
+    check_memory("case7", *grids, available=int(two / 0.9) - 1)  # in turn, the same run still fits
+
+
+def test_passes_run_in_turn_where_side_by_side_would_not_fit_with_the_same_result(phantom_dir, tiny_model_dir,
+                                                                                  monkeypatch):
+    case = load_case(phantom_dir)
+    monkeypatch.setattr(onnx_engine, "_threads", 2)
+    side = analyze(case, model_dir=tiny_model_dir, classify=False)
+    monkeypatch.setattr(analysis, "side_by_side_fits", lambda *grids: False)
+    in_turn = analyze(case, model_dir=tiny_model_dir, classify=False)
+    assert any("side by side" in line for line in side.log)
+    assert not any("side by side" in line for line in in_turn.log)
+    assert any("(passes in turn)" in line for line in in_turn.log)
+    voxels = sitk.GetArrayViewFromImage
+    assert np.array_equal(voxels(side.labels), voxels(in_turn.labels))
+    for name, probability in side.probabilities.items():
+        assert np.array_equal(voxels(probability), voxels(in_turn.probabilities[name])), name
+    assert np.array_equal(voxels(side.uncertainty), voxels(in_turn.uncertainty))
 
 
 def test_argmax_without_stacking_matches_numpy():
