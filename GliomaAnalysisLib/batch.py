@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import sys
 import re
@@ -317,7 +318,11 @@ def _run(todo, jobs: int, options: Dict) -> Iterator[CaseOutcome]:
             yield from _pipelined(todo, options) if todo else ()
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(threads,)) as pool:
+    # spawned, not forked: a process that has already analysed (the Python console, tests) holds ONNX Runtime's and
+    # ITK's thread pools, which a forked worker inherits half-alive (a worker segfaulted opening a session)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=_start_worker,
+                             initargs=(threads,)) as pool:
         futures = [pool.submit(_analyse_one, folder, target, options) for folder, target in todo]
         try:
             for future in as_completed(futures):

@@ -261,7 +261,7 @@ def click(module, python: str, inputs: Dict) -> Dict[str, float]:
                           outputSegmentation=None)
         marks["started"] = time.perf_counter()
         timer = run._timer
-        while timer.active:  # Qt's event loop firing the 200 ms QTimer
+        while timer.active:  # Qt's event loop firing the QTimer (POLL_MS)
             time.sleep(timer.interval_ms / 1000.0)
             if timer.active:
                 timer.slot()

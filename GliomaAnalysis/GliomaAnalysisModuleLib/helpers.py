@@ -73,7 +73,7 @@ _STAGES = (("loading", 0.05), ("case ", 0.08), ("clinical input", 0.1), ("prepro
            ("memory estimate", 0.15), ("segmenting", 0.2), ("classifying", 0.8), ("mapping results back", 0.8),
            ("done", 1.0))
 """Fraction done at each CLI message; the classifiers and the mapping back run side by side (same fraction)."""
-_PASS = re.compile(r"network pass (\d+)/(\d+)")
+_PASS = re.compile(r"network pass(?:es)? (\d+)(?:-\d+)?/(\d+)")  # "pass 2/4"; side by side: "passes 1-2/2"
 
 
 def parse_progress(line: str) -> Tuple[Optional[float], Optional[str], Optional[str]]:

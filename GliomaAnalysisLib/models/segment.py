@@ -91,12 +91,12 @@ def part_passes(networks: Sequence[Part], config: NetworkConfig, image: np.ndarr
                 encoder_maps: Optional[List[Tuple[np.ndarray, ...]]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`mean_over_passes` of the segmentation model's ``network`` part, given as one or more sessions.
 
-    With one, the passes run one after another. With n > 1 (separate ONNX Runtime sessions, which release the GIL;
-    :func:`load_segmentation_networks`) pass k runs on ``networks[k % n]``, n passes at a time: on 2 cores two
-    1-thread sessions ran two passes in 2.0 s against 2.2-2.3 s one after another with 2 threads (the second thread
-    of a convolution gains 1.7x, not 2x). The masks are drawn from the one generator in pass order and the passes
-    summed in order, so the result is the same bit for bit either way (tested). ``encoder_maps`` receives the
-    first (unflipped) pass's encoder maps, as in :func:`part_pass`."""
+    With one, the passes run one after another. With n > 1 (separate ONNX Runtime sessions of the same thread count,
+    which release the GIL; :func:`load_segmentation_networks`) pass k runs on ``networks[k % n]``, n passes at a
+    time: on 2 cores two 1-thread sessions ran two passes in 2.0 s against 2.2-2.3 s one after another with 2 threads
+    (the second thread of a convolution gains 1.7x, not 2x). The masks are drawn from the one generator in pass order
+    and the passes summed in order, so the result is the same bit for bit as in turn on one of those sessions
+    (tested). ``encoder_maps`` receives the first (unflipped) pass's encoder maps, as in :func:`part_pass`."""
     passes = max(1, min(passes, len(FLIP_SETS)))
     lanes = min(len(networks), passes)
     if lanes == 1:
@@ -161,19 +161,30 @@ def resolve_device(requested: str = "auto") -> Tuple[str, List[str]]:
     return device.type, warnings
 
 
-def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes: int = 1):
-    """(networks, card, warnings): the stored segmentation model's ``network`` part as ONNX Runtime sessions for
-    ``passes`` passes (cached per process). One session with every thread (:func:`onnx_engine.threads`), or, for
-    several passes and at least as many threads, one session per pass run side by side (up to the threads), the
-    threads shared out between them (:func:`part_passes`)."""
-    from .onnx_engine import OnnxPart, load_parts, threads
+def side_by_side_lanes(passes: int) -> int:
+    """How many of ``passes`` passes run at once: one per pass up to the threads (:func:`onnx_engine.threads`), where
+    the threads share out evenly between them (so that every pass runs with the same thread count, in turn or side by
+    side); else 1."""
+    from .onnx_engine import threads
 
     lanes = max(1, min(passes, len(FLIP_SETS), threads()))
+    return lanes if threads() % lanes == 0 else 1
+
+
+def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes: int = 1):
+    """(networks, card, warnings): the stored segmentation model's ``network`` part as ONNX Runtime sessions for
+    ``passes`` passes (cached per process): :func:`side_by_side_lanes` sessions with an equal share of the threads
+    each (:func:`part_passes`). The other sessions read the graph the first one cached; where it could not be stored
+    (a read-only cache) or torch runs the part, there is one session."""
+    from .onnx_engine import OnnxPart, graph_path, load_parts, threads
+
+    lanes = side_by_side_lanes(passes)
     each = threads() // lanes
     parts, card, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
                                        intra_threads=each)
     networks = [parts["network"]]
-    if isinstance(networks[0], OnnxPart):  # torch (no ONNX Runtime) runs its passes one after another
+    if (lanes > 1 and isinstance(networks[0], OnnxPart)
+            and graph_path(model_name, card["sha256"], "network").is_file()):  # never a second export
         networks += [load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
                                 intra_threads=each, replica=k)[0]["network"] for k in range(1, lanes)]
     return networks, card, warnings
@@ -197,10 +208,12 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
             progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True) -> Segmentation:
     """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
     ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use), its passes
-    side by side unless ``side_by_side`` is False (:func:`part_passes`); on CUDA, or a working grid above
+    side by side (:func:`part_passes`), or with ``side_by_side`` False in turn on the first of the same sessions
+    (the same thread count: the same result bit for bit, more slowly); on CUDA, or a working grid above
     ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
-        networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes if side_by_side else 1)
+        networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes)
+        networks = networks if side_by_side else networks[:1]
         maps: List[Tuple[np.ndarray, ...]] = []
         mean, entropy = part_passes(networks, config, image, presence, passes, mc_dropout, progress=progress,
                                     encoder_maps=maps)

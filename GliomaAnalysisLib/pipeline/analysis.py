@@ -26,7 +26,7 @@ from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
-from ..models.segment import load_segmentation_networks, resolve_device, segment
+from ..models.segment import load_segmentation_networks, resolve_device, segment, side_by_side_lanes
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory, side_by_side_fits
 from .model_choice import choose_segmentation_model, fast_model_name
@@ -243,8 +243,9 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     grids = (int(np.prod(case.geometry.size)), int(np.prod(pre.image.shape[1:])), config.widths[0])
     needed = check_memory(case.case_id, *grids)
     passes = network_passes(fast)
-    side_by_side = passes > 1 and side_by_side_fits(*grids, passes)
-    say(f"memory estimate {needed / 2 ** 30:.1f} GiB{'' if side_by_side or passes == 1 else ' (passes in turn)'}")
+    lanes = side_by_side_lanes(passes) if device_type == "cpu" else 1
+    side_by_side = lanes > 1 and side_by_side_fits(*grids, lanes)
+    say(f"memory estimate {needed / 2 ** 30:.1f} GiB{'' if side_by_side or lanes == 1 else ' (passes in turn)'}")
     lap("preprocess")
 
     preloaded, segmentation_ready = preloading

@@ -93,6 +93,27 @@ def test_passes_side_by_side_equal_the_same_passes_one_after_another(net, passes
     assert np.abs(one_pass - side_by_side[0]).max() > 1e-3  # the other passes counted
 
 
+@pytest.mark.parametrize("passes, sessions, expected", [
+    (2, 2, {0: [False], 1: [False]}),
+    (4, 2, {0: [True, False], 1: [True, False]}),
+    (3, 2, {0: [True, False], 1: [False]}),
+    (2, 1, {0: [True, False]}),
+])
+def test_each_session_gives_its_working_memory_back_after_its_last_pass(net, passes, sessions, expected):
+    calls = []
+
+    class Recording:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, keep_memory=False, **feed):
+            calls.append((self.k, keep_memory))
+            return [np.zeros((1, 4, *feed["x"].shape[2:]), np.float32)]
+
+    part_passes([Recording(k) for k in range(sessions)], net.config, _image(), np.ones(4, np.float32), passes)
+    assert {k: [keep for j, keep in calls if j == k] for k in range(sessions)} == expected
+
+
 def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tmp_path, monkeypatch):
     folder = tmp_path / "models"
     save_model(net, {"version": "t"}, folder, "tiny_seg")
@@ -108,8 +129,23 @@ def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tm
     monkeypatch.setattr(onnx_engine, "_threads", 4)
     assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [2, 2]
     assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=8)[0]) == [1, 1, 1, 1]
+    monkeypatch.setattr(onnx_engine, "_threads", 3)  # no even share: in turn, every thread on one session
+    assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [3]
     monkeypatch.setattr(onnx_engine, "_threads", 1)  # a batch worker of --jobs 2 on 2 cores
     assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [1]
+
+
+def test_a_graph_that_could_not_be_cached_is_not_exported_again_for_a_second_session(net, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    save_model(net, {"version": "t"}, folder, "tiny_seg")
+    exports = []
+    export = onnx_engine.export_part
+    monkeypatch.setattr(onnx_engine, "export_part", lambda spec: exports.append(1) or export(spec))
+    monkeypatch.setattr(onnx_engine, "_store", lambda path, graph: None)  # a read-only cache
+    monkeypatch.setattr(onnx_engine, "_threads", 2)
+    networks, _, warnings = load_segmentation_networks("tiny_seg", str(folder), passes=2)
+    assert len(exports) == 1 and len(networks) == 1 and warnings == ()
+    assert networks[0].session.get_session_options().intra_op_num_threads == 1
 
 
 def test_a_stored_model_is_exported_once_and_then_loaded_from_the_cache(net, cache, tmp_path, monkeypatch):

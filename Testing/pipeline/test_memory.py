@@ -62,6 +62,32 @@ def test_passes_run_in_turn_where_side_by_side_would_not_fit_with_the_same_resul
     assert np.array_equal(voxels(side.uncertainty), voxels(in_turn.uncertainty))
 
 
+def test_an_analysis_opens_only_the_sessions_its_passes_run_on(phantom_dir, tiny_model_dir, monkeypatch):
+    opened = []
+    open_session = onnx_engine.OnnxPart.__init__
+
+    def counting(self, graph, intra_threads=None):
+        opened.append(intra_threads)
+        open_session(self, graph, intra_threads)
+
+    monkeypatch.setattr(onnx_engine.OnnxPart, "__init__", counting)
+    monkeypatch.setattr(onnx_engine, "_threads", 2)
+    case = load_case(phantom_dir)
+    onnx_engine.load_parts.cache_clear()
+    try:
+        analyze(case, model_dir=tiny_model_dir, classify=False)
+        assert opened == [1, 1]  # two passes side by side, one thread each
+        analyze(case, model_dir=tiny_model_dir, classify=False)
+        assert opened == [1, 1]  # cached for the process
+        monkeypatch.setattr(analysis, "side_by_side_fits", lambda *grids: False)
+        analyze(case, model_dir=tiny_model_dir, classify=False)
+        assert opened == [1, 1]  # in turn on the first of the same sessions
+        analyze(case, model_dir=tiny_model_dir, classify=False, fast=True)
+        assert opened == [1, 1, 2]  # one pass: one session with every thread
+    finally:
+        onnx_engine.load_parts.cache_clear()
+
+
 def test_argmax_without_stacking_matches_numpy():
     rng = np.random.default_rng(0)
     maps = [rng.random((7, 8, 9)).astype(np.float32) for _ in range(4)]

@@ -345,6 +345,12 @@ def main(case_dir, out_dir, result_dir, screenshot_path=None, render=True):
     except RuntimeError as exc:
         unreadable = {"error": str(exc)}
     unreadable["nodesAdded"] = app.scene.GetNumberOfNodes() - nodes_before
+    # the maps are read without the volumes logic (whose AddArchetypeVolume computes an automatic window/level)
+    no_volumes_logic = layer.SceneLogics(app.scene, None, app.logics["Segmentations"], app.logics["Terminologies"])
+    bare = layer.load_map(no_volumes_logic, os.path.join(out_dir, "prob_et.nii.gz"), "without volumes logic")
+    unreadable["withoutVolumesLogicMax"] = float(slicer.util.arrayFromVolume(bare).max())
+    for node in (bare, bare.GetDisplayNode(), bare.GetStorageNode()):
+        app.scene.RemoveNode(node)
 
     mrb = os.path.join(result_dir, "scene.mrb")
     if not app.scene.WriteToMRB(mrb):

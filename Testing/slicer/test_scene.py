@@ -149,6 +149,7 @@ def test_a_map_that_cannot_be_read_is_named_and_leaves_no_node(scene, analyzed):
     unreadable = scene["unreadable"]
     assert unreadable["error"] == f"{out / 'report.json'}: Slicer could not read this volume"
     assert unreadable["nodesAdded"] == 0
+    assert unreadable["withoutVolumesLogicMax"] == scene["loaded"]["maps"]["prob_et"]["max"]
 
 
 def test_results_go_to_the_input_study_and_under_its_transform(scene):

@@ -43,6 +43,8 @@ def test_progress_lines_are_parsed():
     assert parse_progress("[glioma-analysis] preprocessing\n") == (0.12, "preprocessing", None)
     fraction, message, _ = parse_progress("[glioma-analysis] network pass 3/4")
     assert fraction == pytest.approx(0.2 + 0.6 * 2 / 4) and message == "network pass 3/4"
+    fraction, message, _ = parse_progress("[glioma-analysis] network passes 3-4/4 side by side")
+    assert fraction == pytest.approx(0.2 + 0.6 * 2 / 4) and message == "network passes 3-4/4 side by side"
     assert parse_progress("glioma-analysis: error: /x/t1.nii: file is empty (0 bytes)") == (
         None, None, "/x/t1.nii: file is empty (0 bytes)")
     assert parse_progress("some library warning") == (None, None, None)
