@@ -54,14 +54,26 @@ def part_pass(network: Part, config: NetworkConfig,
     deep) encoder maps (the part's other outputs; the first pass is unflipped, and no dropout acts on them)."""
 
     def run(x: np.ndarray, presence: np.ndarray, rng: Optional[np.random.Generator], last: bool = True) -> np.ndarray:
-        masks = dropout_masks(config, x.shape[2:], rng)
-        feed = {"x": x, "presence": presence, **{f"mask{k}": m for k, m in enumerate(masks)}}
-        logits, *maps = network(keep_memory=not last, **feed)
-        if encoder_maps is not None and not encoder_maps and maps:
-            encoder_maps.append(tuple(np.array(m) for m in maps))  # copies: nothing of ONNX Runtime's stays held
+        logits, *maps = network(keep_memory=not last, **_network_feed(config, x, presence, rng))
+        _keep_first_maps(encoder_maps, maps)
         return softmax(logits)
 
     return run
+
+
+def _network_feed(config: NetworkConfig, x: np.ndarray, presence: np.ndarray,
+                  rng: Optional[np.random.Generator]) -> Dict[str, np.ndarray]:
+    """The ``network`` part's inputs for x (1, 4, Z, Y, X) and presence (1, 4): its dropout masks drawn from ``rng``
+    (None: a plain pass)."""
+    masks = dropout_masks(config, x.shape[2:], rng)
+    return {"x": x, "presence": presence, **{f"mask{k}": m for k, m in enumerate(masks)}}
+
+
+def _keep_first_maps(encoder_maps: Optional[List[Tuple[np.ndarray, ...]]], maps: Sequence[np.ndarray]) -> None:
+    """Copies of a pass's encoder maps into ``encoder_maps`` while it is still empty (the first pass's; copies, so
+    that nothing of ONNX Runtime's stays held)."""
+    if encoder_maps is not None and not encoder_maps and maps:
+        encoder_maps.append(tuple(np.array(m) for m in maps))
 
 
 def mean_over_passes(run_pass: RunPass, image: np.ndarray, presence: np.ndarray,
@@ -114,15 +126,12 @@ def part_passes(networks: Sequence[Part], config: NetworkConfig, image: np.ndarr
                 progress(f"network passes {first + 1}-{indices[-1] + 1}/{passes} side by side")
             futures = []
             for index in indices:  # inputs and masks drawn here, in pass order
-                x = _flipped(image, index)
-                masks = dropout_masks(config, x.shape[2:], rng)
-                feed = {"x": x, "presence": p, **{f"mask{k}": m for k, m in enumerate(masks)}}
+                feed = _network_feed(config, _flipped(image, index), p, rng)
                 keep = index + lanes < passes  # this session runs another pass over the volume
                 futures.append(pool.submit(networks[index % lanes], keep, **feed))
             for index, future in zip(indices, futures):
                 logits, *maps = future.result()
-                if index == 0 and encoder_maps is not None and maps:
-                    encoder_maps.append(tuple(np.array(m) for m in maps))  # copies: nothing of ONNX Runtime's held
+                _keep_first_maps(encoder_maps, maps)  # pass 0's: the results are read in pass order
                 out = _unflipped(softmax(logits), index)
                 total = out.copy() if total is None else total + out
     return _mean_and_uncertainty(total, passes)
