@@ -325,3 +325,36 @@ def test_finetune_trains_the_backbone_with_segmentation_as_a_task(tmp_path, monk
                if v.is_floating_point() and not torch.equal(v, state["model"][f"backbone.{k}"])]
     assert changed, "the backbone did not train"
     assert json.loads((tmp_path / "run.json").read_text())["split"]["train"] == [s.case_id for s in samples[:4]]
+
+
+def test_views_file_is_reused_only_for_the_same_backbone_cases_and_settings(tmp_path, monkeypatch):
+    """A resumed run reuses its cached views; a views file made for another backbone or other cases is computed
+    again, not silently read (it would train the heads on another encoder's features)."""
+    import argparse
+
+    import training.multitask.train_multitask as train
+    from GliomaAnalysisLib.models.model_store import load_model
+
+    samples = small_phantom_samples(3, seed=5)
+    seg, _ = load_model()
+    model = train.build_multitask(seg, argparse.Namespace(local_crop=32, seed=0, finetune=False))
+    made = []
+    real_example = train.training_example
+    monkeypatch.setattr(train, "training_example", lambda *a, **k: made.append(1) or real_example(*a, **k))
+    events = []
+
+    def cache(net, cases):
+        return train.cache_training_views(net, cases, 1, 0.0, 0.0, 0, tmp_path / "views-1.npz",
+                                          lambda **record: events.append(record["event"]))
+
+    first = cache(model, samples[:2])
+    assert len(made) == 2 and first["pooled"].shape[0] == 2
+    again = cache(model, samples[:2])  # resumed: nothing computed again
+    assert len(made) == 2 and torch.equal(again["pooled"], first["pooled"])
+    cache(model, samples[1:])  # other cases: recomputed
+    assert len(made) == 4 and events.count("views_stale") == 1
+    with torch.no_grad():
+        next(model.backbone.parameters()).mul_(0.5)  # another backbone
+    other = cache(model, samples[1:])
+    assert len(made) == 6 and events.count("views_stale") == 2
+    assert not torch.equal(other["pooled"], first["pooled"][:2])

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     config = MultiTaskConfig.from_dict(json.loads((args.run / "network.json").read_text()))
     shipped = MultiTaskNet(config)
     shipped.load_state_dict(torch.load(args.run / "best.pt", weights_only=True))
-    views = {k: torch.from_numpy(v) for k, v in np.load(args.run / f"views-{args.views}.npz").items()}
+    views = {k: torch.from_numpy(v) for k, v in np.load(args.run / f"views-{args.views}.npz").items() if k != "key"}
 
     phantom_rows = [i for i, s in enumerate(split.train) if s.source == "phantom"]
     n_hidden = int(args.withhold * len(phantom_rows))

@@ -13,6 +13,7 @@ the real validation cases separately.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -75,8 +76,13 @@ def cache_training_views(model: MultiTaskNet, samples: List[ClassificationSample
                          modality_dropout: float, seed: int, path: Path, log) -> Dict[str, torch.Tensor]:
     """Backbone features of ``views`` augmented views of every training case, computed once (frozen backbone):
     pooled (N * views, F), targets (N * views, tasks, 2), known (N * views, tasks). Saved to ``path`` case by case
-    so an interrupted run resumes where it stopped."""
+    so an interrupted run resumes where it stopped; a file made for another backbone, other cases or other
+    augmentation settings (its ``key``, :func:`views_key`) is computed again, not reused."""
+    key = views_key(model, samples, views, cutmix, modality_dropout, seed)
     done: Dict[str, np.ndarray] = dict(np.load(path)) if path.is_file() else {}
+    if done and str(done.pop("key", "")) != key:
+        log(event="views_stale", file=str(path), reason="made for another backbone, cases or settings")
+        done = {}
     have = len(done.get("pooled", [])) // views
     model.eval()
     pooled, targets, known = ([done[k]] if k in done else [] for k in ("pooled", "targets", "known"))
@@ -91,10 +97,24 @@ def cache_training_views(model: MultiTaskNet, samples: List[ClassificationSample
         targets.append(view_targets.numpy())
         known.append(view_known.numpy())
         if (index + 1) % 10 == 0 or index + 1 == len(samples):
-            np.savez(path, pooled=np.concatenate(pooled), targets=np.concatenate(targets), known=np.concatenate(known))
+            np.savez(path, pooled=np.concatenate(pooled), targets=np.concatenate(targets), known=np.concatenate(known),
+                     key=np.array(key))
             log(event="views", cases=index + 1, of=len(samples))
     return {k: torch.from_numpy(np.concatenate(v)) for k, v in (("pooled", pooled), ("targets", targets),
                                                                  ("known", known))}
+
+
+def views_key(model: MultiTaskNet, samples: List[ClassificationSample], views: int, cutmix: float,
+              modality_dropout: float, seed: int) -> str:
+    """What a views file depends on, as one string: the sha256 of the backbone's weights, the network config, the
+    training cases in order and the augmentation settings."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return json.dumps({"backbone": digest.hexdigest(), "config": model.config.to_dict(),
+                       "cases": [s.case_id for s in samples], "views": views, "cutmix": cutmix,
+                       "modality_dropout": modality_dropout, "seed": seed}, sort_keys=True)
 
 
 def head_losses(logits: Dict[str, torch.Tensor], targets: torch.Tensor, known: torch.Tensor,
