@@ -29,6 +29,12 @@ def small_phantom():
     return make_phantom(7, SMALL_SIZE, SMALL_SPACING, case_id="Small_0007")
 
 
+@pytest.fixture
+def onnxruntime_engine(monkeypatch):
+    """The segmentation network on ONNX Runtime even where OpenVINO is installed (tests of its sessions)."""
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A small random-weight model stored like a shipped one: exercises the pipeline, not accuracy."""

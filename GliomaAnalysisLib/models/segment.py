@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from functools import lru_cache
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -171,32 +172,61 @@ def resolve_device(requested: str = "auto") -> Tuple[str, List[str]]:
 
 
 def side_by_side_lanes(passes: int) -> int:
-    """How many of ``passes`` passes run at once: one per pass up to the threads (:func:`onnx_engine.threads`), where
-    the threads share out evenly between them (so that every pass runs with the same thread count, in turn or side by
-    side); else 1."""
+    """How many of ``passes`` passes run at once: on ONNX Runtime one per pass up to the threads
+    (:func:`onnx_engine.threads`), where the threads share out evenly between them (so that every pass runs with the
+    same thread count, in turn or side by side), else 1; on OpenVINO 1 (its passes in turn with every thread were
+    faster than ONNX Runtime's side by side)."""
     from .onnx_engine import threads
+    from .openvino_engine import use_openvino
 
+    if use_openvino():
+        return 1
     lanes = max(1, min(passes, len(FLIP_SETS), threads()))
     return lanes if threads() % lanes == 0 else 1
 
 
 def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes: int = 1):
-    """(networks, card, warnings): the stored segmentation model's ``network`` part as ONNX Runtime sessions for
-    ``passes`` passes (cached per process): :func:`side_by_side_lanes` sessions with an equal share of the threads
-    each (:func:`part_passes`). The other sessions read the graph the first one cached; where it could not be stored
-    (a read-only cache) or torch runs the part, there is one session."""
+    """(networks, card, warnings): the stored segmentation model's ``network`` part for ``passes`` passes (cached
+    per process). On OpenVINO (:func:`openvino_engine.use_openvino`) one network compiled from the cached ONNX graph
+    with every thread. Else ONNX Runtime sessions: :func:`side_by_side_lanes` of them with an equal share of the
+    threads each (:func:`part_passes`); the other sessions read the graph the first one cached; where it could not be
+    stored (a read-only cache) or torch runs the part, there is one session."""
     from .onnx_engine import OnnxPart, graph_path, load_parts, threads
+    from .openvino_engine import use_openvino
 
+    openvino = use_openvino()
+    if openvino:
+        network = _openvino_network(model_name, model_dir, threads())
+        if network is not None:
+            return network
     lanes = side_by_side_lanes(passes)
     each = threads() // lanes
     parts, card, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
                                        intra_threads=each)
+    if openvino:
+        warnings += (f"OpenVINO could not run {model_name}; ONNX Runtime ran it",)
     networks = [parts["network"]]
     if (lanes > 1 and isinstance(networks[0], OnnxPart)
             and graph_path(model_name, card["sha256"], "network").is_file()):  # never a second export
         networks += [load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
                                 intra_threads=each, replica=k)[0]["network"] for k in range(1, lanes)]
     return networks, card, warnings
+
+
+@lru_cache(maxsize=4)
+def _openvino_network(model_name: str, model_dir: Optional[str], threads: int):
+    """([the ``network`` part on OpenVINO], card, ()) of a stored model, compiled from its cached ONNX graph (exported
+    first if missing); None where there is no graph file (a read-only cache) or OpenVINO cannot compile it."""
+    from .model_store import load_verified_card
+    from .onnx_engine import graph_path, load_parts
+    from .openvino_engine import openvino_part
+
+    card = load_verified_card(model_name, model_dir)
+    path = graph_path(model_name, card["sha256"], "network")
+    if not path.is_file():
+        load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of, intra_threads=threads)
+    part = openvino_part(path, threads) if path.is_file() else None
+    return None if part is None else ([part], card, ())
 
 
 class Segmentation(NamedTuple):
@@ -210,6 +240,8 @@ class Segmentation(NamedTuple):
     encoder_maps: Optional[Tuple[np.ndarray, ...]]
     """(fine, level, deep): the encoder's last three maps of the unflipped image (``GliomaSegNet.forward_with_features``),
     which the multi-task classifier reads; None for a sliding window or a network of fewer than three levels."""
+    engine: str
+    """what ran the network: ``openvino <version>``, ``onnxruntime <version>`` or ``torch <version>``"""
 
 
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
@@ -226,7 +258,7 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
         maps: List[Tuple[np.ndarray, ...]] = []
         mean, entropy = part_passes(networks, config, image, presence, passes, mc_dropout, progress=progress,
                                     encoder_maps=maps)
-        return Segmentation(mean, entropy, list(warnings), maps[0] if maps else None)
+        return Segmentation(mean, entropy, list(warnings), maps[0] if maps else None, engine_of(networks[0]))
     import torch
 
     from .inference import predict
@@ -236,4 +268,20 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     maps: List[Tuple[np.ndarray, ...]] = []
     mean, entropy, warnings = predict(net, image, presence, torch.device(device), passes, mc_dropout,
                                       progress=progress, encoder_maps=maps)
-    return Segmentation(mean, entropy, warnings, maps[0] if maps else None)
+    return Segmentation(mean, entropy, warnings, maps[0] if maps else None, f"torch {torch.__version__}")
+
+
+def engine_of(network: Part) -> str:
+    """``openvino <version>`` | ``onnxruntime <version>`` | ``torch <version>``: what runs ``network``."""
+    from .onnx_engine import OnnxPart
+    from .openvino_engine import OpenVinoPart, engine_version
+
+    if isinstance(network, OpenVinoPart):
+        return engine_version()
+    if isinstance(network, OnnxPart):
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    import torch
+
+    return f"torch {torch.__version__}"

@@ -256,7 +256,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
                            mc_dropout=uncertainty and not fast, progress=say, side_by_side=side_by_side)
     probabilities, entropy = segmentation.probabilities, segmentation.uncertainty
-    encoder_maps = segmentation.encoder_maps
+    encoder_maps, engine = segmentation.encoder_maps, segmentation.engine
     warnings += segmentation.warnings
     del segmentation
     et_assessable = bool(pre.presence[T1CE_CHANNEL])
@@ -330,7 +330,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
         models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
-        settings={"device": device_type, "fast": fast, "passes": passes, "classify": classify,
+        settings={"device": device_type, "engine": engine, "fast": fast, "passes": passes,
+                  "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},

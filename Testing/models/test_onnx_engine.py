@@ -114,7 +114,8 @@ def test_each_session_gives_its_working_memory_back_after_its_last_pass(net, pas
     assert {k: [keep for j, keep in calls if j == k] for k in range(sessions)} == expected
 
 
-def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tmp_path, monkeypatch):
+def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tmp_path, monkeypatch,
+                                                                         onnxruntime_engine):
     folder = tmp_path / "models"
     save_model(net, {"version": "t"}, folder, "tiny_seg")
 
@@ -135,7 +136,8 @@ def test_several_passes_get_one_session_each_with_a_share_of_the_threads(net, tm
     assert threads_of(load_segmentation_networks("tiny_seg", str(folder), passes=2)[0]) == [1]
 
 
-def test_a_graph_that_could_not_be_cached_is_not_exported_again_for_a_second_session(net, tmp_path, monkeypatch):
+def test_a_graph_that_could_not_be_cached_is_not_exported_again_for_a_second_session(net, tmp_path, monkeypatch,
+                                                                                     onnxruntime_engine):
     folder = tmp_path / "models"
     save_model(net, {"version": "t"}, folder, "tiny_seg")
     exports = []

@@ -131,7 +131,7 @@ def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
     report = json.loads(json.dumps(classified.report()))
     schema = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
     jsonschema.validate(report, schema)
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     card = load_card("glioma_multitask")
     grade = report["predictions"]["grade"]
     assert grade["basis"].startswith("segmentation volumes")  # the shipped card holds grade_from_volumes

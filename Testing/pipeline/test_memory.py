@@ -46,7 +46,7 @@ def test_side_by_side_passes_need_each_pass_s_activations():
 
 
 def test_passes_run_in_turn_where_side_by_side_would_not_fit_with_the_same_result(phantom_dir, tiny_model_dir,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, onnxruntime_engine):
     case = load_case(phantom_dir)
     monkeypatch.setattr(onnx_engine, "_threads", 2)
     side = analyze(case, model_dir=tiny_model_dir, classify=False)
@@ -62,7 +62,8 @@ def test_passes_run_in_turn_where_side_by_side_would_not_fit_with_the_same_resul
     assert np.array_equal(voxels(side.uncertainty), voxels(in_turn.uncertainty))
 
 
-def test_an_analysis_opens_only_the_sessions_its_passes_run_on(phantom_dir, tiny_model_dir, monkeypatch):
+def test_an_analysis_opens_only_the_sessions_its_passes_run_on(phantom_dir, tiny_model_dir, monkeypatch,
+                                                               onnxruntime_engine):
     opened = []
     open_session = onnx_engine.OnnxPart.__init__
 

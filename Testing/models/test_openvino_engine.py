@@ -1,0 +1,121 @@
+"""The segmentation network on OpenVINO: chosen by default where installed, the same probabilities as ONNX Runtime
+within 1e-4 on a small network, bit-identical reruns, its memory given back after the last pass, and ONNX Runtime
+in its place (with a warning) where OpenVINO cannot compile the graph."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+pytest.importorskip("openvino")
+
+import GliomaAnalysisLib.models.onnx_engine as onnx_engine
+import GliomaAnalysisLib.models.openvino_engine as openvino_engine
+import GliomaAnalysisLib.models.segment as segment
+from GliomaAnalysisLib.models.model_store import save_model
+from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """A small stored segmentation model (folder, config), its graphs cached in a fresh folder."""
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_engine, "_threads", 2)
+    onnx_engine.load_parts.cache_clear()
+    segment._openvino_network.cache_clear()
+    torch.manual_seed(0)
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2, dropout=0.3)).eval()
+    save_model(net, {"version": "t"}, tmp_path / "models", "tiny_seg")
+    yield str(tmp_path / "models"), net.config
+    onnx_engine.load_parts.cache_clear()
+    segment._openvino_network.cache_clear()
+
+
+def _passes(folder, config, passes=2):
+    image = np.random.default_rng(3).normal(size=(4, 24, 32, 16)).astype(np.float32)
+    networks, _, warnings = segment.load_segmentation_networks("tiny_seg", folder, passes)
+    mean, uncertainty = segment.part_passes(networks, config, image, np.ones(4, np.float32), passes,
+                                            mc_dropout=True)
+    return networks, warnings, mean, uncertainty
+
+
+def test_openvino_runs_the_passes_by_default_as_onnx_runtime_does(stored, monkeypatch):
+    folder, config = stored
+    monkeypatch.delenv("GLIOMA_ANALYSIS_ENGINE", raising=False)
+    networks, warnings, mean, uncertainty = _passes(folder, config)
+    assert [type(n).__name__ for n in networks] == ["OpenVinoPart"] and warnings == ()
+    assert segment.side_by_side_lanes(2) == 1  # in turn, every thread on the one network
+    assert segment.engine_of(networks[0]).startswith("openvino 20")
+    assert np.array_equal(_passes(folder, config)[2], mean)  # a rerun: the same bits
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")
+    networks_ort, _, mean_ort, uncertainty_ort = _passes(folder, config)
+    assert [type(n).__name__ for n in networks_ort] == ["OnnxPart", "OnnxPart"]
+    assert mean.shape == (4, 24, 32, 16) and np.abs(mean.sum(axis=0) - 1).max() < 1e-5
+    np.testing.assert_allclose(mean, mean_ort, atol=1e-4)  # the same network, other kernels
+    np.testing.assert_allclose(uncertainty, uncertainty_ort, atol=1e-4)
+
+
+def test_the_last_pass_gives_openvino_s_working_memory_back(stored, monkeypatch):
+    folder, config = stored
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "openvino")
+    network = segment.load_segmentation_networks("tiny_seg", folder, 2)[0][0]
+    released = []
+
+    class Recording:
+        def __init__(self, compiled):
+            self.compiled = compiled
+
+        def release_memory(self):
+            released.append(len(calls))
+            self.compiled.release_memory()
+
+        def __getattr__(self, name):
+            return getattr(self.compiled, name)
+
+    calls = []
+    network.compiled = Recording(network.compiled)
+    run = network.__call__
+    image = np.random.default_rng(1).normal(size=(4, 24, 32, 16)).astype(np.float32)
+    for last in (False, False, True):
+        calls.append(last)
+        feed = segment._network_feed(config, image[None], np.ones((1, 4), np.float32), None)
+        outputs = run(keep_memory=not last, **feed)
+    assert released == [3]  # only after the last pass over the volume
+    assert outputs[0].shape == (1, 4, 24, 32, 16) and outputs[0].dtype == np.float32
+
+
+def test_onnx_runtime_runs_the_network_where_openvino_cannot_compile_it(stored, monkeypatch):
+    folder, config = stored
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "auto")
+    monkeypatch.setattr(openvino_engine, "OpenVinoPart",
+                        lambda *args: (_ for _ in ()).throw(RuntimeError("unsupported operator")))
+    networks, warnings, mean, _ = _passes(folder, config)
+    assert [type(n).__name__ for n in networks] == ["OnnxPart"]  # one session of both threads: lanes said 1
+    assert warnings == ("OpenVINO could not run tiny_seg; ONNX Runtime ran it",)
+    assert np.abs(mean.sum(axis=0) - 1).max() < 1e-5
+
+
+def test_an_unknown_engine_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "tensorrt")
+    with pytest.raises(ValueError, match=r"GLIOMA_ANALYSIS_ENGINE must be one of auto, openvino, onnxruntime, "
+                                         r"not 'tensorrt'"):
+        openvino_engine.use_openvino()
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", " OpenVINO ")
+    assert openvino_engine.use_openvino()
+    monkeypatch.setattr(openvino_engine, "openvino_available", lambda: False)
+    assert not openvino_engine.use_openvino()  # asked for but not installed: ONNX Runtime
+
+
+def test_the_report_names_the_engine_and_both_engines_segment_alike(phantom_dir, tiny_model_dir, monkeypatch):
+    from GliomaAnalysisLib import analyze, load_case
+
+    case = load_case(phantom_dir)
+    results = {}
+    for engine in ("openvino", "onnxruntime"):
+        monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)
+        results[engine] = analyze(case, model_dir=tiny_model_dir, classify=False)
+    assert results["openvino"].settings["engine"].startswith("openvino ")
+    assert results["onnxruntime"].settings["engine"].startswith("onnxruntime ")
+    for name, image in results["openvino"].probabilities.items():
+        other = results["onnxruntime"].probabilities[name]
+        assert np.abs(sitk.GetArrayViewFromImage(image) - sitk.GetArrayViewFromImage(other)).max() <= 2e-3, name
