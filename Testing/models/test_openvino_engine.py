@@ -46,6 +46,9 @@ def test_openvino_runs_the_passes_by_default_as_onnx_runtime_does(stored, monkey
     assert [type(n).__name__ for n in networks] == ["OpenVinoPart"] and warnings == ()
     assert segment.side_by_side_lanes(2) == 1  # in turn, every thread on the one network
     assert segment.engine_of(networks[0]).startswith("openvino 20")
+    compiled = networks[0].compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 2 and not compiled.get_property("ENABLE_CPU_PINNING")
+    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     assert np.array_equal(_passes(folder, config)[2], mean)  # a rerun: the same bits
     monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")
     networks_ort, _, mean_ort, uncertainty_ort = _passes(folder, config)
