@@ -276,12 +276,16 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         del maps
     encoder_maps = None  # the classifiers' task holds them (about 12 MB for a BraTS case) until it is done
     say("mapping results back to the input grid")
+    # the uncertainty map (non-zero over most of the brain, so the largest to map back) goes back in a thread of its
+    # own beside the probability maps, the labels and the post-processing (NumPy releases the GIL)
+    mapping = ThreadPoolExecutor(max_workers=1)
+    uncertainty_back = mapping.submit(_on_native, prepared, pre, entropy)
+    mapping.shutdown(wait=False)
     thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # NCR, ED, ET; the background map is only read by the argmax, around the tumor
     reference_probs = [_on_native(prepared, pre, p) for p in probabilities[1:]]
     labels = (decode_regions(*reference_probs, thresholds) if thresholds
               else _argmax_labels(prepared, pre, probabilities[0], reference_probs))
-    uncertainty_map = _on_native(prepared, pre, entropy)
     lap("resample")
 
     voxel_ml = case.geometry.voxel_volume_ml
@@ -299,6 +303,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     volumes = volumes_ml(labels, voxel_ml)
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}
+    uncertainty_map = uncertainty_back.result()
     lap("postprocess")
 
     def finish(result: AnalysisResult) -> None:
