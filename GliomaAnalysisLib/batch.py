@@ -275,6 +275,9 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
     writes ``summary-shard-K-of-N.csv``; :func:`merge_shards` joins the shards. ``options`` go to :func:`analyze`
     (device, fast, uncertainty, ...) and ``channels`` to :func:`load_case`.
     """
+    from .models.openvino_engine import requested_engine
+
+    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the batch before its first case
     root, out = Path(root), Path(out)
     cases = discover_cases(root)
     if not cases:
@@ -378,8 +381,8 @@ def _shut_down_uninterrupted(pool: ThreadPoolExecutor) -> None:
 
 
 def _start_worker(threads: int) -> None:
-    """Each worker: its threads (ONNX Runtime's sessions, and torch's if a network must run in torch), and one child
-    process drawing all its 3D views (it leaves with the worker)."""
+    """Each worker: its threads (the networks' on OpenVINO and ONNX Runtime, and torch's if a network must run in
+    torch), and one child process drawing all its 3D views (it leaves with the worker)."""
     from .models import onnx_engine
     from .reporting.render3d import prestart_render
 

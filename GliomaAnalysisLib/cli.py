@@ -146,10 +146,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .io.atomic import staged_folder
+    from .models.openvino_engine import requested_engine
     from .pipeline.analysis import analyze
     from .reporting.render3d import prestart_render
     from .reporting.writers import write_contract_files
 
+    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the run before the case is read
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise GliomaAnalysisError(f"{out}: exists and is not a folder; --out takes a folder")

@@ -259,7 +259,11 @@ def test_resume_reads_a_completed_case_missing_from_the_summary_back_from_its_fi
     assert (damaged.status, damaged.error, damaged.volumes_ml) == ("ok", "completed in an earlier run", {})
 
 
-def test_parallel_jobs_give_the_same_volumes(cohort, tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_parallel_jobs_give_the_same_volumes(cohort, tmp_path, tiny_model_dir, monkeypatch, engine):
+    """Two 1-thread workers against one process of two threads: ONNX Runtime's convolutions give the same numbers
+    on any thread count, OpenVINO's (oneDNN's) differ by about 1e-3 in the probabilities (README, Inference)."""
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)  # the spawned workers inherit it
     root, _ = cohort
     subset = tmp_path / "root"
     for name in ("good_0", "good_1"):
@@ -267,7 +271,11 @@ def test_parallel_jobs_give_the_same_volumes(cohort, tmp_path, tiny_model_dir):
     serial = {o.case: o.volumes_ml for o in analyze_folder(subset, tmp_path / "a", fast=True, model_dir=tiny_model_dir)}
     parallel = {o.case: o.volumes_ml for o in analyze_folder(subset, tmp_path / "b", jobs=2, fast=True,
                                                              model_dir=tiny_model_dir)}
-    assert serial == parallel
+    if engine == "onnxruntime":
+        assert serial == parallel
+    else:
+        assert serial.keys() == parallel.keys() and all(
+            parallel[case] == pytest.approx(volumes, rel=0.01, abs=0.5) for case, volumes in serial.items())
 
 
 def test_cli_batch_exit_status_and_sigterm(cohort, tmp_path, tiny_model_dir):

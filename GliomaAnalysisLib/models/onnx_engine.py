@@ -36,7 +36,8 @@ _threads: Optional[int] = None
 
 
 def set_threads(threads: Optional[int]) -> None:
-    """Intra-op threads of the ONNX Runtime sessions created from now on (None: one per CPU core)."""
+    """Threads of the networks loaded from now on: ONNX Runtime sessions' intra-op threads and the OpenVINO
+    segmentation network's (None: one per CPU core)."""
     global _threads
     _threads = threads
 

@@ -1,6 +1,7 @@
 """Test-time passes of the segmentation network, in NumPy: flips, MC-dropout masks, the mean probabilities and
-their voxel uncertainty. The network itself is a callable (an ONNX Runtime part of a stored model, see
-models/onnx_engine.py, or torch in models/inference.py), so a run from cached graphs never imports torch.
+their voxel uncertainty. The network itself is a callable (the stored model's cached ONNX graph compiled by
+OpenVINO, models/openvino_engine.py, or run by ONNX Runtime, models/onnx_engine.py; or torch in models/inference.py),
+so a run from cached graphs never imports torch.
 
     run_pass(x (1, 4, Z, Y, X), presence (1, 4), rng, last) -> probabilities (1, 4, Z, Y, X), all float32; the pass
     draws its dropout masks from rng (None: a plain pass); last: no further pass over this volume follows
@@ -190,22 +191,28 @@ def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes
     per process). On OpenVINO (:func:`openvino_engine.use_openvino`) one network compiled from the cached ONNX graph
     with every thread. Else ONNX Runtime sessions: :func:`side_by_side_lanes` of them with an equal share of the
     threads each (:func:`part_passes`); the other sessions read the graph the first one cached; where it could not be
-    stored (a read-only cache) or torch runs the part, there is one session."""
+    stored (a read-only cache) or torch runs the part, there is one session. Where OpenVINO was asked for or chosen
+    but did not run, a warning says why and what ran instead."""
     from .onnx_engine import OnnxPart, graph_path, load_parts, threads
-    from .openvino_engine import use_openvino
+    from .openvino_engine import openvino_available, requested_engine
 
-    openvino = use_openvino()
-    if openvino:
-        network = _openvino_network(model_name, model_dir, threads())
-        if network is not None:
-            return network
+    engine = requested_engine()
+    why = ""
+    if engine != "onnxruntime":
+        if openvino_available():
+            network, card, why = _openvino_network(model_name, model_dir, threads())
+            if network is not None:
+                return [network], card, ()
+        elif engine == "openvino":
+            why = "the openvino package is not installed"
     lanes = side_by_side_lanes(passes)
     each = threads() // lanes
     parts, card, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
                                        intra_threads=each)
-    if openvino:
-        warnings += (f"OpenVINO could not run {model_name}; ONNX Runtime ran it",)
     networks = [parts["network"]]
+    if why:
+        ran = "ONNX Runtime" if isinstance(networks[0], OnnxPart) else "torch"
+        warnings += (f"OpenVINO did not run {model_name} ({why}); {ran} ran it",)
     if (lanes > 1 and isinstance(networks[0], OnnxPart)
             and graph_path(model_name, card["sha256"], "network").is_file()):  # never a second export
         networks += [load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
@@ -213,20 +220,31 @@ def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes
     return networks, card, warnings
 
 
-@lru_cache(maxsize=4)
 def _openvino_network(model_name: str, model_dir: Optional[str], threads: int):
-    """([the ``network`` part on OpenVINO], card, ()) of a stored model, compiled from its cached ONNX graph (exported
-    first if missing); None where there is no graph file (a read-only cache) or OpenVINO cannot compile it."""
+    """(the ``network`` part on OpenVINO or None, card, why not): compiled from the model's cached ONNX graph,
+    exported first if missing (by :func:`onnx_engine.load_parts`, whose session then stays unused)."""
     from .model_store import load_verified_card
     from .onnx_engine import graph_path, load_parts
-    from .openvino_engine import openvino_part
 
     card = load_verified_card(model_name, model_dir)
     path = graph_path(model_name, card["sha256"], "network")
     if not path.is_file():
         load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of, intra_threads=threads)
-    part = openvino_part(path, threads) if path.is_file() else None
-    return None if part is None else ([part], card, ())
+    if not path.is_file():
+        return None, card, "no cached ONNX graph to compile: the model cache is read-only"
+    network, why = _compiled_network(str(path), threads)
+    return network, card, why
+
+
+@lru_cache(maxsize=4)
+def _compiled_network(graph: str, threads: int):
+    """(OpenVinoPart or None, why not) of the graph file ``graph``, cached per process. The file's name holds the
+    weights' sha256, so replaced weights get a network of their own."""
+    from pathlib import Path
+
+    from .openvino_engine import openvino_part
+
+    return openvino_part(Path(graph), threads)
 
 
 class Segmentation(NamedTuple):
@@ -248,10 +266,11 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
             progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True) -> Segmentation:
     """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
-    ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use), its passes
-    side by side (:func:`part_passes`), or with ``side_by_side`` False in turn on the first of the same sessions
-    (the same thread count: the same result bit for bit, more slowly); on CUDA, or a working grid above
-    ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch runs it."""
+    ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use): on OpenVINO
+    its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
+    with ``side_by_side`` False in turn on the first of the same sessions (the same thread count: the same result
+    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch
+    runs it."""
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
         networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes)
         networks = networks if side_by_side else networks[:1]

@@ -26,6 +26,8 @@ from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
+from ..models.onnx_engine import threads as engine_threads
+from ..models.openvino_engine import requested_engine
 from ..models.segment import load_segmentation_networks, resolve_device, segment, side_by_side_lanes
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory, side_by_side_fits
@@ -155,6 +157,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     result's :meth:`~AnalysisResult.finish` (also called by :meth:`~AnalysisResult.report`) waits for them.
     """
     model_folder = None if model_dir is None else str(model_dir)
+    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the run here, whatever the device
     device_type, device_warnings = resolve_device(device)
     pool = ThreadPoolExecutor(max_workers=1)
     done = False
@@ -335,7 +338,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
         models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
-        settings={"device": device_type, "engine": engine, "fast": fast, "passes": passes,
+        settings={"device": device_type, "engine": engine, "threads": engine_threads(), "fast": fast, "passes": passes,
                   "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,

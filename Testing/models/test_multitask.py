@@ -331,6 +331,7 @@ def test_views_file_is_reused_only_for_the_same_backbone_cases_and_settings(tmp_
     """A resumed run reuses its cached views; a views file made for another backbone or other cases is computed
     again, not silently read (it would train the heads on another encoder's features)."""
     import argparse
+    import dataclasses
 
     import training.multitask.train_multitask as train
     from GliomaAnalysisLib.models.model_store import load_model
@@ -351,10 +352,17 @@ def test_views_file_is_reused_only_for_the_same_backbone_cases_and_settings(tmp_
     assert len(made) == 2 and first["pooled"].shape[0] == 2
     again = cache(model, samples[:2])  # resumed: nothing computed again
     assert len(made) == 2 and torch.equal(again["pooled"], first["pooled"])
-    cache(model, samples[1:])  # other cases: recomputed
+    moved = cache(model, samples[1:])  # other cases: recomputed
     assert len(made) == 4 and events.count("views_stale") == 1
+    relabelled = [dataclasses.replace(s, targets={**s.targets, "grade": 1 - s.targets["grade"]})
+                  for s in samples[1:]]
+    cache(model, relabelled)  # a label corrected in the table: recomputed
+    assert len(made) == 6 and events.count("views_stale") == 2
+    train.cache_training_views(model, relabelled, 1, 0.0, 0.0, 1, tmp_path / "views-1.npz",
+                               lambda **record: events.append(record["event"]))  # another seed: recomputed
+    assert len(made) == 8 and events.count("views_stale") == 3
     with torch.no_grad():
         next(model.backbone.parameters()).mul_(0.5)  # another backbone
     other = cache(model, samples[1:])
-    assert len(made) == 6 and events.count("views_stale") == 2
-    assert not torch.equal(other["pooled"], first["pooled"][:2])
+    assert len(made) == 10 and events.count("views_stale") == 4
+    assert not torch.equal(other["pooled"], moved["pooled"])  # the same cases: only the backbone differs

@@ -1,6 +1,8 @@
 """The segmentation network on OpenVINO: chosen by default where installed, the same probabilities as ONNX Runtime
 within 1e-4 on a small network, bit-identical reruns, its memory given back after the last pass, and ONNX Runtime
 in its place (with a warning) where OpenVINO cannot compile the graph."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -21,14 +23,14 @@ def stored(tmp_path, monkeypatch):
     monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(onnx_engine, "_threads", 2)
     onnx_engine.load_parts.cache_clear()
-    segment._openvino_network.cache_clear()
+    segment._compiled_network.cache_clear()
     torch.manual_seed(0)
     net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
                                      transformer_heads=2, dropout=0.3)).eval()
     save_model(net, {"version": "t"}, tmp_path / "models", "tiny_seg")
     yield str(tmp_path / "models"), net.config
     onnx_engine.load_parts.cache_clear()
-    segment._openvino_network.cache_clear()
+    segment._compiled_network.cache_clear()
 
 
 def _passes(folder, config, passes=2):
@@ -61,30 +63,44 @@ def test_openvino_runs_the_passes_by_default_as_onnx_runtime_does(stored, monkey
 def test_the_last_pass_gives_openvino_s_working_memory_back(stored, monkeypatch):
     folder, config = stored
     monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "openvino")
-    network = segment.load_segmentation_networks("tiny_seg", folder, 2)[0][0]
-    released = []
+    networks, _, _ = segment.load_segmentation_networks("tiny_seg", folder, 3)
+    events = []
 
-    class Recording:
+    class Recording:  # the compiled network, noting each release
         def __init__(self, compiled):
             self.compiled = compiled
 
         def release_memory(self):
-            released.append(len(calls))
+            events.append("release")
             self.compiled.release_memory()
 
         def __getattr__(self, name):
             return getattr(self.compiled, name)
 
-    calls = []
+    network = networks[0]
     network.compiled = Recording(network.compiled)
-    run = network.__call__
+    infer = network.request.infer
+    monkeypatch.setattr(network, "request", type("Request", (), {
+        "infer": staticmethod(lambda *a, **k: events.append("pass") or infer(*a, **k))})())
     image = np.random.default_rng(1).normal(size=(4, 24, 32, 16)).astype(np.float32)
-    for last in (False, False, True):
-        calls.append(last)
-        feed = segment._network_feed(config, image[None], np.ones((1, 4), np.float32), None)
-        outputs = run(keep_memory=not last, **feed)
-    assert released == [3]  # only after the last pass over the volume
-    assert outputs[0].shape == (1, 4, 24, 32, 16) and outputs[0].dtype == np.float32
+    segment.part_passes(networks, config, image, np.ones(4, np.float32), passes=3, mc_dropout=True)
+    assert events == ["pass", "pass", "pass", "release"]  # kept between the passes over one volume
+
+
+def test_two_threads_calling_one_network_get_their_own_outputs(stored, monkeypatch):
+    """One infer request per network: calls take turns, so no thread reads outputs another call overwrote."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, config = stored
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "openvino")
+    network = segment.load_segmentation_networks("tiny_seg", folder, 1)[0][0]
+    rng = np.random.default_rng(2)
+    feeds = [segment._network_feed(config, rng.normal(size=(1, 4, 24, 32, 16)).astype(np.float32),
+                                   np.ones((1, 4), np.float32), None) for _ in range(2)]
+    expected = [network(**feed)[0] for feed in feeds]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = list(pool.map(lambda k: network(keep_memory=True, **feeds[k % 2])[0], range(40)))
+    assert all(np.array_equal(out, expected[k % 2]) for k, out in enumerate(got))
 
 
 def test_onnx_runtime_runs_the_network_where_openvino_cannot_compile_it(stored, monkeypatch):
@@ -94,15 +110,40 @@ def test_onnx_runtime_runs_the_network_where_openvino_cannot_compile_it(stored, 
                         lambda *args: (_ for _ in ()).throw(RuntimeError("unsupported operator")))
     networks, warnings, mean, _ = _passes(folder, config)
     assert [type(n).__name__ for n in networks] == ["OnnxPart"]  # one session of both threads: lanes said 1
-    assert warnings == ("OpenVINO could not run tiny_seg; ONNX Runtime ran it",)
+    assert warnings == ("OpenVINO did not run tiny_seg (RuntimeError: unsupported operator); ONNX Runtime ran it",)
     assert np.abs(mean.sum(axis=0) - 1).max() < 1e-5
 
 
-def test_an_unknown_engine_is_refused_by_name(monkeypatch):
+def test_openvino_asked_for_but_missing_or_without_a_graph_says_so(stored, monkeypatch):
+    folder, config = stored
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "openvino")
+    monkeypatch.setattr(openvino_engine, "openvino_available", lambda: False)
+    assert _passes(folder, config)[1] == (
+        "OpenVINO did not run tiny_seg (the openvino package is not installed); ONNX Runtime ran it",)
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "auto")  # auto without the package: ONNX Runtime, no warning
+    assert _passes(folder, config)[1] == ()
+    monkeypatch.setattr(openvino_engine, "openvino_available", lambda: True)
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(Path(folder).parent / "read-only cache"))
+    monkeypatch.setattr(onnx_engine, "_store", lambda path, graph: None)  # nothing stored: no graph file
+    onnx_engine.load_parts.cache_clear()
+    assert _passes(folder, config)[1] == ("OpenVINO did not run tiny_seg (no cached ONNX graph to compile: the "
+                                          "model cache is read-only); ONNX Runtime ran it",)
+
+
+def test_an_unknown_engine_is_refused_by_name_before_any_work(phantom_dir, tmp_path, monkeypatch, capsys):
+    from GliomaAnalysisLib.cli import main
+
     monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "tensorrt")
-    with pytest.raises(ValueError, match=r"GLIOMA_ANALYSIS_ENGINE must be one of auto, openvino, onnxruntime, "
-                                         r"not 'tensorrt'"):
+    with pytest.raises(openvino_engine.EngineChoiceError, match=r"GLIOMA_ANALYSIS_ENGINE must be one of auto, "
+                                                                 r"openvino, onnxruntime, not 'tensorrt'"):
         openvino_engine.use_openvino()
+    for command in (["analyze", str(phantom_dir), "--out", str(tmp_path / "one"), "--device", "cuda"],
+                    ["batch", str(phantom_dir.parent), "--out", str(tmp_path / "many")]):
+        assert main(command) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "glioma-analysis: error: $GLIOMA_ANALYSIS_ENGINE must be one of auto, openvino, onnxruntime, "
+            "not 'tensorrt'"]
+        assert not (tmp_path / "one").exists() and not (tmp_path / "many").exists()
     monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", " OpenVINO ")
     assert openvino_engine.use_openvino()
     monkeypatch.setattr(openvino_engine, "openvino_available", lambda: False)
@@ -119,6 +160,7 @@ def test_the_report_names_the_engine_and_both_engines_segment_alike(phantom_dir,
         results[engine] = analyze(case, model_dir=tiny_model_dir, classify=False)
     assert results["openvino"].settings["engine"].startswith("openvino ")
     assert results["onnxruntime"].settings["engine"].startswith("onnxruntime ")
+    assert results["openvino"].settings["threads"] == onnx_engine.threads() >= 1
     for name, image in results["openvino"].probabilities.items():
         other = results["onnxruntime"].probabilities[name]
         assert np.abs(sitk.GetArrayViewFromImage(image) - sitk.GetArrayViewFromImage(other)).max() <= 2e-3, name

@@ -89,7 +89,8 @@ def test_the_multitask_heads_read_the_segmentation_pass_maps(phantom_dir, monkey
     assert ([n * 2 for n in fine.shape[2:]] == [n * 4 for n in level.shape[2:]] == [n * 8 for n in deep.shape[2:]]
             == list(image.shape[1:]))
     for given, computed in zip(kwargs["maps"], kwargs["encoder"]()(x=image[None], presence=presence[None])):
-        np.testing.assert_allclose(given, computed, atol=1e-3)
+        # the segmentation pass ran on OpenVINO, the encoder part on ONNX Runtime: other kernels, ~1e-3 apart
+        np.testing.assert_allclose(given, computed, atol=1e-3 + 2e-3 * np.abs(computed).max())
     other = classify_case(image, presence, labels, encoder_maps=EncoderMaps("0" * 64, (fine * 0, level * 0, deep * 0)))
     assert calls[-1][1]["maps"] is None  # not the backbone's weights: the encoder part ran
     for task, p in result.predictions.items():

@@ -107,14 +107,15 @@ def cache_training_views(model: MultiTaskNet, samples: List[ClassificationSample
 def views_key(model: MultiTaskNet, samples: List[ClassificationSample], views: int, cutmix: float,
               modality_dropout: float, seed: int) -> str:
     """What a views file depends on, as one string: the sha256 of the backbone's weights, the network config, the
-    training cases in order and the augmentation settings."""
+    training cases in order with their source and labels, and the augmentation settings."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return json.dumps({"backbone": digest.hexdigest(), "config": model.config.to_dict(),
-                       "cases": [s.case_id for s in samples], "views": views, "cutmix": cutmix,
-                       "modality_dropout": modality_dropout, "seed": seed}, sort_keys=True)
+                       "cases": [[s.case_id, s.source, s.targets] for s in samples], "views": views,
+                       "cutmix": cutmix, "modality_dropout": modality_dropout, "seed": seed},
+                      sort_keys=True, default=str)
 
 
 def head_losses(logits: Dict[str, torch.Tensor], targets: torch.Tensor, known: torch.Tensor,
