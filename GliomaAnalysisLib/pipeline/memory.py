@@ -11,8 +11,10 @@ from ..errors import GliomaAnalysisError
 BYTES_PER_REFERENCE_VOXEL = 44
 """Peak bytes per input-grid voxel besides the loaded images: 4 probability maps (float32) plus their resampling
 temporaries, labels, uncertainty and the written copies (measured on 240x240x155 and 512x512x400 cases)."""
-BYTES_PER_WORKING_VOXEL_PER_CHANNEL = 4 * 14
-"""Network activations per working-grid voxel and first-level channel (float32, ~14 live tensors, inference)."""
+BYTES_PER_WORKING_VOXEL_PER_CHANNEL = 4 * 17
+"""Network activations per working-grid voxel and first-level channel (float32, ~17 live tensors, inference): a pass
+on OpenVINO grew the process by 0.73 GB on Brats18_CBICA_AME_1's 80x104x88 grid at 16 channels (62 bytes), ONNX
+Runtime's by 0.38 GB."""
 BASELINE_BYTES = 700 * 2 ** 20
 """Python, torch, the model and libraries."""
 
