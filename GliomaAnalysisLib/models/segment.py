@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -194,17 +195,15 @@ def load_segmentation_networks(model_name: str, model_dir: Optional[str], passes
     stored (a read-only cache) or torch runs the part, there is one session. Where OpenVINO was asked for or chosen
     but did not run, a warning says why and what ran instead."""
     from .onnx_engine import OnnxPart, graph_path, load_parts, threads
-    from .openvino_engine import openvino_available, requested_engine
+    from .openvino_engine import requested_engine, use_openvino
 
-    engine = requested_engine()
     why = ""
-    if engine != "onnxruntime":
-        if openvino_available():
-            network, card, why = _openvino_network(model_name, model_dir, threads())
-            if network is not None:
-                return [network], card, ()
-        elif engine == "openvino":
-            why = "the openvino package is not installed"
+    if use_openvino():
+        network, card, why = _openvino_network(model_name, model_dir, threads())
+        if network is not None:
+            return [network], card, ()
+    elif requested_engine() == "openvino":
+        why = "the openvino package is not installed"
     lanes = side_by_side_lanes(passes)
     each = threads() // lanes
     parts, card, warnings = load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of,
@@ -232,19 +231,17 @@ def _openvino_network(model_name: str, model_dir: Optional[str], threads: int):
         load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of, intra_threads=threads)
     if not path.is_file():
         return None, card, "no cached ONNX graph to compile: the model cache is read-only"
-    network, why = _compiled_network(str(path), threads)
+    network, why = _compiled_network(path, threads)
     return network, card, why
 
 
 @lru_cache(maxsize=4)
-def _compiled_network(graph: str, threads: int):
+def _compiled_network(graph: Path, threads: int):
     """(OpenVinoPart or None, why not) of the graph file ``graph``, cached per process. The file's name holds the
     weights' sha256, so replaced weights get a network of their own."""
-    from pathlib import Path
-
     from .openvino_engine import openvino_part
 
-    return openvino_part(Path(graph), threads)
+    return openvino_part(graph, threads)
 
 
 class Segmentation(NamedTuple):
