@@ -275,9 +275,9 @@ def analyze_folder(root: "str | os.PathLike[str]", out: "str | os.PathLike[str]"
     writes ``summary-shard-K-of-N.csv``; :func:`merge_shards` joins the shards. ``options`` go to :func:`analyze`
     (device, fast, uncertainty, ...) and ``channels`` to :func:`load_case`.
     """
-    from .models.openvino_engine import requested_engine
+    from .models.openvino_engine import check_engine_settings
 
-    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the batch before its first case
+    check_engine_settings()  # a misspelt $GLIOMA_ANALYSIS_ENGINE / _PRECISION stops the batch before its first case
     root, out = Path(root), Path(out)
     cases = discover_cases(root)
     if not cases:

@@ -146,12 +146,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .io.atomic import staged_folder
-    from .models.openvino_engine import requested_engine
+    from .models.openvino_engine import check_engine_settings
     from .pipeline.analysis import analyze
     from .reporting.render3d import prestart_render
     from .reporting.writers import write_contract_files
 
-    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the run before the case is read
+    check_engine_settings()  # a misspelt $GLIOMA_ANALYSIS_ENGINE / _PRECISION stops the run before the case is read
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise GliomaAnalysisError(f"{out}: exists and is not a folder; --out takes a folder")

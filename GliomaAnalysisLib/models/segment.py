@@ -231,17 +231,19 @@ def _openvino_network(model_name: str, model_dir: Optional[str], threads: int):
         load_parts(model_name, model_dir, SEGMENTATION_PARTS, segmentation_parts_of, intra_threads=threads)
     if not path.is_file():
         return None, card, "no cached ONNX graph to compile: the model cache is read-only"
-    network, why = _compiled_network(path, threads)
+    from .openvino_engine import requested_precision
+
+    network, why = _compiled_network(path, threads, requested_precision())
     return network, card, why
 
 
 @lru_cache(maxsize=4)
-def _compiled_network(graph: Path, threads: int):
+def _compiled_network(graph: Path, threads: int, precision: str):
     """(OpenVinoPart or None, why not) of the graph file ``graph``, cached per process. The file's name holds the
     weights' sha256, so replaced weights get a network of their own."""
     from .openvino_engine import openvino_part
 
-    return openvino_part(graph, threads)
+    return openvino_part(graph, threads, precision)
 
 
 class Segmentation(NamedTuple):
@@ -257,6 +259,8 @@ class Segmentation(NamedTuple):
     which the multi-task classifier reads; None for a sliding window or a network of fewer than three levels."""
     engine: str
     """what ran the network: ``openvino <version>``, ``onnxruntime <version>`` or ``torch <version>``"""
+    precision: str = "f32"
+    """what it computed in: ``bf16`` (OpenVINO on a CPU with native bfloat16) or ``f32``"""
 
 
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
@@ -274,7 +278,8 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
         maps: List[Tuple[np.ndarray, ...]] = []
         mean, entropy = part_passes(networks, config, image, presence, passes, mc_dropout, progress=progress,
                                     encoder_maps=maps)
-        return Segmentation(mean, entropy, list(warnings), maps[0] if maps else None, engine_of(networks[0]))
+        return Segmentation(mean, entropy, list(warnings), maps[0] if maps else None, engine_of(networks[0]),
+                            getattr(networks[0], "precision", "f32"))
     import torch
 
     from .inference import predict

@@ -27,7 +27,7 @@ from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, l
 from ..preprocessing.clinical import prepare as prepare_clinical
 from ..models.network_config import NetworkConfig
 from ..models.onnx_engine import threads as engine_threads
-from ..models.openvino_engine import requested_engine
+from ..models.openvino_engine import check_engine_settings
 from ..models.segment import load_segmentation_networks, resolve_device, segment, side_by_side_lanes
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory, side_by_side_fits
@@ -157,7 +157,7 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     result's :meth:`~AnalysisResult.finish` (also called by :meth:`~AnalysisResult.report`) waits for them.
     """
     model_folder = None if model_dir is None else str(model_dir)
-    requested_engine()  # a misspelt $GLIOMA_ANALYSIS_ENGINE stops the run here, whatever the device
+    check_engine_settings()  # a misspelt $GLIOMA_ANALYSIS_ENGINE / _PRECISION stops the run here, whatever the device
     device_type, device_warnings = resolve_device(device)
     pool = ThreadPoolExecutor(max_workers=1)
     done = False
@@ -259,7 +259,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
                            mc_dropout=uncertainty and not fast, progress=say, side_by_side=side_by_side)
     probabilities, entropy = segmentation.probabilities, segmentation.uncertainty
-    encoder_maps, engine = segmentation.encoder_maps, segmentation.engine
+    encoder_maps, engine, precision = segmentation.encoder_maps, segmentation.engine, segmentation.precision
     warnings += segmentation.warnings
     del segmentation
     et_assessable = bool(pre.presence[T1CE_CHANNEL])
@@ -338,7 +338,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
         models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
-        settings={"device": device_type, "engine": engine, "threads": engine_threads(), "fast": fast, "passes": passes,
+        settings={"device": device_type, "engine": engine, "precision": precision, "threads": engine_threads(),
+                  "fast": fast, "passes": passes,
                   "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,

@@ -1,6 +1,9 @@
-"""The segmentation network on OpenVINO: chosen by default where installed, the same probabilities as ONNX Runtime
-within 1e-4 on a small network, bit-identical reruns, its memory given back after the last pass, and ONNX Runtime
-in its place (with a warning) where OpenVINO cannot compile the graph."""
+"""The segmentation network on OpenVINO: chosen by default where installed, in float32 the same probabilities as ONNX
+Runtime within 1e-4 on a small network, in bfloat16 (the default where the CPU has it) within bfloat16's rounding,
+bit-identical reruns, its memory given back after the last pass, and ONNX Runtime in its place (with a warning) where
+OpenVINO cannot compile the graph."""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +47,14 @@ def _passes(folder, config, passes=2):
 def test_openvino_runs_the_passes_by_default_as_onnx_runtime_does(stored, monkeypatch):
     folder, config = stored
     monkeypatch.delenv("GLIOMA_ANALYSIS_ENGINE", raising=False)
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")
     networks, warnings, mean, uncertainty = _passes(folder, config)
     assert [type(n).__name__ for n in networks] == ["OpenVinoPart"] and warnings == ()
     assert segment.side_by_side_lanes(2) == 1  # in turn, every thread on the one network
     assert segment.engine_of(networks[0]).startswith("openvino 20")
     compiled = networks[0].compiled
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 2 and not compiled.get_property("ENABLE_CPU_PINNING")
-    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT")) and networks[0].precision == "f32"
     assert np.array_equal(_passes(folder, config)[2], mean)  # a rerun: the same bits
     monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")
     networks_ort, _, mean_ort, uncertainty_ort = _passes(folder, config)
@@ -155,12 +159,95 @@ def test_the_report_names_the_engine_and_both_engines_segment_alike(phantom_dir,
 
     case = load_case(phantom_dir)
     results = {}
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")
     for engine in ("openvino", "onnxruntime"):
         monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)
         results[engine] = analyze(case, model_dir=tiny_model_dir, classify=False)
     assert results["openvino"].settings["engine"].startswith("openvino ")
     assert results["onnxruntime"].settings["engine"].startswith("onnxruntime ")
+    assert results["openvino"].settings["precision"] == results["onnxruntime"].settings["precision"] == "f32"
     assert results["openvino"].settings["threads"] == onnx_engine.threads() >= 1
     for name, image in results["openvino"].probabilities.items():
         other = results["onnxruntime"].probabilities[name]
         assert np.abs(sitk.GetArrayViewFromImage(image) - sitk.GetArrayViewFromImage(other)).max() <= 2e-3, name
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    monkeypatch.setattr(openvino_engine, "cpu_has_bf16", lambda: True)
+    assert openvino_engine.inference_precision("auto") == "bf16"
+    assert openvino_engine.inference_precision("f32") == "f32"
+    monkeypatch.setattr(openvino_engine, "cpu_has_bf16", lambda: False)
+    assert openvino_engine.inference_precision("auto") == "f32"
+
+
+@pytest.mark.skipif(not openvino_engine.cpu_has_bf16(), reason="this CPU computes no bfloat16: auto runs float32")
+def test_bfloat16_by_default_within_its_rounding_of_float32(stored, monkeypatch, phantom_dir, tiny_model_dir):
+    from GliomaAnalysisLib import analyze, load_case
+
+    folder, config = stored
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "openvino")
+    monkeypatch.delenv("GLIOMA_ANALYSIS_PRECISION", raising=False)
+    networks, _, mean, uncertainty = _passes(folder, config)
+    assert networks[0].precision == "bf16"
+    assert "bfloat16" in str(networks[0].compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert np.array_equal(_passes(folder, config)[2], mean)  # a rerun: the same bits
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")
+    networks_f32, _, mean_f32, _ = _passes(folder, config)
+    assert networks_f32[0].precision == "f32" and networks_f32[0] is not networks[0]
+    difference = np.abs(mean - mean_f32)
+    assert 0 < difference.max() < 0.05 and difference.mean() < 5e-3  # bfloat16 keeps 8 bits of mantissa
+    assert np.abs(mean.sum(axis=0) - 1).max() < 1e-5
+    assert (mean.argmax(axis=0) == mean_f32.argmax(axis=0)).mean() > 0.98
+    case = load_case(phantom_dir)
+    monkeypatch.delenv("GLIOMA_ANALYSIS_PRECISION")
+    assert analyze(case, model_dir=tiny_model_dir, classify=False).settings["precision"] == "bf16"
+
+
+def test_each_precision_compiles_into_a_cache_of_its_own(tmp_path, monkeypatch):
+    """OpenVINO's cache key leaves the precision out: the shipped network in bfloat16, loaded from its float32 blob,
+    gave NaN on a small input and crashed the process on a real case. Each precision now caches in its own folder.
+    In a child process: a crash must not take the tests down."""
+    from GliomaAnalysisLib.models.model_store import load_verified_card
+
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")  # only the export here
+    onnx_engine.load_parts.cache_clear()
+    try:
+        segment.load_segmentation_networks("glioma_seg", None, 1)
+    finally:
+        onnx_engine.load_parts.cache_clear()
+    card = load_verified_card("glioma_seg", None)
+    graph = onnx_engine.graph_path("glioma_seg", card["sha256"], "network")
+    config = NetworkConfig.from_dict(card["network"])
+    image = np.random.default_rng(4).normal(size=(1, 4, 32, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "feed.npz", **segment._network_feed(config, image, np.ones((1, 4), np.float32), None))
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from GliomaAnalysisLib.models.openvino_engine import OpenVinoPart, cpu_has_bf16\n"
+        "feed, outputs = dict(np.load(sys.argv[2])), {}\n"
+        "for precision in ('f32', 'auto'):\n"
+        "    part = OpenVinoPart(Path(sys.argv[1]), 2, precision)\n"
+        "    assert part.precision == ('bf16' if precision == 'auto' and cpu_has_bf16() else 'f32'), part.precision\n"
+        "    outputs[precision] = part(**feed)[0]\n"
+        "    assert np.isfinite(outputs[precision]).all(), precision\n"
+        "difference = np.abs(outputs['f32'] - outputs['auto']).max()\n"
+        "assert (difference > 0) == cpu_has_bf16() and difference < 0.5, difference\n")
+    for attempt in ("compiles", "loads the cached networks"):
+        run = subprocess.run([sys.executable, "-c", script, str(graph), str(tmp_path / "feed.npz")],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (attempt, run.returncode, run.stderr[-2000:])
+    folders = sorted(p.name for p in (graph.parent / "openvino").iterdir())
+    assert folders == sorted({"f32", openvino_engine.inference_precision("auto")})
+
+
+def test_an_unknown_precision_is_refused_by_name_before_any_work(phantom_dir, tmp_path, monkeypatch, capsys):
+    from GliomaAnalysisLib.cli import main
+
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "fp16")
+    assert main(["analyze", str(phantom_dir), "--out", str(tmp_path / "one")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "glioma-analysis: error: $GLIOMA_ANALYSIS_PRECISION must be one of auto, f32, not 'fp16'"]
+    assert not (tmp_path / "one").exists()
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", " F32 ")
+    assert openvino_engine.requested_precision() == "f32"
