@@ -4,12 +4,15 @@
     python benchmarks/compare_outputs.py --out after.json      # in the checkout with the change
     python benchmarks/compare_outputs.py --compare before.json after.json
     python benchmarks/compare_outputs.py --passes 2 --out two.json   # a change of the quality passes, measured
+    python benchmarks/compare_outputs.py --classify --out after.json # also the classifiers' probabilities
 
 Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
 ``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
 expert labels (1.0 where both are empty, as the cross-validation scores them; files written before
-2026-12-04 scored that 0.0) and writes them with the label volumes per case. --compare prints the per-case and mean
-differences.
+2026-12-04 scored that 0.0) and writes them with the label volumes per case. With --classify the classifiers run too
+and each case's probabilities are kept (each task's positive class, the MGMT late fusion's fused and the slice grade
+model's default aggregation). --compare prints the per-case and mean differences, and where both files hold
+probabilities the largest difference per task and how many cases changed side of 0.5.
 Run it from the checkout whose code you measure (the repository root is put first on sys.path).
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ SHARED = REPOSITORY.parent / "shared" / "data"
 REGIONS = ("wt", "tc", "et")
 
 
-def score(roots, threads: int, passes: Optional[int] = None) -> dict:
+def score(roots, threads: int, passes: Optional[int] = None, classify: bool = False) -> dict:
     sys.path.insert(0, str(REPOSITORY))
     import numpy as np
     import SimpleITK as sitk
@@ -48,15 +51,27 @@ def score(roots, threads: int, passes: Optional[int] = None) -> dict:
             if case.segmentation is None:
                 continue
             start = time.perf_counter()
-            result = analyze(case, classify=False)
+            result = analyze(case, classify=classify).finish()
             predicted = regions(_contiguous(sitk.GetArrayFromImage(result.labels)))
             truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
             cases[folder.name] = {
                 **{k: dice(predicted[k], truth[k]) for k in REGIONS},
                 "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
+            if classify:
+                cases[folder.name]["probabilities"] = _probabilities(result)
             print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
     return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "cases": cases,
             "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in REGIONS}}
+
+
+def _probabilities(result) -> dict:
+    """{task: probability of its positive class} of an analysis's classifiers (those that ran)."""
+    found = {task: p["probability_positive"] for task, p in result.predictions.items() if p}
+    if (result.mgmt_late_fusion or {}).get("fused") is not None:
+        found["mgmt_late_fusion"] = result.mgmt_late_fusion["fused"]
+    if (result.slice_grade or {}).get("probability") is not None:
+        found["slice_grade"] = result.slice_grade["probability"]
+    return found
 
 
 def _contiguous(labels):
@@ -77,6 +92,16 @@ def compare(before_path: str, after_path: str) -> None:
         mean_after = sum(after[c][k] for c in common) / len(common)
         print(f"{k.upper()}: mean {mean_before:.4f} -> {mean_after:.4f} (difference {mean_after - mean_before:+.4f}; "
               f"per case from {min(differences):+.4f} to {max(differences):+.4f}; {len(common)} cases)")
+    tasks = sorted({t for c in common for t in before[c].get("probabilities", {})
+                    if t in after[c].get("probabilities", {})})
+    for task in tasks:
+        pairs = [(before[c]["probabilities"][task], after[c]["probabilities"][task]) for c in common
+                 if task in before[c].get("probabilities", {}) and task in after[c].get("probabilities", {})]
+        largest = max(abs(b - a) for a, b in pairs)
+        mean = sum(abs(b - a) for a, b in pairs) / len(pairs)
+        flipped = sum((a >= 0.5) != (b >= 0.5) for a, b in pairs)
+        print(f"{task}: probability difference largest {largest:.4f}, mean {mean:.4f}; {flipped} of {len(pairs)} "
+              f"cases on the other side of 0.5")
 
 
 def main() -> None:
@@ -86,12 +111,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, help="network passes of the default (quality) analysis to measure "
                         "(default: the checkout's QUALITY_PASSES)")
+    parser.add_argument("--classify", action="store_true", help="run the classifiers too and keep their probabilities")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
         return
-    result = score(args.roots, args.threads, args.passes)
+    result = score(args.roots, args.threads, args.passes, args.classify)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print("mean", {k: round(v, 4) for k, v in result["mean"].items()})
