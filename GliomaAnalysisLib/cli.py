@@ -186,7 +186,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline.measures import dice
     from .synthetic.phantom import write_cohort
     from .reporting.writers import write_outputs
+    from .models.openvino_engine import check_engine_settings
 
+    check_engine_settings()  # a misspelt $GLIOMA_ANALYSIS_ENGINE / _PRECISION stops the demo before its folder is made
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))

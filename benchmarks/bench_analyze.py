@@ -58,7 +58,8 @@ result = analyze(sys.argv[1], device="cpu", fast=sys.argv[4] == "fast")
 written = time.perf_counter()
 write_outputs(result, sys.argv[3])
 print(json.dumps({"imports": imports, **result.timings_s, "write": time.perf_counter() - written,
-                  "process": time.perf_counter() - start, "torch_imported": "torch" in sys.modules}))
+                  "process": time.perf_counter() - start, "torch_imported": "torch" in sys.modules,
+                  "engine": f"{result.settings['engine']} {result.settings['precision']}"}))
 '''
 
 
@@ -122,11 +123,12 @@ def main() -> None:
                                                       str(args.threads), out, mode], env)[2].strip().splitlines()[-1]))
     print(f"profile (medians of {args.repeats} in-process runs, seconds):  default   --fast")
     for part in profiles["default"][0]:
-        if part != "torch_imported":
+        if part not in ("torch_imported", "engine"):
             print(f"  {part:<24} " + "  ".join(f"{statistics.median(p.get(part, 0.0) for p in runs):8.2f}"
                                                 for runs in profiles.values()))
     print(f"torch imported by a run: {any(p['torch_imported'] for runs in profiles.values() for p in runs)}")
-    print(f"case: {Path(case_dir).name}, threads: {args.threads}")
+    engines = sorted({p["engine"] for runs in profiles.values() for p in runs})
+    print(f"case: {Path(case_dir).name}, threads: {args.threads}, segmentation network: {', '.join(engines)}")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,12 @@ def score(roots, threads: int, passes: Optional[int] = None, classify: bool = Fa
             cases[folder.name] = {
                 **{k: dice(predicted[k], truth[k]) for k in REGIONS},
                 "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
+            cases[folder.name]["engine"] = f"{result.settings['engine']} {result.settings['precision']}"
             if classify:
                 cases[folder.name]["probabilities"] = _probabilities(result)
             print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
     return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "cases": cases,
+            "engines": sorted({c["engine"] for c in cases.values()}),
             "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in REGIONS}}
 
 
@@ -81,8 +83,10 @@ def _contiguous(labels):
 
 
 def compare(before_path: str, after_path: str) -> None:
-    before, after = (json.loads(Path(p).read_text())["cases"] for p in (before_path, after_path))
+    files = [json.loads(Path(p).read_text()) for p in (before_path, after_path)]
+    before, after = (f["cases"] for f in files)
     common = sorted(set(before) & set(after))
+    print("segmentation network: " + " -> ".join(", ".join(f.get("engines", ["unrecorded"])) for f in files))
     print(f"{'case':<28}" + "".join(f"{k.upper():>18}" for k in REGIONS))
     for case in common:
         print(f"{case:<28}" + "".join(f"{before[case][k]:8.4f} -> {after[case][k]:6.4f}" for k in REGIONS))

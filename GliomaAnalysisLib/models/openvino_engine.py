@@ -3,14 +3,16 @@
 On the 2-core CPU the project is measured on, a fresh process loaded the network and ran the default analysis's two
 passes over a BraTS case in 1.55-1.64 s on OpenVINO against 2.08-2.15 s on ONNX Runtime's two 1-thread sessions side
 by side (README, Performance). Its compiled network is cached beside the ONNX graphs (``<user cache>/onnx/openvino``),
-so a fresh process loads it in about 0.15 s, import included.
+a folder per precision (``onnx/openvino/bf16``, ``onnx/openvino/f32``), so a fresh process loads it in about 0.15 s,
+import included.
 
 Precision (``$GLIOMA_ANALYSIS_PRECISION``): ``auto`` (default) runs the network in bfloat16 where the CPU computes it
-natively (AMX or AVX512-BF16: OpenVINO lists ``BF16`` among the CPU's capabilities), else in float32; ``f32`` always in
-float32. On the project's Xeon (AMX) a pass took 0.27 s in bfloat16 against 0.61 s in float32; over the 31 real cases
-the Dice of the default analysis moved by -0.0018 to +0.0048 a case (README, Performance). OpenVINO's compiled-network
-cache does not tell the two precisions apart (loading a float32 blob for a bfloat16 network crashed the process), so
-each precision caches in a folder of its own. report.json says which ran (``settings.precision``).
+natively (AVX512-BF16, which AMX CPUs have: :func:`cpu_has_bf16`), else in float32; ``f32`` always in float32. On the
+project's Xeon (AMX) a pass took 0.21 s in bfloat16 against 0.50 s in float32 (benchmarks/bench_network_pass.py); over the 31 real cases the Dice of the
+default analysis moved by -0.0018 to +0.0048 a case (README, Performance). OpenVINO's compiled-network cache does not
+tell the two precisions apart (a bfloat16 network loaded from a float32 blob gave NaN or crashed the process), so each
+precision caches in a folder of its own. report.json says which ran (``settings.precision``, read back from the
+compiled network).
 
 Which engine runs the segmentation network: ``$GLIOMA_ANALYSIS_ENGINE`` = ``auto`` (default: OpenVINO where the
 ``openvino`` package is installed, else ONNX Runtime) | ``openvino`` | ``onnxruntime``. The two engines' probabilities
@@ -84,7 +86,7 @@ def engine_version() -> str:
     return f"openvino {openvino.__version__.split('-')[0]}"
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _core(cache_dir: str):
     """An OpenVINO core that caches compiled networks in ``cache_dir`` ("": none, e.g. a read-only cache).
     OpenVINO names a cached network by its file's path and the compile options: safe here, since a graph's file name
@@ -98,8 +100,10 @@ def _core(cache_dir: str):
 
 
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO computes bfloat16 natively on this CPU (AMX or AVX512-BF16)."""
-    return "BF16" in _core("").get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16, which AMX CPUs have too): OpenVINO's CPU plugin then
+    defaults to bfloat16. (Its capability list and a bf16 hint are no test: both say yes on any AVX-512 or AVX2-VNNI-2
+    CPU, where bfloat16 is emulated.)"""
+    return "bfloat16" in str(_core("").get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
 def inference_precision(requested: str) -> str:
@@ -115,18 +119,21 @@ class OpenVinoPart:
     runs."""
 
     def __init__(self, graph: Path, threads: int, precision: str = "auto") -> None:
-        self.precision = inference_precision(precision)
-        cache = graph.parent / "openvino" / self.precision  # OpenVINO's cache key leaves the precision out
+        wanted = inference_precision(precision)
+        cache = graph.parent / "openvino" / wanted  # OpenVINO's cache key leaves the precision out
         try:
             cache.mkdir(parents=True, exist_ok=True)
             writable = os.access(cache, os.W_OK)
+            _remove_unfoldered_blobs(cache.parent)
         except OSError:
             writable = False
         self.compiled = _core(str(cache) if writable else "").compile_model(str(graph), "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
-            "INFERENCE_PRECISION_HINT": self.precision,  # never f16: not measured
+            "INFERENCE_PRECISION_HINT": wanted,  # never f16: not measured
             # unpinned: pinned, the two 1-thread workers of batch --jobs 2 shared one core (10 cases 24.8 -> 18.1 s)
             "ENABLE_CPU_PINNING": False})
+        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = "bf16" if "bfloat16" in ran else "f32"  # what runs, as OpenVINO says
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self._turn = threading.Lock()
@@ -139,6 +146,13 @@ class OpenVinoPart:
             if not keep_memory:
                 self.compiled.release_memory()  # the intermediate memory of the last pass over a volume
         return outputs
+
+
+def _remove_unfoldered_blobs(folder: Path) -> None:
+    """Deletes the compiled networks cached straight in ``folder`` (before each precision had a folder of its own:
+    never read again, and a bfloat16 network loaded from a float32 one gave NaN)."""
+    for blob in folder.glob("*.blob"):
+        blob.unlink(missing_ok=True)
 
 
 def openvino_part(graph: Path, threads: int, precision: str) -> Tuple[Optional[OpenVinoPart], str]:

@@ -172,6 +172,22 @@ def test_the_report_names_the_engine_and_both_engines_segment_alike(phantom_dir,
         assert np.abs(sitk.GetArrayViewFromImage(image) - sitk.GetArrayViewFromImage(other)).max() <= 2e-3, name
 
 
+def _cpu_flags() -> set:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+@pytest.mark.skipif(not _cpu_flags(), reason="no /proc/cpuinfo flags to check OpenVINO's answer against")
+def test_bfloat16_is_found_exactly_on_cpus_that_compute_it():
+    """OpenVINO's default precision is the test: its capability list says BF16 on any AVX-512 CPU (emulated)."""
+    native = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    assert openvino_engine.cpu_has_bf16() == native
+    assert openvino_engine.inference_precision("auto") == ("bf16" if native else "f32")
+
+
 def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
     monkeypatch.setattr(openvino_engine, "cpu_has_bf16", lambda: True)
     assert openvino_engine.inference_precision("auto") == "bf16"
@@ -201,6 +217,14 @@ def test_bfloat16_by_default_within_its_rounding_of_float32(stored, monkeypatch,
     case = load_case(phantom_dir)
     monkeypatch.delenv("GLIOMA_ANALYSIS_PRECISION")
     assert analyze(case, model_dir=tiny_model_dir, classify=False).settings["precision"] == "bf16"
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "onnxruntime")  # auto asks for bfloat16, ONNX Runtime runs float32
+    assert analyze(case, model_dir=tiny_model_dir, classify=False).settings["precision"] == "f32"
+    monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", "auto")
+    monkeypatch.setattr(openvino_engine, "openvino_part", lambda *args: (None, "RuntimeError: unsupported operator"))
+    segment._compiled_network.cache_clear()
+    fallback = analyze(case, model_dir=tiny_model_dir, classify=False)
+    assert fallback.settings["precision"] == "f32" and fallback.settings["engine"].startswith("onnxruntime ")
+    segment._compiled_network.cache_clear()
 
 
 def test_each_precision_compiles_into_a_cache_of_its_own(tmp_path, monkeypatch):
@@ -239,15 +263,22 @@ def test_each_precision_compiles_into_a_cache_of_its_own(tmp_path, monkeypatch):
         assert run.returncode == 0, (attempt, run.returncode, run.stderr[-2000:])
     folders = sorted(p.name for p in (graph.parent / "openvino").iterdir())
     assert folders == sorted({"f32", openvino_engine.inference_precision("auto")})
+    old_layout = graph.parent / "openvino" / "1234.blob"  # a float32 network cached before the folders
+    old_layout.write_bytes(b"blob")
+    openvino_engine.OpenVinoPart(graph, 2, "auto")
+    assert not old_layout.exists()
 
 
 def test_an_unknown_precision_is_refused_by_name_before_any_work(phantom_dir, tmp_path, monkeypatch, capsys):
     from GliomaAnalysisLib.cli import main
 
     monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "fp16")
-    assert main(["analyze", str(phantom_dir), "--out", str(tmp_path / "one")]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "glioma-analysis: error: $GLIOMA_ANALYSIS_PRECISION must be one of auto, f32, not 'fp16'"]
-    assert not (tmp_path / "one").exists()
+    for command in (["analyze", str(phantom_dir), "--out", str(tmp_path / "one")],
+                    ["batch", str(phantom_dir.parent), "--out", str(tmp_path / "many")],
+                    ["demo", "--out", str(tmp_path / "demo")]):
+        assert main(command) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "glioma-analysis: error: $GLIOMA_ANALYSIS_PRECISION must be one of auto, f32, not 'fp16'"]
+    assert not any(tmp_path.iterdir())
     monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", " F32 ")
     assert openvino_engine.requested_precision() == "f32"

@@ -79,6 +79,9 @@ def test_a_run_for_cases_without_flair_is_trained_and_predicted_without_it_only(
     assert "compare_runs" in capsys.readouterr().err
     report = json.loads((run / "cv_report.json").read_text())  # scored on the predictions without FLAIR
     assert report["without"] == "flair" and sorted(report["per_case"]) == sorted(cases) and report["passes"] == [1]
+    from GliomaAnalysisLib.models.openvino_engine import inference_precision, use_openvino
+
+    assert report["precisions"] == [inference_precision("auto") if use_openvino() else "f32"]  # stored per prediction
     assert report["missing_modality"] == {}
     from training.segmentation.export_segmentation import card_markdown, cross_validation_section
     section = cross_validation_section(report)

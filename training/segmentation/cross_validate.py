@@ -151,7 +151,8 @@ def absent_modality(text: str) -> str:
 
 def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) -> None:
     """One out-of-fold prediction as ``out`` (.npz, written atomically): the NCR / ED / ET probabilities
-    (float16), the truth and the uncertainty, cropped to the box around the tumor and the prediction."""
+    (float16), the truth and the uncertainty, cropped to the box around the tumor and the prediction, with the passes,
+    engine and precision that made them."""
     truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation), case.segmentation_convention)
     probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
     uncertainty = sitk.GetArrayFromImage(result.uncertainty)
@@ -162,7 +163,8 @@ def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) ->
                         truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
                         box=np.array([[s.start, s.stop] for s in box]), fold=fold,
                         spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
-                        passes=result.settings["passes"])
+                        passes=result.settings["passes"], engine=result.settings["engine"],
+                        precision=result.settings["precision"])
     tmp.replace(out)
 
 
@@ -228,6 +230,7 @@ def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) 
         else 0.0
     scores["fold"] = int(data["fold"])
     scores["passes"] = int(data["passes"]) if "passes" in data else 4  # predictions before the field: 4 passes
+    scores["precision"] = str(data["precision"]) if "precision" in data else "unrecorded"  # bf16 | f32
     return scores
 
 
@@ -299,6 +302,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "without": without, "folds_done": sorted({row["fold"] for row in rows.values()}),
               "passes": sorted({row["passes"] for row in rows.values()}),
+              "precisions": sorted({row["precision"] for row in rows.values()}),
               "variants": summaries, "chosen": chosen, "nested_choice": nested, "worst_cases": worst,
               "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
               "missing_modality": missing, "per_case": rows,

@@ -1,0 +1,78 @@
+"""The segmentation network's passes alone: seconds per pass and the memory they add, per engine and precision.
+
+    python benchmarks/bench_network_pass.py [--case DIR] [--repeats 5] [--threads 2]
+
+Each configuration (OpenVINO in float32, OpenVINO at ``auto`` precision: bfloat16 where the CPU computes it; ONNX
+Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the shipped model's working
+grid), loads the network (its graph and compiled form already cached by one untimed warm-up process), then runs
+``--repeats`` plain passes. Prints the first pass (a new shape: memory and kernels set up), the median of the others,
+and how much the passes raised the process's peak resident memory (``ru_maxrss``, MiB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+DEFAULT_CASE = REPOSITORY.parent / "shared" / "data" / "brats18" / "Brats18_CBICA_AME_1"
+CONFIGURATIONS = {"OpenVINO float32": {"GLIOMA_ANALYSIS_ENGINE": "openvino", "GLIOMA_ANALYSIS_PRECISION": "f32"},
+                  "OpenVINO auto": {"GLIOMA_ANALYSIS_ENGINE": "openvino", "GLIOMA_ANALYSIS_PRECISION": "auto"},
+                  "ONNX Runtime": {"GLIOMA_ANALYSIS_ENGINE": "onnxruntime"}}
+
+CHILD = r'''
+import json, resource, statistics, sys, time
+import numpy as np
+from GliomaAnalysisLib import load_case
+from GliomaAnalysisLib.models import onnx_engine
+from GliomaAnalysisLib.models.model_store import load_verified_card
+from GliomaAnalysisLib.models.network_config import NetworkConfig
+from GliomaAnalysisLib.models.segment import _network_feed, engine_of, load_segmentation_networks
+from GliomaAnalysisLib.preprocessing.preprocess import preprocess
+
+onnx_engine.set_threads(int(sys.argv[2]))
+card = load_verified_card("glioma_seg", None)
+config = NetworkConfig.from_dict(card["network"])
+pre = preprocess(load_case(sys.argv[1], ground_truth=False), spacing=card["preprocessing"]["spacing_mm"],
+                 divisible_by=config.divisor, include_labels=False)
+network = load_segmentation_networks("glioma_seg", None, 1)[0][0]
+feed = _network_feed(config, np.ascontiguousarray(pre.image[None]), pre.presence[None].astype(np.float32), None)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+seconds = []
+for k in range(int(sys.argv[3])):
+    start = time.perf_counter()
+    network(keep_memory=k + 1 < int(sys.argv[3]), **feed)
+    seconds.append(time.perf_counter() - start)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"engine": engine_of(network), "precision": getattr(network, "precision", "f32"),
+                  "input": list(pre.image.shape), "first": seconds[0],
+                  "others": statistics.median(seconds[1:]) if len(seconds) > 1 else None, "grown_mib": grown}))
+'''
+
+
+def run(case: str, threads: int, repeats: int, settings: dict) -> dict:
+    env = {**os.environ, **settings, "PYTHONPATH": str(REPOSITORY)}
+    done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats)], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default=str(DEFAULT_CASE))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    for label, settings in CONFIGURATIONS.items():
+        run(args.case, args.threads, 1, settings)  # untimed: exports and compiles into the cache
+        found = run(args.case, args.threads, max(2, args.repeats), settings)
+        print(f"{label:<18} {found['engine']} {found['precision']:<5} input {'x'.join(map(str, found['input']))}: "
+              f"first pass {found['first']:.3f} s, then {found['others']:.3f} s a pass (median of "
+              f"{max(2, args.repeats) - 1}); peak memory +{found['grown_mib']:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
