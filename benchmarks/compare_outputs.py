@@ -5,6 +5,7 @@
     python benchmarks/compare_outputs.py --compare before.json after.json
     python benchmarks/compare_outputs.py --passes 2 --out two.json   # a change of the quality passes, measured
     python benchmarks/compare_outputs.py --classify --out after.json # also the classifiers' probabilities
+    python benchmarks/compare_outputs.py --drop flair --out after.json  # each case analysed without FLAIR
 
 Runs ``analyze`` (default settings, no classifiers: they do not change the segmentation) on each case of
 ``../shared/data/brats18`` and ``../shared/data/brats-extra`` (or --roots), scores WT / TC / ET Dice against the
@@ -29,13 +30,15 @@ SHARED = REPOSITORY.parent / "shared" / "data"
 REGIONS = ("wt", "tc", "et")
 
 
-def score(roots, threads: int, passes: Optional[int] = None, classify: bool = False) -> dict:
+def score(roots, threads: int, passes: Optional[int] = None, classify: bool = False,
+          drop: Optional[str] = None) -> dict:
     sys.path.insert(0, str(REPOSITORY))
     import numpy as np
     import SimpleITK as sitk
 
     from GliomaAnalysisLib import analyze, load_case
     from GliomaAnalysisLib.io.labels import regions
+    from GliomaAnalysisLib.io.modalities import MODALITIES
     from GliomaAnalysisLib.pipeline.measures import dice  # 1.0 when both are empty, as in cross-validation
     from GliomaAnalysisLib.models import onnx_engine
     from GliomaAnalysisLib.pipeline import analysis
@@ -50,10 +53,13 @@ def score(roots, threads: int, passes: Optional[int] = None, classify: bool = Fa
             case = load_case(folder)
             if case.segmentation is None:
                 continue
+            truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
+            if drop:  # the same files but one modality
+                case = load_case({m: path for m, path in case.sources.items() if m in MODALITIES and m != drop},
+                                 case_id=case.case_id, ground_truth=False)
             start = time.perf_counter()
             result = analyze(case, classify=classify).finish()
             predicted = regions(_contiguous(sitk.GetArrayFromImage(result.labels)))
-            truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
             cases[folder.name] = {
                 **{k: dice(predicted[k], truth[k]) for k in REGIONS},
                 "volumes_ml": result.volumes_ml, "seconds": time.perf_counter() - start}
@@ -61,7 +67,7 @@ def score(roots, threads: int, passes: Optional[int] = None, classify: bool = Fa
             if classify:
                 cases[folder.name]["probabilities"] = _probabilities(result)
             print(folder.name, {k: round(cases[folder.name][k], 4) for k in REGIONS}, flush=True)
-    return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "cases": cases,
+    return {"repository": str(REPOSITORY), "passes": analysis.QUALITY_PASSES, "without": drop, "cases": cases,
             "engines": sorted({c["engine"] for c in cases.values()}),
             "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in REGIONS}}
 
@@ -116,12 +122,14 @@ def main() -> None:
     parser.add_argument("--passes", type=int, help="network passes of the default (quality) analysis to measure "
                         "(default: the checkout's QUALITY_PASSES)")
     parser.add_argument("--classify", action="store_true", help="run the classifiers too and keep their probabilities")
+    parser.add_argument("--drop", choices=("t1", "t1ce", "t2", "flair"), help="analyse each case without this "
+                        "modality (scored against the same expert labels)")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
         return
-    result = score(args.roots, args.threads, args.passes, args.classify)
+    result = score(args.roots, args.threads, args.passes, args.classify, args.drop)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print("mean", {k: round(v, 4) for k, v in result["mean"].items()})
