@@ -177,6 +177,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .environment import environment_text
+
+    print(environment_text())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Embedded phantom case -> full analysis with the shipped model -> contract files + ground-truth Dice."""
     import SimpleITK as sitk
@@ -289,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"{RESEARCH_USE}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{analyze,batch,compare,demo,phantom,inspect,install-model,"
+                                metavar="{analyze,batch,compare,demo,phantom,inspect,info,install-model,"
                                         "fetch-clinical-models}")
 
     phantom = sub.add_parser("phantom", help="write synthetic glioma phantoms (BraTS 2021 layout + labels.csv)")
@@ -353,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--out", default="glioma-compare", help="where to write compare.* (default ./glioma-compare)")
     comparison.set_defaults(func=cmd_compare)
 
+    info = sub.add_parser("info", help="print what an analysis here would run: version, CPU, the segmentation "
+                          "network's engine, precision and threads, the shipped models, the cache folders")
+    info.set_defaults(func=cmd_info)
     demo = sub.add_parser("demo", help="run the main job on an embedded phantom case")
     demo.add_argument("--out", default="glioma-demo", help="output folder (default ./glioma-demo)")
     _add_run_arguments(demo)

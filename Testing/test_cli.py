@@ -42,3 +42,28 @@ def test_the_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "GliomaAnalysisLib.cli", "inspect", str(tmp_path / "absent")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "glioma-analysis: error:" in bad.stderr and "absent" in bad.stderr
+
+
+def test_info_says_what_an_analysis_here_runs(phantom_dir, tiny_model_dir, monkeypatch, capsys):
+    """``info`` names the engine, precision and threads that analyze() then reports, and the shipped models' cards."""
+    from GliomaAnalysisLib import analyze
+    from GliomaAnalysisLib.cli import main
+    from GliomaAnalysisLib.models.model_store import load_card
+
+    for engine in ("auto", "onnxruntime"):
+        monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)
+        assert main(["info"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        network = info["segmentation_network"]
+        settings = analyze(phantom_dir, model_dir=tiny_model_dir, classify=False).settings
+        assert (network["engine"], network["precision"], network["threads"]) == (
+            settings["engine"], settings["precision"], settings["threads"]), engine
+        assert network["requested"]["GLIOMA_ANALYSIS_ENGINE"] == engine
+    assert info["segmentation_network"]["engine"].startswith("onnxruntime ")
+    assert info["segmentation_network"]["precision"] == "f32"
+    assert info["models"]["glioma_seg"]["sha256"] == load_card("glioma_seg")["sha256"]
+    assert set(info["models"]) >= {"glioma_seg", "glioma_multitask", "mgmt_fusion", "slice_grade"}
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "half")
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "glioma-analysis: error: $GLIOMA_ANALYSIS_PRECISION must be one of auto, f32, not 'half'"]
