@@ -6,7 +6,9 @@ Each configuration (OpenVINO in float32, OpenVINO at ``auto`` precision: bfloat1
 Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the shipped model's working
 grid), loads the network (its graph and compiled form already cached by one untimed warm-up process), then runs
 ``--repeats`` plain passes. Prints the first pass (a new shape: memory and kernels set up), the median of the others,
-and how much the passes raised the process's peak resident memory (``ru_maxrss``, MiB).
+and how far the passes took the process's resident memory above what it held just before them (MiB): the peak is
+reset first (Linux ``/proc/self/clear_refs``), so memory freed by the reading and preprocessing does not hide part of
+it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ CONFIGURATIONS = {"OpenVINO float32": {"GLIOMA_ANALYSIS_ENGINE": "openvino", "GL
                   "ONNX Runtime": {"GLIOMA_ANALYSIS_ENGINE": "onnxruntime"}}
 
 CHILD = r'''
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 from GliomaAnalysisLib import load_case
 from GliomaAnalysisLib.models import onnx_engine
@@ -40,13 +42,17 @@ pre = preprocess(load_case(sys.argv[1], ground_truth=False), spacing=card["prepr
                  divisible_by=config.divisor, include_labels=False)
 network = load_segmentation_networks("glioma_seg", None, 1)[0][0]
 feed = _network_feed(config, np.ascontiguousarray(pre.image[None]), pre.presence[None].astype(np.float32), None)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(field):  # kB
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak (VmHWM) starts again from the current resident memory
+before = status("VmRSS")
 seconds = []
 for k in range(int(sys.argv[3])):
     start = time.perf_counter()
     network(keep_memory=k + 1 < int(sys.argv[3]), **feed)
     seconds.append(time.perf_counter() - start)
-grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+grown = (status("VmHWM") - before) / 1024
 print(json.dumps({"engine": engine_of(network), "precision": getattr(network, "precision", "f32"),
                   "input": list(pre.image.shape), "first": seconds[0],
                   "others": statistics.median(seconds[1:]) if len(seconds) > 1 else None, "grown_mib": grown}))
@@ -56,7 +62,9 @@ print(json.dumps({"engine": engine_of(network), "precision": getattr(network, "p
 def run(case: str, threads: int, repeats: int, settings: dict) -> dict:
     env = {**os.environ, **settings, "PYTHONPATH": str(REPOSITORY)}
     done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats)], env=env,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{settings}: the measuring process failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -71,7 +79,7 @@ def main() -> None:
         found = run(args.case, args.threads, max(2, args.repeats), settings)
         print(f"{label:<18} {found['engine']} {found['precision']:<5} input {'x'.join(map(str, found['input']))}: "
               f"first pass {found['first']:.3f} s, then {found['others']:.3f} s a pass (median of "
-              f"{max(2, args.repeats) - 1}); peak memory +{found['grown_mib']:.0f} MiB", flush=True)
+              f"{max(2, args.repeats) - 1}); resident memory +{found['grown_mib']:.0f} MiB at its peak", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ def score(roots, threads: int, passes: Optional[int] = None, classify: bool = Fa
 
     from GliomaAnalysisLib import analyze, load_case
     from GliomaAnalysisLib.io.labels import regions
-    from GliomaAnalysisLib.io.modalities import MODALITIES
     from GliomaAnalysisLib.pipeline.measures import dice  # 1.0 when both are empty, as in cross-validation
     from GliomaAnalysisLib.models import onnx_engine
     from GliomaAnalysisLib.pipeline import analysis
@@ -54,9 +53,9 @@ def score(roots, threads: int, passes: Optional[int] = None, classify: bool = Fa
             if case.segmentation is None:
                 continue
             truth = regions(_contiguous(sitk.GetArrayFromImage(case.segmentation)))
-            if drop:  # the same files but one modality
-                case = load_case({m: path for m, path in case.sources.items() if m in MODALITIES and m != drop},
-                                 case_id=case.case_id, ground_truth=False)
+            if drop:  # the same images but one (in memory: 4D and DICOM inputs have no file per modality)
+                case = load_case({m: case.images[m] for m in case.present if m != drop}, case_id=case.case_id,
+                                 ground_truth=False)
             start = time.perf_counter()
             result = analyze(case, classify=classify).finish()
             predicted = regions(_contiguous(sitk.GetArrayFromImage(result.labels)))
@@ -93,6 +92,9 @@ def compare(before_path: str, after_path: str) -> None:
     before, after = (f["cases"] for f in files)
     common = sorted(set(before) & set(after))
     print("segmentation network: " + " -> ".join(", ".join(f.get("engines", ["unrecorded"])) for f in files))
+    if files[0].get("without") != files[1].get("without"):
+        inputs = [f"without {f['without']}" if f.get("without") else "with every modality" for f in files]
+        raise SystemExit(f"{before_path} was analysed {inputs[0]}, {after_path} {inputs[1]}: not comparable")
     print(f"{'case':<28}" + "".join(f"{k.upper():>18}" for k in REGIONS))
     for case in common:
         print(f"{case:<28}" + "".join(f"{before[case][k]:8.4f} -> {after[case][k]:6.4f}" for k in REGIONS))

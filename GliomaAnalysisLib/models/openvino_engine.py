@@ -2,17 +2,16 @@
 
 On the 2-core CPU the project is measured on, a fresh process loaded the network and ran the default analysis's two
 passes over a BraTS case in 1.55-1.64 s on OpenVINO against 2.08-2.15 s on ONNX Runtime's two 1-thread sessions side
-by side (README, Performance). Its compiled network is cached beside the ONNX graphs (``<user cache>/onnx/openvino``),
-a folder per precision (``onnx/openvino/bf16``, ``onnx/openvino/f32``), so a fresh process loads it in about 0.15 s,
-import included.
+by side (README, Performance). Its compiled network is cached beside the ONNX graphs, a folder per precision
+(``<user cache>/onnx/openvino/bf16``, ``.../f32``), so a fresh process loads it in about 0.15 s, import included.
 
 Precision (``$GLIOMA_ANALYSIS_PRECISION``): ``auto`` (default) runs the network in bfloat16 where the CPU computes it
 natively (AVX512-BF16, which AMX CPUs have: :func:`cpu_has_bf16`), else in float32; ``f32`` always in float32. On the
-project's Xeon (AMX) a pass took 0.21 s in bfloat16 against 0.50 s in float32 (benchmarks/bench_network_pass.py); over the 31 real cases the Dice of the
-default analysis moved by -0.0018 to +0.0048 a case (README, Performance). OpenVINO's compiled-network cache does not
-tell the two precisions apart (a bfloat16 network loaded from a float32 blob gave NaN or crashed the process), so each
-precision caches in a folder of its own. report.json says which ran (``settings.precision``, read back from the
-compiled network).
+project's Xeon (AMX) a pass took 0.21 s in bfloat16 against 0.50 s in float32 (benchmarks/bench_network_pass.py);
+over the 31 real cases the Dice of the default analysis moved by -0.0018 to +0.0048 a case (README, Performance).
+OpenVINO's compiled-network cache does not tell the two precisions apart (a bfloat16 network loaded from a float32
+blob gave NaN or crashed the process), so each precision caches in a folder of its own. report.json says which ran
+(``settings.precision``).
 
 Which engine runs the segmentation network: ``$GLIOMA_ANALYSIS_ENGINE`` = ``auto`` (default: OpenVINO where the
 ``openvino`` package is installed, else ONNX Runtime) | ``openvino`` | ``onnxruntime``. The two engines' probabilities
@@ -99,11 +98,17 @@ def _core(cache_dir: str):
     return core
 
 
+def _bf16():
+    import openvino
+
+    return openvino.Type.bf16
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16, which AMX CPUs have too): OpenVINO's CPU plugin then
-    defaults to bfloat16. (Its capability list and a bf16 hint are no test: both say yes on any AVX-512 or AVX2-VNNI-2
-    CPU, where bfloat16 is emulated.)"""
-    return "bfloat16" in str(_core("").get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    defaults to bfloat16 (elsewhere to float32, or float16 on ARM). Its capability list and a bf16 hint are no test:
+    both say yes on any AVX-512 or AVX2-VNNI-2 CPU, where bfloat16 is emulated."""
+    return _core("").get_property("CPU", "INFERENCE_PRECISION_HINT") == _bf16()
 
 
 def inference_precision(requested: str) -> str:
@@ -124,16 +129,17 @@ class OpenVinoPart:
         try:
             cache.mkdir(parents=True, exist_ok=True)
             writable = os.access(cache, os.W_OK)
-            _remove_unfoldered_blobs(cache.parent)
         except OSError:
             writable = False
+        _remove_unfoldered_blobs(cache.parent)
         self.compiled = _core(str(cache) if writable else "").compile_model(str(graph), "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
             "INFERENCE_PRECISION_HINT": wanted,  # never f16: not measured
             # unpinned: pinned, the two 1-thread workers of batch --jobs 2 shared one core (10 cases 24.8 -> 18.1 s)
             "ENABLE_CPU_PINNING": False})
-        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.precision = "bf16" if "bfloat16" in ran else "f32"  # what runs, as OpenVINO says
+        # as the compiled network reports it (after a cache load it repeats the request: the folders keep the
+        # precisions apart)
+        self.precision = "bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == _bf16() else "f32"
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self._turn = threading.Lock()
@@ -150,9 +156,17 @@ class OpenVinoPart:
 
 def _remove_unfoldered_blobs(folder: Path) -> None:
     """Deletes the compiled networks cached straight in ``folder`` (before each precision had a folder of its own:
-    never read again, and a bfloat16 network loaded from a float32 one gave NaN)."""
-    for blob in folder.glob("*.blob"):
-        blob.unlink(missing_ok=True)
+    never read again, and a bfloat16 network loaded from a float32 one gave NaN). One that cannot be deleted (held
+    open elsewhere, another user's) stays; an older version sharing the cache writes its own again."""
+    try:
+        blobs = list(folder.glob("*.blob"))
+    except OSError:
+        return
+    for blob in blobs:
+        try:
+            blob.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def openvino_part(graph: Path, threads: int, precision: str) -> Tuple[Optional[OpenVinoPart], str]:

@@ -188,6 +188,23 @@ def test_bfloat16_is_found_exactly_on_cpus_that_compute_it():
     assert openvino_engine.inference_precision("auto") == ("bf16" if native else "f32")
 
 
+def test_bfloat16_is_told_by_openvino_s_default_precision_not_its_capability_list(monkeypatch):
+    """On an AVX-512 CPU without AVX512-BF16 OpenVINO lists BF16 among its capabilities (emulated) but defaults to
+    float32 (float16 on ARM): only a bfloat16 default counts."""
+    import openvino
+
+    class Core:  # what OpenVINO's CPU plugin answers on such a CPU
+        def __init__(self, default):
+            self.answers = {"OPTIMIZATION_CAPABILITIES": ["BF16", "FP32", "INT8"], "INFERENCE_PRECISION_HINT": default}
+
+        def get_property(self, device, name):
+            return self.answers[name]
+
+    for default, native in ((openvino.Type.f32, False), (openvino.Type.f16, False), (openvino.Type.bf16, True)):
+        monkeypatch.setattr(openvino_engine, "_core", lambda cache_dir, default=default: Core(default))
+        assert openvino_engine.cpu_has_bf16() is native, default
+
+
 def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
     monkeypatch.setattr(openvino_engine, "cpu_has_bf16", lambda: True)
     assert openvino_engine.inference_precision("auto") == "bf16"
@@ -263,10 +280,12 @@ def test_each_precision_compiles_into_a_cache_of_its_own(tmp_path, monkeypatch):
         assert run.returncode == 0, (attempt, run.returncode, run.stderr[-2000:])
     folders = sorted(p.name for p in (graph.parent / "openvino").iterdir())
     assert folders == sorted({"f32", openvino_engine.inference_precision("auto")})
+    kept = sorted((graph.parent / "openvino").glob("*/*.blob"))
+    assert len(kept) == len(folders)
     old_layout = graph.parent / "openvino" / "1234.blob"  # a float32 network cached before the folders
     old_layout.write_bytes(b"blob")
     openvino_engine.OpenVinoPart(graph, 2, "auto")
-    assert not old_layout.exists()
+    assert not old_layout.exists() and sorted((graph.parent / "openvino").glob("*/*.blob")) == kept
 
 
 def test_an_unknown_precision_is_refused_by_name_before_any_work(phantom_dir, tmp_path, monkeypatch, capsys):

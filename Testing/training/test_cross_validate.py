@@ -79,9 +79,10 @@ def test_a_run_for_cases_without_flair_is_trained_and_predicted_without_it_only(
     assert "compare_runs" in capsys.readouterr().err
     report = json.loads((run / "cv_report.json").read_text())  # scored on the predictions without FLAIR
     assert report["without"] == "flair" and sorted(report["per_case"]) == sorted(cases) and report["passes"] == [1]
-    from GliomaAnalysisLib.models.openvino_engine import inference_precision, use_openvino
+    from GliomaAnalysisLib.models.openvino_engine import inference_precision, requested_precision, use_openvino
 
-    assert report["precisions"] == [inference_precision("auto") if use_openvino() else "f32"]  # stored per prediction
+    expected = inference_precision(requested_precision()) if use_openvino() else "f32"
+    assert report["precisions"] == [expected]  # stored with each prediction
     assert report["missing_modality"] == {}
     from training.segmentation.export_segmentation import card_markdown, cross_validation_section
     section = cross_validation_section(report)
@@ -209,12 +210,14 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
             np.savez(tmp_path / run / "oof" / name,
                      probabilities=probabilities[(slice(None),) + box].astype(np.float16),
                      truth=truth[box], uncertainty=np.zeros((b - a,) * 3, np.float16), box=np.array([[a, b]] * 3),
-                     fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=2)
+                     fold=0, spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=2,
+                     **({"precision": "bf16"} if run == "r1" else {}))  # r2: made before the field
     assert ensemble([str(tmp_path / "mean"), str(tmp_path / "r1"), str(tmp_path / "r2")]) == 0
     assert sorted(p.name for p in (tmp_path / "mean" / "oof").iterdir()) == ["c-without_flair.npz", "c.npz"]
     for name in ("c.npz", "c-without_flair.npz"):  # the missing-modality predictions are averaged the same way
         mean = np.load(tmp_path / "mean" / "oof" / name)
         assert mean["box"].tolist() == [[2, 20]] * 3 and int(mean["passes"]) == 4
+        assert str(mean["precision"]) == "bf16+unrecorded"
         assert np.allclose(mean["probabilities"][1][3:13, 3:13, 3:13], 0.75)
         assert np.array_equal(mean["truth"], truth[2:20, 2:20, 2:20])
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2

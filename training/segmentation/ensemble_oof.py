@@ -33,7 +33,9 @@ def mean_prediction(paths: Sequence[Path], out: Path) -> None:
     np.savez_compressed(out, probabilities=probabilities.astype(np.float16), truth=truth,
                         uncertainty=uncertainty.astype(np.float16), box=np.stack([start, stop], axis=1),
                         fold=data[0]["fold"], spacing_zyx=data[0]["spacing_zyx"], seconds=0.0,
-                        passes=sum(int(d["passes"]) for d in data))
+                        passes=sum(int(d["passes"]) for d in data),
+                        precision="+".join(sorted({str(d["precision"]) if "precision" in d else "unrecorded"
+                                                   for d in data})))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
