@@ -1,14 +1,14 @@
 """The segmentation network's passes alone: seconds per pass and the memory they add, per engine and precision.
 
-    python benchmarks/bench_network_pass.py [--case DIR] [--repeats 5] [--threads 2]
+    python benchmarks/bench_network_pass.py [--case DIR] [--repeats 5] [--threads 2] [--mc-dropout]
 
 Each configuration (OpenVINO in float32, OpenVINO at ``auto`` precision: bfloat16 where the CPU computes it; ONNX
 Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the shipped model's working
 grid), loads the network (its graph and compiled form already cached by one untimed warm-up process), then runs
-``--repeats`` plain passes. Prints the first pass (a new shape: memory and kernels set up), the median of the others,
-and how far the passes took the process's resident memory above what it held just before them (MiB): the peak is
-reset first (Linux ``/proc/self/clear_refs``), so memory freed by the reading and preprocessing does not hide part of
-it.
+``--repeats`` plain passes (with ``--mc-dropout``: with dropout masks drawn as the default analysis draws them). Prints the first pass (a new shape: memory and kernels set up), the median of the others,
+and how far the passes took the process's resident memory above what it held just before them (MiB), at its peak and
+after the last pass released the network's working memory: the peak is reset first (Linux ``/proc/self/clear_refs``),
+so memory freed by the reading and preprocessing does not hide part of it.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ config = NetworkConfig.from_dict(card["network"])
 pre = preprocess(load_case(sys.argv[1], ground_truth=False), spacing=card["preprocessing"]["spacing_mm"],
                  divisible_by=config.divisor, include_labels=False)
 network = load_segmentation_networks("glioma_seg", None, 1)[0][0]
-feed = _network_feed(config, np.ascontiguousarray(pre.image[None]), pre.presence[None].astype(np.float32), None)
+rng = np.random.default_rng(0) if sys.argv[4] == "mc" else None
+feed = _network_feed(config, np.ascontiguousarray(pre.image[None]), pre.presence[None].astype(np.float32), rng)
 def status(field):  # kB
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
 with open("/proc/self/clear_refs", "w") as handle:
@@ -53,15 +54,18 @@ for k in range(int(sys.argv[3])):
     network(keep_memory=k + 1 < int(sys.argv[3]), **feed)
     seconds.append(time.perf_counter() - start)
 grown = (status("VmHWM") - before) / 1024
+kept = (status("VmRSS") - before) / 1024  # after the last pass released the network's working memory
 print(json.dumps({"engine": engine_of(network), "precision": getattr(network, "precision", "f32"),
                   "input": list(pre.image.shape), "first": seconds[0],
-                  "others": statistics.median(seconds[1:]) if len(seconds) > 1 else None, "grown_mib": grown}))
+                  "others": statistics.median(seconds[1:]) if len(seconds) > 1 else None, "grown_mib": grown,
+                  "kept_mib": kept}))
 '''
 
 
-def run(case: str, threads: int, repeats: int, settings: dict) -> dict:
+def run(case: str, threads: int, repeats: int, settings: dict, mc_dropout: bool = False) -> dict:
     env = {**os.environ, **settings, "PYTHONPATH": str(REPOSITORY)}
-    done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats)], env=env,
+    done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats), "mc" if mc_dropout else ""],
+                          env=env,
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{settings}: the measuring process failed:\n{done.stderr[-3000:]}")
@@ -73,13 +77,15 @@ def main() -> None:
     parser.add_argument("--case", default=str(DEFAULT_CASE))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mc-dropout", action="store_true", help="passes with dropout masks, as the default analysis")
     args = parser.parse_args()
     for label, settings in CONFIGURATIONS.items():
         run(args.case, args.threads, 1, settings)  # untimed: exports and compiles into the cache
-        found = run(args.case, args.threads, max(2, args.repeats), settings)
+        found = run(args.case, args.threads, max(2, args.repeats), settings, args.mc_dropout)
         print(f"{label:<18} {found['engine']} {found['precision']:<5} input {'x'.join(map(str, found['input']))}: "
               f"first pass {found['first']:.3f} s, then {found['others']:.3f} s a pass (median of "
-              f"{max(2, args.repeats) - 1}); resident memory +{found['grown_mib']:.0f} MiB at its peak", flush=True)
+              f"{max(2, args.repeats) - 1}); resident memory +{found['grown_mib']:.0f} MiB at its peak, "
+              f"+{found['kept_mib']:.0f} MiB after the last pass released its working memory", flush=True)
 
 
 if __name__ == "__main__":

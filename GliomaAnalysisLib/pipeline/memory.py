@@ -14,9 +14,9 @@ temporaries, labels, uncertainty and the written copies (measured on 240x240x155
 BYTES_PER_WORKING_VOXEL_PER_CHANNEL = 4 * 17
 """Network activations per working-grid voxel and first-level channel (float32, ~17 live tensors, inference): a pass
 on OpenVINO grew the process by 0.73 GB on Brats18_CBICA_AME_1's 80x104x88 grid at 16 channels (62 bytes), ONNX
-Runtime's by 0.38 GB (MC-dropout passes inside analyze). Plain passes alone (benchmarks/bench_network_pass.py, the
-resident memory above what the process held before them): OpenVINO 451 MiB in float32, 197 MiB in bfloat16, ONNX
-Runtime 248 MiB. The guard keeps the float32 figure, which any CPU may run."""
+Runtime's by 0.38 GB (MC-dropout passes inside analyze). The passes alone (benchmarks/bench_network_pass.py
+--mc-dropout, the resident memory above what the process held before them): OpenVINO 477 MiB in float32, 250 MiB in
+bfloat16, ONNX Runtime 252 MiB. The guard keeps the float32 figure, which any CPU may run."""
 BASELINE_BYTES = 700 * 2 ** 20
 """Python, torch, the model and libraries."""
 
