@@ -5,10 +5,11 @@
 Each configuration (OpenVINO in float32, OpenVINO at ``auto`` precision: bfloat16 where the CPU computes it; ONNX
 Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the shipped model's working
 grid), loads the network (its graph and compiled form already cached by one untimed warm-up process), then runs
-``--repeats`` plain passes (with ``--mc-dropout``: with dropout masks drawn as the default analysis draws them). Prints the first pass (a new shape: memory and kernels set up), the median of the others,
-and how far the passes took the process's resident memory above what it held just before them (MiB), at its peak and
-after the last pass released the network's working memory: the peak is reset first (Linux ``/proc/self/clear_refs``),
-so memory freed by the reading and preprocessing does not hide part of it.
+``--repeats`` plain passes (with ``--mc-dropout``: with dropout masks drawn as the default analysis draws them).
+Prints the first pass (a new shape: memory and kernels set up), the median of the others, and how far the passes took
+the process's resident memory above what it held just before them (MiB), at its peak and after the last pass released
+the network's working memory: the peak is reset first (Linux ``/proc/self/clear_refs``), so memory freed by the
+reading and preprocessing does not hide part of it.
 """
 from __future__ import annotations
 
