@@ -14,14 +14,14 @@ from ._version import __version__
 from .models.model_store import RESOURCES, user_cache
 from .models.onnx_engine import onnx_cache, threads
 from .models.openvino_engine import (ENGINE_VARIABLE, PRECISION_VARIABLE, engine_version, inference_precision,
-                                     openvino_available, requested_engine, requested_precision)
+                                     requested_engine, requested_precision, use_openvino)
 
 
 def describe_environment() -> Dict[str, Any]:
     """{version, python, cpu, segmentation_network: {engine, precision, threads, requested}, models, caches}.
     EngineChoiceError where ``$GLIOMA_ANALYSIS_ENGINE`` or ``$GLIOMA_ANALYSIS_PRECISION`` is misspelt."""
     engine, precision = requested_engine(), requested_precision()
-    on_openvino = engine != "onnxruntime" and openvino_available()
+    on_openvino = use_openvino()
     return {
         "version": __version__,
         "python": platform.python_version(),

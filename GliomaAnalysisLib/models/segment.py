@@ -289,7 +289,7 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     maps: List[Tuple[np.ndarray, ...]] = []
     mean, entropy, warnings = predict(net, image, presence, torch.device(device), passes, mc_dropout,
                                       progress=progress, encoder_maps=maps)
-    return Segmentation(mean, entropy, warnings, maps[0] if maps else None, f"torch {torch.__version__}")
+    return Segmentation(mean, entropy, warnings, maps[0] if maps else None, engine_of(net))
 
 
 def engine_of(network: Part) -> str:
