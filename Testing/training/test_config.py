@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,42 @@ def test_training_run_writes_run_json_with_config_git_split_seed_versions_and_me
     assert record["metrics"]["ranks_in_sync"] is True and record["metrics"]["mixed_precision"] is False
     assert set(record["outputs"]) == {"final.safetensors", "checkpoint.pt"}
     assert all(len(o["sha256"]) == 64 for o in record["outputs"].values()) and record["finished"]
+
+
+def test_cpu_bf16_training_records_bfloat16_and_saves_float32_weights_or_is_refused(tmp_path, capsys):
+    from safetensors.torch import load_file
+    from training.common.distributed import cpu_computes_bf16
+    from training.segmentation.train_segmentation import main
+
+    data = tmp_path / "data"
+    write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
+    config = write(tmp_path, f"steps: 2\nbatch: 1\ncrop: 16\nspacing: 4\ncpu_bf16: true\n"
+                             f"network: {json.dumps(TINY_NETWORK)}\n")
+    run = tmp_path / "run"
+    code = main(["--config", str(config), "--data", str(data), "--run-dir", str(run),
+                 "--cache", str(tmp_path / "cache"), "--device", "cpu"])
+    if not cpu_computes_bf16():  # emulated bfloat16: a one-line refusal before anything is written
+        assert code == 2 and not run.exists()
+        assert "no bfloat16 instructions" in capsys.readouterr().err
+        return
+    assert code == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["metrics"]["mixed_precision"] == "bfloat16" and record["config"]["args"]["cpu_bf16"] is True
+    assert math.isfinite(record["metrics"]["final_loss"]) and record["metrics"]["final_loss"] > 0
+    weights = load_file(str(run / "final.safetensors"))
+    assert all(w.dtype == torch.float32 and w.is_contiguous() for w in weights.values())
+
+
+def test_cpu_bf16_is_refused_in_one_line_where_the_cpu_would_emulate_it(tmp_path, capsys, monkeypatch):
+    from training.segmentation.train_segmentation import main
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    data = tmp_path / "data"
+    write_cohort(data, 1, seed=3, size=(32, 32, 24), spacing=(3.0, 3.0, 3.0))
+    run = tmp_path / "run"
+    assert main(["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--device", "cpu",
+                 "--steps", "1", "--cpu-bf16"]) == 2
+    assert not run.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no bfloat16 instructions" in err[0]

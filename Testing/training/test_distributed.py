@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from GliomaAnalysisLib.synthetic.phantom import write_cohort
-from training.common.distributed import amp_enabled, autocast, backend_for, crop_seed, grad_scaler, setup
+from training.common.distributed import (PrecisionError, autocast, backend_for, crop_seed, grad_scaler,
+                                         mixed_precision, setup)
 
 TINY_NETWORK = {"widths": [4, 8], "encoder_blocks": [1, 1], "transformer_layers": 1, "transformer_heads": 2}
 
@@ -74,15 +75,25 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
         setup("tpu")
 
 
-def test_mixed_precision_only_on_cuda():
-    cpu = torch.device("cpu")
-    assert backend_for(cpu) == "gloo" and backend_for(torch.device("cuda", 0)) == "nccl"
-    assert amp_enabled(cpu, True) is False and amp_enabled(torch.device("cuda", 0), True) is True
-    assert amp_enabled(torch.device("cuda", 0), False) is False
+def test_mixed_precision_float16_on_cuda_bfloat16_on_the_cpu_only_when_asked(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert backend_for(cpu) == "gloo" and backend_for(cuda) == "nccl"
+    assert mixed_precision(cuda, amp=True) is torch.float16 and mixed_precision(cuda, amp=False) is None
+    assert mixed_precision(cuda, amp=False, cpu_bf16=True) is None  # the CPU option does not act on CUDA
+    assert mixed_precision(cpu, amp=True) is None  # --amp alone never changes the CPU's float32
     layer = torch.nn.Linear(4, 4)
-    with autocast(cpu, enabled=True):  # requested, but never on the CPU: stays float32 (no bf16)
+    with autocast(cpu, None):
         assert layer(torch.ones(1, 4)).dtype == torch.float32
-    scaler = grad_scaler(amp_enabled(cpu, True))
-    assert not scaler.is_enabled()
-    loss = layer(torch.ones(1, 4)).sum()
-    assert torch.equal(scaler.scale(loss), loss)  # disabled scaler passes values through
+    with autocast(cpu, torch.bfloat16):
+        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(PrecisionError, match="no bfloat16 instructions"):
+        mixed_precision(cpu, cpu_bf16=True)  # emulated bf16 is 100x slower: refused
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert mixed_precision(cpu, cpu_bf16=True) is torch.bfloat16
+    for dtype in (None, torch.bfloat16):
+        scaler = grad_scaler(dtype)
+        assert not scaler.is_enabled()  # bfloat16 has float32's exponent range: nothing to scale
+        loss = layer(torch.ones(1, 4)).sum()
+        assert torch.equal(scaler.scale(loss), loss)  # disabled scaler passes values through

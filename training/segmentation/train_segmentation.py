@@ -10,7 +10,8 @@ metrics at the end), config.json, log.jsonl (loss per step, validation Dice ever
 checkpoint.pt (model + optimizer + step, written atomically every --checkpoint-every steps) and, at the end,
 final.safetensors. ``python -m training.segmentation.export_segmentation`` turns a run into shipped weights + model card.
 Under torchrun every process trains on its own crops (``--batch`` each), gradients are averaged by
-DistributedDataParallel and only rank 0 writes; float16 mixed precision is used on CUDA only (``--no-amp``: off).
+DistributedDataParallel and only rank 0 writes. Mixed precision: float16 on CUDA (``--no-amp``: off); bfloat16 on a
+CPU with bfloat16 instructions only with ``--cpu-bf16`` (1.7x faster a step here; the CUDA runs train in float16).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.io.modalities import MODALITIES
 
 from ..common.config import parse_args
-from ..common.distributed import amp_enabled, autocast, grad_scaler, setup, wrap
+from ..common.distributed import PrecisionError, autocast, grad_scaler, mixed_precision, setup, wrap
 from ..common.datasets import DEFAULT_CACHE, REAL_DATA_ROOTS
 from ..common.folds import assign_folds, read_case_infos
 from ..common.losses import REGIONS, segmentation_loss
@@ -123,7 +124,8 @@ def init_weights_path(args: argparse.Namespace) -> str:
     return path
 
 
-RESUMABLE_CHANGES = frozenset({"run_dir", "resume", "steps", "workers", "threads", "device", "amp", "val_every",
+RESUMABLE_CHANGES = frozenset({"run_dir", "resume", "steps", "workers", "threads", "device", "amp", "cpu_bf16",
+                               "val_every",
                                "checkpoint_every", "cache", "data", "config"})
 """Options a resumed run may change: how it is carried out (and how long), not what it trains."""
 
@@ -184,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: CUDA when available (one GPU per torchrun process), else the CPU")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="float16 mixed precision on CUDA (ignored on the CPU)")
+    parser.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=False,
+                        help="bfloat16 mixed precision on a CPU with bfloat16 instructions (AVX512-BF16, AMX); "
+                             "refused on others, where it is emulated (ignored on CUDA)")
     return parser
 
 
@@ -198,6 +203,12 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     init_path = init_weights_path(args) if args.init_weights else None
     check_resume(args)
     context = setup(args.device)
+    try:
+        precision = mixed_precision(context.device, args.amp, args.cpu_bf16)
+    except PrecisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        context.close()
+        return None
     settings = crop_settings(args, context.rank)  # checks --drop-one-weights before anything is written
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = context.device.type == "cuda"  # every crop has one shape: tune convolutions once
@@ -233,16 +244,18 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
 
     torch.manual_seed(args.seed)
     model = GliomaSegNet(config).to(context.device)
+    channels_last = precision == torch.bfloat16 and context.device.type == "cpu"  # oneDNN's fast bf16 layout
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
-    use_amp = amp_enabled(context.device, args.amp)
-    scaler = grad_scaler(use_amp)
+    scaler = grad_scaler(precision)
     step = 0
     checkpoint = run / "checkpoint.pt"
     if args.resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True, map_location=context.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if use_amp and "scaler" in state:
+        if scaler.is_enabled() and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
         if context.is_main:
@@ -270,11 +283,13 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     last: Dict = {}
     for image, targets, presence_array in batches(real, settings, step, args.steps, args.workers):
         x = torch.from_numpy(image).to(context.device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         soft = torch.from_numpy(targets).to(context.device)
         presence = torch.from_numpy(presence_array).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        with autocast(context.device, use_amp):
+        with autocast(context.device, precision):
             logits = network(x, presence)
         loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], args.dice_weight,
                                  dice_regions=args.dice_regions)
@@ -303,7 +318,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
             if step % args.checkpoint_every == 0 or step == args.steps:
                 tmp = run / "checkpoint.pt.tmp"
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-                if use_amp:
+                if scaler.is_enabled():
                     state["scaler"] = scaler.state_dict()
                 torch.save(state, tmp)
                 os.replace(tmp, checkpoint)
@@ -318,7 +333,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         finish_run_record(run, {"steps": step, "final_loss": last.get("loss"),
                                 "val_dice": val_records[-1]["val_dice"] if val_records else None,
                                 "training_seconds": last.get("seconds"), "ranks_in_sync": in_sync,
-                                "mixed_precision": use_amp},
+                                "mixed_precision": str(precision).replace("torch.", "") if precision else False},
                           [final, checkpoint], time.perf_counter() - wall_start)
     context.barrier()
     context.close()
