@@ -2,7 +2,8 @@
 
     x (B, 4, Z, Y, X), presence (B, 4)
       -> one convolutional stem per modality, fused by a learnable weighted average over present modalities
-         (``fusion="concat"``: one convolution over all four, absent ones zeroed, modulated by which are present)
+         (``fusion="concat"``: one convolution over all four, absent ones zeroed, modulated by which are present;
+         ``t1ce_difference``: a fifth stem over T1CE - T1 joins the average when both are present)
       -> residual 3D encoder (stride-2 downsampling, channels doubling)
       -> transformer bottleneck over the 3D tokens of the deepest feature map (convolutional position encoding,
          so any input size works)
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .onnx_engine import PartSpec
-from .network_config import (N_CLASSES, N_MODALITIES, TRANSFORMER_MASKS_PER_LAYER, NetworkConfig,  # noqa: F401
-                             dropout_mask_shapes)
+from .network_config import (N_CLASSES, N_MODALITIES, T1, T1CE, TRANSFORMER_MASKS_PER_LAYER,  # noqa: F401
+                             NetworkConfig, dropout_mask_shapes)
 
 
 def _norm(channels: int) -> nn.Module:
@@ -54,18 +55,25 @@ class ResidualBlock(nn.Module):
 
 
 class ModalityFusionStem(nn.Module):
-    """One stem per modality; a learnable weighted average over the modalities present (seed 001, eq. 1)."""
+    """One stem per modality; a learnable weighted average over the modalities present (seed 001, eq. 1).
 
-    def __init__(self, width: int) -> None:
+    With ``t1ce_difference`` a fifth stem reads T1CE - T1 (both z-scored over the brain: enhancement in standard
+    deviations, the quantity of the enhancement gate, pipeline/signal_gates.py) and joins the average when both are
+    present. Per-modality stems cannot form this difference themselves: each normalises and rectifies its own
+    modality before the average.
+    """
+
+    def __init__(self, width: int, t1ce_difference: bool = False) -> None:
         super().__init__()
-        self.stems = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(1, width, 3, padding=1, bias=False), _norm(width), nn.LeakyReLU(0.01, inplace=True))
-            for _ in range(N_MODALITIES))
-        self.weight_logits = nn.Parameter(torch.zeros(N_MODALITIES))
+        self.stems = nn.ModuleList(_stem(width) for _ in range(N_MODALITIES))
+        self.difference_stem = _stem(width) if t1ce_difference else None
+        self.weight_logits = nn.Parameter(torch.zeros(N_MODALITIES + int(t1ce_difference)))
 
     def forward(self, x: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
         """x (B, 4, Z, Y, X), presence (B, 4) in {0, 1} -> fused features (B, width, Z, Y, X)."""
-        weights = F.softplus(self.weight_logits)[None, :] * presence  # (B, 4)
+        if self.difference_stem is not None:
+            presence = torch.cat([presence, presence[:, T1:T1 + 1] * presence[:, T1CE:T1CE + 1]], dim=1)  # (B, 5)
+        weights = F.softplus(self.weight_logits)[None, :] * presence  # (B, 4 or 5)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
         fused = None
         for m, stem in enumerate(self.stems):
@@ -75,7 +83,15 @@ class ModalityFusionStem(nn.Module):
             fused = term if fused is None else fused + term
         if fused is None:
             raise ValueError("at least one modality must be present")
+        if self.difference_stem is not None and bool(presence[:, N_MODALITIES].any()):
+            difference = x[:, T1CE:T1CE + 1] - x[:, T1:T1 + 1]
+            fused = fused + self.difference_stem(difference) * weights[:, N_MODALITIES].view(-1, 1, 1, 1, 1)
         return fused
+
+
+def _stem(width: int) -> nn.Module:
+    """One input channel -> ``width`` features: 3x3x3 convolution, instance norm, LeakyReLU."""
+    return nn.Sequential(nn.Conv3d(1, width, 3, padding=1, bias=False), _norm(width), nn.LeakyReLU(0.01, inplace=True))
 
 
 class ConcatFusionStem(nn.Module):
@@ -153,7 +169,8 @@ class GliomaSegNet(nn.Module):
         super().__init__()
         self.config = config = config or NetworkConfig()
         widths = config.widths
-        self.stem = ConcatFusionStem(widths[0]) if config.fusion == "concat" else ModalityFusionStem(widths[0])
+        self.stem = ConcatFusionStem(widths[0]) if config.fusion == "concat" else \
+            ModalityFusionStem(widths[0], config.t1ce_difference)
         self.encoder = nn.ModuleList()
         self.down = nn.ModuleList()
         for level, (width, blocks) in enumerate(zip(widths, config.encoder_blocks)):

@@ -8,6 +8,8 @@ from typing import Dict, List, Sequence, Tuple
 N_MODALITIES = 4
 N_CLASSES = 4
 FUSIONS = ("average", "concat")
+T1, T1CE = 0, 1
+"""Channels of T1 and T1CE in the network's input (the order of io/modalities.MODALITIES)."""
 
 
 @dataclass
@@ -21,6 +23,7 @@ class NetworkConfig:
     transformer_mlp_ratio: float = 2.0
     dropout: float = 0.1
     fusion: str = "average"  # "average": one stem per modality, averaged (seed 001); "concat": one stem over all four
+    t1ce_difference: bool = False  # "average" only: a fifth stem reads T1CE - T1 (enhancement), averaged in too
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -31,6 +34,8 @@ class NetworkConfig:
             raise ValueError("the deepest width must be divisible by transformer_heads")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+        if self.t1ce_difference and self.fusion != "average":
+            raise ValueError("t1ce_difference needs fusion 'average' (the 'concat' stem already sees T1CE and T1)")
 
     @property
     def divisor(self) -> int:

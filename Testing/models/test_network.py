@@ -61,6 +61,31 @@ def test_fusion_weights_are_learnable_and_renormalised(net):
         assert torch.allclose(stem(x, single), stem.stems[1](x[:, 1:2]), atol=1e-6)
 
 
+def test_t1ce_difference_stem_reads_t1ce_minus_t1_only_when_both_are_present():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    stem = GliomaSegNet(dataclasses.replace(TINY, t1ce_difference=True)).stem
+    with torch.no_grad():
+        stem.weight_logits.copy_(torch.tensor([0.1, 0.5, -0.3, 0.2, 1.0]))
+        x = torch.randn(2, 4, 8, 8, 8)
+        weights = F.softplus(stem.weight_logits)
+        parts = [stem.stems[m](x[:, m:m + 1]) for m in range(4)] + [stem.difference_stem(x[:, 1:2] - x[:, 0:1])]
+        expected = sum(w * part for w, part in zip(weights, parts)) / weights.sum()
+        assert torch.allclose(stem(x, torch.ones(2, 4)), expected, atol=1e-5)
+        without_t1 = torch.tensor([[0.0, 1.0, 1.0, 1.0]] * 2)  # no difference: the three stems present, renormalised
+        expected = sum(weights[m] * parts[m] for m in (1, 2, 3)) / weights[1:4].sum()
+        assert torch.allclose(stem(x, without_t1), expected, atol=1e-5)
+        changed = x.clone()
+        changed[:, 0] = 9.0  # an absent T1 changes nothing, through its stem or the difference
+        assert torch.equal(stem(changed, without_t1), stem(x, without_t1))
+    plain = GliomaSegNet(TINY).state_dict()  # the shipped layout is unchanged without the option
+    assert not any(k.startswith("stem.difference_stem") for k in plain) and plain["stem.weight_logits"].shape == (4,)
+    with pytest.raises(ValueError, match="t1ce_difference needs fusion 'average'"):
+        NetworkConfig(fusion="concat", t1ce_difference=True)
+    assert NetworkConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "t1ce_difference"}) == TINY
+
+
 def test_sizes_must_be_divisible(net):
     with pytest.raises(ValueError, match="divisible by 4"):
         net(torch.randn(1, 4, 10, 16, 16), torch.ones(1, 4))

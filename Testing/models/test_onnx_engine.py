@@ -13,11 +13,13 @@ from GliomaAnalysisLib.models.segment import (SEGMENTATION_PARTS, dropout_masks,
                                               mean_over_passes, part_pass, part_passes, segmentation_parts_of)
 
 
-@pytest.fixture(params=["average", "concat"])
+@pytest.fixture(params=["average", "concat", "t1ce_difference"])
 def net(request):
     torch.manual_seed(0)
+    difference = request.param == "t1ce_difference"
     net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
-                                     transformer_heads=2, dropout=0.3, fusion=request.param)).eval()
+                                     transformer_heads=2, dropout=0.3, fusion="average" if difference else request.param,
+                                     t1ce_difference=difference)).eval()
     if request.param == "concat":
         with torch.no_grad():  # trained presence modulation is non-zero (zero-initialised it would not be exported)
             net.stem.presence_film.weight.normal_()
@@ -41,10 +43,11 @@ def _onnx_network(net):
     return onnx_engine.OnnxPart(onnx_engine.export_part(segmentation_parts(net)["network"]), 1)
 
 
-def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported(net):
+@pytest.mark.parametrize("present", [(1, 0, 1, 1), (1, 1, 1, 1)])
+def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported(net, present):
     network = _onnx_network(net)
     x = _image()[None]
-    presence = np.array([[1, 0, 1, 1]], np.float32)
+    presence = np.array([present], np.float32)
     for rng in (None, np.random.default_rng(5)):
         masks = dropout_masks(net.config, x.shape[2:], rng)
         with torch.no_grad():
