@@ -301,3 +301,30 @@ def test_an_unknown_precision_is_refused_by_name_before_any_work(phantom_dir, tm
     assert not any(tmp_path.iterdir())
     monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", " F32 ")
     assert openvino_engine.requested_precision() == "f32"
+
+
+@pytest.mark.parametrize("presence", [(1, 1, 1, 1), (1, 0, 1, 1), (0, 1, 1, 1)])
+def test_openvino_runs_the_t1ce_difference_stem_as_torch_does(tmp_path, monkeypatch, presence):
+    monkeypatch.setenv("GLIOMA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")
+    onnx_engine.load_parts.cache_clear()
+    segment._compiled_network.cache_clear()
+    torch.manual_seed(0)
+    net = GliomaSegNet(NetworkConfig(widths=(4, 8, 16), encoder_blocks=(1, 1, 1), transformer_layers=1,
+                                     transformer_heads=2, dropout=0.3, t1ce_difference=True)).eval()
+    save_model(net, {"version": "t"}, tmp_path / "models", "tiny_seg")
+    image = np.random.default_rng(3).normal(size=(4, 24, 32, 16)).astype(np.float32)
+    present = np.array(presence, np.float32)
+    image[present == 0] = 0.0  # as preprocess leaves an absent modality
+    means = {}
+    for engine in ("openvino", "onnxruntime"):
+        monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)
+        networks, _, _ = segment.load_segmentation_networks("tiny_seg", str(tmp_path / "models"), 1)
+        means[engine] = segment.part_passes(networks, net.config, image, present, 1, mc_dropout=False)[0]
+    assert type(networks[0]).__name__ == "OnnxPart"
+    np.testing.assert_allclose(means["openvino"], means["onnxruntime"], atol=1e-4)  # one graph, two engines
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(image)[None], torch.from_numpy(present)[None]), dim=1)[0]
+    np.testing.assert_allclose(means["onnxruntime"], expected.numpy(), atol=2e-3)  # as for the plain stems
+    onnx_engine.load_parts.cache_clear()
+    segment._compiled_network.cache_clear()
