@@ -43,7 +43,7 @@ def _onnx_network(net):
     return onnx_engine.OnnxPart(onnx_engine.export_part(segmentation_parts(net)["network"]), 1)
 
 
-@pytest.mark.parametrize("present", [(1, 0, 1, 1), (1, 1, 1, 1)])
+@pytest.mark.parametrize("present", [(1, 0, 1, 1), (0, 1, 1, 1), (1, 1, 1, 1)])
 def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported(net, present):
     network = _onnx_network(net)
     x = _image()[None]

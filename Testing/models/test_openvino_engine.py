@@ -317,11 +317,11 @@ def test_openvino_runs_the_t1ce_difference_stem_as_torch_does(tmp_path, monkeypa
     present = np.array(presence, np.float32)
     image[present == 0] = 0.0  # as preprocess leaves an absent modality
     means = {}
-    for engine in ("openvino", "onnxruntime"):
+    for engine, part in (("openvino", "OpenVinoPart"), ("onnxruntime", "OnnxPart")):
         monkeypatch.setenv("GLIOMA_ANALYSIS_ENGINE", engine)
-        networks, _, _ = segment.load_segmentation_networks("tiny_seg", str(tmp_path / "models"), 1)
+        networks, _, warnings = segment.load_segmentation_networks("tiny_seg", str(tmp_path / "models"), 1)
+        assert [type(n).__name__ for n in networks] == [part] and warnings == ()  # no quiet fallback
         means[engine] = segment.part_passes(networks, net.config, image, present, 1, mc_dropout=False)[0]
-    assert type(networks[0]).__name__ == "OnnxPart"
     np.testing.assert_allclose(means["openvino"], means["onnxruntime"], atol=1e-4)  # one graph, two engines
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(image)[None], torch.from_numpy(present)[None]), dim=1)[0]

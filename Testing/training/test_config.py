@@ -134,33 +134,53 @@ def test_training_run_writes_run_json_with_config_git_split_seed_versions_and_me
     assert record["seed"] == 5 and record["versions"]["torch"] == torch.__version__
     assert record["device"] == "cpu" and record["world_size"] == 1
     assert record["metrics"]["steps"] == 2 and record["metrics"]["final_loss"] > 0
-    assert record["metrics"]["ranks_in_sync"] is True and record["metrics"]["mixed_precision"] is False
+    assert record["metrics"]["ranks_in_sync"] is True and record["metrics"]["mixed_precision"] == "float32"
     assert set(record["outputs"]) == {"final.safetensors", "checkpoint.pt"}
     assert all(len(o["sha256"]) == 64 for o in record["outputs"].values()) and record["finished"]
 
 
-def test_cpu_bf16_training_records_bfloat16_and_saves_float32_weights_or_is_refused(tmp_path, capsys):
+def test_cpu_bf16_trains_in_bfloat16_channels_last_validates_and_resumes_in_float32(tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
     from training.common.distributed import cpu_computes_bf16
-    from training.segmentation.train_segmentation import main
+    import training.segmentation.train_segmentation as train_segmentation
 
+    logits_dtypes = []
+
+    class Recording(train_segmentation.GliomaSegNet):
+        def forward(self, *args, **kwargs):
+            logits = super().forward(*args, **kwargs)
+            if self.training:  # the training step's (validation runs in eval mode, in float32)
+                logits_dtypes.append(logits.dtype)
+            return logits
+
+    monkeypatch.setattr(train_segmentation, "GliomaSegNet", Recording)
     data = tmp_path / "data"
-    write_cohort(data, 2, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
-    config = write(tmp_path, f"steps: 2\nbatch: 1\ncrop: 16\nspacing: 4\ncpu_bf16: true\n"
+    write_cohort(data, 4, seed=3, size=(64, 64, 48), spacing=(3.0, 3.0, 3.0))
+    config = write(tmp_path, f"steps: 2\nbatch: 1\ncrop: 16\nspacing: 4\ncpu_bf16: true\nn_folds: 2\nval_every: 1\n"
                              f"network: {json.dumps(TINY_NETWORK)}\n")
     run = tmp_path / "run"
-    code = main(["--config", str(config), "--data", str(data), "--run-dir", str(run),
-                 "--cache", str(tmp_path / "cache"), "--device", "cpu"])
+    common = ["--config", str(config), "--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"),
+              "--device", "cpu", "--fold", "0"]
+    code = train_segmentation.main(common)
     if not cpu_computes_bf16():  # emulated bfloat16: a one-line refusal before anything is written
         assert code == 2 and not run.exists()
         assert "no bfloat16 instructions" in capsys.readouterr().err
         return
-    assert code == 0
+    assert code == 0 and logits_dtypes == [torch.bfloat16] * 2
     record = json.loads((run / "run.json").read_text())
     assert record["metrics"]["mixed_precision"] == "bfloat16" and record["config"]["args"]["cpu_bf16"] is True
     assert math.isfinite(record["metrics"]["final_loss"]) and record["metrics"]["final_loss"] > 0
-    weights = load_file(str(run / "final.safetensors"))
-    assert all(w.dtype == torch.float32 and w.is_contiguous() for w in weights.values())
+    val_dice = record["metrics"]["val_dice"]  # validated during training, in float32
+    assert val_dice and all(0.0 <= v <= 1.0 for v in val_dice.values())
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    convolutions = [w for w in state.values() if w.dim() == 5 and w.shape[-1] > 1]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convolutions)
+    assert all(w.dtype == torch.float32 for w in load_file(str(run / "final.safetensors")).values())
+    logits_dtypes.clear()  # resumed in float32: the precision is how a run is carried out, not what it trains
+    assert train_segmentation.main(common + ["--resume", "--steps", "3", "--no-cpu-bf16"]) == 0
+    assert logits_dtypes == [torch.float32]
+    record = json.loads((run / "run.json").read_text())
+    assert record["metrics"]["steps"] == 3 and record["metrics"]["mixed_precision"] == "float32"
 
 
 def test_cpu_bf16_is_refused_in_one_line_where_the_cpu_would_emulate_it(tmp_path, capsys, monkeypatch):
@@ -176,3 +196,18 @@ def test_cpu_bf16_is_refused_in_one_line_where_the_cpu_would_emulate_it(tmp_path
     assert not run.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no bfloat16 instructions" in err[0]
+
+
+@pytest.mark.parametrize("absent", ["t1", "t1ce"])
+def test_t1ce_difference_stem_is_refused_when_the_crops_never_show_t1_or_t1ce(tmp_path, capsys, absent):
+    from training.segmentation.train_segmentation import main
+
+    data = tmp_path / "data"
+    write_cohort(data, 1, seed=3, size=(32, 32, 24), spacing=(3.0, 3.0, 3.0))
+    run = tmp_path / "run"
+    network = json.dumps({**TINY_NETWORK, "t1ce_difference": True})
+    assert main(["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--device", "cpu",
+                 "--steps", "1", "--absent-modalities", absent, "--network", network]) == 2
+    assert not run.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its stem would never train" in err[0]

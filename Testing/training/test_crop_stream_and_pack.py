@@ -112,6 +112,13 @@ def test_train_folds_checks_the_options_before_starting_anything(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit):
         train_folds(["--folds", "0,zero", "--run-dir", str(tmp_path / "run")])
+    torch = pytest.importorskip("torch")
+    with pytest.MonkeyPatch.context() as patch:  # emulated bfloat16: refused once, before any fold starts
+        patch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+        patch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert train_folds(["--folds", "0,1", "--run-dir", str(tmp_path / "run"), "--device", "cpu",
+                            "--cpu-bf16"]) == 2
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_pack_that_cannot_be_written_leaves_nothing(tmp_path):

@@ -134,8 +134,10 @@ class PrecisionError(ValueError):
 
 
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); elsewhere torch emulates them, 100x slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); elsewhere torch emulates them, far slower.
+    (torch's private probes; a torch without them counts as no.)"""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def mixed_precision(device: torch.device, amp: bool = True, cpu_bf16: bool = False) -> Optional[torch.dtype]:

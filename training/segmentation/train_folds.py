@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+import torch
+
 from ..common.config import parse_args
+from ..common.distributed import PrecisionError, mixed_precision
 from . import train_segmentation
 
 PROGRESS_EVERY = 30.0
@@ -71,6 +74,12 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     run = Path(args.run_dir)
     checked = parse_args(train_segmentation.build_parser(), rest + ["--run-dir", str(run / "fold0")])
+    try:  # once here, not in every fold's log
+        mixed_precision(torch.device("cuda" if checked.device != "cpu" and torch.cuda.is_available() else "cpu"),
+                        checked.amp, checked.cpu_bf16)
+    except PrecisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     steps = checked.steps
     processes: Dict[str, subprocess.Popen] = {}
     run.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from GliomaAnalysisLib.models.inference import predict
 from GliomaAnalysisLib.io.labels import regions
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+from GliomaAnalysisLib.models.network_config import T1, T1CE
 from GliomaAnalysisLib.io.modalities import MODALITIES
 
 from ..common.config import parse_args
@@ -42,10 +43,6 @@ from ..common.run_record import finish_run_record, git_commit, start_run_record
 from .augmentation import AugmentationConfig
 from .crop_stream import CropSettings, batches
 from .segmentation_data import FOREGROUND_PROBABILITY, TrainingCase, load_cases
-
-T1CE = 1
-"""Channel of T1CE in MODALITIES order: enhancement is scored only in crops that keep it."""
-
 
 def validation_dice(model: GliomaSegNet, cases: List[TrainingCase], device: torch.device = torch.device("cpu"),
                     presence: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
@@ -214,6 +211,11 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     torch.backends.cudnn.benchmark = context.device.type == "cuda"  # every crop has one shape: tune convolutions once
     wall_start = time.perf_counter()
     config = network_config(args.network)  # before the run folder exists: a bad value leaves nothing behind
+    if config.t1ce_difference and (settings.augmentation.absent[T1] or settings.augmentation.absent[T1CE]):
+        print("error: --network t1ce_difference needs T1 and T1CE in the crops (--absent-modalities leaves one out): "
+              "its stem would never train", file=sys.stderr)
+        context.close()
+        return None
     run = Path(args.run_dir)
     spacing = (args.spacing,) * 3
     if not context.is_main:
@@ -333,7 +335,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
         finish_run_record(run, {"steps": step, "final_loss": last.get("loss"),
                                 "val_dice": val_records[-1]["val_dice"] if val_records else None,
                                 "training_seconds": last.get("seconds"), "ranks_in_sync": in_sync,
-                                "mixed_precision": str(precision).replace("torch.", "") if precision else False},
+                                "mixed_precision": str(precision or torch.float32).replace("torch.", "")},
                           [final, checkpoint], time.perf_counter() - wall_start)
     context.barrier()
     context.close()
