@@ -2,8 +2,8 @@
 
     python benchmarks/bench_training_step.py [--batch 4] [--crop 64] [--steps 6] [--threads 2] [--network JSON]
 
-One step as train_segmentation takes it (the input to channels-last for bfloat16, forward under the run's autocast,
-the loss, backward, gradient clipping, AdamW) on random input of the recipe's size, the network of ``--network`` (default: the shipped layout). Prints the median of the
+One step of train_segmentation (its ``training_step``: the input to channels-last for bfloat16, forward under the
+run's autocast, the loss, backward, gradient clipping, AdamW) on random input of the recipe's size, the network of ``--network`` (default: the shipped layout). Prints the median of the
 steps after the first (warm-up) for each precision and their ratio. bfloat16 is timed only on a CPU with bfloat16
 instructions (``training.common.distributed.cpu_computes_bf16``). Batches are not drawn here: see
 ``bench_training_crops.py``. Run it with nothing else busy.
@@ -22,34 +22,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig  # noqa: E402
-from training.common.distributed import autocast, cpu_computes_bf16  # noqa: E402
-from training.common.losses import segmentation_loss  # noqa: E402
+from GliomaAnalysisLib.models.network import NetworkConfig  # noqa: E402
+from training.common.distributed import cpu_computes_bf16, grad_scaler  # noqa: E402
+from training.segmentation.train_segmentation import training_model, training_step  # noqa: E402
 
 
 def step_seconds(config: NetworkConfig, batch: int, crop: int, steps: int, dtype: Optional[torch.dtype]) -> List[float]:
     """Wall seconds of each of ``steps`` training steps on (batch, 4, crop, crop, crop) input."""
     torch.manual_seed(0)
-    model = GliomaSegNet(config)
-    channels_last = dtype == torch.bfloat16  # as train_segmentation: oneDNN's fast bfloat16 layout
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    model, optimizer = training_model(config, torch.device("cpu"), dtype, lr=1e-3)
     image = torch.randn(batch, 4, crop, crop, crop)
     presence = torch.ones(batch, 4)
     targets = torch.softmax(torch.randn(batch, 4, crop, crop, crop), dim=1)
+    scaler = grad_scaler(dtype)
     model.train()
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
-        x = image.contiguous(memory_format=torch.channels_last_3d) if channels_last else image
-        with autocast(torch.device("cpu"), dtype):
-            logits = model(x, presence)
-        loss = segmentation_loss(logits.float(), targets, presence[:, 1], 0.5, dice_regions=("tc", "et"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        optimizer.step()
+        training_step(model, optimizer, scaler, image, targets, presence, dtype, 0.5, ("tc", "et"))
         seconds.append(time.perf_counter() - start)
     return seconds
 

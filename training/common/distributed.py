@@ -81,6 +81,11 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether ``device`` (auto, cpu or cuda) trains on CUDA here."""
+    return device != "cpu" and torch.cuda.is_available()
+
+
 def setup(device: str = "auto") -> DistributedContext:
     """Read torchrun's environment, pick this rank's device and join the process group when WORLD_SIZE > 1.
 
@@ -91,7 +96,7 @@ def setup(device: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
+    use_cuda = uses_cuda(device)
     if device == "cuda" and not use_cuda:
         raise RuntimeError("--device cuda was requested but CUDA is not available")
     target = torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if use_cuda else torch.device("cpu")

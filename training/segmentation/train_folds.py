@@ -25,7 +25,7 @@ from typing import Dict, List
 import torch
 
 from ..common.config import parse_args
-from ..common.distributed import PrecisionError, mixed_precision
+from ..common.distributed import PrecisionError, mixed_precision, uses_cuda
 from . import train_segmentation
 
 PROGRESS_EVERY = 30.0
@@ -75,8 +75,7 @@ def main(argv=None) -> int:
     run = Path(args.run_dir)
     checked = parse_args(train_segmentation.build_parser(), rest + ["--run-dir", str(run / "fold0")])
     try:  # once here, not in every fold's log
-        mixed_precision(torch.device("cuda" if checked.device != "cpu" and torch.cuda.is_available() else "cpu"),
-                        checked.amp, checked.cpu_bf16)
+        mixed_precision(torch.device("cuda" if uses_cuda(checked.device) else "cpu"), checked.amp, checked.cpu_bf16)
     except PrecisionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -66,6 +66,39 @@ def mean_dice(scores: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     return {k: float(np.mean([s[k] for s in scores.values()])) for k in REGIONS}
 
 
+def training_model(config: NetworkConfig, device: torch.device, precision: Optional[torch.dtype], lr: float
+                   ) -> Tuple[GliomaSegNet, torch.optim.Optimizer]:
+    """The network on ``device`` (channels-last 3D for bfloat16 on the CPU: oneDNN's fast layout) and its AdamW."""
+    model = GliomaSegNet(config).to(device)
+    if _channels_last(device, precision):
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+
+
+def training_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler",
+                  x: torch.Tensor, soft: torch.Tensor, presence: torch.Tensor, precision: Optional[torch.dtype],
+                  dice_weight: float, dice_regions: Tuple[str, ...]) -> torch.Tensor:
+    """One optimisation step on x (B, 4, S, S, S), soft targets (B, 4, S, S, S) and presence (B, 4): forward under
+    ``precision``'s autocast, the loss in float32, backward, gradients clipped to norm 12, the optimizer's step.
+    Returns the loss. ``network`` may be the DDP wrapper of the optimised model."""
+    if _channels_last(x.device, precision):
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with autocast(x.device, precision):
+        logits = network(x, presence)
+    loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], dice_weight, dice_regions=dice_regions)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def _channels_last(device: torch.device, precision: Optional[torch.dtype]) -> bool:
+    return precision == torch.bfloat16 and device.type == "cpu"
+
+
 def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -245,11 +278,7 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
                          "training.segmentation.train_segmentation", context.world_size, getattr(args, "config", None))
 
     torch.manual_seed(args.seed)
-    model = GliomaSegNet(config).to(context.device)
-    channels_last = precision == torch.bfloat16 and context.device.type == "cpu"  # oneDNN's fast bf16 layout
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
+    model, optimizer = training_model(config, context.device, precision, args.lr)
     scaler = grad_scaler(precision)
     step = 0
     checkpoint = run / "checkpoint.pt"
@@ -284,23 +313,12 @@ def train(args: argparse.Namespace) -> Optional[GliomaSegNet]:
     started = time.perf_counter()
     last: Dict = {}
     for image, targets, presence_array in batches(real, settings, step, args.steps, args.workers):
-        x = torch.from_numpy(image).to(context.device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        soft = torch.from_numpy(targets).to(context.device)
-        presence = torch.from_numpy(presence_array).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        with autocast(context.device, precision):
-            logits = network(x, presence)
-        loss = segmentation_loss(logits.float(), soft, presence[:, T1CE], args.dice_weight,
-                                 dice_regions=args.dice_regions)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = training_step(network, optimizer, scaler, torch.from_numpy(image).to(context.device),
+                             torch.from_numpy(targets).to(context.device),
+                             torch.from_numpy(presence_array).to(context.device), precision, args.dice_weight,
+                             args.dice_regions)
         step += 1
         mean_loss = context.mean(loss.item())
         record = {"step": step, "loss": round(mean_loss, 5), "lr": optimizer.param_groups[0]["lr"],
