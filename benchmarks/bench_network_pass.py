@@ -1,9 +1,10 @@
 """The segmentation network's passes alone: seconds per pass and the memory they add, per engine and precision.
 
     python benchmarks/bench_network_pass.py [--case DIR] [--repeats 5] [--threads 2] [--mc-dropout]
+    python benchmarks/bench_network_pass.py --model glioma_seg_fold0 --model-dir runs/cv/fold0/model   # another network
 
 Each configuration (OpenVINO in float32, OpenVINO at ``auto`` precision: bfloat16 where the CPU computes it; ONNX
-Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the shipped model's working
+Runtime) runs in a fresh process: it reads the case, preprocesses it as ``analyze`` does (the model's working
 grid), loads the network (its graph and compiled form already cached by one untimed warm-up process), then runs
 ``--repeats`` plain passes (with ``--mc-dropout``: with dropout masks drawn as the default analysis draws them).
 Prints the first pass (a new shape: memory and kernels set up), the median of the others, and how far the passes took
@@ -37,11 +38,12 @@ from GliomaAnalysisLib.models.segment import _network_feed, engine_of, load_segm
 from GliomaAnalysisLib.preprocessing.preprocess import preprocess
 
 onnx_engine.set_threads(int(sys.argv[2]))
-card = load_verified_card("glioma_seg", None)
+model, model_dir = sys.argv[5], sys.argv[6] or None
+card = load_verified_card(model, model_dir)
 config = NetworkConfig.from_dict(card["network"])
 pre = preprocess(load_case(sys.argv[1], ground_truth=False), spacing=card["preprocessing"]["spacing_mm"],
                  divisible_by=config.divisor, include_labels=False)
-network = load_segmentation_networks("glioma_seg", None, 1)[0][0]
+network = load_segmentation_networks(model, model_dir, 1)[0][0]
 rng = np.random.default_rng(0) if sys.argv[4] == "mc" else None
 feed = _network_feed(config, np.ascontiguousarray(pre.image[None]), pre.presence[None].astype(np.float32), rng)
 def status(field):  # kB
@@ -63,11 +65,11 @@ print(json.dumps({"engine": engine_of(network), "precision": getattr(network, "p
 '''
 
 
-def run(case: str, threads: int, repeats: int, settings: dict, mc_dropout: bool = False) -> dict:
+def run(case: str, threads: int, repeats: int, settings: dict, mc_dropout: bool = False, model: str = "glioma_seg",
+        model_dir: str = "") -> dict:
     env = {**os.environ, **settings, "PYTHONPATH": str(REPOSITORY)}
-    done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats), "mc" if mc_dropout else ""],
-                          env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, case, str(threads), str(repeats), "mc" if mc_dropout else "",
+                           model, model_dir], env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{settings}: the measuring process failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -79,10 +81,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mc-dropout", action="store_true", help="passes with dropout masks, as the default analysis")
+    parser.add_argument("--model", default="glioma_seg", help="segmentation model name (default: the shipped one)")
+    parser.add_argument("--model-dir", default="", help="folder holding --model (default: the shipped models)")
     args = parser.parse_args()
     for label, settings in CONFIGURATIONS.items():
-        run(args.case, args.threads, 1, settings)  # untimed: exports and compiles into the cache
-        found = run(args.case, args.threads, max(2, args.repeats), settings, args.mc_dropout)
+        run(args.case, args.threads, 1, settings, False, args.model, args.model_dir)  # untimed: fills the cache
+        found = run(args.case, args.threads, max(2, args.repeats), settings, args.mc_dropout, args.model,
+                    args.model_dir)
         print(f"{label:<18} {found['engine']} {found['precision']:<5} input {'x'.join(map(str, found['input']))}: "
               f"first pass {found['first']:.3f} s, then {found['others']:.3f} s a pass (median of "
               f"{max(2, args.repeats) - 1}); resident memory +{found['grown_mib']:.0f} MiB at its peak, "

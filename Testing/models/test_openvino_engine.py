@@ -328,6 +328,6 @@ def test_openvino_runs_the_t1ce_difference_stem_as_torch_does(tmp_path, monkeypa
             if weights.is_floating_point():
                 weights.copy_(weights.half().float())
         expected = torch.softmax(net(torch.from_numpy(image)[None], torch.from_numpy(present)[None]), dim=1)[0]
-    np.testing.assert_allclose(means["onnxruntime"], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(means["onnxruntime"], expected.numpy(), atol=1e-4)  # 1e-3 with float32 weights
     onnx_engine.load_parts.cache_clear()
     segment._compiled_network.cache_clear()

@@ -87,21 +87,27 @@ def fold_args(args: argparse.Namespace, fold: int) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-def store_fold_model(run: Path, fold: int) -> Path:
-    """fold{k}/model/glioma_seg_fold{k}.{json,safetensors} from the fold's final weights; returns the folder."""
+def fold_network(run: Path, fold: int):
+    """(GliomaSegNet in eval mode with ``run/fold<fold>``'s final weights, the fold's config.json as a dict)."""
     from safetensors.torch import load_file
 
-    from GliomaAnalysisLib.models.model_store import save_model
     from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 
-    fold_dir = run / f"fold{fold}"
-    folder = fold_dir / "model"
+    config = json.loads((run / f"fold{fold}" / "config.json").read_text())
+    model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
+    model.load_state_dict(load_file(str(run / f"fold{fold}" / "final.safetensors")))
+    return model.eval(), config
+
+
+def store_fold_model(run: Path, fold: int) -> Path:
+    """fold{k}/model/glioma_seg_fold{k}.{json,safetensors} from the fold's final weights; returns the folder."""
+    from GliomaAnalysisLib.models.model_store import save_model
+
+    folder = run / f"fold{fold}" / "model"
     name = f"glioma_seg_fold{fold}"
     if (folder / f"{name}.json").is_file():
         return folder
-    config = json.loads((fold_dir / "config.json").read_text())
-    model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
-    model.load_state_dict(load_file(str(fold_dir / "final.safetensors")))
+    model, config = fold_network(run, fold)
     spacing = config["args"]["spacing"]
     card = {"version": f"cv-fold{fold}", "task": "glioma subregion segmentation (cross-validation fold model)",
             "preprocessing": {"spacing_mm": [spacing] * 3, "pad_multiple": 8},

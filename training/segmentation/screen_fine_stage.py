@@ -6,15 +6,21 @@
     python -m training.segmentation.cross_validate ... --run-dir runs/fine_on_diff/split --report-only
     python -m training.segmentation.compare_runs runs/fine_on_diff/split runs/diff
 
+``cross_validate`` on the fine recipe also predicts each held-out case with the fine network alone over the whole
+brain at 1.25 mm (its own report: a single-stage baseline); ``train_segmentation --fold K --run-dir runs/fine/foldK``
+trains a fold model without that.
+
 For every stored out-of-fold prediction of the coarse run (``COARSE/oof/<case>.npz``, all four modalities) whose fold
 has a fine model (``FINE/fold<k>/final.safetensors``, the same folds): the case is preprocessed at the fine run's
-spacing; the region of interest is the box of the coarse whole tumor (argmax) grown by ``MARGIN_MM``, at least one
-training crop per axis; the fine network runs over it by a sliding window of its training crop (the field of view it
-was trained on), with the analysis' default passes (flip TTA and MC-dropout); its NCR / ED / ET probabilities go back
-onto the coarse prediction's box of the native grid, and are combined with the coarse ones inside the region
-(``COMBINATIONS``). Each combination is stored as ``OUT/<combination>/oof/<case>.npz`` in the cross-validation's
-format (truth, uncertainty, box and fold as the coarse prediction's), so ``cross_validate --report-only`` scores
-every post-processing variant on it and ``compare_runs`` pairs it with the coarse run case by case.
+spacing (``preprocess`` alone: the BraTS-preprocessed real cases, no co-registration); the region of interest is the
+box of the coarse whole tumor (argmax) grown by ``MARGIN_MM``, at least one training crop per axis; the fine network
+runs over it in torch (float32) by a sliding window of its training crop (the field of view it was trained on), with
+the analysis' default passes (flip TTA and MC-dropout); its NCR / ED / ET probabilities go back onto the coarse
+prediction's box of the native grid, and are combined with the coarse ones inside the region (``COMBINATIONS``).
+Each combination is stored as ``OUT/<combination>/oof/<case>.npz`` in the cross-validation's format: truth,
+uncertainty, box, fold, passes, engine and precision are the coarse prediction's; ``fine_spacing`` and
+``fine_passes`` are added, and ``seconds`` includes the fine stage. ``cross_validate --report-only`` scores every
+post-processing variant on it and ``compare_runs`` pairs it with the coarse run case by case.
 """
 from __future__ import annotations
 
@@ -30,16 +36,20 @@ import SimpleITK as sitk
 
 from GliomaAnalysisLib import load_case
 from GliomaAnalysisLib.io.geometry import resample_to, sub_grid
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
 
 from ..common.datasets import REAL_DATA_ROOTS, case_folders
-from .cross_validate import decode
+from .cross_validate import decode, fold_network
 
 MARGIN_MM = 10.0
 """mm added around the coarse whole tumor's box on every side."""
 COMBINATIONS = ("replace", "split", "mean")
 """How the fine probabilities join the coarse ones inside the region: ``replace`` (the fine network decides there),
-``split`` (the coarse P(tumor) per voxel, shared among NCR / ED / ET as the fine network shares its own: the whole
-tumor stays the coarse network's, the core and enhancement become the fine one's), ``mean`` (an average of the two)."""
+``split`` (P(tumor) per voxel stays the coarse network's, shared among NCR / ED / ET in the fine network's
+proportions where it sees tumor: ``SPLIT_CONFIDENT``), ``mean`` (an average of the two)."""
+SPLIT_CONFIDENT = 0.5
+"""Fine P(tumor) from which ``split`` takes the fine proportions alone; below it they blend linearly into the
+coarse ones (at 0: the coarse proportions), so a voxel the fine network calls background keeps the coarse split."""
 
 
 def tumor_region(mask: np.ndarray, margin: int, minimum: int) -> Tuple[slice, slice, slice]:
@@ -69,23 +79,12 @@ def combine(coarse: np.ndarray, fine: np.ndarray, inside: np.ndarray, how: str) 
         out[:, inside] = f
     elif how == "mean":
         out[:, inside] = 0.5 * (c + f)
-    else:  # split: where the fine network sees (almost) no tumor, the coarse split stays
+    else:  # split
         fine_tumor, coarse_tumor = f.sum(axis=0), c.sum(axis=0)
-        share = np.where(fine_tumor > 1e-3, f / np.maximum(fine_tumor, 1e-3), c / np.maximum(coarse_tumor, 1e-6))
+        weight = np.clip(fine_tumor / SPLIT_CONFIDENT, 0.0, 1.0)
+        share = weight * f / np.maximum(fine_tumor, 1e-6) + (1 - weight) * c / np.maximum(coarse_tumor, 1e-6)
         out[:, inside] = coarse_tumor * share
     return out
-
-
-def fine_model(run: Path, fold: int):
-    """(GliomaSegNet in eval mode, the fold's config.json) of ``run/fold<fold>``'s final weights."""
-    from safetensors.torch import load_file
-
-    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
-
-    config = json.loads((run / f"fold{fold}" / "config.json").read_text())
-    model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
-    model.load_state_dict(load_file(str(run / f"fold{fold}" / "final.safetensors")))
-    return model.eval(), config
 
 
 def region_on_working(pre, coarse_wt: np.ndarray, box: Tuple[slice, ...], margin: int, minimum: int
@@ -120,7 +119,6 @@ def fine_probabilities(case, coarse_wt: np.ndarray, box: Tuple[slice, ...], mode
     import torch
 
     from GliomaAnalysisLib.models.inference import predict
-    from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
     from GliomaAnalysisLib.preprocessing.preprocess import preprocess
 
     from .screen_sliding_window import sliding_window
@@ -131,27 +129,33 @@ def fine_probabilities(case, coarse_wt: np.ndarray, box: Tuple[slice, ...], mode
     region = region_on_working(pre, coarse_wt, box, int(round(MARGIN_MM / spacing)), crop)
     if region is None:  # a whole tumor thinner than a fine voxel: nothing to refine
         return np.zeros((3,) + coarse_wt.shape, np.float32), np.zeros(coarse_wt.shape, bool)
-    with sliding_window(crop), torch.inference_mode():
+    with sliding_window(crop):
         probabilities, _, _ = predict(model, np.ascontiguousarray(pre.image[(slice(None),) + region]), pre.presence,
                                       torch.device("cpu"), passes=QUALITY_PASSES, mc_dropout=True)
     return region_to_native(pre, probabilities[1:], region, box)
 
 
-def screen(coarse: Path, fine: Path, out: Path, data: Sequence[str]) -> int:
+def screen(coarse: Path, fine: Path, out: Path, data: Sequence[str]) -> Tuple[int, int]:
     """Every coarse out-of-fold prediction with a fine model for its fold, refined and stored once per combination
-    (resumable); returns how many cases were refined."""
+    (resumable). Returns (cases refined now or before, cases without a fine model for their fold); a case the fine
+    fold trained on, or one not under ``data``, is a one-line error."""
     folders = case_folders(data)
     models: Dict[int, Optional[tuple]] = {}
-    done = 0
+    refined = skipped = 0
     for path in sorted((coarse / "oof").glob("*.npz")):
-        if "-without_" in path.stem:
+        if "-without_" in path.stem or path.stem.endswith(".tmp"):
             continue
         targets = [out / how / "oof" / path.name for how in COMBINATIONS]
-        stored = np.load(path)
-        fold = int(stored["fold"])
+        with np.load(path) as stored:
+            fields = dict(stored)
+        fold = int(fields["fold"])
         if fold not in models:
-            models[fold] = fine_model(fine, fold) if (fine / f"fold{fold}" / "final.safetensors").is_file() else None
-        if models[fold] is None or all(t.is_file() for t in targets):
+            models[fold] = fold_network(fine, fold) if (fine / f"fold{fold}" / "final.safetensors").is_file() else None
+        if models[fold] is None:
+            skipped += 1
+            continue
+        refined += 1
+        if all(t.is_file() for t in targets):
             continue
         model, config = models[fold]
         if path.stem not in config["validation_cases"]:
@@ -161,22 +165,21 @@ def screen(coarse: Path, fine: Path, out: Path, data: Sequence[str]) -> int:
             raise SystemExit(f"error: {path}: case {path.stem} is not under the data roots given")
         started = time.perf_counter()
         case = load_case(folders[path.stem].files, case_id=path.stem)
-        box = tuple(slice(int(a), int(b)) for a, b in stored["box"])
-        coarse_probabilities = stored["probabilities"].astype(np.float32)
+        box = tuple(slice(int(a), int(b)) for a, b in fields["box"])
+        coarse_probabilities = fields["probabilities"].astype(np.float32)
         fine_maps, inside = fine_probabilities(case, decode(coarse_probabilities) > 0, box, model, config)
         seconds = time.perf_counter() - started
+        fields.update(seconds=float(fields["seconds"]) + seconds, fine_spacing=float(config["args"]["spacing"]),
+                      fine_passes=QUALITY_PASSES)
         for how, target in zip(COMBINATIONS, targets):
-            fields = {k: stored[k] for k in stored.files}
             fields["probabilities"] = combine(coarse_probabilities, fine_maps, inside, how).astype(np.float16)
-            fields["seconds"] = float(stored["seconds"]) + seconds
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **fields)
             tmp.replace(target)
-        done += 1
         print(f"fold {fold} {path.stem}: refined over {int(inside.sum())} voxels in {seconds:.1f} s", file=sys.stderr,
               flush=True)
-    return done
+    return refined, skipped
 
 
 def main(argv=None) -> int:
@@ -192,7 +195,12 @@ def main(argv=None) -> int:
     if not any(args.fine.glob("fold*/final.safetensors")):
         print(f"error: {args.fine}: no trained fold models (fold<k>/final.safetensors)", file=sys.stderr)
         return 2
-    screen(args.coarse, args.fine, args.out, args.data)
+    refined, skipped = screen(args.coarse, args.fine, args.out, args.data)
+    if skipped:
+        print(f"{skipped} case(s) skipped: their fold has no fine model in {args.fine} yet", file=sys.stderr)
+    if not refined:
+        print(f"error: {args.fine}: no fine model for the folds of {args.coarse}'s predictions", file=sys.stderr)
+        return 2
     return 0
 
 
