@@ -163,14 +163,20 @@ def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) ->
     probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
     uncertainty = sitk.GetArrayFromImage(result.uncertainty)
     box = _box(truth > 0, probabilities.sum(0) > 0.05)
+    write_prediction(out, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
+                     truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
+                     box=np.array([[s.start, s.stop] for s in box]), fold=fold,
+                     spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
+                     passes=result.settings["passes"], engine=result.settings["engine"],
+                     precision=result.settings["precision"])
+
+
+def write_prediction(out: Path, **fields) -> None:
+    """A stored prediction's ``fields`` as ``out`` (compressed .npz), written atomically through ``<out>.tmp.npz``,
+    its folder made if needed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, probabilities=probabilities[(slice(None),) + box].astype(np.float16),
-                        truth=truth[box], uncertainty=uncertainty[box].astype(np.float16),
-                        box=np.array([[s.start, s.stop] for s in box]), fold=fold,
-                        spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
-                        passes=result.settings["passes"], engine=result.settings["engine"],
-                        precision=result.settings["precision"])
+    np.savez_compressed(tmp, **fields)
     tmp.replace(out)
 
 

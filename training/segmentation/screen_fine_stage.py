@@ -39,7 +39,7 @@ from GliomaAnalysisLib.io.geometry import resample_to, sub_grid
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
 
 from ..common.datasets import REAL_DATA_ROOTS, case_folders
-from .cross_validate import decode, fold_network
+from .cross_validate import decode, fold_network, write_prediction
 
 MARGIN_MM = 10.0
 """mm added around the coarse whole tumor's box on every side."""
@@ -173,10 +173,7 @@ def screen(coarse: Path, fine: Path, out: Path, data: Sequence[str]) -> Tuple[in
                       fine_passes=QUALITY_PASSES)
         for how, target in zip(COMBINATIONS, targets):
             fields["probabilities"] = combine(coarse_probabilities, fine_maps, inside, how).astype(np.float16)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, **fields)
-            tmp.replace(target)
+            write_prediction(target, **fields)
         print(f"fold {fold} {path.stem}: refined over {int(inside.sum())} voxels in {seconds:.1f} s", file=sys.stderr,
               flush=True)
     return refined, skipped
