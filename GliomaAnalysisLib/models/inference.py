@@ -54,14 +54,17 @@ def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
             passes: int = 1, mc_dropout: bool = False, seed: int = 0,
             progress: Optional[Callable[[str], None]] = None,
-            encoder_maps: Optional[list] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+            encoder_maps: Optional[list] = None, window: Optional[int] = None
+            ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes in torch
     (:func:`segment.mean_over_passes`).
 
     image: float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence: (4,).
     Returns (probabilities float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1], warnings). A CUDA failure
     or out-of-memory falls back to the CPU with a warning. ``encoder_maps`` (a list) receives the first pass's
-    encoder maps when it runs on the whole volume (see :func:`_forward`).
+    encoder maps when it runs on the whole volume (see :func:`_forward`). ``window`` (voxels): each pass runs
+    over windows of that size (:func:`.sliding_window.windowed`); the image's size need not be a multiple of the
+    divisor then.
     """
     warnings: List[str] = []
     state = {"device": device}
@@ -77,6 +80,10 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
             state["device"] = torch.device("cpu")
             return _run_on(model, x, p, rng, state["device"], encoder_maps).numpy()
 
+    if window is not None:
+        from .sliding_window import windowed
+
+        run_pass = windowed(run_pass, window)
     with torch.inference_mode():
         mean, entropy = mean_over_passes(run_pass, image, presence, passes, mc_dropout, seed, progress)
     return mean, entropy, warnings

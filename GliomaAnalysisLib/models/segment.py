@@ -265,13 +265,19 @@ class Segmentation(NamedTuple):
 
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
-            progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True) -> Segmentation:
+            progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True,
+            window: Optional[int] = None) -> Segmentation:
     """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
     ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use): on OpenVINO
     its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
     with ``side_by_side`` False in turn on the first of the same sessions (the same thread count: the same result
-    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (sliding window), torch
-    runs it."""
+    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (MONAI's sliding window
+    of ``inference.SLIDING_WINDOW_ROI``), torch runs it. ``window`` (voxels): every pass runs over windows of that
+    size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
+    be multiples of the network divisor."""
+    if window is not None:
+        return _windowed_segment(model_name, model_dir, config, image, presence, device, passes, mc_dropout,
+                                 progress, window)
     if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
         networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes)
         networks = networks if side_by_side else networks[:1]
@@ -290,6 +296,30 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     mean, entropy, warnings = predict(net, image, presence, torch.device(device), passes, mc_dropout,
                                       progress=progress, encoder_maps=maps)
     return Segmentation(mean, entropy, warnings, maps[0] if maps else None, engine_of(net))
+
+
+def _windowed_segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
+                      presence: np.ndarray, device: str, passes: int, mc_dropout: bool,
+                      progress: Optional[Callable[[str], None]], window: int) -> Segmentation:
+    """:func:`segment` by a sliding window of ``window`` voxels: the stored model's first network on the CPU, torch
+    on CUDA."""
+    from .sliding_window import windowed
+
+    if device != "cpu":
+        import torch
+
+        from .inference import predict
+        from .model_store import load_model_cached
+
+        net, _ = load_model_cached(model_name, model_dir)
+        mean, entropy, warnings = predict(net, image, presence, torch.device(device), passes, mc_dropout,
+                                          progress=progress, window=window)
+        return Segmentation(mean, entropy, warnings, None, engine_of(net))
+    networks, _, warnings = load_segmentation_networks(model_name, model_dir, 1)
+    mean, entropy = mean_over_passes(windowed(part_pass(networks[0], config), window), image, presence, passes,
+                                     mc_dropout, progress=progress)
+    return Segmentation(mean, entropy, list(warnings), None, engine_of(networks[0]),
+                        getattr(networks[0], "precision", "f32"))
 
 
 def engine_of(network: Part) -> str:

@@ -1,0 +1,84 @@
+"""The NumPy sliding window (models/sliding_window.py) against MONAI's sliding_window_inference, the one the
+coarse-to-fine screen measured: the same windows, weights, padding and order of dropout draws."""
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from GliomaAnalysisLib.models.sliding_window import gaussian_weights, window_starts, windowed
+
+
+def _window_function(x: np.ndarray, rng) -> np.ndarray:
+    """A stand-in network (1, 4, z, y, x) -> (1, 4, z, y, x) that depends on where the window lies (its mean) and
+    on a draw from ``rng`` (like a dropout mask), so a misplaced window or a draw out of order changes the result."""
+    shift = float(x.mean()) + (float(rng.random()) if rng is not None else 0.0)
+    logits = x * np.arange(1, 5, dtype=np.float32)[None, :, None, None, None] + shift
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(70, 90, 64), (64, 64, 64), (40, 100, 75)])
+def test_matches_monai(shape):
+    x = np.random.default_rng(1).normal(size=(1, 4) + shape).astype(np.float32)
+    x[:, :, : shape[0] // 2] += 1.5  # windows differ in their mean
+    roi = 32
+    ours = windowed(lambda window, presence, rng, last: _window_function(window, rng), roi)(
+        x, np.ones((1, 4), np.float32), np.random.default_rng(7), True)
+    theirs_rng = np.random.default_rng(7)
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(_window_function(patch.numpy(), theirs_rng))
+
+    theirs = sliding_window_inference(torch.from_numpy(x), (roi,) * 3, 1, predictor, overlap=0.25,
+                                      mode="gaussian").numpy()
+    assert ours.shape == x.shape
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_window_starts_cover_the_axis_and_end_at_its_edge():
+    assert window_starts(64, 64) == [0]
+    assert window_starts(50, 64) == [0]
+    assert window_starts(65, 64) == [0, 1]
+    assert window_starts(130, 64) == [0, 48, 66]
+    for size in range(64, 300, 7):
+        starts = window_starts(size, 64)
+        assert starts[-1] + 64 == size and all(b - a <= 48 for a, b in zip(starts, starts[1:]))
+
+
+def test_gaussian_weights_peak_in_the_centre():
+    w = gaussian_weights(16)
+    assert w.shape == (16, 16, 16) and w.dtype == np.float32
+    assert w[7, 7, 7] == w.max() and w[0, 0, 0] == w.min() >= 1e-3
+    np.testing.assert_allclose(w, w[::-1, ::-1, ::-1])
+
+
+def test_the_stored_model_by_windows_matches_torch_and_monai(tiny_model_dir, monkeypatch):
+    """segment(window=...) on the CPU engine (the cached graph) against the torch network through MONAI's sliding
+    window, what the coarse-to-fine screen measured: the same probabilities on an input that is no multiple of the
+    network's divisor, with flip and MC-dropout passes; and the torch path of segment (CUDA's) by the same windows."""
+    from GliomaAnalysisLib.models import inference
+    from GliomaAnalysisLib.models.model_store import load_model_cached, load_verified_card
+    from GliomaAnalysisLib.models.network_config import NetworkConfig
+    from GliomaAnalysisLib.models.segment import segment
+
+    monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")
+    image = np.random.default_rng(3).normal(size=(4, 37, 45, 33)).astype(np.float32)
+    presence = np.ones(4, np.float32)
+    config = NetworkConfig.from_dict(load_verified_card("glioma_seg", tiny_model_dir)["network"])
+    ours = segment("glioma_seg", str(tiny_model_dir), config, image, presence, passes=2, mc_dropout=True, window=24)
+    net, _ = load_model_cached("glioma_seg", str(tiny_model_dir))
+    saved = inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI
+    inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = 0, (24, 24, 24)
+    try:
+        monai_probs, monai_uncertainty, _ = inference.predict(net, image, presence, torch.device("cpu"), passes=2,
+                                                              mc_dropout=True)
+    finally:
+        inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = saved
+    assert ours.probabilities.shape == (4, 37, 45, 33) and ours.encoder_maps is None
+    assert ours.precision == "f32"
+    np.testing.assert_allclose(ours.probabilities, monai_probs, atol=1e-4)
+    np.testing.assert_allclose(ours.uncertainty, monai_uncertainty, atol=1e-4)
+    torch_probs, _, _ = inference.predict(net, image, presence, torch.device("cpu"), passes=2, mc_dropout=True,
+                                          window=24)
+    np.testing.assert_allclose(torch_probs, monai_probs, atol=1e-5)
