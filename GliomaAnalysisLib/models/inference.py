@@ -64,7 +64,7 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
     or out-of-memory falls back to the CPU with a warning. ``encoder_maps`` (a list) receives the first pass's
     encoder maps when it runs on the whole volume (see :func:`_forward`). ``window`` (voxels): each pass runs
     over windows of that size (:func:`.sliding_window.windowed`); the image's size need not be a multiple of the
-    divisor then.
+    divisor then, and ``encoder_maps`` receives nothing.
     """
     warnings: List[str] = []
     state = {"device": device}
@@ -84,6 +84,7 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
         from .sliding_window import windowed
 
         run_pass = windowed(run_pass, window)
+        encoder_maps = None  # a window's maps are not the volume's
     with torch.inference_mode():
         mean, entropy = mean_over_passes(run_pass, image, presence, passes, mc_dropout, seed, progress)
     return mean, entropy, warnings

@@ -84,7 +84,8 @@ def mean_over_passes(run_pass: RunPass, image: np.ndarray, presence: np.ndarray,
                      progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) passes.
 
-    image float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor; presence (4,). Returns (probabilities
+    image float32 (4, Z, Y, X) with Z, Y, X multiples of the network divisor (any size where ``run_pass`` runs by
+    windows: :func:`.sliding_window.windowed`); presence (4,). Returns (probabilities
     float32 (4, Z, Y, X), uncertainty float32 (Z, Y, X) in [0, 1]): the predictive entropy of the mean divided by
     ln 4. MC-dropout masks come from NumPy's generator seeded with ``seed``, so every pass is reproducible.
     """

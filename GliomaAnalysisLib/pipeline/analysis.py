@@ -2,8 +2,11 @@
 
 case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation model for the modalities present
 (pipeline/model_choice.py: the requested one, or one its card names for a missing modality or for --fast) ->
-network (TTA / MC-dropout passes) -> probabilities back to the reference grid (linear) -> labels there (argmax or the card's region
-thresholds) -> lesion filter + small-component removal -> volumes, ratios, uncertainty summary -> AnalysisResult.
+network (TTA / MC-dropout passes) -> the card's fine stage, if it names one (pipeline/fine_stage.py: a finer network
+over the tumor region, whose maps replace the coarse ones there) -> probabilities back to the reference grid
+(linear) -> labels there (argmax or the card's region thresholds) -> lesion filter + small-component removal ->
+volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers read the coarse network's working-grid
+labels and encoder maps (what they were trained on), the volumes the refined labels.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
 probabilities go back to the reference grid and are post-processed
 (ONNX Runtime releases the GIL): ``timings_s`` then holds their own time (``classify``) and how long the result
@@ -33,6 +36,7 @@ from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory, side_by_side_fits
 from .model_choice import choose_segmentation_model, fast_model_name
 from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
+from .fine_stage import FineStage, run_fine_stage
 from .signal_gates import SignalMaps, apply_gates, signal_maps
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box,
                           region_thresholds_for, remove_small_components, suppress_small_enhancement)
@@ -127,6 +131,27 @@ def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
     out = labels.copy()
     out[box] = gated
     return out
+
+
+def _replace_in_region(prepared: PreparedInput, fine: FineStage, reference_probs: List[np.ndarray]) -> np.ndarray:
+    """The fine stage's NCR, ED and ET maps in place of the coarse ones in ``reference_probs`` (native (z, y, x)),
+    inside the part of the native grid its region covers (returned: bool (z, y, x), as the coarse-to-fine screen
+    took it: where the region's indicator, mapped back linearly, is at least 0.999)."""
+    inside = _on_native(prepared, fine.pre, fine.on_grid(np.ones(fine.uncertainty.shape, np.float32))) >= 0.999
+    for k, coarse in enumerate(reference_probs):
+        coarse[inside] = _on_native(prepared, fine.pre, fine.on_grid(fine.probabilities[k + 1]))[inside]
+    return inside
+
+
+def _relabel(labels: np.ndarray, reference_probs: List[np.ndarray], inside: np.ndarray) -> None:
+    """Argmax labels (in place) inside ``inside`` of the NCR, ED and ET maps there, with background 1 - their sum
+    (the coarse background map does not hold there)."""
+    box = nonzero_box(inside)
+    if box is None:
+        return
+    maps = [m[box] for m in reference_probs]
+    refined = argmax_uint8([1.0 - maps[0] - maps[1] - maps[2]] + maps)
+    labels[box] = np.where(inside[box], refined, labels[box])
 
 
 def network_passes(fast: bool) -> int:
@@ -268,6 +293,15 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         warnings.append("T1CE is missing: enhancing tumor is not assessable; the tumor core is reported as NCR "
                         "and no ET volume is measured")
     lap("network")
+    fine = None
+    if card.get("fine_stage"):
+        fine = run_fine_stage(model_case, pre, probabilities, card["fine_stage"], model_folder, device_type, passes,
+                              uncertainty and not fast, say)
+        if fine is not None:
+            warnings += fine.warnings
+            if not et_assessable:
+                fine = fine._replace(probabilities=merge_enhancement_into_core(fine.probabilities))
+    lap("fine_stage")
 
     # the classifiers (ONNX Runtime, which releases the GIL) run in ``pool`` while the maps go back to the input grid
     pending = None
@@ -287,8 +321,11 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     thresholds = region_thresholds_for(card.get("postprocessing", {}), unseen) if postprocess else None
     # NCR, ED, ET; the background map is only read by the argmax, around the tumor
     reference_probs = [_on_native(prepared, pre, p) for p in probabilities[1:]]
+    refined = _replace_in_region(prepared, fine, reference_probs) if fine is not None else None
     labels = (decode_regions(*reference_probs, thresholds) if thresholds
               else _argmax_labels(prepared, pre, probabilities[0], reference_probs))
+    if refined is not None and not thresholds:
+        _relabel(labels, reference_probs, refined)
     lap("resample")
 
     voxel_ml = case.geometry.voxel_volume_ml
@@ -307,6 +344,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     images = {name: case.geometry.image_from_array(reference_probs[k])
               for k, name in enumerate(("ncr", "ed", "et"))}
     uncertainty_map = uncertainty_back.result()
+    if refined is not None:
+        uncertainty_map[refined] = _on_native(prepared, fine.pre, fine.on_grid(fine.uncertainty))[refined]
     lap("postprocess")
 
     def finish(result: AnalysisResult) -> None:
@@ -337,11 +376,15 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
         volumes_ml=volumes,
         ratios=ratios(volumes),
         uncertainty_summary=uncertainty_summary(uncertainty_map, labels),
-        models=[{"name": card["name"], "version": card["version"], "sha256": card["sha256"], "task": "segmentation"}],
+        models=[{"name": c["name"], "version": c["version"], "sha256": c["sha256"], "task": task}
+                for c, task in [(card, "segmentation")] + ([(fine.card, "segmentation (fine stage)")] if fine else [])],
         settings={"device": device_type, "engine": engine, "precision": precision, "threads": engine_threads(),
                   "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
+                  "fine_stage": None if fine is None else {"model": fine.card["name"], "engine": fine.engine,
+                                                           "precision": fine.precision,
+                                                           "working_spacing_mm": list(fine.pre.working.spacing)},
                   "working_spacing_mm": list(pre.working.spacing), "preprocessing": prepared.report},
         timings_s=timings,
         warnings=warnings,

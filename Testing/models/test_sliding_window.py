@@ -17,7 +17,7 @@ def _window_function(x: np.ndarray, rng) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(70, 90, 64), (64, 64, 64), (40, 100, 75)])
+@pytest.mark.parametrize("shape", [(70, 90, 64), (64, 64, 64), (40, 100, 75), (20, 50, 33)])  # last: padded
 def test_matches_monai(shape):
     x = np.random.default_rng(1).normal(size=(1, 4) + shape).astype(np.float32)
     x[:, :, : shape[0] // 2] += 1.5  # windows differ in their mean

@@ -99,31 +99,36 @@ def fold_network(run: Path, fold: int):
     return model.eval(), config
 
 
-def store_fold_model(run: Path, fold: int) -> Path:
-    """fold{k}/model/glioma_seg_fold{k}.{json,safetensors} from the fold's final weights; returns the folder."""
+def store_fold_model(run: Path, fold: int, folder: Optional[Path] = None, name: Optional[str] = None,
+                     **card_fields) -> Path:
+    """``folder``/``name``.{json,safetensors} (default fold{k}/model/glioma_seg_fold{k}) from the fold's final
+    weights, the card completed with ``card_fields``; returns the folder. A stored model is kept."""
     from GliomaAnalysisLib.models.model_store import save_model
 
-    folder = run / f"fold{fold}" / "model"
-    name = f"glioma_seg_fold{fold}"
+    folder = folder or run / f"fold{fold}" / "model"
+    name = name or f"glioma_seg_fold{fold}"
     if (folder / f"{name}.json").is_file():
         return folder
     model, config = fold_network(run, fold)
     spacing = config["args"]["spacing"]
     card = {"version": f"cv-fold{fold}", "task": "glioma subregion segmentation (cross-validation fold model)",
             "preprocessing": {"spacing_mm": [spacing] * 3, "pad_multiple": 8},
-            "validation_split": config["validation_cases"], "train_cases": config["train_cases"]}
+            "validation_split": config["validation_cases"], "train_cases": config["train_cases"], **card_fields}
     save_model(model, card, folder, name)
     return folder
 
 
-def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missing: bool) -> None:
-    """Analyse every held-out case of ``fold`` (default settings, no post-processing) into RUN/oof/."""
+def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missing: bool,
+                     model_dir: Optional[Path] = None, out: Optional[Path] = None) -> None:
+    """Analyse every held-out case of ``fold`` (default settings, no post-processing) into ``out``/oof/ (default
+    RUN): by the fold's model glioma_seg_fold{k}, from ``model_dir`` when given (else the fold's own)."""
     from GliomaAnalysisLib.models.model_store import load_model_cached
     from GliomaAnalysisLib.models.onnx_engine import load_parts
     from GliomaAnalysisLib.pipeline.analysis import analyze
 
     config = json.loads((run / f"fold{fold}" / "config.json").read_text())
-    model_dir = store_fold_model(run, fold)
+    model_dir = model_dir or store_fold_model(run, fold)
+    out_run = out or run
     load_model_cached.cache_clear()
     load_parts.cache_clear()
     absent = config["args"].get("absent_modalities")
@@ -131,8 +136,8 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
         [None] + (list(MODALITIES) if missing else [])
     for case_id in config["validation_cases"]:
         for drop in variants:
-            out = run / "oof" / (f"{case_id}.npz" if drop is None else f"{case_id}-without_{drop}.npz")
-            if out.is_file():
+            target = out_run / "oof" / (f"{case_id}.npz" if drop is None else f"{case_id}-without_{drop}.npz")
+            if target.is_file():
                 continue
             found = folders[case_id]
             files = {m: p for m, p in found.files.items() if m != drop}
@@ -141,7 +146,7 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
             result = analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, classify=False,
                              postprocess=False, fast=drop is not None)
             seconds = time.perf_counter() - started
-            save_prediction(out, case, result, fold, seconds)
+            save_prediction(target, case, result, fold, seconds)
             print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -168,7 +173,8 @@ def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) ->
                      box=np.array([[s.start, s.stop] for s in box]), fold=fold,
                      spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
                      passes=result.settings["passes"], engine=result.settings["engine"],
-                     precision=result.settings["precision"])
+                     precision=result.settings["precision"],
+                     fine_stage=(result.settings.get("fine_stage") or {}).get("model", ""))
 
 
 def write_prediction(out: Path, **fields) -> None:
