@@ -10,6 +10,7 @@ import torch
 
 from .network import GliomaSegNet
 from .segment import MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes
+from .sliding_window import Window
 
 SLIDING_WINDOW_ROI = (128, 128, 128)
 
@@ -54,7 +55,7 @@ def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
             passes: int = 1, mc_dropout: bool = False, seed: int = 0,
             progress: Optional[Callable[[str], None]] = None,
-            encoder_maps: Optional[list] = None, window: Optional[int] = None
+            encoder_maps: Optional[list] = None, window: Optional[Window] = None
             ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Mean softmax over ``passes`` flipped (and, with ``mc_dropout``, dropout-sampled) forward passes in torch
     (:func:`segment.mean_over_passes`).

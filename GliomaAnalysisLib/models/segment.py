@@ -13,12 +13,15 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .network_config import NetworkConfig, dropout_mask_shapes
 from .onnx_engine import Part, PartSpec, dropout_mask, softmax
+
+if TYPE_CHECKING:
+    from .sliding_window import Window
 
 SEGMENTATION_PARTS = ("network",)
 """The segmentation model's one part: the whole network with its dropout masks as inputs."""
@@ -267,7 +270,7 @@ class Segmentation(NamedTuple):
 def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
             presence: np.ndarray, device: str = "cpu", passes: int = 1, mc_dropout: bool = False,
             progress: Optional[Callable[[str], None]] = None, side_by_side: bool = True,
-            window: Optional[int] = None) -> Segmentation:
+            window: Optional[Window] = None) -> Segmentation:
     """The passes of stored model ``model_name`` (config from its card) over ``image`` (4, Z, Y, X) with
     ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use): on OpenVINO
     its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
@@ -275,7 +278,7 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (MONAI's sliding window
     of ``inference.SLIDING_WINDOW_ROI``), torch runs it. ``window`` (voxels): every pass runs over windows of that
     size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
-    be multiples of the network divisor."""
+    be multiples of the network divisor; (Z, Y, X): windows of that shape."""
     if window is not None:
         return _windowed_segment(model_name, model_dir, config, image, presence, device, passes, mc_dropout,
                                  progress, window)
@@ -301,7 +304,7 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
 
 def _windowed_segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, image: np.ndarray,
                       presence: np.ndarray, device: str, passes: int, mc_dropout: bool,
-                      progress: Optional[Callable[[str], None]], window: int) -> Segmentation:
+                      progress: Optional[Callable[[str], None]], window: Window) -> Segmentation:
     """:func:`segment` by a sliding window of ``window`` voxels: the stored model's first network on the CPU, torch
     on CUDA."""
     from .sliding_window import windowed

@@ -1,14 +1,15 @@
 """A sliding window over a pass of the segmentation network, in NumPy: the network sees windows of the field of view
 it was trained on (its training crop) instead of the whole input, as MONAI's ``sliding_window_inference`` does it
-(overlap 0.25, Gaussian weights, windows in the same order; tested against it), without torch.
+(overlap 0.25, Gaussian weights, windows in the same order; tested against it), without torch. A window may be
+longer along some axes than others (:func:`window_shape`: an axis a little longer than the crop in one window).
 
-    windowed(run_pass, roi) -> run_pass over windows of roi^3 voxels, blended
+    windowed(run_pass, window) -> run_pass over windows of window (an int: a cube) voxels, blended
 """
 from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -21,6 +22,20 @@ SIGMA_SCALE = 0.125
 MIN_WEIGHT = 1e-3
 """Smallest weight of a voxel in a window (its corners)."""
 
+Window = Union[int, Tuple[int, int, int]]
+"""A window's size in voxels: a cube's edge or (Z, Y, X)."""
+
+
+def _shape(window: Window) -> Tuple[int, int, int]:
+    return (window,) * 3 if isinstance(window, int) else tuple(int(n) for n in window)
+
+
+def window_shape(size_zyx: Sequence[int], crop: int, longest: int, divisor: int) -> Tuple[int, int, int]:
+    """(Z, Y, X) window for an input of ``size_zyx`` voxels by a network trained on ``crop``^3 crops: per axis the
+    crop, except that an axis up to ``longest`` voxels runs in one window, its length rounded up to a multiple of
+    ``divisor`` (so that a region 70 voxels long runs once in 72 instead of twice in 64)."""
+    return tuple(-(-n // divisor) * divisor if crop < n <= longest else crop for n in size_zyx)
+
 
 def window_starts(size: int, roi: int, overlap: float = OVERLAP) -> List[int]:
     """First voxel of each window along an axis of ``size`` voxels (>= ``roi``): a step of ``roi * (1 - overlap)``,
@@ -32,37 +47,42 @@ def window_starts(size: int, roi: int, overlap: float = OVERLAP) -> List[int]:
     return [min(k * step, size - roi) for k in range(count)]
 
 
-@lru_cache(maxsize=4)
-def gaussian_weights(roi: int) -> np.ndarray:
-    """float32 (roi, roi, roi): a Gaussian about the window's centre (SD ``SIGMA_SCALE * roi``), at least
-    ``MIN_WEIGHT`` (read only)."""
-    x = np.arange(roi, dtype=np.float32) - (roi - 1) / 2.0
-    line = np.exp(x ** 2 / (-2 * (SIGMA_SCALE * roi) ** 2)).astype(np.float32)
-    weights = line[:, None, None] * line[None, :, None] * line[None, None, :]
+@lru_cache(maxsize=8)
+def gaussian_weights(window: Window) -> np.ndarray:
+    """float32 (Z, Y, X) of ``window``: a Gaussian about the window's centre (SD ``SIGMA_SCALE`` of the window's
+    length along each axis), at least ``MIN_WEIGHT`` (read only)."""
+    lines = []
+    for n in _shape(window):
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2.0
+        lines.append(np.exp(x ** 2 / (-2 * (SIGMA_SCALE * n) ** 2)).astype(np.float32))
+    weights = lines[0][:, None, None] * lines[1][None, :, None] * lines[2][None, None, :]
     weights = np.maximum(weights, max(float(weights.min()), MIN_WEIGHT)).astype(np.float32)
     weights.flags.writeable = False
     return weights
 
 
-def _padding(shape: Sequence[int], roi: int) -> Tuple[Tuple[int, int], ...]:
-    """(before, after) zero padding per spatial axis that brings an axis shorter than ``roi`` up to it."""
-    return tuple(((roi - n) // 2, roi - n - (roi - n) // 2) if n < roi else (0, 0) for n in shape)
+def _padding(shape: Sequence[int], window: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """(before, after) zero padding per spatial axis that brings an axis shorter than the window up to it."""
+    return tuple(((w - n) // 2, w - n - (w - n) // 2) if n < w else (0, 0) for n, w in zip(shape, window))
 
 
-def windowed(run_pass: RunPass, roi: int) -> RunPass:
-    """``run_pass`` applied to every window of ``roi`` voxels per axis (an axis shorter than that is zero-padded to
-    it, as MONAI pads) and blended with :func:`gaussian_weights`. x (1, 4, Z, Y, X) -> probabilities
-    (1, C, Z, Y, X); each window draws its own dropout masks from the pass's generator, in window order."""
+def windowed(run_pass: RunPass, window: Window) -> RunPass:
+    """``run_pass`` applied to every window of ``window`` voxels (an int: along each axis; an axis shorter than the
+    window is zero-padded to it, as MONAI pads) and blended with :func:`gaussian_weights`. x (1, 4, Z, Y, X) ->
+    probabilities (1, C, Z, Y, X); each window draws its own dropout masks from the pass's generator, in window
+    order."""
+    shape = _shape(window)
 
     def run(x: np.ndarray, presence: np.ndarray, rng, last: bool = True) -> np.ndarray:
-        pads = _padding(x.shape[2:], roi)
+        pads = _padding(x.shape[2:], shape)
         padded = np.pad(x, ((0, 0), (0, 0)) + pads) if any(any(p) for p in pads) else x
-        weights = gaussian_weights(roi)
-        corners = [(z, y, w) for z in window_starts(padded.shape[2], roi) for y in window_starts(padded.shape[3], roi)
-                   for w in window_starts(padded.shape[4], roi)]
+        weights = gaussian_weights(shape)
+        rz, ry, rx = shape
+        corners = [(z, y, w) for z in window_starts(padded.shape[2], rz) for y in window_starts(padded.shape[3], ry)
+                   for w in window_starts(padded.shape[4], rx)]
         total = weight_sum = None
         for k, (z, y, w) in enumerate(corners):
-            where = (slice(None), slice(None), slice(z, z + roi), slice(y, y + roi), slice(w, w + roi))
+            where = (slice(None), slice(None), slice(z, z + rz), slice(y, y + ry), slice(w, w + rx))
             out = run_pass(np.ascontiguousarray(padded[where]), presence, rng, last and k == len(corners) - 1)
             if total is None:
                 total = np.zeros(out.shape[:2] + padded.shape[2:], np.float32)

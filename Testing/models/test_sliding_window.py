@@ -5,7 +5,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from GliomaAnalysisLib.models.sliding_window import gaussian_weights, window_starts, windowed
+from GliomaAnalysisLib.models.sliding_window import gaussian_weights, window_shape, window_starts, windowed
 
 
 def _window_function(x: np.ndarray, rng) -> np.ndarray:
@@ -17,11 +17,12 @@ def _window_function(x: np.ndarray, rng) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(70, 90, 64), (64, 64, 64), (40, 100, 75), (20, 50, 33)])  # last: padded
-def test_matches_monai(shape):
+@pytest.mark.parametrize("shape, roi", [((70, 90, 64), 32), ((64, 64, 64), 32), ((40, 100, 75), 32),
+                                        ((20, 50, 33), 32),  # padded
+                                        ((40, 100, 75), (40, 32, 24)), ((20, 50, 33), (24, 32, 40))])  # not cubes
+def test_matches_monai(shape, roi):
     x = np.random.default_rng(1).normal(size=(1, 4) + shape).astype(np.float32)
     x[:, :, : shape[0] // 2] += 1.5  # windows differ in their mean
-    roi = 32
     ours = windowed(lambda window, presence, rng, last: _window_function(window, rng), roi)(
         x, np.ones((1, 4), np.float32), np.random.default_rng(7), True)
     theirs_rng = np.random.default_rng(7)
@@ -29,7 +30,8 @@ def test_matches_monai(shape):
     def predictor(patch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(_window_function(patch.numpy(), theirs_rng))
 
-    theirs = sliding_window_inference(torch.from_numpy(x), (roi,) * 3, 1, predictor, overlap=0.25,
+    theirs = sliding_window_inference(torch.from_numpy(x), (roi,) * 3 if isinstance(roi, int) else roi, 1,
+                                      predictor, overlap=0.25,
                                       mode="gaussian").numpy()
     assert ours.shape == x.shape
     np.testing.assert_allclose(ours, theirs, atol=2e-6)
@@ -44,6 +46,12 @@ def test_window_starts_cover_the_axis_and_end_at_its_edge():
     for size in range(64, 300, 7):
         starts = window_starts(size, 64)
         assert starts[-1] + 64 == size and all(b - a <= 48 for a, b in zip(starts, starts[1:]))
+
+
+def test_an_axis_a_little_longer_than_the_crop_runs_in_one_window():
+    assert window_shape((64, 65, 80), crop=64, longest=80, divisor=8) == (64, 72, 80)
+    assert window_shape((50, 81, 200), crop=64, longest=80, divisor=8) == (64, 64, 64)  # padded; two or more crops
+    assert window_shape((70, 70, 70), crop=64, longest=64, divisor=8) == (64, 64, 64)  # longest = crop: crops only
 
 
 def test_gaussian_weights_peak_in_the_centre():

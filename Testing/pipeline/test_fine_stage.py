@@ -14,7 +14,7 @@ from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.segment import Segmentation
 from GliomaAnalysisLib.pipeline import analysis, fine_stage
 from GliomaAnalysisLib.pipeline.analysis import analyze
-from GliomaAnalysisLib.pipeline.fine_stage import tumor_region
+from GliomaAnalysisLib.pipeline.fine_stage import fitted_to_windows, tumor_region
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.preprocessing.preprocess import preprocess
 from GliomaAnalysisLib.synthetic.phantom import make_phantom
@@ -32,6 +32,15 @@ def test_the_region_is_the_tumor_box_with_a_margin_at_least_one_window_wide_and_
     assert region[1] == slice(18, 42)  # grown by 2 each side, already wider than 16
     assert region[2] == slice(44, 60)  # 53:60 cut at the edge, widened inwards to 16
     assert tumor_region(mask, margin=2, minimum=64)[0] == slice(0, 40)  # never more than the array
+
+
+def test_an_axis_that_runs_in_one_window_longer_than_the_crop_is_widened_to_fill_it():
+    region = (slice(10, 27), slice(5, 21), slice(0, 40))  # 17, 16 and 40 voxels long
+    fitted = fitted_to_windows(region, (60, 60, 30), crop=16, longest=24, divisor=4)
+    assert fitted[0] == slice(8, 28)   # 17 -> one window of 20, widened about its centre
+    assert fitted[1] == slice(5, 21)   # the crop: unchanged
+    assert fitted[2] == slice(0, 40)   # longer than 24: windows of the crop, unchanged
+    assert fitted_to_windows((slice(0, 17),) * 3, (18, 60, 60), 16, 24, 4)[0] == slice(0, 18)  # the array's end
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +115,7 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
     [(name, shape, passes, mc, window)] = calls
     fine_truth = _truth_on(ras_case, FINE_SPACING)
     assert regions == [tumor_region(fine_truth > 0, 8, WINDOW)]  # the tumor's box + 10 mm (8 voxels), no more
-    assert name == "glioma_seg_fine" and passes == 2 and mc and window == WINDOW and min(shape[1:]) >= WINDOW
+    assert name == "glioma_seg_fine" and passes == 2 and mc and window == (WINDOW,) * 3 and min(shape[1:]) >= WINDOW
     et = sitk.GetArrayFromImage(result.probabilities["et"])
     inside = np.abs(et - 0.4) < 1e-3
     labels = sitk.GetArrayFromImage(result.labels)
@@ -201,3 +210,49 @@ def test_a_fine_model_without_a_usable_window_is_a_one_line_model_error(tmp_path
     assert "\n" not in str(raised.value) and "glioma_seg_fine" in str(raised.value)
     with pytest.raises(ModelError, match="fine_stage must name a model"):
         fine_stage.fine_model({"margin_mm": 10}, str(tmp_path))
+
+
+def test_the_card_caps_the_fine_passes_and_runs_an_axis_up_to_its_longest_window_in_one(tmp_path, ras_case,
+                                                                                        monkeypatch):
+    """fine_stage ``passes`` 1: one plain pass where the coarse network ran two with dropout; a fine card's
+    ``window_max_voxels``: the region's axes up to that long run in one window each, the region widened to it."""
+    torch.manual_seed(0)
+    save_model(GliomaSegNet(CONFIG), {"version": "test", "preprocessing": {"spacing_mm": [FINE_SPACING] * 3},
+                                      "window_voxels": WINDOW, "window_max_voxels": 48}, tmp_path, "glioma_seg_fine")
+    save_model(GliomaSegNet(CONFIG), {"version": "test", "preprocessing": {"spacing_mm": [2.0] * 3},
+                                      "fine_stage": {"model": "glioma_seg_fine", "passes": 1}}, tmp_path,
+               "glioma_seg")
+    _coarse_finds(ras_case, monkeypatch, _truth_on(ras_case, 2.0))
+    calls = []
+
+    def fine(name, folder, config, image, presence, device, passes, mc_dropout, progress=None, window=None):
+        calls.append((image.shape[1:], passes, mc_dropout, window))
+        return Segmentation(_one_hot(np.zeros(image.shape[1:], np.uint8)), np.zeros(image.shape[1:], np.float32),
+                            [], None, "test")
+
+    monkeypatch.setattr(fine_stage, "segment", fine)
+    analyze(ras_case, model_dir=tmp_path, classify=False, postprocess=False)
+    [(shape, passes, mc, window)] = calls
+    grid = _truth_on(ras_case, FINE_SPACING).shape
+    unfitted = [s.stop - s.start for s in tumor_region(_truth_on(ras_case, FINE_SPACING) > 0, 8, WINDOW)]
+    assert passes == 1 and not mc
+    for n, m, w, full in zip(unfitted, shape, window, grid):
+        if n <= 48:  # one window of the axis: the region rounded up to the network's divisor (the grid allowing)
+            assert w % CONFIG.divisor == 0 and w >= n and m == min(w, full)
+        else:
+            assert w == WINDOW and m == n
+    assert any(WINDOW < w for w in window)  # the phantom's tumor is longer than the crop along some axis
+
+
+@pytest.mark.parametrize("stage, fine_card, message", [
+    ({"passes": 0}, {"window_voxels": 16}, "passes must be a positive integer"),
+    ({}, {"window_voxels": 16, "window_max_voxels": 8}, "window_max_voxels must be a multiple"),
+    ({}, {"window_voxels": 16, "window_max_voxels": 25}, "window_max_voxels must be a multiple")])
+def test_bad_fine_passes_or_longest_window_are_one_line_model_errors(tmp_path, stage, fine_card, message):
+    from GliomaAnalysisLib.models.model_store import ModelError
+
+    save_model(GliomaSegNet(CONFIG), {"version": "test", "preprocessing": {"spacing_mm": [FINE_SPACING] * 3},
+                                      **fine_card}, tmp_path, "glioma_seg_fine")
+    with pytest.raises(ModelError, match=message) as raised:
+        fine_stage.fine_model({"model": "glioma_seg_fine", **stage}, str(tmp_path))
+    assert "\n" not in str(raised.value)

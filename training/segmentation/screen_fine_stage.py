@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
 
@@ -42,10 +42,12 @@ def folds_of(run: Path) -> List[int]:
     return sorted(int(p.parent.name[4:]) for p in run.glob("fold*/final.safetensors") if p.parent.name[4:].isdigit())
 
 
-def compose(coarse: Path, fine: Path, out: Path, fold: int) -> Path:
-    """``out/fold<k>/model`` with fold ``fold``'s coarse model naming its fine model as its fine stage; a fine
-    fold that holds out other cases than the coarse one, or a pair stored there before that is not this one (a
-    retrained fold: its stored predictions would be stale), is a one-line error."""
+def compose(coarse: Path, fine: Path, out: Path, fold: int, passes: Optional[int] = None,
+            window_max: Optional[int] = None) -> Path:
+    """``out/fold<k>/model`` with fold ``fold``'s coarse model naming its fine model as its fine stage (with at
+    most ``passes`` passes; the fine card's longest window ``window_max`` voxels, default its crop); a fine fold
+    that holds out other cases than the coarse one, or a pair stored there before that is not this one (a retrained
+    fold or other settings: its stored predictions would be stale), is a one-line error."""
     held_out = [json.loads((run / f"fold{fold}" / "config.json").read_text())["validation_cases"]
                 for run in (coarse, fine)]
     if sorted(held_out[0]) != sorted(held_out[1]):
@@ -56,9 +58,9 @@ def compose(coarse: Path, fine: Path, out: Path, fold: int) -> Path:
     crop = int(json.loads((fine / f"fold{fold}" / "config.json").read_text())["args"]["crop"])
     with tempfile.TemporaryDirectory() as tmp:  # the pair as it is now, to compare with one stored before
         fresh = Path(tmp) / "model"
-        store_fold_model(fine, fold, fresh, fine_name, window_voxels=crop)
-        store_fold_model(coarse, fold, fresh, f"glioma_seg_fold{fold}",
-                         fine_stage={"model": fine_name, "margin_mm": MARGIN_MM})
+        store_fold_model(fine, fold, fresh, fine_name, window_voxels=crop, window_max_voxels=window_max or crop)
+        stage = {"model": fine_name, "margin_mm": MARGIN_MM, **({"passes": passes} if passes else {})}
+        store_fold_model(coarse, fold, fresh, f"glioma_seg_fold{fold}", fine_stage=stage)
         if not folder.is_dir():
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(fresh), str(folder))
@@ -67,27 +69,30 @@ def compose(coarse: Path, fine: Path, out: Path, fold: int) -> Path:
             stored = folder / card.name
             if not stored.is_file() or _identity(stored) != _identity(card):
                 raise SystemExit(f"error: {stored}: not the pair of {coarse / f'fold{fold}'} and "
-                                 f"{fine / f'fold{fold}'} as they are now (retrained, or another margin?): remove "
+                                 f"{fine / f'fold{fold}'} as they are now (retrained, or other settings?): remove "
                                  f"{out} to screen them again")
     return folder
 
 
 def _identity(card: Path) -> tuple:
-    """What makes a stored model card the same model: its weights' sha256 and its fine stage."""
+    """What makes a stored model card the same model: its weights' sha256, its fine stage and its windows."""
     fields = json.loads(card.read_text())
-    return fields["sha256"], fields.get("fine_stage")
+    return (fields["sha256"], fields.get("fine_stage"), fields.get("window_voxels"),
+            fields.get("window_max_voxels", fields.get("window_voxels")))
 
 
-def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder]) -> List[int]:
-    """Every fold both runs have, composed and its held-out cases predicted; returns those folds."""
+def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], passes: Optional[int] = None,
+           window_max: Optional[int] = None, all_modalities_only: bool = False) -> List[int]:
+    """Every fold both runs have, composed (:func:`compose`) and its held-out cases predicted; returns those
+    folds."""
     folds = sorted(set(folds_of(coarse)) & set(folds_of(fine)))
-    missing = any((coarse / "oof").glob("*-without_*.npz"))
+    missing = not all_modalities_only and any((coarse / "oof").glob("*-without_*.npz"))
     for fold in folds:
         absent = [c for c in json.loads((coarse / f"fold{fold}" / "config.json").read_text())["validation_cases"]
                   if c not in folders]
         if absent:
             raise SystemExit(f"error: {coarse / f'fold{fold}'}: case {absent[0]} is not under the data roots given")
-        model_dir = compose(coarse, fine, out, fold)
+        model_dir = compose(coarse, fine, out, fold, passes, window_max)
         predict_held_out(coarse, fold, folders, missing, model_dir=model_dir, out=out)
     return folds
 
@@ -98,12 +103,20 @@ def main(argv=None) -> int:
     parser.add_argument("--fine", type=Path, required=True, help="a cross_validate run of the fine fold models")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", nargs="+", default=REAL_DATA_ROOTS)
+    parser.add_argument("--fine-passes", type=int, default=None,
+                        help="the fine stage's passes at most (the card's fine_stage passes; default: the coarse's)")
+    parser.add_argument("--window-max", type=int, default=None,
+                        help="the fine card's window_max_voxels: an axis up to this long runs in one window "
+                             "(default: the crop)")
+    parser.add_argument("--all-modalities-only", action="store_true",
+                        help="predict with all four modalities only, not also each one missing")
     args = parser.parse_args(argv)
     for run, what in ((args.coarse, "coarse"), (args.fine, "fine")):
         if not folds_of(run):
             print(f"error: {run}: no trained {what} fold models (fold<k>/final.safetensors)", file=sys.stderr)
             return 2
-    folds = screen(args.coarse, args.fine, args.out, case_folders(args.data))
+    folds = screen(args.coarse, args.fine, args.out, case_folders(args.data), args.fine_passes, args.window_max,
+                   args.all_modalities_only)
     if not folds:
         print(f"error: {args.fine}: no fold in common with {args.coarse}", file=sys.stderr)
         return 2
