@@ -97,7 +97,7 @@ def export_part(spec: PartSpec) -> bytes:
     import torch
 
     module = spec.traceable()
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # each: a part's fresh wrapper is in training mode
     module.eval()
     buffer = io.BytesIO()
     try:
@@ -111,7 +111,8 @@ def export_part(spec: PartSpec) -> bytes:
                               dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()}, opset_version=OPSET,
                               dynamo=False)
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
     return buffer.getvalue()
 
 

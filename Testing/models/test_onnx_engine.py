@@ -43,6 +43,17 @@ def _onnx_network(net):
     return onnx_engine.OnnxPart(onnx_engine.export_part(segmentation_parts(net)["network"]), 1)
 
 
+def test_exporting_leaves_every_module_in_the_mode_it_was_in(net):
+    """The exported part wraps the network in a module of its own (created in training mode): the network a
+    process holds must stay in eval mode after it is exported (else its dropout acts in every later torch pass)."""
+    net.transformer.train()  # one submodule in training mode: kept so
+    onnx_engine.export_part(segmentation_parts(net)["network"])
+    assert not net.training and not net.stem.training and net.transformer.training
+    net.eval()
+    onnx_engine.export_part(segmentation_parts(net)["network"])
+    assert not any(m.training for m in net.modules())
+
+
 @pytest.mark.parametrize("present", [(1, 0, 1, 1), (0, 1, 1, 1), (1, 1, 1, 1)])
 def test_onnx_equals_torch_with_and_without_dropout_masks_at_a_size_not_exported(net, present):
     network = _onnx_network(net)
