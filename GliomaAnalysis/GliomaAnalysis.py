@@ -35,7 +35,7 @@ MODALITIES = ("t1", "t1ce", "t2", "flair")
 POLL_MS = 50  # how often the GUI thread reads the running child's progress and exit (a few microseconds a tick)
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
 TORCH_REQUIREMENT = ">=2.0"  # pyproject.toml's torch requirement, passed to PyTorchUtils.installTorch
-REQUIREMENTS = ("monai>=1.3", "SimpleITK>=2.2", "scipy>=1.8", "scikit-image>=0.19", "safetensors>=0.4",
+REQUIREMENTS = ("SimpleITK>=2.2", "scipy>=1.8", "scikit-image>=0.19", "safetensors>=0.4",
                 "highdicom>=0.22", "onnxruntime>=1.16", "openvino>=2025.0", "isal>=1.6", "onnx>=1.14")
 # A published BraTS-style case offered in SampleData beside the synthetic phantom; None until one is hosted
 # (publishing one = setting this). Shape, checked by helpers.check_hosted_sample:

@@ -10,9 +10,10 @@ import torch
 
 from .network import GliomaSegNet
 from .segment import MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes
-from .sliding_window import Window
+from .sliding_window import Window, windowed
 
 SLIDING_WINDOW_ROI = (128, 128, 128)
+"""Window (Z, Y, X voxels) of a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (:mod:`.sliding_window`)."""
 
 
 def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:
@@ -35,21 +36,14 @@ MaskSampler = Callable[[Sequence[int]], List[torch.Tensor]]
 
 def _forward(model: GliomaSegNet, x: torch.Tensor, presence: torch.Tensor, masks_for: MaskSampler,
              encoder_maps: Optional[list] = None) -> torch.Tensor:
-    """Softmax probabilities (1, 4, Z, Y, X) of a padded input (1, 4, Z, Y, X); each forward call (the whole volume,
-    or each window of the sliding window) draws its own masks. ``encoder_maps``, when given and still empty,
-    receives a whole-volume pass's (fine, level, deep) maps as NumPy arrays (``forward_with_features``)."""
-    if x[0, 0].numel() <= MAX_WHOLE_VOLUME_VOXELS:
-        if encoder_maps is not None and not encoder_maps and len(model.encoder) >= 3:
-            logits, *maps = model.forward_with_features(x, presence, masks_for(x.shape[2:]))
-            encoder_maps.append(tuple(m.float().cpu().numpy() for m in maps))
-            return torch.softmax(logits, dim=1)
-        return torch.softmax(model(x, presence, masks_for(x.shape[2:])), dim=1)
-    from monai.inferers import sliding_window_inference
-
-    def predictor(patch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(patch, presence.expand(patch.shape[0], -1), masks_for(patch.shape[2:])), dim=1)
-
-    return sliding_window_inference(x, SLIDING_WINDOW_ROI, 1, predictor, overlap=0.25, mode="gaussian")
+    """Softmax probabilities (1, 4, Z, Y, X) of an input (1, 4, Z, Y, X) whose sizes are multiples of the network
+    divisor, with the masks ``masks_for`` draws for it. ``encoder_maps``, when given and still empty, receives the
+    pass's (fine, level, deep) maps as NumPy arrays (``forward_with_features``)."""
+    if encoder_maps is not None and not encoder_maps and len(model.encoder) >= 3:
+        logits, *maps = model.forward_with_features(x, presence, masks_for(x.shape[2:]))
+        encoder_maps.append(tuple(m.float().cpu().numpy() for m in maps))
+        return torch.softmax(logits, dim=1)
+    return torch.softmax(model(x, presence, masks_for(x.shape[2:])), dim=1)
 
 
 def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device: torch.device,
@@ -65,7 +59,8 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
     or out-of-memory falls back to the CPU with a warning. ``encoder_maps`` (a list) receives the first pass's
     encoder maps when it runs on the whole volume (see :func:`_forward`). ``window`` (voxels): each pass runs
     over windows of that size (:func:`.sliding_window.windowed`); the image's size need not be a multiple of the
-    divisor then, and ``encoder_maps`` receives nothing.
+    divisor then, and ``encoder_maps`` receives nothing. An image above ``MAX_WHOLE_VOLUME_VOXELS`` runs by
+    windows of ``SLIDING_WINDOW_ROI`` where no window is given.
     """
     warnings: List[str] = []
     state = {"device": device}
@@ -81,9 +76,9 @@ def predict(model: GliomaSegNet, image: np.ndarray, presence: np.ndarray, device
             state["device"] = torch.device("cpu")
             return _run_on(model, x, p, rng, state["device"], encoder_maps).numpy()
 
+    if window is None and int(np.prod(image.shape[1:])) > MAX_WHOLE_VOLUME_VOXELS:
+        window = SLIDING_WINDOW_ROI
     if window is not None:
-        from .sliding_window import windowed
-
         run_pass = windowed(run_pass, window)
         encoder_maps = None  # a window's maps are not the volume's
     with torch.inference_mode():

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SEGMENTATION_PARTS = ("network",)
 """The segmentation model's one part: the whole network with its dropout masks as inputs."""
 MAX_WHOLE_VOLUME_VOXELS = 160 ** 3
-"""Working grids larger than this run in torch through MONAI's sliding window (models/inference.py) instead of one
+"""Working grids larger than this run in torch by a sliding window (models/inference.py) instead of one
 whole-volume pass."""
 FLIP_SETS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
 """Array axes (of B, C, Z, Y, X) flipped in successive test-time passes; the first pass is unflipped."""
@@ -275,8 +275,8 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use): on OpenVINO
     its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
     with ``side_by_side`` False in turn on the first of the same sessions (the same thread count: the same result
-    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (MONAI's sliding window
-    of ``inference.SLIDING_WINDOW_ROI``), torch runs it. ``window`` (voxels): every pass runs over windows of that
+    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (by a sliding window of
+    ``inference.SLIDING_WINDOW_ROI``), torch runs it. ``window`` (voxels): every pass runs over windows of that
     size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
     be multiples of the network divisor; (Z, Y, X): windows of that shape."""
     if window is not None:

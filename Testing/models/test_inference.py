@@ -50,21 +50,22 @@ def test_the_torch_path_hands_over_the_first_pass_encoder_maps(net):
 
 def test_large_volumes_go_through_the_sliding_window(net, monkeypatch):
     image, presence = _image()
-    calls = []
-    import monai.inferers
+    shapes = []
+    real = inference._forward
 
-    real = monai.inferers.sliding_window_inference
+    def spy(model, x, *args, **kwargs):
+        shapes.append(tuple(x.shape[2:]))
+        return real(model, x, *args, **kwargs)
 
-    def spy(*args, **kwargs):
-        calls.append(args[1])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(monai.inferers, "sliding_window_inference", spy)
+    monkeypatch.setattr(inference, "_forward", spy)
     monkeypatch.setattr(inference, "MAX_WHOLE_VOLUME_VOXELS", 1000)
     monkeypatch.setattr(inference, "SLIDING_WINDOW_ROI", (16, 16, 16))
     maps = []
     probs, _, _ = predict(net, image, presence, torch.device("cpu"), encoder_maps=maps)
-    assert calls == [(16, 16, 16)] and np.allclose(probs.sum(axis=0), 1, atol=1e-5)
+    windowed = predict(net, image, presence, torch.device("cpu"), window=16)[0]
+    assert len(shapes) == 2 * 6 and set(shapes) == {(16, 16, 16)}  # 24x32x16: 2 x 3 x 1 windows, each call
+    np.testing.assert_array_equal(probs, windowed)
+    assert np.allclose(probs.sum(axis=0), 1, atol=1e-5)
     assert maps == []  # no whole-volume pass: the multi-task heads compute their maps themselves
 
 

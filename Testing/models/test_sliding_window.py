@@ -62,9 +62,10 @@ def test_gaussian_weights_peak_in_the_centre():
 
 
 def test_the_stored_model_by_windows_matches_torch_and_monai(tiny_model_dir, monkeypatch):
-    """segment(window=...) on the CPU engine (the cached graph) against the torch network through MONAI's sliding
-    window, what the coarse-to-fine screen measured: the same probabilities on an input that is no multiple of the
-    network's divisor, with flip and MC-dropout passes; and the torch path of segment (CUDA's) by the same windows."""
+    """segment(window=...) on the CPU engine (the cached graph) on an input that is no multiple of the network's
+    divisor: a plain pass equal to the torch network through MONAI's sliding window, what the coarse-to-fine
+    screen measured first; flip and MC-dropout passes equal to the torch path of segment (CUDA's) by the same
+    windows and draws."""
     from GliomaAnalysisLib.models import inference
     from GliomaAnalysisLib.models.model_store import load_model_cached, load_verified_card
     from GliomaAnalysisLib.models.network_config import NetworkConfig
@@ -74,19 +75,22 @@ def test_the_stored_model_by_windows_matches_torch_and_monai(tiny_model_dir, mon
     image = np.random.default_rng(3).normal(size=(4, 37, 45, 33)).astype(np.float32)
     presence = np.ones(4, np.float32)
     config = NetworkConfig.from_dict(load_verified_card("glioma_seg", tiny_model_dir)["network"])
-    ours = segment("glioma_seg", str(tiny_model_dir), config, image, presence, passes=2, mc_dropout=True, window=24)
     net, _ = load_model_cached("glioma_seg", str(tiny_model_dir))
-    saved = inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI
-    inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = 0, (24, 24, 24)
-    try:
-        monai_probs, monai_uncertainty, _ = inference.predict(net, image, presence, torch.device("cpu"), passes=2,
-                                                              mc_dropout=True)
-    finally:
-        inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = saved
-    assert ours.probabilities.shape == (4, 37, 45, 33) and ours.encoder_maps is None
-    assert ours.precision == "f32"
-    np.testing.assert_allclose(ours.probabilities, monai_probs, atol=1e-4)
-    np.testing.assert_allclose(ours.uncertainty, monai_uncertainty, atol=1e-4)
-    torch_probs, _, _ = inference.predict(net, image, presence, torch.device("cpu"), passes=2, mc_dropout=True,
-                                          window=24)
-    np.testing.assert_allclose(torch_probs, monai_probs, atol=1e-5)
+    net.eval()
+    plain = segment("glioma_seg", str(tiny_model_dir), config, image, presence, window=24)
+    with torch.inference_mode():
+        monai_probs = sliding_window_inference(
+            torch.from_numpy(image[None]), (24, 24, 24), 1,
+            lambda patch: torch.softmax(net(patch, torch.from_numpy(presence[None])), dim=1),
+            overlap=0.25, mode="gaussian")[0].numpy()
+    assert plain.probabilities.shape == (4, 37, 45, 33) and plain.encoder_maps is None
+    assert plain.precision == "f32"
+    np.testing.assert_allclose(plain.probabilities, monai_probs, atol=1e-4)
+
+    sampled = segment("glioma_seg", str(tiny_model_dir), config, image, presence, passes=2, mc_dropout=True,
+                      window=24)
+    torch_probs, torch_uncertainty, _ = inference.predict(net, image, presence, torch.device("cpu"), passes=2,
+                                                          mc_dropout=True, window=24)
+    np.testing.assert_allclose(sampled.probabilities, torch_probs, atol=1e-4)
+    np.testing.assert_allclose(sampled.uncertainty, torch_uncertainty, atol=1e-4)
+    assert np.abs(sampled.probabilities - plain.probabilities).max() > 1e-3  # the flips and draws did act

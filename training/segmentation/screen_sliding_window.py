@@ -5,7 +5,7 @@ of view its instance norms learned) instead of one whole-volume pass.
     python -m training.segmentation.compare_runs runs/cv5_long_sw runs/cv5_long
 
 Each held-out case of each fold is analysed as ``cross_validate`` does (default passes, no post-processing), but
-the network runs in torch through MONAI's sliding window (the library's overlap 0.25, Gaussian weights) with
+the network runs in torch through the library's sliding window (MONAI's: overlap 0.25, Gaussian weights) with
 windows of the fold's ``crop`` (working-grid voxels); the predictions go to ``OUT/oof/<case>.npz`` in the
 cross-validation's format, so ``compare_runs`` pairs them with the whole-volume predictions of the same models.
 """
