@@ -161,3 +161,101 @@ def test_a_caveat_without_a_cross_validation_is_refused_before_anything_is_read(
     assert exit_info.value.code == 2
     assert "--cv-caveat goes with --cv-report" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _tiny_run(folder, spacing: float, crop: int):
+    """A finished training run folder of a tiny network (config.json, log.jsonl, final.safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
+
+    torch.manual_seed(0)
+    config = NetworkConfig(widths=(4, 8), encoder_blocks=(1, 1), transformer_layers=1, transformer_heads=2)
+    folder.mkdir()
+    save_file(GliomaSegNet(config).state_dict(), str(folder / "final.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "args": {"spacing": spacing, "crop": crop, "steps": 10, "batch": 2, "lr": 0.002, "data": ["brats"],
+                 "fold": "all"},
+        "network": config.to_dict(), "train_cases": ["A", "B", "LGG_1"], "validation_cases": [],
+        "git_commit": "abc"}))
+    (folder / "log.jsonl").write_text(json.dumps({"step": 10, "loss": 0.5, "seconds": 60.0}) + "\n")
+    return folder
+
+
+def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_card(tmp_path):
+    """--fine-stage-of: the fine card holds its window; the coarse card names it as its fine stage and takes the two
+    stages' post-processing and cross-validation (its own kept beside); analyze then runs the pair."""
+    from training.segmentation.export_segmentation import kept_model_links, main
+
+    from GliomaAnalysisLib.pipeline.fine_stage import fine_model
+
+    out = tmp_path / "models"
+    assert main([str(_tiny_run(tmp_path / "coarse", 2.0, 32)), "--out", str(out), "--name", "glioma_seg",
+                 "--cv-report", str(_report(tmp_path, "lesion_filter"))]) == 0
+    two_stage = dict(REPORT, chosen="lesion_filter+min_et_0.25ml",
+                     variants={"lesion_filter+min_et_0.25ml": {r: {"mean": 0.8, "sd": 0.1, "se": 0.05, "min": 0.5}
+                                                               for r in ("wt", "tc", "et")}})
+    for row in two_stage["per_case"].values():
+        row["lesion_filter+min_et_0.25ml"] = row["lesion_filter"]
+    report = tmp_path / "two_stage.json"
+    report.write_text(json.dumps(two_stage))
+    assert main([str(_tiny_run(tmp_path / "fine", 1.25, 16)), "--out", str(out), "--name", "glioma_seg_fine",
+                 "--fine-stage-of", "glioma_seg", "--cv-report", str(report), "--window-max", "24",
+                 "--fine-passes", "1"]) == 0
+    coarse = json.loads((out / "glioma_seg.json").read_text())
+    fine = json.loads((out / "glioma_seg_fine.json").read_text())
+    assert fine["window_voxels"] == 16 and fine["window_max_voxels"] == 24 and fine["fine_stage_of"] == "glioma_seg"
+    assert "postprocessing" not in fine and fine["cross_validation"]["dice"]["wt"]["mean"] == 0.8
+    assert coarse["fine_stage"] == {"model": "glioma_seg_fine", "margin_mm": 10.0, "passes": 1}
+    assert coarse["postprocessing"]["min_et_ml"] == 0.25
+    assert coarse["cross_validation"]["dice"]["wt"]["mean"] == 0.8
+    assert coarse["cross_validation_without_fine_stage"]["dice"]["wt"]["mean"] == 0.7
+    stage = fine_model(coarse["fine_stage"], str(out))  # what analyze reads
+    assert (stage.crop, stage.longest) == (16, 24)
+    text = (out / "glioma_seg.md").read_text()
+    assert "- Second stage: `glioma_seg_fine` re-segments the tumor's box + 10 mm" in text
+    assert "this network alone: WT 0.700, TC 0.700, ET 0.700" in text
+    assert "- Second stage of `glioma_seg`: runs over the region around the tumor it found, by windows of 16 voxels " \
+           "(an axis up to 24 in one)" in (out / "glioma_seg_fine.md").read_text()
+    assert kept_model_links(out, "glioma_seg") == {"fine_stage": coarse["fine_stage"]}  # a new coarse export keeps it
+
+
+def _report(tmp_path, chosen):
+    path = tmp_path / f"{chosen}.json"
+    path.write_text(json.dumps(dict(REPORT, chosen=chosen)))
+    return path
+
+
+def test_a_fine_stage_export_is_checked_before_anything_is_written(tmp_path, capsys):
+    from training.segmentation.export_segmentation import main
+
+    out = tmp_path / "models"
+    coarse = _tiny_run(tmp_path / "coarse", 2.0, 32)
+    fine = _tiny_run(tmp_path / "fine", 1.25, 16)
+    report = str(_report(tmp_path, "lesion_filter"))
+    cases = [([str(fine), "--fine-stage-of", "glioma_seg", "--cv-report", report], "no usable card"),
+             ([str(fine), "--fine-stage-of", "glioma_seg"], "needs --cv-report"),
+             ([str(fine), "--fine-stage-of", "glioma_seg", "--name", "glioma_seg", "--cv-report", report],
+              "another model"),
+             ([str(fine), "--fine-stage-of", "glioma_seg", "--fast-model-of", "glioma_seg", "--cv-report", report],
+              "one role per model")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + ["--out", str(out)] + (["--name", "glioma_seg_fine"] if "--name" not in argv else []))
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+    assert main([str(coarse), "--out", str(out), "--name", "glioma_seg", "--cv-report", report]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    for argv, message in [(["--window-max", "8"], "--window-max must be a multiple of 2 no smaller than"),
+                          (["--window-max", "17"], "--window-max must be a multiple of 2"),
+                          (["--fine-passes", "0"], "--fine-passes must be a positive integer")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
+                  "--cv-report", report] + argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a "fine" stage no finer than the first
+        main([str(coarse), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
+              "--cv-report", report])
+    assert "no finer than glioma_seg's 2.0 mm" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before

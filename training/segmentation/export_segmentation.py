@@ -2,7 +2,7 @@
 
     python -m training.segmentation.export_segmentation RUN_DIR [--out Resources/models] [--name glioma_seg]
         [--cv-report CV_RUN/cv_report.json] [--version 0.2.0] [--for-cases-without flair --primary glioma_seg]
-        [--fast-model-of glioma_seg]
+        [--fast-model-of glioma_seg] [--fine-stage-of glioma_seg --window-max 80 --fine-passes 1]
 
 The card leads with the recipe's cross-validation (``--cv-report``: every real case scored once, out of fold, by
 ``training/segmentation/cross_validate.py``): mean, SD and SE per region, the per-case table, the worst cases,
@@ -18,6 +18,12 @@ touched, its Markdown card is written again.
 
 ``--fast-model-of P`` exports a lighter model for ``analyze --fast``: P's card names it as its ``fast_model``, the
 same way.
+
+``--fine-stage-of P`` exports a finer model as P's second stage (``GliomaAnalysisLib/pipeline/fine_stage.py``): its
+card gets its window (the run's crop, ``--window-max``), P's card names it as its ``fine_stage`` (with
+``--margin-mm`` and ``--fine-passes``) and takes the post-processing and the cross-validation of ``--cv-report``,
+which must be the two stages' (``training/segmentation/screen_fine_stage.py``); P's own cross-validation stays in
+its card as ``cross_validation_without_fine_stage``.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from GliomaAnalysisLib.models.model_store import (RESOURCES, ModelError, load_mo
                                                  save_model, write_card)
 from GliomaAnalysisLib.models.network import GliomaSegNet, NetworkConfig
 from GliomaAnalysisLib.models.onnx_engine import load_parts
+from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
 from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
@@ -183,6 +190,9 @@ def substitute_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
     ``--out`` on the same working grid (spacing and divisor, which ``analyze`` needs to hand a case over), and a
     ``--cv-report`` (the thresholds without M; the accuracy a --fast user trades)."""
     fast_of = getattr(args, "fast_model_of", None)
+    fine_of = getattr(args, "fine_stage_of", None)
+    if fine_of:
+        return fine_stage_problem(args, run_config)
     if not args.for_cases_without and not args.primary and not fast_of:
         return None
     if fast_of and (args.for_cases_without or args.primary):
@@ -208,7 +218,55 @@ def substitute_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
     return None
 
 
-MODEL_LINKS = ("missing_modality_models", "fast_model")
+def fine_stage_problem(args: argparse.Namespace, run_config: Dict) -> Optional[str]:
+    """Why ``--fine-stage-of P`` cannot work (None: it can): alone of the model roles, another model than the export,
+    with the two stages' ``--cv-report``, P's card in ``--out`` on a coarser grid than this run's, and a longest
+    window the network can run."""
+    primary = args.fine_stage_of
+    if args.for_cases_without or args.primary or getattr(args, "fast_model_of", None):
+        return "--fine-stage-of does not go with --for-cases-without / --primary / --fast-model-of: one role per model"
+    if primary == args.name:
+        return "--fine-stage-of must name another model than --name"
+    if not args.cv_report:
+        return (f"--fine-stage-of needs --cv-report: the two stages' cross-validation, from which {primary}'s card "
+                f"takes its post-processing")
+    try:
+        _, primary_path = model_paths(primary, args.out)
+        primary_spacing = min(json.loads(primary_path.read_text())["preprocessing"]["spacing_mm"])
+    except (ModelError, OSError, KeyError, TypeError, ValueError) as exc:
+        return f"--fine-stage-of {primary}: no usable card in {args.out} ({exc})"
+    if run_config["args"]["spacing"] >= primary_spacing:
+        return (f"--fine-stage-of {primary}: this run works at {run_config['args']['spacing']} mm, no finer than "
+                f"{primary}'s {primary_spacing} mm")
+    crop, divisor = int(run_config["args"]["crop"]), NetworkConfig.from_dict(run_config["network"]).divisor
+    longest = args.window_max or crop
+    if longest < crop or longest % divisor:
+        return f"--window-max must be a multiple of {divisor} no smaller than the run's crop ({crop}), not {longest}"
+    if args.fine_passes is not None and args.fine_passes < 1:
+        return f"--fine-passes must be a positive integer, not {args.fine_passes}"
+    return None
+
+
+def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin_mm: float,
+                        passes: Optional[int]) -> Path:
+    """Name model ``name`` (in ``out``) as the ``fine_stage`` of ``primary``'s card, which takes the post-processing
+    and the cross-validation of the two stages' ``report`` (its own cross-validation kept as
+    ``cross_validation_without_fine_stage``); write that card and its Markdown again and return the card's path."""
+    _, card_path = model_paths(primary, out)
+    if not card_path.is_file():
+        raise SystemExit(f"{card_path}: no card of the model '{primary}' to register its fine stage '{name}' in")
+    card = json.loads(card_path.read_text())
+    card["fine_stage"] = {"model": name, "margin_mm": margin_mm, **({"passes": passes} if passes else {})}
+    if card.get("cross_validation") and "cross_validation_without_fine_stage" not in card:
+        card["cross_validation_without_fine_stage"] = card["cross_validation"]
+    card["cross_validation"] = cross_validation_section(report)
+    card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
+    write_card(card, card_path)
+    card_path.with_suffix(".md").write_text(card_markdown(card))
+    return card_path
+
+
+MODEL_LINKS = ("missing_modality_models", "fast_model", "fine_stage")
 """Card entries that name other models (exported on their own), which a new export of the naming model keeps."""
 
 
@@ -226,7 +284,9 @@ def kept_model_links(out: Path, name: str) -> Dict:
         card = json.loads(card_path.read_text())
         by_modality = {m: n for m, n in (card.get("missing_modality_models") or {}).items() if present(n)}
         fast = card.get("fast_model")
-        links = {"missing_modality_models": by_modality, "fast_model": fast if fast and present(fast) else None}
+        fine = card.get("fine_stage")
+        links = {"missing_modality_models": by_modality, "fast_model": fast if fast and present(fast) else None,
+                 "fine_stage": fine if isinstance(fine, dict) and present(fine.get("model", "")) else None}
         return {key: value for key, value in links.items() if value}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
@@ -334,6 +394,7 @@ def card_markdown(card: Dict) -> str:
                 f"cross-validated)"] if card.get("fast_model") else []),
              *([f"- Meant for `analyze --fast`: `{card['fast_model_of']}` hands its fast runs to this lighter model"]
                if card.get("fast_model_of") else []),
+             *_fine_stage_lines(card),
              f"- Weights: `{card['weights_file']}` ({card['weights_dtype']}), sha256 `{card['sha256']}`", ""]
     validation = card.get("validation")
     if validation:
@@ -347,6 +408,24 @@ def card_markdown(card: Dict) -> str:
                          f"{m['dice_ed']:.3f} | {m['hd95_wt']:.1f} | {m['hd95_tc']:.1f} | {m['hd95_et']:.1f} |")
         lines += ["", f"Caveat: {validation['caveat']}.", ""]
     return "\n".join(lines)
+
+
+def _fine_stage_lines(card: Dict) -> List[str]:
+    """The card's lines on a coarse-to-fine pair, from either side."""
+    stage = card.get("fine_stage")
+    if stage:
+        alone = (card.get("cross_validation_without_fine_stage") or {}).get("dice")
+        return [f"- Second stage: `{stage['model']}` re-segments the tumor's box + {stage['margin_mm']:g} mm at its "
+                f"finer spacing" + (f" ({stage['passes']} pass{'es' if stage['passes'] > 1 else ''})"
+                                    if stage.get("passes") else "")
+                + "; the cross-validation above is of the two stages together"
+                + (", this network alone: " + ", ".join(f"{r.upper()} {alone[r]['mean']:.3f}" for r in
+                                                        ("wt", "tc", "et")) if alone else "")]
+    if card.get("fine_stage_of"):
+        return [f"- Second stage of `{card['fine_stage_of']}`: runs over the region around the tumor it found, by "
+                f"windows of {card['window_voxels']} voxels (an axis up to {card['window_max_voxels']} in one); the "
+                f"cross-validation above is of the two stages together"]
+    return []
 
 
 def main(argv=None) -> int:
@@ -368,6 +447,14 @@ def main(argv=None) -> int:
                         "hands such cases to this one, e.g. glioma_seg")
     parser.add_argument("--fast-model-of", default=None, help="export a lighter model for analyze --fast and name it "
                         "in this model's card (in --out), e.g. glioma_seg")
+    parser.add_argument("--fine-stage-of", default=None, help="export a finer model as this model's second stage "
+                        "(in --out), e.g. glioma_seg; --cv-report: the two stages' cross-validation")
+    parser.add_argument("--window-max", type=int, default=None, help="with --fine-stage-of: an axis of the region "
+                        "up to this many voxels runs in one window (default: the run's crop)")
+    parser.add_argument("--fine-passes", type=int, default=None, help="with --fine-stage-of: its passes at most "
+                        "(default: as many as the first stage)")
+    parser.add_argument("--margin-mm", type=float, default=MARGIN_MM, help="with --fine-stage-of: mm around the "
+                        "first stage's tumor box")
     args = parser.parse_args(argv)
     if args.cv_caveat and not args.cv_report:
         parser.error("--cv-caveat goes with --cv-report: it is printed under that cross-validation")
@@ -391,6 +478,10 @@ def main(argv=None) -> int:
         card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
     if args.fast_model_of:
         card["fast_model_of"] = args.fast_model_of
+    if args.fine_stage_of:
+        crop = int(config["args"]["crop"])
+        card.update(fine_stage_of=args.fine_stage_of, window_voxels=crop, window_max_voxels=args.window_max or crop)
+        card.pop("postprocessing", None)  # the first stage's card holds the pair's
     out = Path(args.out)
     kept = kept_model_links(out, args.name)
     if kept:
@@ -423,6 +514,9 @@ def main(argv=None) -> int:
         register_in_primary(out, args.primary, args.name, args.for_cases_without)
     if args.fast_model_of:
         register_in_primary(out, args.fast_model_of, args.name)
+    if args.fine_stage_of:
+        register_fine_stage(out, args.fine_stage_of, args.name, json.loads(Path(args.cv_report).read_text()),
+                            args.margin_mm, args.fine_passes)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
