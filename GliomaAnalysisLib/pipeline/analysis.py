@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -187,22 +187,47 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
     pool = ThreadPoolExecutor(max_workers=1)
     done = False
     try:
-        # one worker: the segmentation network loads first, the classifiers after it (while the network runs);
-        # classify_case, submitted later, runs after both
+        # one worker: the segmentation network loads first, then its fine stage's (while the first one runs), the
+        # classifiers after them; classify_case, submitted later, runs after all
         preloaded = fast_model_name(model, model_folder) if fast and not single_model else model
         passes = network_passes(fast)
         segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False, passes)
+        fine_ready = pool.submit(_load_fine_stage, preloaded, model_folder, device_type)
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
         result = _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
-                          progress, preprocessing, clinical_backend, classify, pool, (preloaded, segmentation_ready),
-                          single_model)
+                          progress, preprocessing, clinical_backend, classify, pool,
+                          Preloading(preloaded, segmentation_ready, fine_ready), single_model)
         if wait:
             result.finish()
         done = True
         return result
     finally:
         pool.shutdown(wait=not done)  # a classifiers' task still running finishes on its own
+
+
+class Preloading(NamedTuple):
+    """The models ``analyze`` loads in its worker while it reads and preprocesses the case."""
+
+    model: str
+    """the segmentation model being loaded"""
+    segmentation: Future
+    fine_stage: Future
+    """its fine stage's network, where its card names one"""
+
+
+def _load_fine_stage(model: str, model_folder: Optional[str], device_type: str) -> None:
+    """Load (on first use: export) the network of the fine stage that ``model``'s card names, if any, for one pass
+    on the CPU engine (a later call with more passes reuses it: a windowed stage runs them in turn). A failure is
+    left to the main path, as in :func:`_load_models`."""
+    if device_type != "cpu":
+        return
+    try:
+        stage = load_verified_card(model, model_folder).get("fine_stage")
+        if isinstance(stage, dict) and stage.get("model"):
+            load_segmentation_networks(str(stage["model"]), model_folder, 1)
+    except Exception:  # noqa: BLE001 - reported by the main path
+        pass
 
 
 def _load_models(model: Optional[str], model_folder: Optional[str], device_type: str, classify: bool,
@@ -225,7 +250,7 @@ def _load_models(model: Optional[str], model_folder: Optional[str], device_type:
 
 def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
-             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, preloading: Tuple[str, Future],
+             clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, preloading: Preloading,
              single_model: bool = False) -> AnalysisResult:
     """analyze() with the device resolved and the models loading in ``pool`` (``preloading``: the name of the
     segmentation model being loaded, and the future of that load)."""
@@ -276,9 +301,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     say(f"memory estimate {needed / 2 ** 30:.1f} GiB{'' if side_by_side or lanes == 1 else ' (passes in turn)'}")
     lap("preprocess")
 
-    preloaded, segmentation_ready = preloading
-    if model == preloaded:  # else the preloaded network is not the one that runs: segment() loads the other
-        segmentation_ready.result()
+    if model == preloading.model:  # else the preloaded network is not the one that runs: segment() loads the other
+        preloading.segmentation.result()
     lap("model_wait")
     say(f"segmenting with '{model}' on {device_type} ({passes} pass{'es' if passes > 1 else ''})")
     segmentation = segment(model, model_folder, config, pre.image, pre.presence, device_type, passes,
@@ -295,6 +319,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     lap("network")
     fine = None
     if card.get("fine_stage"):
+        if model == preloading.model:
+            preloading.fine_stage.result()
         fine = run_fine_stage(model_case, pre, probabilities, card["fine_stage"], model_folder, device_type, passes,
                               uncertainty and not fast, say)
         if fine is not None:

@@ -111,7 +111,11 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
     regions = []
     real_region_of = fine_stage.region_of
     monkeypatch.setattr(fine_stage, "region_of", lambda *args: regions.append(real_region_of(*args)) or regions[-1])
+    loaded = []  # the worker loads both networks, the fine one before the stage runs
+    monkeypatch.setattr(analysis, "load_segmentation_networks", lambda name, folder, passes: loaded.append(
+        (name, passes, len(calls))))
     result = analyze(ras_case, model_dir=two_stage_dir, classify=False, postprocess=False)
+    assert loaded == [("glioma_seg", 2, 0), ("glioma_seg_fine", 1, 0)]
     [(name, shape, passes, mc, window)] = calls
     fine_truth = _truth_on(ras_case, FINE_SPACING)
     assert regions == [tumor_region(fine_truth > 0, 8, WINDOW)]  # the tumor's box + 10 mm (8 voxels), no more
