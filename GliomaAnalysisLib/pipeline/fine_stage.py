@@ -48,6 +48,8 @@ class FineStage(NamedTuple):
     engine: str
     precision: str
     warnings: List[str]
+    passes: int
+    """the passes it ran"""
 
     def on_grid(self, array: np.ndarray) -> np.ndarray:
         """``array`` (z, y, x) on the region, placed on the whole fine working grid (zeros elsewhere)."""
@@ -159,4 +161,4 @@ def run_fine_stage(model_case: Case, coarse_pre: PreprocessedCase, coarse_probab
     result = segment(name, model_folder, model.config, np.ascontiguousarray(fine.image[(slice(None),) + region]),
                      fine.presence, device, passes, mc_dropout and passes > 1, progress, window=window)
     return FineStage(fine, region, result.probabilities, result.uncertainty, model.card, result.engine,
-                     result.precision, list(result.warnings))
+                     result.precision, list(result.warnings), passes)

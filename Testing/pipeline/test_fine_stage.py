@@ -1,6 +1,10 @@
 """The segmentation's second, finer stage (pipeline/fine_stage.py) inside ``analyze``: the region it runs over, its
 probabilities replacing the coarse ones there and only there, the geometry of the fine grid and back, and what the
 result says about it."""
+import json
+from importlib import resources
+
+import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -19,6 +23,7 @@ from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.preprocessing.preprocess import preprocess
 from GliomaAnalysisLib.synthetic.phantom import make_phantom
 
+SCHEMA = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
 FINE_SPACING = 1.25
 WINDOW = 16
 CONFIG = NetworkConfig(widths=(4, 8), encoder_blocks=(1, 1), transformer_layers=1, transformer_heads=2)
@@ -137,6 +142,9 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
     assert [m["name"] for m in result.models] == ["glioma_seg", "glioma_seg_fine"]
     assert result.settings["fine_stage"]["model"] == "glioma_seg_fine"
     assert result.settings["fine_stage"]["working_spacing_mm"] == [FINE_SPACING] * 3
+    assert result.settings["fine_stage"]["passes"] == 2
+    assert result.settings["fine_stage"]["region_voxels"] == [s.stop - s.start for s in regions[0]]
+    jsonschema.validate(result.report(), SCHEMA)
     assert "fine warning" in result.warnings
 
 
