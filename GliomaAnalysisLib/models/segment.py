@@ -306,8 +306,11 @@ def _windowed_segment(model_name: str, model_dir: Optional[str], config: Network
                       presence: np.ndarray, device: str, passes: int, mc_dropout: bool,
                       progress: Optional[Callable[[str], None]], window: Window) -> Segmentation:
     """:func:`segment` by a sliding window of ``window`` voxels: the stored model's first network on the CPU, torch
-    on CUDA."""
-    from .sliding_window import windowed
+    on CUDA. ValueError for a window the network cannot run (not a multiple of its divisor)."""
+    from .sliding_window import window_size, windowed
+
+    if any(n <= 0 or n % config.divisor for n in window_size(window)):
+        raise ValueError(f"window {window} voxels: the network needs positive multiples of {config.divisor}")
 
     if device != "cpu":
         import torch

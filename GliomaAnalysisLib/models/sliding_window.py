@@ -8,6 +8,7 @@ longer along some axes than others (:func:`window_shape`: an axis a little longe
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import List, Sequence, Tuple, Union
 
@@ -26,8 +27,9 @@ Window = Union[int, Tuple[int, int, int]]
 """A window's size in voxels: a cube's edge or (Z, Y, X)."""
 
 
-def _shape(window: Window) -> Tuple[int, int, int]:
-    return (window,) * 3 if isinstance(window, int) else tuple(int(n) for n in window)
+def window_size(window: Window) -> Tuple[int, int, int]:
+    """(Z, Y, X) voxels of ``window`` (an integer: a cube's edge)."""
+    return (int(window),) * 3 if isinstance(window, numbers.Integral) else tuple(int(n) for n in window)
 
 
 def window_shape(size_zyx: Sequence[int], crop: int, longest: int, divisor: int) -> Tuple[int, int, int]:
@@ -52,7 +54,7 @@ def gaussian_weights(window: Window) -> np.ndarray:
     """float32 (Z, Y, X) of ``window``: a Gaussian about the window's centre (SD ``SIGMA_SCALE`` of the window's
     length along each axis), at least ``MIN_WEIGHT`` (read only)."""
     lines = []
-    for n in _shape(window):
+    for n in window_size(window):
         x = np.arange(n, dtype=np.float32) - (n - 1) / 2.0
         lines.append(np.exp(x ** 2 / (-2 * (SIGMA_SCALE * n) ** 2)).astype(np.float32))
     weights = lines[0][:, None, None] * lines[1][None, :, None] * lines[2][None, None, :]
@@ -71,7 +73,7 @@ def windowed(run_pass: RunPass, window: Window) -> RunPass:
     window is zero-padded to it, as MONAI pads) and blended with :func:`gaussian_weights`. x (1, 4, Z, Y, X) ->
     probabilities (1, C, Z, Y, X); each window draws its own dropout masks from the pass's generator, in window
     order."""
-    shape = _shape(window)
+    shape = window_size(window)
 
     def run(x: np.ndarray, presence: np.ndarray, rng, last: bool = True) -> np.ndarray:
         pads = _padding(x.shape[2:], shape)

@@ -35,7 +35,7 @@ from ..models.segment import load_segmentation_networks, resolve_device, segment
 from .measures import ratios, uncertainty_summary, volumes_ml
 from .memory import check_memory, side_by_side_fits
 from .model_choice import choose_segmentation_model, fast_model_name
-from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_verified_card
+from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_card, load_verified_card
 from .fine_stage import FineStage, run_fine_stage
 from .signal_gates import SignalMaps, apply_gates, signal_maps
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box,
@@ -223,7 +223,7 @@ def _load_fine_stage(model: str, model_folder: Optional[str], device_type: str) 
     if device_type != "cpu":
         return
     try:
-        stage = load_verified_card(model, model_folder).get("fine_stage")
+        stage = load_card(model, model_folder).get("fine_stage")  # its weights: verified by the main path
         if isinstance(stage, dict) and stage.get("model"):
             load_segmentation_networks(str(stage["model"]), model_folder, 1)
     except Exception:  # noqa: BLE001 - reported by the main path
@@ -252,8 +252,8 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
              clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, preloading: Preloading,
              single_model: bool = False) -> AnalysisResult:
-    """analyze() with the device resolved and the models loading in ``pool`` (``preloading``: the name of the
-    segmentation model being loaded, and the future of that load)."""
+    """analyze() with the device resolved and the models loading in ``pool`` (``preloading``: the segmentation
+    model being loaded and the futures of its network's and its fine stage's loads)."""
     timings: Dict[str, float] = {}
     log: List[str] = []
     clock = time.perf_counter()
@@ -319,10 +319,9 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     lap("network")
     fine = None
     if card.get("fine_stage"):
-        if model == preloading.model:
-            preloading.fine_stage.result()
         fine = run_fine_stage(model_case, pre, probabilities, card["fine_stage"], model_folder, device_type, passes,
-                              uncertainty and not fast, say)
+                              uncertainty and not fast, say,
+                              network_ready=preloading.fine_stage.result if model == preloading.model else None)
         if fine is not None:
             warnings += fine.warnings
             if not et_assessable:

@@ -132,13 +132,15 @@ def fine_model(stage: object, model_folder: Optional[str]) -> FineModel:
 
 def run_fine_stage(model_case: Case, coarse_pre: PreprocessedCase, coarse_probabilities: np.ndarray, stage: dict,
                    model_folder: Optional[str], device: str, passes: int, mc_dropout: bool,
-                   progress: Optional[Callable[[str], None]] = None) -> Optional[FineStage]:
+                   progress: Optional[Callable[[str], None]] = None,
+                   network_ready: Optional[Callable[[], object]] = None) -> Optional[FineStage]:
     """The fine model ``stage["model"]`` over the region around the coarse whole tumor (the argmax of
     ``coarse_probabilities`` (4, Z, Y, X) on ``coarse_pre``'s working grid, grown by ``stage["margin_mm"]``, at
     least one window per axis, an axis up to the model's longest window widened to fill it) by windows
     (:func:`sliding_window.window_shape`), with ``passes`` passes as the coarse network ran, at most
     ``stage["passes"]`` (where that is 1, a plain pass: one dropout sample is no better an estimate); None where the
-    coarse network found no tumor."""
+    coarse network found no tumor. ``network_ready``: waits for the fine network's load elsewhere (analyze's worker),
+    called once there is a region to run it over."""
     model = fine_model(stage, model_folder)
     tumor = np.argmax(coarse_probabilities, axis=0) > 0
     if not tumor.any():
@@ -155,6 +157,8 @@ def run_fine_stage(model_case: Case, coarse_pre: PreprocessedCase, coarse_probab
     size = [s.stop - s.start for s in region]
     window = window_shape(size, model.crop, model.longest, model.config.divisor)
     passes = min(passes, stage.get("passes", passes))
+    if network_ready:
+        network_ready()
     if progress:
         progress(f"fine stage: '{name}' over {'x'.join(map(str, size))} voxels by windows of "
                  f"{'x'.join(map(str, window))}")

@@ -94,3 +94,15 @@ def test_the_stored_model_by_windows_matches_torch_and_monai(tiny_model_dir, mon
     np.testing.assert_allclose(sampled.probabilities, torch_probs, atol=1e-4)
     np.testing.assert_allclose(sampled.uncertainty, torch_uncertainty, atol=1e-4)
     assert np.abs(sampled.probabilities - plain.probabilities).max() > 1e-3  # the flips and draws did act
+
+
+def test_a_window_the_network_cannot_run_is_refused_and_numpy_integers_are_windows(tiny_model_dir):
+    from GliomaAnalysisLib.models.model_store import load_verified_card
+    from GliomaAnalysisLib.models.network_config import NetworkConfig
+    from GliomaAnalysisLib.models.segment import segment
+
+    config = NetworkConfig.from_dict(load_verified_card("glioma_seg", tiny_model_dir)["network"])
+    image = np.zeros((4, 30, 30, 30), np.float32)
+    with pytest.raises(ValueError, match=f"multiples of {config.divisor}"):
+        segment("glioma_seg", str(tiny_model_dir), config, image, np.ones(4, np.float32), window=(24, 20, 24))
+    assert gaussian_weights(np.int64(8)).shape == (8, 8, 8)

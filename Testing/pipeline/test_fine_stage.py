@@ -2,6 +2,7 @@
 probabilities replacing the coarse ones there and only there, the geometry of the fine grid and back, and what the
 result says about it."""
 import json
+import time
 from importlib import resources
 
 import jsonschema
@@ -116,9 +117,13 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
     regions = []
     real_region_of = fine_stage.region_of
     monkeypatch.setattr(fine_stage, "region_of", lambda *args: regions.append(real_region_of(*args)) or regions[-1])
-    loaded = []  # the worker loads both networks, the fine one before the stage runs
-    monkeypatch.setattr(analysis, "load_segmentation_networks", lambda name, folder, passes: loaded.append(
-        (name, passes, len(calls))))
+    loaded = []  # the worker loads both networks; the fine stage waits for its network's (slow) load
+
+    def load(name, folder, passes):
+        time.sleep(0.5 if name == "glioma_seg_fine" else 0.0)
+        loaded.append((name, passes, len(calls)))
+
+    monkeypatch.setattr(analysis, "load_segmentation_networks", load)
     result = analyze(ras_case, model_dir=two_stage_dir, classify=False, postprocess=False)
     assert loaded == [("glioma_seg", 2, 0), ("glioma_seg_fine", 1, 0)]
     [(name, shape, passes, mc, window)] = calls

@@ -218,7 +218,30 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
     assert "this network alone: WT 0.700, TC 0.700, ET 0.700" in text
     assert "- Second stage of `glioma_seg`: runs over the region around the tumor it found, by windows of 16 voxels " \
            "(an axis up to 24 in one)" in (out / "glioma_seg_fine.md").read_text()
-    assert kept_model_links(out, "glioma_seg") == {"fine_stage": coarse["fine_stage"]}  # a new coarse export keeps it
+    assert kept_model_links(out, "glioma_seg") == {}
+
+
+def test_a_new_export_of_either_stage_cannot_leave_a_broken_pair(tmp_path, capsys):
+    """The fine model exported again needs --fine-stage-of (else its window would go, and analyze by the first stage
+    with it); the first stage exported again drops its fine stage, saying so (the new pair is not
+    cross-validated)."""
+    from training.segmentation.export_segmentation import main
+
+    out, report = tmp_path / "models", str(_report(tmp_path, "lesion_filter"))
+    coarse, fine = _tiny_run(tmp_path / "coarse", 2.0, 32), _tiny_run(tmp_path / "fine", 1.25, 16)
+    assert main([str(coarse), "--out", str(out), "--name", "glioma_seg", "--cv-report", report]) == 0
+    assert main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
+                 "--cv-report", report]) == 0
+    capsys.readouterr()
+    fine_card = (out / "glioma_seg_fine.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--cv-report", report])
+    assert exit_info.value.code == 2
+    assert "glioma_seg_fine is the fine stage of glioma_seg: export it with --fine-stage-of" in capsys.readouterr().err
+    assert (out / "glioma_seg_fine.json").read_text() == fine_card
+    assert main([str(coarse), "--out", str(out), "--name", "glioma_seg", "--cv-report", report]) == 0
+    assert "its fine stage glioma_seg_fine is not kept" in capsys.readouterr().err
+    assert "fine_stage" not in json.loads((out / "glioma_seg.json").read_text())
 
 
 def _report(tmp_path, chosen):
@@ -249,7 +272,8 @@ def test_a_fine_stage_export_is_checked_before_anything_is_written(tmp_path, cap
     before = sorted(p.name for p in out.iterdir())
     for argv, message in [(["--window-max", "8"], "--window-max must be a multiple of 2 no smaller than"),
                           (["--window-max", "17"], "--window-max must be a multiple of 2"),
-                          (["--fine-passes", "0"], "--fine-passes must be a positive integer")]:
+                          (["--fine-passes", "0"], "--fine-passes must be a positive integer"),
+                          (["--margin-mm", "-1"], "--margin-mm must be 0 or more")]:
         with pytest.raises(SystemExit) as exit_info:
             main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
                   "--cv-report", report] + argv)
@@ -258,4 +282,7 @@ def test_a_fine_stage_export_is_checked_before_anything_is_written(tmp_path, cap
         main([str(coarse), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
               "--cv-report", report])
     assert "no finer than glioma_seg's 2.0 mm" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a fine stage's option without --fine-stage-of
+        main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--window-max", "24"])
+    assert "--window-max goes with --fine-stage-of" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before

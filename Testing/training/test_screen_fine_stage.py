@@ -44,6 +44,12 @@ def test_the_screen_analyses_each_held_out_case_with_the_fold_pair(tmp_path, cap
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == stamp  # resumable: nothing done twice
     assert cross_validate.report(out)["cases"] == len(held_out)
+    with pytest.raises(SystemExit, match="window_max_voxels must be a multiple"):  # checked before it is kept
+        main(args[:4] + ["--out", str(tmp_path / "o2"), "--data", str(data), "--window-max", "17"])
+    assert not (tmp_path / "o2" / "fold1" / "model").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--fine-passes", "0"])
+    assert exit_info.value.code == 2
     capsys.readouterr()
 
     card_path = pair / "glioma_seg_fold1.json"

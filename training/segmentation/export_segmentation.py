@@ -223,6 +223,8 @@ def fine_stage_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
     with the two stages' ``--cv-report``, P's card in ``--out`` on a coarser grid than this run's, and a longest
     window the network can run."""
     primary = args.fine_stage_of
+    if args.margin_mm is not None and args.margin_mm < 0:
+        return f"--margin-mm must be 0 or more, not {args.margin_mm:g}"
     if args.for_cases_without or args.primary or getattr(args, "fast_model_of", None):
         return "--fine-stage-of does not go with --for-cases-without / --primary / --fast-model-of: one role per model"
     if primary == args.name:
@@ -247,6 +249,32 @@ def fine_stage_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
     return None
 
 
+def link_problem(out: Path, name: str, fine_stage_of: Optional[str]) -> Optional[str]:
+    """Why a new export of ``name`` into ``out`` would break a coarse-to-fine pair (None: it would not): a fine
+    stage exported again without ``--fine-stage-of`` would lose the window its first stage needs."""
+    _, card_path = model_paths(name, out)
+    try:
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    first = card.get("fine_stage_of") if isinstance(card, dict) else None
+    if first and not fine_stage_of:
+        return (f"{card_path}: {name} is the fine stage of {first}: export it with --fine-stage-of {first} and the "
+                f"pair's --cv-report")
+    return None
+
+
+def dropped_fine_stage(out: Path, name: str) -> Optional[str]:
+    """The fine stage the card of ``name`` in ``out`` names, which a new export of ``name`` drops: the pair with new
+    weights is not the one cross-validated."""
+    _, card_path = model_paths(name, out)
+    try:
+        stage = json.loads(card_path.read_text()).get("fine_stage") if card_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage.get("model") if isinstance(stage, dict) else None
+
+
 def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin_mm: float,
                         passes: Optional[int]) -> Path:
     """Name model ``name`` (in ``out``) as the ``fine_stage`` of ``primary``'s card, which takes the post-processing
@@ -266,7 +294,7 @@ def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin
     return card_path
 
 
-MODEL_LINKS = ("missing_modality_models", "fast_model", "fine_stage")
+MODEL_LINKS = ("missing_modality_models", "fast_model")
 """Card entries that name other models (exported on their own), which a new export of the naming model keeps."""
 
 
@@ -284,9 +312,7 @@ def kept_model_links(out: Path, name: str) -> Dict:
         card = json.loads(card_path.read_text())
         by_modality = {m: n for m, n in (card.get("missing_modality_models") or {}).items() if present(n)}
         fast = card.get("fast_model")
-        fine = card.get("fine_stage")
-        links = {"missing_modality_models": by_modality, "fast_model": fast if fast and present(fast) else None,
-                 "fine_stage": fine if isinstance(fine, dict) and present(fine.get("model", "")) else None}
+        links = {"missing_modality_models": by_modality, "fast_model": fast if fast and present(fast) else None}
         return {key: value for key, value in links.items() if value}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
@@ -453,11 +479,18 @@ def main(argv=None) -> int:
                         "up to this many voxels runs in one window (default: the run's crop)")
     parser.add_argument("--fine-passes", type=int, default=None, help="with --fine-stage-of: its passes at most "
                         "(default: as many as the first stage)")
-    parser.add_argument("--margin-mm", type=float, default=MARGIN_MM, help="with --fine-stage-of: mm around the "
-                        "first stage's tumor box")
+    parser.add_argument("--margin-mm", type=float, default=None, help="with --fine-stage-of: mm around the "
+                        f"first stage's tumor box (default {MARGIN_MM:g})")
     args = parser.parse_args(argv)
     if args.cv_caveat and not args.cv_report:
         parser.error("--cv-caveat goes with --cv-report: it is printed under that cross-validation")
+    stage_options = [o for o, v in (("--window-max", args.window_max), ("--fine-passes", args.fine_passes),
+                                    ("--margin-mm", args.margin_mm)) if v is not None]
+    if stage_options and not args.fine_stage_of:
+        parser.error(f"{stage_options[0]} goes with --fine-stage-of")
+    problem = link_problem(Path(args.out), args.name, args.fine_stage_of)
+    if problem:
+        parser.error(problem)
 
     run = Path(args.run_dir)
     config = json.loads((run / "config.json").read_text())
@@ -483,6 +516,11 @@ def main(argv=None) -> int:
         card.update(fine_stage_of=args.fine_stage_of, window_voxels=crop, window_max_voxels=args.window_max or crop)
         card.pop("postprocessing", None)  # the first stage's card holds the pair's
     out = Path(args.out)
+    dropped = dropped_fine_stage(out, args.name)
+    if dropped:
+        print(f"{args.name}: its fine stage {dropped} is not kept (the pair with these weights is not "
+              f"cross-validated): export {dropped} again with --fine-stage-of {args.name} and the pair's "
+              f"--cv-report", file=sys.stderr)
     kept = kept_model_links(out, args.name)
     if kept:
         card.update(kept)
@@ -516,7 +554,7 @@ def main(argv=None) -> int:
         register_in_primary(out, args.fast_model_of, args.name)
     if args.fine_stage_of:
         register_fine_stage(out, args.fine_stage_of, args.name, json.loads(Path(args.cv_report).read_text()),
-                            args.margin_mm, args.fine_passes)
+                            MARGIN_MM if args.margin_mm is None else args.margin_mm, args.fine_passes)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0

@@ -31,7 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
+from GliomaAnalysisLib.models.model_store import ModelError
+from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM, fine_model
 
 from ..common.datasets import REAL_DATA_ROOTS, CaseFolder, case_folders
 from .cross_validate import predict_held_out, store_fold_model
@@ -61,6 +62,10 @@ def compose(coarse: Path, fine: Path, out: Path, fold: int, passes: Optional[int
         store_fold_model(fine, fold, fresh, fine_name, window_voxels=crop, window_max_voxels=window_max or crop)
         stage = {"model": fine_name, "margin_mm": MARGIN_MM, **({"passes": passes} if passes else {})}
         store_fold_model(coarse, fold, fresh, f"glioma_seg_fold{fold}", fine_stage=stage)
+        try:
+            fine_model(stage, str(fresh))  # a pair analyze can run (--window-max, --fine-passes), before it is kept
+        except ModelError as exc:
+            raise SystemExit(f"error: {exc}") from None
         if not folder.is_dir():
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(fresh), str(folder))
@@ -111,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--all-modalities-only", action="store_true",
                         help="predict with all four modalities only, not also each one missing")
     args = parser.parse_args(argv)
+    if args.fine_passes is not None and args.fine_passes < 1:
+        parser.error(f"--fine-passes must be a positive integer, not {args.fine_passes}")
     for run, what in ((args.coarse, "coarse"), (args.fine, "fine")):
         if not folds_of(run):
             print(f"error: {run}: no trained {what} fold models (fold<k>/final.safetensors)", file=sys.stderr)
