@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from .network import GliomaSegNet
-from .segment import MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes
+from .segment import LARGE_GRID_WINDOW, MAX_WHOLE_VOLUME_VOXELS, dropout_masks, mean_over_passes
 from .sliding_window import Window, windowed
 
-SLIDING_WINDOW_ROI = (128, 128, 128)
-"""Window (Z, Y, X voxels) of a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (:mod:`.sliding_window`)."""
+SLIDING_WINDOW_ROI = LARGE_GRID_WINDOW
+"""Window (Z, Y, X voxels) of a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` in :func:`predict`."""
 
 
 def select_device(requested: str = "auto") -> Tuple[torch.device, List[str]]:

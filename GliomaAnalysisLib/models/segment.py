@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 SEGMENTATION_PARTS = ("network",)
 """The segmentation model's one part: the whole network with its dropout masks as inputs."""
 MAX_WHOLE_VOLUME_VOXELS = 160 ** 3
-"""Working grids larger than this run in torch by a sliding window (models/inference.py) instead of one
-whole-volume pass."""
+"""Working grids larger than this run by a sliding window of ``LARGE_GRID_WINDOW`` instead of one whole-volume
+pass."""
+LARGE_GRID_WINDOW = (128, 128, 128)
+"""Window (Z, Y, X voxels) of a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (:mod:`.sliding_window`)."""
 FLIP_SETS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
 """Array axes (of B, C, Z, Y, X) flipped in successive test-time passes; the first pass is unflipped."""
 
@@ -275,14 +277,15 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     ``presence`` (4,). On the CPU the network runs from its cached ONNX graph (exported on first use): on OpenVINO
     its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
     with ``side_by_side`` False in turn on the first of the same sessions (the same thread count: the same result
-    bit for bit, more slowly). On CUDA, or a working grid above ``MAX_WHOLE_VOLUME_VOXELS`` (by a sliding window of
-    ``inference.SLIDING_WINDOW_ROI``), torch runs it. ``window`` (voxels): every pass runs over windows of that
-    size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
+    bit for bit, more slowly). On CUDA torch runs it. A working grid above ``MAX_WHOLE_VOLUME_VOXELS`` runs by
+    windows of ``LARGE_GRID_WINDOW``. ``window`` (voxels): every pass runs over windows of that size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
     be multiples of the network divisor; (Z, Y, X): windows of that shape."""
+    if window is None and int(np.prod(image.shape[1:])) > MAX_WHOLE_VOLUME_VOXELS:
+        window = LARGE_GRID_WINDOW
     if window is not None:
         return _windowed_segment(model_name, model_dir, config, image, presence, device, passes, mc_dropout,
                                  progress, window)
-    if device == "cpu" and int(np.prod(image.shape[1:])) <= MAX_WHOLE_VOLUME_VOXELS:
+    if device == "cpu":
         networks, _, warnings = load_segmentation_networks(model_name, model_dir, passes)
         networks = networks if side_by_side else networks[:1]
         maps: List[Tuple[np.ndarray, ...]] = []

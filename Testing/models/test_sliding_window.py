@@ -106,3 +106,20 @@ def test_a_window_the_network_cannot_run_is_refused_and_numpy_integers_are_windo
     with pytest.raises(ValueError, match=f"multiples of {config.divisor}"):
         segment("glioma_seg", str(tiny_model_dir), config, image, np.ones(4, np.float32), window=(24, 20, 24))
     assert gaussian_weights(np.int64(8)).shape == (8, 8, 8)
+
+
+def test_a_grid_above_the_whole_volume_limit_runs_on_the_cpu_engine_by_windows(tiny_model_dir, monkeypatch):
+    from GliomaAnalysisLib.models import segment as segment_module
+    from GliomaAnalysisLib.models.model_store import load_verified_card
+    from GliomaAnalysisLib.models.network_config import NetworkConfig
+
+    config = NetworkConfig.from_dict(load_verified_card("glioma_seg", tiny_model_dir)["network"])
+    image = np.random.default_rng(4).normal(size=(4, 40, 32, 24)).astype(np.float32)
+    presence = np.ones(4, np.float32)
+    by_windows = segment_module.segment("glioma_seg", str(tiny_model_dir), config, image, presence, window=24)
+    monkeypatch.setattr(segment_module, "MAX_WHOLE_VOLUME_VOXELS", 1000)
+    monkeypatch.setattr(segment_module, "LARGE_GRID_WINDOW", (24, 24, 24))
+    large = segment_module.segment("glioma_seg", str(tiny_model_dir), config, image, presence)
+    assert large.engine == by_windows.engine and not large.engine.startswith("torch")
+    np.testing.assert_array_equal(large.probabilities, by_windows.probabilities)
+    assert large.encoder_maps is None

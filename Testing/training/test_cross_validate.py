@@ -35,11 +35,11 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     assert json.loads((run / "cv_report.json").read_text())["per_case"] == report["per_case"]
 
     # the field-of-view screen: the same fold models by a sliding window at the crop size, paired case by case
-    from GliomaAnalysisLib.models import inference, segment
+    from GliomaAnalysisLib.models import segment
     from training.segmentation.screen_sliding_window import main as screen, sliding_window
     with sliding_window(16):
-        assert segment.MAX_WHOLE_VOLUME_VOXELS == 0 and inference.SLIDING_WINDOW_ROI == (16, 16, 16)
-    assert segment.MAX_WHOLE_VOLUME_VOXELS == inference.MAX_WHOLE_VOLUME_VOXELS > 0
+        assert segment.MAX_WHOLE_VOLUME_VOXELS == 0 and segment.LARGE_GRID_WINDOW == (16, 16, 16)
+    assert segment.MAX_WHOLE_VOLUME_VOXELS > 0 and segment.LARGE_GRID_WINDOW == (128, 128, 128)
     assert screen(["--cv", str(run), "--out", str(tmp_path / "sw"), "--data", str(data)]) == 0
     for case in folds:
         windowed, whole = (np.load(r / "oof" / f"{case}.npz")["probabilities"] for r in (tmp_path / "sw", run))

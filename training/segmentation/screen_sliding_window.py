@@ -5,7 +5,7 @@ of view its instance norms learned) instead of one whole-volume pass.
     python -m training.segmentation.compare_runs runs/cv5_long_sw runs/cv5_long
 
 Each held-out case of each fold is analysed as ``cross_validate`` does (default passes, no post-processing), but
-the network runs in torch through the library's sliding window (MONAI's: overlap 0.25, Gaussian weights) with
+the network runs on the CPU engine by the library's sliding window (MONAI's: overlap 0.25, Gaussian weights) with
 windows of the fold's ``crop`` (working-grid voxels); the predictions go to ``OUT/oof/<case>.npz`` in the
 cross-validation's format, so ``compare_runs`` pairs them with the whole-volume predictions of the same models.
 """
@@ -25,15 +25,14 @@ from .screening import run_screen
 def sliding_window(crop: int) -> Iterator[None]:
     """Within the block every analysis runs its network by a sliding window of ``crop`` voxels per axis (the
     library's whole-volume limit set to 0), restored afterwards."""
-    from GliomaAnalysisLib.models import inference, segment
+    from GliomaAnalysisLib.models import segment
 
-    saved = segment.MAX_WHOLE_VOLUME_VOXELS, inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI
-    segment.MAX_WHOLE_VOLUME_VOXELS = inference.MAX_WHOLE_VOLUME_VOXELS = 0
-    inference.SLIDING_WINDOW_ROI = (crop, crop, crop)
+    saved = segment.MAX_WHOLE_VOLUME_VOXELS, segment.LARGE_GRID_WINDOW
+    segment.MAX_WHOLE_VOLUME_VOXELS, segment.LARGE_GRID_WINDOW = 0, (crop, crop, crop)
     try:
         yield
     finally:
-        segment.MAX_WHOLE_VOLUME_VOXELS, inference.MAX_WHOLE_VOLUME_VOXELS, inference.SLIDING_WINDOW_ROI = saved
+        segment.MAX_WHOLE_VOLUME_VOXELS, segment.LARGE_GRID_WINDOW = saved
 
 
 def analyse_windowed(fold: int, model_dir: Path, config: dict, found, tmp: Path):
