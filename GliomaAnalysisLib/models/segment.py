@@ -278,8 +278,9 @@ def segment(model_name: str, model_dir: Optional[str], config: NetworkConfig, im
     its passes in turn (:func:`load_segmentation_networks`); on ONNX Runtime side by side (:func:`part_passes`), or
     with ``side_by_side`` False in turn on the first of the same sessions (the same thread count: the same result
     bit for bit, more slowly). On CUDA torch runs it. A working grid above ``MAX_WHOLE_VOLUME_VOXELS`` runs by
-    windows of ``LARGE_GRID_WINDOW``. ``window`` (voxels): every pass runs over windows of that size per axis (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not
-    be multiples of the network divisor; (Z, Y, X): windows of that shape."""
+    windows of ``LARGE_GRID_WINDOW``. ``window`` (voxels): every pass runs over windows of that size per axis
+    (:mod:`.sliding_window`, passes in turn, no encoder maps), on any device; Z, Y, X then need not be multiples of
+    the network divisor; (Z, Y, X): windows of that shape."""
     if window is None and int(np.prod(image.shape[1:])) > MAX_WHOLE_VOLUME_VOXELS:
         window = LARGE_GRID_WINDOW
     if window is not None:
