@@ -252,26 +252,27 @@ def fine_stage_problem(args: argparse.Namespace, run_config: Dict) -> Optional[s
 def link_problem(out: Path, name: str, fine_stage_of: Optional[str]) -> Optional[str]:
     """Why a new export of ``name`` into ``out`` would break a coarse-to-fine pair (None: it would not): a fine
     stage exported again without ``--fine-stage-of`` would lose the window its first stage needs."""
+    first = _stored_card(out, name).get("fine_stage_of")
+    if first and not fine_stage_of:
+        return (f"{model_paths(name, out)[1]}: {name} is the fine stage of {first}: export it with --fine-stage-of "
+                f"{first} and the pair's --cv-report")
+    return None
+
+
+def _stored_card(out: Path, name: str) -> Dict:
+    """The card of ``name`` already in ``out`` ({} where there is none or it cannot be read)."""
     _, card_path = model_paths(name, out)
     try:
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     except (OSError, ValueError):
-        return None
-    first = card.get("fine_stage_of") if isinstance(card, dict) else None
-    if first and not fine_stage_of:
-        return (f"{card_path}: {name} is the fine stage of {first}: export it with --fine-stage-of {first} and the "
-                f"pair's --cv-report")
-    return None
+        return {}
+    return card if isinstance(card, dict) else {}
 
 
 def dropped_fine_stage(out: Path, name: str) -> Optional[str]:
     """The fine stage the card of ``name`` in ``out`` names, which a new export of ``name`` drops: the pair with new
     weights is not the one cross-validated."""
-    _, card_path = model_paths(name, out)
-    try:
-        stage = json.loads(card_path.read_text()).get("fine_stage") if card_path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    stage = _stored_card(out, name).get("fine_stage")
     return stage.get("model") if isinstance(stage, dict) else None
 
 
