@@ -171,8 +171,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             from .preprocessing.clinical import write_registered
             write_registered(result.images, staging)
     volumes = result.volumes_ml
-    _progress(f"done in {result.timings_s['total']:.1f} s: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
-              f"ET {volumes['et']:.1f} mL -> {args.out}")
+    _progress(f"written to {args.out}: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, ET {volumes['et']:.1f} mL")
     print(json.dumps({"case_id": result.case_id, "out": str(args.out), "volumes_ml": volumes}))
     return 0
 
