@@ -57,6 +57,11 @@ def test_the_screen_analyses_each_held_out_case_with_the_fold_pair(tmp_path, cap
     card_path.write_text(json.dumps({**card, "fine_stage": {"model": "glioma_seg_fine_fold1", "margin_mm": 5.0}}))
     with pytest.raises(SystemExit, match="not the pair of .* as they are now"):  # stale: stored with another margin
         main(args)
+    assert main(args + ["--margin-mm", "5"]) == 0  # the pair of that margin: the stored one
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--margin-mm", "-1"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
     config = json.loads((fine / "fold1" / "config.json").read_text())
     (fine / "fold1" / "config.json").write_text(json.dumps({**config, "validation_cases": config["train_cases"]}))
     with pytest.raises(SystemExit, match="holds out other cases than"):

@@ -44,9 +44,10 @@ def folds_of(run: Path) -> List[int]:
 
 
 def compose(coarse: Path, fine: Path, out: Path, fold: int, passes: Optional[int] = None,
-            window_max: Optional[int] = None) -> Path:
+            window_max: Optional[int] = None, margin_mm: float = MARGIN_MM) -> Path:
     """``out/fold<k>/model`` with fold ``fold``'s coarse model naming its fine model as its fine stage (with at
-    most ``passes`` passes; the fine card's longest window ``window_max`` voxels, default its crop); a fine fold
+    most ``passes`` passes and ``margin_mm`` around the coarse tumor; the fine card's longest window ``window_max``
+    voxels, default its crop); a fine fold
     that holds out other cases than the coarse one, or a pair stored there before that is not this one (a retrained
     fold or other settings: its stored predictions would be stale), is a one-line error."""
     held_out = [json.loads((run / f"fold{fold}" / "config.json").read_text())["validation_cases"]
@@ -60,7 +61,7 @@ def compose(coarse: Path, fine: Path, out: Path, fold: int, passes: Optional[int
     with tempfile.TemporaryDirectory() as tmp:  # the pair as it is now, to compare with one stored before
         fresh = Path(tmp) / "model"
         store_fold_model(fine, fold, fresh, fine_name, window_voxels=crop, window_max_voxels=window_max or crop)
-        stage = {"model": fine_name, "margin_mm": MARGIN_MM, **({"passes": passes} if passes else {})}
+        stage = {"model": fine_name, "margin_mm": margin_mm, **({"passes": passes} if passes else {})}
         store_fold_model(coarse, fold, fresh, f"glioma_seg_fold{fold}", fine_stage=stage)
         try:
             fine_model(stage, str(fresh))  # a pair analyze can run (--window-max, --fine-passes), before it is kept
@@ -87,7 +88,8 @@ def _identity(card: Path) -> tuple:
 
 
 def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], passes: Optional[int] = None,
-           window_max: Optional[int] = None, all_modalities_only: bool = False) -> List[int]:
+           window_max: Optional[int] = None, all_modalities_only: bool = False,
+           margin_mm: float = MARGIN_MM) -> List[int]:
     """Every fold both runs have, composed (:func:`compose`) and its held-out cases predicted; returns those
     folds."""
     folds = sorted(set(folds_of(coarse)) & set(folds_of(fine)))
@@ -97,7 +99,7 @@ def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], 
                   if c not in folders]
         if absent:
             raise SystemExit(f"error: {coarse / f'fold{fold}'}: case {absent[0]} is not under the data roots given")
-        model_dir = compose(coarse, fine, out, fold, passes, window_max)
+        model_dir = compose(coarse, fine, out, fold, passes, window_max, margin_mm)
         predict_held_out(coarse, fold, folders, missing, model_dir=model_dir, out=out)
     return folds
 
@@ -113,17 +115,21 @@ def main(argv=None) -> int:
     parser.add_argument("--window-max", type=int, default=None,
                         help="the fine card's window_max_voxels: an axis up to this long runs in one window "
                              "(default: the crop)")
+    parser.add_argument("--margin-mm", type=float, default=MARGIN_MM,
+                        help=f"mm around the coarse whole tumor's box the fine stage covers (default {MARGIN_MM:g})")
     parser.add_argument("--all-modalities-only", action="store_true",
                         help="predict with all four modalities only, not also each one missing")
     args = parser.parse_args(argv)
     if args.fine_passes is not None and args.fine_passes < 1:
         parser.error(f"--fine-passes must be a positive integer, not {args.fine_passes}")
+    if not args.margin_mm >= 0:
+        parser.error(f"--margin-mm must be a number of mm >= 0, not {args.margin_mm}")
     for run, what in ((args.coarse, "coarse"), (args.fine, "fine")):
         if not folds_of(run):
             print(f"error: {run}: no trained {what} fold models (fold<k>/final.safetensors)", file=sys.stderr)
             return 2
     folds = screen(args.coarse, args.fine, args.out, case_folders(args.data), args.fine_passes, args.window_max,
-                   args.all_modalities_only)
+                   args.all_modalities_only, args.margin_mm)
     if not folds:
         print(f"error: {args.fine}: no fold in common with {args.coarse}", file=sys.stderr)
         return 2
