@@ -269,6 +269,10 @@ def test_signal_gate_variants_are_named_parsed_and_exported_to_the_card():
     assert "min_enhancement_sd" not in postprocessing_of("lesion_filter")
     text = postprocessing_text(settings)
     assert "0.5 SD brighter on T1CE than on T1" in text and "below 0.25 SD on FLAIR" in text
+    floored = postprocessing_of(both + "+min_et_0.25ml")
+    assert floored == {**settings, "min_et_ml": 0.25, "chosen_in_cross_validation": both + "+min_et_0.25ml"}
+    text = postprocessing_text(floored)
+    assert text.index("below 0.25 SD on FLAIR") < text.index("under 0.25 mL relabelled NCR")  # the order analyze runs
 
 
 def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
@@ -279,7 +283,8 @@ def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
     from GliomaAnalysisLib import load_case
     from GliomaAnalysisLib.io.labels import regions
     from GliomaAnalysisLib.pipeline.measures import dice
-    from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components
+    from GliomaAnalysisLib.pipeline.postprocess import (lesion_filter, remove_small_components,
+                                                        suppress_small_enhancement)
     from GliomaAnalysisLib.pipeline.signal_gates import apply_gates, signal_maps
     from training.common.datasets import case_folders
     from training.segmentation.cross_validate import gate_variant
@@ -307,3 +312,10 @@ def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
     for r in ("wt", "tc", "et"):
         assert scores[gate_variant(1.0, 0.5)][r] == dice(predicted[r], true[r])
     assert scores[gate_variant(1.0, 0.5)]["tc"] == scores["lesion_filter"]["tc"]  # the gates never move TC
+    for floor in (0.25, 0.5):  # the small-ET floor after the gates, as analyze applies them
+        floored = regions(suppress_small_enhancement(expected, 0.027, floor))
+        combined = scores[f"{gate_variant(1.0, 0.5)}+min_et_{floor:g}ml"]
+        assert all(combined[r] == dice(floored[r], true[r]) for r in ("wt", "tc", "et"))
+    names = [k for k, v in scores.items() if isinstance(v, dict)]
+    assert names.index(gate_variant(0.25)) < names.index(gate_variant(1.0, 0.5)) < names.index(
+        f"{gate_variant(0.25)}+min_et_0.25ml")  # every gate alone before any floor: ties go to the simpler

@@ -64,6 +64,10 @@ background. Scored on top of each enhancement gate. Not above 0.5 SD: on glioma_
 0.75 and 1.0 SD scored higher over the 31 cases (WT +0.015 / +0.016 against +0.010 at 0.5), but all of that extra
 came from the 13 CBICA cases, whose experts draw a tight edema; the 18 others lost WT on average at 1.0 SD (an LGG
 -0.053, a BraTS 2013 case -0.091) and gained at 0.5 SD (segmentation_screening.md, twentieth session)."""
+MIN_ET_WITH_GATES = (0.25, 0.5)
+"""mL: the small-ET floors also scored after each gate variant (``...+min_et_0.25ml``; ``analyze`` applies the
+gates first, then the floor). The gates keep a false fragment of ET in an ET-free LGG that the floor removes, and
+the floor alone drops a tiny true ET that the gates keep (thirty-third session, folds 0-1)."""
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
 scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
@@ -231,10 +235,14 @@ def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) 
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
     if folders is not None:  # a gate without its modality leaves the labels as they are
         maps = signal_maps_of(path, folders)
+        gated = {}
         for et_gate in ET_GATE_CHOICES:
-            variants[gate_variant(et_gate)] = apply_gates(filtered, maps, et_gate, None)
-            for ed_gate in ED_GATE_CHOICES:
-                variants[gate_variant(et_gate, ed_gate)] = apply_gates(filtered, maps, et_gate, ed_gate)
+            for ed_gate in (None,) + ED_GATE_CHOICES:
+                gated[gate_variant(et_gate, ed_gate)] = apply_gates(filtered, maps, et_gate, ed_gate)
+        variants.update(gated)  # the gates alone first: a tie goes to the simpler variant
+        for name, labels in gated.items():
+            for min_et in MIN_ET_WITH_GATES:
+                variants[f"{name}+min_et_{min_et:g}ml"] = suppress_small_enhancement(labels, voxel_ml, min_et)
     for thresholds in REGION_THRESHOLDS:
         variants[region_variant(thresholds)] = decode_region_variant(probabilities, thresholds, spacing)
     true_regions = regions(truth)
