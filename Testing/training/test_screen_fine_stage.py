@@ -40,6 +40,11 @@ def test_the_screen_analyses_each_held_out_case_with_the_fold_pair(tmp_path, cap
         alone = np.load(coarse / "oof" / f"{case}.npz")
         assert str(stored["fine_stage"]) == "glioma_seg_fine_fold1" and str(alone["fine_stage"]) == ""
         assert np.array_equal(stored["truth"], alone["truth"]) and int(stored["fold"]) == 1
+    fast_out = tmp_path / "two_stage_fast"
+    assert main(args[:4] + ["--out", str(fast_out), "--data", str(data), "--fast"]) == 0
+    for case in held_out:  # one pass of each network instead of the default's
+        assert int(np.load(out / "oof" / f"{case}.npz")["passes"]) > 1
+        assert int(np.load(fast_out / "oof" / f"{case}.npz")["passes"]) == 1
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == stamp  # resumable: nothing done twice

@@ -89,7 +89,7 @@ def _identity(card: Path) -> tuple:
 
 def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], passes: Optional[int] = None,
            window_max: Optional[int] = None, all_modalities_only: bool = False,
-           margin_mm: float = MARGIN_MM) -> List[int]:
+           margin_mm: float = MARGIN_MM, fast: bool = False) -> List[int]:
     """Every fold both runs have, composed (:func:`compose`) and its held-out cases predicted; returns those
     folds."""
     folds = sorted(set(folds_of(coarse)) & set(folds_of(fine)))
@@ -100,7 +100,7 @@ def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], 
         if absent:
             raise SystemExit(f"error: {coarse / f'fold{fold}'}: case {absent[0]} is not under the data roots given")
         model_dir = compose(coarse, fine, out, fold, passes, window_max, margin_mm)
-        predict_held_out(coarse, fold, folders, missing, model_dir=model_dir, out=out)
+        predict_held_out(coarse, fold, folders, missing, model_dir=model_dir, out=out, fast=fast)
     return folds
 
 
@@ -117,6 +117,9 @@ def main(argv=None) -> int:
                              "(default: the crop)")
     parser.add_argument("--margin-mm", type=float, default=MARGIN_MM,
                         help=f"mm around the coarse whole tumor's box the fine stage covers (default {MARGIN_MM:g})")
+    parser.add_argument("--fast", action="store_true",
+                        help="analyse as analyze --fast (one pass of each network; the default runs the coarse one's "
+                             "passes and the fine one's up to --fine-passes)")
     parser.add_argument("--all-modalities-only", action="store_true",
                         help="predict with all four modalities only, not also each one missing")
     args = parser.parse_args(argv)
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
             print(f"error: {run}: no trained {what} fold models (fold<k>/final.safetensors)", file=sys.stderr)
             return 2
     folds = screen(args.coarse, args.fine, args.out, case_folders(args.data), args.fine_passes, args.window_max,
-                   args.all_modalities_only, args.margin_mm)
+                   args.all_modalities_only, args.margin_mm, args.fast)
     if not folds:
         print(f"error: {args.fine}: no fold in common with {args.coarse}", file=sys.stderr)
         return 2
