@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case, load_case, require_analysable_extent
+from ..io.geometry import resample_array_within
 from ..io.modalities import MODALITIES
 from .classify import CLASSIFIERS, Classification, EncoderMaps, classify_case, load_classifier
 from ..preprocessing.clinical import prepare as prepare_clinical
@@ -133,13 +134,26 @@ def _signal_gates(labels: np.ndarray, prepared: PreparedInput, model_case: Case,
     return out
 
 
+def _fine_on_native(prepared: PreparedInput, fine: FineStage, array: np.ndarray) -> np.ndarray:
+    """A map on the fine stage's region (z, y, x) onto the native reference grid, as :func:`_on_native` of it on the
+    whole fine grid; on the usual path from the region alone (``FineStage.padded``), the same values."""
+    if not prepared.is_native(fine.pre.reference):
+        return _on_native(prepared, fine.pre, fine.on_grid(array))
+    padded, grid = fine.padded(array)
+    return resample_array_within(padded, grid, fine.pre.reference, PROBABILITY_FLOOR, PROBABILITY_DECIMALS)
+
+
 def _replace_in_region(prepared: PreparedInput, fine: FineStage, reference_probs: List[np.ndarray]) -> np.ndarray:
     """The fine stage's NCR, ED and ET maps in place of the coarse ones in ``reference_probs`` (native (z, y, x)),
     inside the part of the native grid its region covers (returned: bool (z, y, x), as the coarse-to-fine screen
     took it: where the region's indicator, mapped back linearly, is at least 0.999)."""
-    inside = _on_native(prepared, fine.pre, fine.on_grid(np.ones(fine.uncertainty.shape, np.float32))) >= 0.999
+    inside = _fine_on_native(prepared, fine, np.ones(fine.uncertainty.shape, np.float32)) >= 0.999
+    box = nonzero_box(inside)
+    if box is None:
+        return inside
+    where = inside[box]
     for k, coarse in enumerate(reference_probs):
-        coarse[inside] = _on_native(prepared, fine.pre, fine.on_grid(fine.probabilities[k + 1]))[inside]
+        coarse[box][where] = _fine_on_native(prepared, fine, fine.probabilities[k + 1])[box][where]
     return inside
 
 
@@ -370,7 +384,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
               for k, name in enumerate(("ncr", "ed", "et"))}
     uncertainty_map = uncertainty_back.result()
     if refined is not None:
-        uncertainty_map[refined] = _on_native(prepared, fine.pre, fine.on_grid(fine.uncertainty))[refined]
+        uncertainty_map[refined] = _fine_on_native(prepared, fine, fine.uncertainty)[refined]
     lap("postprocess")
 
     def finish(result: AnalysisResult) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.case import Case
-from ..io.geometry import resample_to
+from ..io.geometry import Geometry, resample_to, sub_grid
 from ..models.model_store import ModelError, load_verified_card
 from ..models.network_config import NetworkConfig
 from ..models.segment import segment
@@ -56,6 +56,17 @@ class FineStage(NamedTuple):
         full = np.zeros(tuple(reversed(self.pre.working.size)), np.float32)
         full[self.region] = array
         return full
+
+    def padded(self, array: np.ndarray) -> Tuple[np.ndarray, Geometry]:
+        """``array`` (z, y, x) on the region with one voxel of zeros around it (where the working grid goes on), and
+        the grid of that box: resampled linearly onto any grid it gives the values of :meth:`on_grid` (a point reads
+        the voxels around it, and a point beyond the pad reads only zeros either way), without the whole grid."""
+        shape = tuple(reversed(self.pre.working.size))
+        lo = [max(0, s.start - 1) for s in self.region]
+        hi = [min(n, s.stop + 1) for s, n in zip(self.region, shape)]
+        out = np.zeros([h - l for l, h in zip(lo, hi)], np.float32)
+        out[tuple(slice(s.start - l, s.stop - l) for s, l in zip(self.region, lo))] = array
+        return out, sub_grid(self.pre.working, np.array(lo[::-1]), np.array(hi[::-1]))
 
 
 def tumor_region(mask: np.ndarray, margin: int, minimum: int) -> Region:

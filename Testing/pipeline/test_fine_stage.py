@@ -40,6 +40,35 @@ def test_the_region_is_the_tumor_box_with_a_margin_at_least_one_window_wide_and_
     assert tumor_region(mask, margin=2, minimum=64)[0] == slice(0, 40)  # never more than the array
 
 
+@pytest.mark.parametrize("origin, direction", [((15.0, -13.5, 11.0), (-1, 0, 0, 0, 1, 0, 0, 0, -1)),
+                                               ((-10.0, -16.0, -10.0), (0.96, -0.28, 0, 0.28, 0.96, 0, 0, 0, 1))])
+@pytest.mark.parametrize("region", [(slice(3, 14), slice(5, 20), slice(4, 9)), (slice(0, 18), slice(10, 22),
+                                                                                 slice(0, 7))])
+def test_the_region_alone_maps_back_to_the_values_the_whole_fine_grid_gives(origin, direction, region):
+    """``FineStage.padded``: a map on the region, padded by one voxel of zeros, resampled onto the native grid gives
+    what the whole fine grid (zeros outside the region) gives, at the region's edge and at the grid's edge too; the
+    native grid RAS-stored (axis-aligned path) or rotated (SimpleITK's resampling)."""
+    from GliomaAnalysisLib.io.geometry import resample_array_within
+    from GliomaAnalysisLib.preprocessing.preprocess import PreprocessedCase
+
+    working = Geometry((24, 22, 18), (1.25, 1.25, 1.25), (-14.0, -12.0, -10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    native = Geometry((30, 28, 22), (1.0, 1.0, 1.0), origin, direction)
+    pre = PreprocessedCase(np.zeros((4, 18, 22, 24), np.float32), np.ones(4, np.float32),
+                           np.ones((18, 22, 24), bool), working, native)
+    values = np.random.default_rng(0).random([s.stop - s.start for s in region]).astype(np.float32)
+    values[0] = 0.0  # a zero face: the floor's box starts inside the region
+    stage = fine_stage.FineStage(pre, region, np.zeros((4,) + values.shape, np.float32), values, {}, "cpu", "f32",
+                                 [], 1)
+    whole = resample_array_within(stage.on_grid(values), working, native, 5e-4, 3)
+    padded, grid = stage.padded(values)
+    assert padded.shape == tuple(min(s.stop + 1, n) - max(s.start - 1, 0) for s, n in zip(region, (18, 22, 24)))
+    assert (whole > 0).sum() > 1000
+    np.testing.assert_allclose(resample_array_within(padded, grid, native, 5e-4, 3), whole, atol=1.01e-3)
+    ones = np.ones(values.shape, np.float32)
+    inside = resample_array_within(stage.on_grid(ones), working, native, 5e-4, 3) >= 0.999
+    assert np.array_equal(resample_array_within(*stage.padded(ones), native, 5e-4, 3) >= 0.999, inside)
+
+
 def test_an_axis_that_runs_in_one_window_longer_than_the_crop_is_widened_to_fill_it():
     region = (slice(10, 27), slice(5, 21), slice(0, 40))  # 17, 16 and 40 voxels long
     fitted = fitted_to_windows(region, (60, 60, 30), crop=16, longest=24, divisor=4)
