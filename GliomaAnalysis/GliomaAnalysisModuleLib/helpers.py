@@ -74,6 +74,9 @@ _STAGES = (("loading", 0.05), ("case ", 0.08), ("clinical input", 0.1), ("prepro
            ("done", 1.0))
 """Fraction done at each CLI message; the classifiers and the mapping back run side by side (same fraction)."""
 _PASS = re.compile(r"network pass(?:es)? (\d+)(?:-\d+)?/(\d+)")  # "pass 2/4"; side by side: "passes 1-2/2"
+_FINE_STAGE = ("fine stage", 0.65, 0.8)
+"""The segmentation's second stage (its messages start "fine stage: "; its passes after the coarse network's, whose
+last one starts at 0.65 at most) runs from 0.65 to the mapping back."""
 
 
 def parse_progress(line: str) -> Tuple[Optional[float], Optional[str], Optional[str]]:
@@ -84,6 +87,11 @@ def parse_progress(line: str) -> Tuple[Optional[float], Optional[str], Optional[
     if not line.startswith(PROGRESS_PREFIX):
         return None, None, None
     message = line[len(PROGRESS_PREFIX):]
+    prefix, start, stop = _FINE_STAGE
+    if message.startswith(prefix):
+        match = _PASS.search(message)
+        done, total = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+        return start + (stop - start) * (done - 1) / max(1, total), message, None
     match = _PASS.search(message)
     if match:
         done, total = int(match.group(1)), int(match.group(2))
@@ -104,7 +112,7 @@ def _evidence(value: Dict) -> str:
 
 _STATES = (("loading", "Starting"), ("case ", "Starting"), ("clinical input", "Registering"),
            ("preprocessing", "Starting"), ("segmenting", "Segmenting"), ("network pass", "Segmenting"),
-           ("classifying", "Classifying"), ("mapping results back", "Classifying"))
+           ("fine stage", "Segmenting"), ("classifying", "Classifying"), ("mapping results back", "Classifying"))
 
 
 def run_state(message: str) -> Optional[str]:

@@ -174,6 +174,7 @@ def run_fine_stage(model_case: Case, coarse_pre: PreprocessedCase, coarse_probab
         progress(f"fine stage: '{name}' over {'x'.join(map(str, size))} voxels by windows of "
                  f"{'x'.join(map(str, window))}")
     result = segment(name, model_folder, model.config, np.ascontiguousarray(fine.image[(slice(None),) + region]),
-                     fine.presence, device, passes, mc_dropout and passes > 1, progress, window=window)
+                     fine.presence, device, passes, mc_dropout and passes > 1,
+                     (lambda message: progress(f"fine stage: {message}")) if progress else None, window=window)
     return FineStage(fine, region, result.probabilities, result.uncertainty, model.card, result.engine,
                      result.precision, list(result.warnings), passes)

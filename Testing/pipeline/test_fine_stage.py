@@ -138,6 +138,7 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
 
     def fine(name, folder, config, image, presence, device, passes, mc_dropout, progress=None, window=None):
         calls.append((name, image.shape, passes, mc_dropout, window))
+        progress("network pass 1/2")
         maps = np.ones((4,) + image.shape[1:], np.float32) * np.array([0.1, 0.2, 0.3, 0.4], np.float32)[:, None,
                                                                                                        None, None]
         return Segmentation(maps, np.full(image.shape[1:], 0.77, np.float32), ["fine warning"], None, "test", "f32")
@@ -153,8 +154,10 @@ def test_the_fine_stage_replaces_the_coarse_probabilities_in_the_tumor_region_on
         loaded.append((name, passes, len(calls)))
 
     monkeypatch.setattr(analysis, "load_segmentation_networks", load)
-    result = analyze(ras_case, model_dir=two_stage_dir, classify=False, postprocess=False)
+    messages = []
+    result = analyze(ras_case, model_dir=two_stage_dir, classify=False, postprocess=False, progress=messages.append)
     assert loaded == [("glioma_seg", 2, 0), ("glioma_seg_fine", 1, 0)]
+    assert "fine stage: network pass 1/2" in messages  # its passes told apart from the coarse network's
     [(name, shape, passes, mc, window)] = calls
     fine_truth = _truth_on(ras_case, FINE_SPACING)
     assert regions == [tumor_region(fine_truth > 0, 8, WINDOW)]  # the tumor's box + 10 mm (8 voxels), no more

@@ -140,6 +140,18 @@ def test_child_process_options_hide_the_windows_console(monkeypatch):
     assert options["startupinfo"].dwFlags == 1 and options["startupinfo"].wShowWindow == 0
 
 
+def test_the_fine_stage_moves_the_progress_on_after_the_coarse_passes():
+    messages = ["segmenting with 'glioma_seg' on cpu (2 passes)", "network pass 1/2", "network pass 2/2",
+                "fine stage: preprocessing at 1.25 mm", "fine stage: 'glioma_seg_fine' over 65x73x64 voxels by windows "
+                "of 64x64x64", "fine stage: network pass 1/2", "fine stage: network pass 2/2",
+                "mapping results back to the input grid", "done: WT 42.0 mL in 5.7 s"]
+    fractions = [parse_progress(f"[glioma-analysis] {m}")[0] for m in messages]
+    assert fractions == sorted(fractions)  # never back (a fine pass read as the coarse network's went to 0.2)
+    assert fractions[3] == pytest.approx(0.65) and fractions[-1] == 1.0
+    assert fractions[2] < fractions[3] < fractions[6] < fractions[7] < fractions[-1]
+    assert {run_state(m) for m in messages[3:7]} == {"Segmenting"}
+
+
 def test_run_states_follow_the_cli_messages():
     assert [run_state(m) for m in ("loading inputs", "clinical input: co-registering flair to t1ce (rigid)",
                                    "segmenting (2 passes)", "network pass 2/2", "classifying",
