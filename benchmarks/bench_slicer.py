@@ -78,7 +78,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "GliomaAnalysis"
 DEFAULT_CASE = ROOT.parent / "shared" / "data" / "brats18" / "Brats18_CBICA_AME_1"
 DEFAULT_PYTHON = ROOT / ".venv" / "bin" / "python"
-DONE = re.compile(r"done in ([0-9.]+) s")
+DONE = re.compile(r"done: .* in ([0-9.]+) s")
+"""The analysis's last line (``analyze``: 'done: WT 42.0 mL in 1.7 s'), before the outputs are written."""
+WRITTEN = "written to "
+"""The CLI's last line, once the outputs are written ('written to OUT: WT ...')."""
 
 
 # --- stand-ins for the Slicer application (see the docstring) --------------------------------------------------------
@@ -235,8 +238,8 @@ def click(module, python: str, inputs: Dict) -> Dict[str, float]:
             now = time.perf_counter()
             if message.startswith("case "):
                 lines.setdefault("case", now)
-            elif DONE.match(message):
-                lines.setdefault("done", now)
+            elif message.startswith(WRITTEN):
+                lines.setdefault("written", now)
 
     def on_finished(run):  # GliomaAnalysisWidget.onFinished, without the GUI updates
         marks["finished"] = time.perf_counter()
@@ -280,10 +283,10 @@ def click(module, python: str, inputs: Dict) -> Dict[str, float]:
             "wait for the child (QTimer poll, 50 ms)": marks["finished"] - marks["started"],
             "  child: start -> 'case' line (python, imports, reading inputs)":
                 lines.get("case", float("nan")) - marks["launch"],
-            "  child: analyze() ('done in')": done[-1] if done else float("nan"),
-            "  child: 'case' line -> 'done' line (analysis + writing outputs)":
-                lines.get("done", float("nan")) - lines.get("case", float("nan")),
-            "  'done' line -> end seen (exit, last poll)": marks["finished"] - lines.get("done", float("nan")),
+            "  child: analyze() ('done: ... in')": done[-1] if done else float("nan"),
+            "  child: 'case' line -> 'written to' line (analysis + writing outputs)":
+                lines.get("written", float("nan")) - lines.get("case", float("nan")),
+            "  'written to' line -> end seen (exit, last poll)": marks["finished"] - lines.get("written", float("nan")),
             "load outputs (loadResults: scene.load_results, layers, table)": marks["loaded"] - marks["finished"],
             "remove written inputs (removeInputs)": marks["removed"] - marks["loaded"],
             "total click-to-result": marks["removed"] - start,
@@ -373,7 +376,7 @@ def main() -> None:
     cli_values = [c["seconds"] for c in clis]
     label = "plain 'glioma-analysis analyze' (whole process)"
     print(f"{label:<{width}}  {' '.join(f'{v:6.2f}' for v in cli_values)}  {statistics.median(cli_values):6.2f}")
-    label = "  CLI: analyze() ('done in')"
+    label = "  CLI: analyze() ('done: ... in')"
     values = [c["analyze"] for c in clis]
     print(f"{label:<{width}}  {' '.join(f'{v:6.2f}' for v in values)}  {statistics.median(values):6.2f}")
     module_total = statistics.median(c["times"]["total click-to-result"] for c in clicks)
