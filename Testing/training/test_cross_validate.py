@@ -316,6 +316,15 @@ def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
         floored = regions(suppress_small_enhancement(expected, 0.027, floor))
         combined = scores[f"{gate_variant(1.0, 0.5)}+min_et_{floor:g}ml"]
         assert all(combined[r] == dice(floored[r], true[r]) for r in ("wt", "tc", "et"))
+    small = np.where(prediction == 3, 1, prediction).astype(np.uint8)  # all but 8 voxels (0.22 mL) of true ET gone
+    et_voxels = np.argwhere(truth == 3)[:8]
+    small[tuple(et_voxels.T)] = 3
+    np.savez(path, probabilities=np.stack([(small == k).astype(np.float16) for k in (1, 2, 3)]), truth=truth,
+             uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, n] for n in truth.shape]), fold=0,
+             spacing_zyx=np.array([3.0, 3.0, 3.0]), seconds=0.0)
+    floored = score_variants(path, folders)
+    assert floored[gate_variant(0.25)]["et_ml_pred"] > 0  # the gate keeps the enhancing voxels
+    assert floored[f"{gate_variant(0.25)}+min_et_0.25ml"]["et_ml_pred"] == 0  # under 0.25 mL: the floor drops them
     names = [k for k, v in scores.items() if isinstance(v, dict)]
     assert names.index(gate_variant(0.25)) < names.index(gate_variant(1.0, 0.5)) < names.index(
         f"{gate_variant(0.25)}+min_et_0.25ml")  # every gate alone before any floor: ties go to the simpler
