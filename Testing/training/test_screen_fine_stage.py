@@ -43,8 +43,11 @@ def test_the_screen_analyses_each_held_out_case_with_the_fold_pair(tmp_path, cap
     fast_out = tmp_path / "two_stage_fast"
     assert main(args[:4] + ["--out", str(fast_out), "--data", str(data), "--fast"]) == 0
     for case in held_out:  # one pass of each network instead of the default's
-        assert int(np.load(out / "oof" / f"{case}.npz")["passes"]) > 1
-        assert int(np.load(fast_out / "oof" / f"{case}.npz")["passes"]) == 1
+        default, fast = np.load(out / "oof" / f"{case}.npz"), np.load(fast_out / "oof" / f"{case}.npz")
+        assert int(default["passes"]) == int(default["fine_passes"]) == 2
+        assert int(fast["passes"]) == int(fast["fine_passes"]) == 1
+    with pytest.raises(SystemExit, match="predicted with 1 coarse pass, not this screen's 2"):
+        main(args[:4] + ["--out", str(fast_out), "--data", str(data)])  # the other mode: not mixed in
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == stamp  # resumable: nothing done twice

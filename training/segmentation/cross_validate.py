@@ -15,8 +15,8 @@ only (its report's ``without``); ``compare_runs`` pairs it with another run's pr
 
 The report (``RUN/cv_report.json`` and ``--table``, Markdown) holds the per-case Dice (WT, TC, ET) of each
 post-processing variant, means, SDs, the chosen variant and the three worst cases with a picture of each. The
-signal-gate variants (``ET_GATE_CHOICES``, ``ED_GATE_CHOICES``) read each case's T1CE, T1 and FLAIR from the data
-roots as well.
+signal-gate variants (``ET_GATE_CHOICES``, ``ED_GATE_CHOICES``, each also with the small-ET floors
+``MIN_ET_WITH_GATES`` after it) read each case's T1CE, T1 and FLAIR from the data roots as well.
 """
 from __future__ import annotations
 
@@ -66,8 +66,9 @@ came from the 13 CBICA cases, whose experts draw a tight edema; the 18 others lo
 -0.053, a BraTS 2013 case -0.091) and gained at 0.5 SD (segmentation_screening.md, twentieth session)."""
 MIN_ET_WITH_GATES = (0.25, 0.5)
 """mL: the small-ET floors also scored after each gate variant (``...+min_et_0.25ml``; ``analyze`` applies the
-gates first, then the floor). The gates keep a false fragment of ET in an ET-free LGG that the floor removes, and
-the floor alone drops a tiny true ET that the gates keep (thirty-third session, folds 0-1)."""
+gates first, then the floor). The gates keep a false 0.08 mL fragment of ET in an ET-free LGG, which the floor
+removes; the floor alone keeps an over-called ET (2.25 mL for a true 0.22) that the gates trim to 0.36 mL (thirty-third
+session, folds 0-1)."""
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
 scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
@@ -168,7 +169,7 @@ def absent_modality(text: str) -> str:
 def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) -> None:
     """One out-of-fold prediction as ``out`` (.npz, written atomically): the NCR / ED / ET probabilities
     (float16), the truth and the uncertainty, cropped to the box around the tumor and the prediction, with the passes,
-    engine and precision that made them."""
+    engine and precision that made them (and the fine stage's model and passes, if one ran)."""
     truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation), case.segmentation_convention)
     probabilities = np.stack([sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")])
     uncertainty = sitk.GetArrayFromImage(result.uncertainty)
@@ -179,7 +180,8 @@ def save_prediction(out: Path, case, result, fold: int, seconds: float = 0.0) ->
                      spacing_zyx=np.array(list(reversed(case.geometry.spacing))), seconds=seconds,
                      passes=result.settings["passes"], engine=result.settings["engine"],
                      precision=result.settings["precision"],
-                     fine_stage=(result.settings.get("fine_stage") or {}).get("model", ""))
+                     fine_stage=(result.settings.get("fine_stage") or {}).get("model", ""),
+                     fine_passes=(result.settings.get("fine_stage") or {}).get("passes", 0))
 
 
 def write_prediction(out: Path, **fields) -> None:

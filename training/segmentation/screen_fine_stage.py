@@ -10,10 +10,11 @@
 
 For every fold with a final model in both runs (the same folds: the same seed and strata), ``OUT/fold<k>/model``
 holds the two as a shipped pair: ``glioma_seg_fold<k>`` (the coarse weights, its card naming
-``glioma_seg_fine_fold<k>`` as its ``fine_stage`` with ``MARGIN_MM``) and ``glioma_seg_fine_fold<k>`` (the fine
-weights, its card giving its training crop as ``window_voxels``). Each held-out case of the fold is then analysed
-by ``analyze`` with that pair at default settings (pipeline/fine_stage.py: the fine network over the coarse whole
-tumor's box + the margin, by a sliding window of its crop, replacing the coarse probabilities there) into
+``glioma_seg_fine_fold<k>`` as its ``fine_stage`` with ``--margin-mm``, default ``MARGIN_MM``, and ``--fine-passes``)
+and ``glioma_seg_fine_fold<k>`` (the fine weights, its card giving its training crop as ``window_voxels``, and
+``--window-max``). Each held-out case of the fold is then analysed by ``analyze`` with that pair at default settings
+or as ``--fast`` runs it (pipeline/fine_stage.py: the fine network over the coarse whole tumor's box + the margin,
+by a sliding window of its crop, replacing the coarse probabilities there) into
 ``OUT/oof`` in the cross-validation's format, with each single modality missing too when the coarse run predicted
 those (``--missing``). ``cross_validate --report-only`` scores every post-processing variant on it; ``compare_runs``
 pairs it with the coarse network alone. Resumable: stored predictions are kept.
@@ -31,7 +32,10 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from GliomaAnalysisLib.models.model_store import ModelError
+from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES
 from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM, fine_model
 
 from ..common.datasets import REAL_DATA_ROOTS, CaseFolder, case_folders
@@ -47,9 +51,9 @@ def compose(coarse: Path, fine: Path, out: Path, fold: int, passes: Optional[int
             window_max: Optional[int] = None, margin_mm: float = MARGIN_MM) -> Path:
     """``out/fold<k>/model`` with fold ``fold``'s coarse model naming its fine model as its fine stage (with at
     most ``passes`` passes and ``margin_mm`` around the coarse tumor; the fine card's longest window ``window_max``
-    voxels, default its crop); a fine fold
-    that holds out other cases than the coarse one, or a pair stored there before that is not this one (a retrained
-    fold or other settings: its stored predictions would be stale), is a one-line error."""
+    voxels, default its crop); a fine fold that holds out other cases than the coarse one, or a pair stored there
+    before that is not this one (a retrained fold or other settings: its stored predictions would be stale), is a
+    one-line error."""
     held_out = [json.loads((run / f"fold{fold}" / "config.json").read_text())["validation_cases"]
                 for run in (coarse, fine)]
     if sorted(held_out[0]) != sorted(held_out[1]):
@@ -87,6 +91,22 @@ def _identity(card: Path) -> tuple:
             fields.get("window_max_voxels", fields.get("window_voxels")))
 
 
+def _check_stored_mode(out: Path, cases: List[str], fast: bool) -> None:
+    """A one-line error where a case's stored prediction with all modalities was made with another number of coarse
+    passes than this screen's (``fast``: one; else ``QUALITY_PASSES``): it would be kept, and mixed with these."""
+    expected = 1 if fast else QUALITY_PASSES
+    for case in cases:
+        stored = out / "oof" / f"{case}.npz"
+        if not stored.is_file():
+            continue
+        with np.load(stored) as data:
+            passes = int(data["passes"]) if "passes" in data.files else expected
+        if passes != expected:
+            raise SystemExit(f"error: {stored}: predicted with {passes} coarse pass{'es' if passes > 1 else ''}, "
+                             f"not this screen's {expected} ({'with' if fast else 'without'} --fast): remove {out} "
+                             f"to screen it again")
+
+
 def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], passes: Optional[int] = None,
            window_max: Optional[int] = None, all_modalities_only: bool = False,
            margin_mm: float = MARGIN_MM, fast: bool = False) -> List[int]:
@@ -95,11 +115,12 @@ def screen(coarse: Path, fine: Path, out: Path, folders: Dict[str, CaseFolder], 
     folds = sorted(set(folds_of(coarse)) & set(folds_of(fine)))
     missing = not all_modalities_only and any((coarse / "oof").glob("*-without_*.npz"))
     for fold in folds:
-        absent = [c for c in json.loads((coarse / f"fold{fold}" / "config.json").read_text())["validation_cases"]
-                  if c not in folders]
+        fold_cases = json.loads((coarse / f"fold{fold}" / "config.json").read_text())["validation_cases"]
+        absent = [c for c in fold_cases if c not in folders]
         if absent:
             raise SystemExit(f"error: {coarse / f'fold{fold}'}: case {absent[0]} is not under the data roots given")
         model_dir = compose(coarse, fine, out, fold, passes, window_max, margin_mm)
+        _check_stored_mode(out, fold_cases, fast)
         predict_held_out(coarse, fold, folders, missing, model_dir=model_dir, out=out, fast=fast)
     return folds
 
