@@ -75,8 +75,8 @@ _STAGES = (("loading", 0.05), ("case ", 0.08), ("clinical input", 0.1), ("prepro
 """Fraction done at each CLI message; the classifiers and the mapping back run side by side (same fraction)."""
 _PASS = re.compile(r"network pass(?:es)? (\d+)(?:-\d+)?/(\d+)")  # "pass 2/4"; side by side: "passes 1-2/2"
 _FINE_STAGE = ("fine stage", 0.65, 0.8)
-"""The segmentation's second stage (its messages start "fine stage: "; its passes after the coarse network's, whose
-last one starts at 0.65 at most) runs from 0.65 to the mapping back."""
+"""The segmentation's second stage (its messages start "fine stage: "; its passes come after the coarse network's,
+whose last one starts at 0.65 at most with up to 4 passes) runs from 0.65 to the mapping back."""
 
 
 def parse_progress(line: str) -> Tuple[Optional[float], Optional[str], Optional[str]]:
