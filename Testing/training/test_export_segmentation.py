@@ -200,10 +200,12 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
         row["lesion_filter+min_et_0.25ml"] = row["lesion_filter"]
     report = tmp_path / "two_stage.json"
     report.write_text(json.dumps(two_stage))
+    weights = (out / "glioma_seg.safetensors").read_bytes()
     assert main([str(_tiny_run(tmp_path / "fine", 1.25, 16)), "--out", str(out), "--name", "glioma_seg_fine",
                  "--fine-stage-of", "glioma_seg", "--cv-report", str(report), "--window-max", "24",
-                 "--fine-passes", "1"]) == 0
+                 "--fine-passes", "1", "--version", "0.4.0"]) == 0
     coarse = json.loads((out / "glioma_seg.json").read_text())
+    assert coarse["version"] == "0.4.0" and (out / "glioma_seg.safetensors").read_bytes() == weights  # the pair's
     fine = json.loads((out / "glioma_seg_fine.json").read_text())
     assert fine["window_voxels"] == 16 and fine["window_max_voxels"] == 24 and fine["fine_stage_of"] == "glioma_seg"
     assert "postprocessing" not in fine and fine["cross_validation"]["dice"]["wt"]["mean"] == 0.8

@@ -277,14 +277,16 @@ def dropped_fine_stage(out: Path, name: str) -> Optional[str]:
 
 
 def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin_mm: float,
-                        passes: Optional[int]) -> Path:
+                        passes: Optional[int], version: str) -> Path:
     """Name model ``name`` (in ``out``) as the ``fine_stage`` of ``primary``'s card, which takes the post-processing
     and the cross-validation of the two stages' ``report`` (its own cross-validation kept as
-    ``cross_validation_without_fine_stage``); write that card and its Markdown again and return the card's path."""
+    ``cross_validation_without_fine_stage``) and the pair's ``version`` (its outputs change; its weights and their
+    sha256 do not); write that card and its Markdown again and return the card's path."""
     _, card_path = model_paths(primary, out)
     if not card_path.is_file():
         raise SystemExit(f"{card_path}: no card of the model '{primary}' to register its fine stage '{name}' in")
     card = json.loads(card_path.read_text())
+    card["version"] = version
     card["fine_stage"] = {"model": name, "margin_mm": margin_mm, **({"passes": passes} if passes else {})}
     if card.get("cross_validation") and "cross_validation_without_fine_stage" not in card:
         card["cross_validation_without_fine_stage"] = card["cross_validation"]
@@ -555,7 +557,7 @@ def main(argv=None) -> int:
         register_in_primary(out, args.fast_model_of, args.name)
     if args.fine_stage_of:
         register_fine_stage(out, args.fine_stage_of, args.name, json.loads(Path(args.cv_report).read_text()),
-                            MARGIN_MM if args.margin_mm is None else args.margin_mm, args.fine_passes)
+                            MARGIN_MM if args.margin_mm is None else args.margin_mm, args.fine_passes, args.version)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
