@@ -205,7 +205,8 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
                  "--fine-stage-of", "glioma_seg", "--cv-report", str(report), "--window-max", "24",
                  "--fine-passes", "1", "--version", "0.4.0"]) == 0
     coarse = json.loads((out / "glioma_seg.json").read_text())
-    assert coarse["version"] == "0.4.0" and (out / "glioma_seg.safetensors").read_bytes() == weights  # the pair's
+    assert coarse["version"] == "0.4.0"  # the pair's version
+    assert (out / "glioma_seg.safetensors").read_bytes() == weights  # its weights untouched
     fine = json.loads((out / "glioma_seg_fine.json").read_text())
     assert fine["window_voxels"] == 16 and fine["window_max_voxels"] == 24 and fine["fine_stage_of"] == "glioma_seg"
     assert "postprocessing" not in fine and fine["cross_validation"]["dice"]["wt"]["mean"] == 0.8

@@ -23,7 +23,8 @@ same way.
 card gets its window (the run's crop, ``--window-max``), P's card names it as its ``fine_stage`` (with
 ``--margin-mm`` and ``--fine-passes``) and takes the post-processing and the cross-validation of ``--cv-report``,
 which must be the two stages' (``training/segmentation/screen_fine_stage.py``); P's own cross-validation stays in
-its card as ``cross_validation_without_fine_stage``.
+its card as ``cross_validation_without_fine_stage``, and P's card takes ``--version`` (the pair's outputs are new; P's
+weights are not touched).
 """
 from __future__ import annotations
 
