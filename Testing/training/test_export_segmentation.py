@@ -232,9 +232,11 @@ def test_a_new_export_of_either_stage_cannot_leave_a_broken_pair(tmp_path, capsy
 
     out, report = tmp_path / "models", str(_report(tmp_path, "lesion_filter"))
     coarse, fine = _tiny_run(tmp_path / "coarse", 2.0, 32), _tiny_run(tmp_path / "fine", 1.25, 16)
-    assert main([str(coarse), "--out", str(out), "--name", "glioma_seg", "--cv-report", report]) == 0
+    assert main([str(coarse), "--out", str(out), "--name", "glioma_seg", "--cv-report", report,
+                 "--version", "0.3.2"]) == 0
     assert main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--fine-stage-of", "glioma_seg",
                  "--cv-report", report]) == 0
+    assert json.loads((out / "glioma_seg.json").read_text())["version"] == "0.3.2"  # no --version: not the default's
     capsys.readouterr()
     fine_card = (out / "glioma_seg_fine.json").read_text()
     with pytest.raises(SystemExit) as exit_info:

@@ -23,8 +23,8 @@ same way.
 card gets its window (the run's crop, ``--window-max``), P's card names it as its ``fine_stage`` (with
 ``--margin-mm`` and ``--fine-passes``) and takes the post-processing and the cross-validation of ``--cv-report``,
 which must be the two stages' (``training/segmentation/screen_fine_stage.py``); P's own cross-validation stays in
-its card as ``cross_validation_without_fine_stage``, and P's card takes ``--version`` (the pair's outputs are new; P's
-weights are not touched).
+its card as ``cross_validation_without_fine_stage``, and P's card takes ``--version`` when given (the pair's outputs
+are new; P's weights are not touched; without it P keeps its version, not the default's).
 """
 from __future__ import annotations
 
@@ -278,16 +278,16 @@ def dropped_fine_stage(out: Path, name: str) -> Optional[str]:
 
 
 def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin_mm: float,
-                        passes: Optional[int], version: str) -> Path:
+                        passes: Optional[int], version: Optional[str]) -> Path:
     """Name model ``name`` (in ``out``) as the ``fine_stage`` of ``primary``'s card, which takes the post-processing
     and the cross-validation of the two stages' ``report`` (its own cross-validation kept as
-    ``cross_validation_without_fine_stage``) and the pair's ``version`` (its outputs change; its weights and their
-    sha256 do not); write that card and its Markdown again and return the card's path."""
+    ``cross_validation_without_fine_stage``) and the pair's ``version`` when given (its outputs change; its weights
+    and their sha256 do not); write that card and its Markdown again and return the card's path."""
     _, card_path = model_paths(primary, out)
     if not card_path.is_file():
         raise SystemExit(f"{card_path}: no card of the model '{primary}' to register its fine stage '{name}' in")
     card = json.loads(card_path.read_text())
-    card["version"] = version
+    card["version"] = version or card["version"]
     card["fine_stage"] = {"model": name, "margin_mm": margin_mm, **({"passes": passes} if passes else {})}
     if card.get("cross_validation") and "cross_validation_without_fine_stage" not in card:
         card["cross_validation_without_fine_stage"] = card["cross_validation"]
@@ -470,7 +470,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cv-report", help="cv_report.json of the recipe's cross-validation (leads the card)")
     parser.add_argument("--cv-caveat", default=None, help="with --cv-report: a sentence on how far its figures can "
                         "be trusted (e.g. what a second draw of the recipe scored), printed under them in the card")
-    parser.add_argument("--version", default=MODEL_VERSION)
+    parser.add_argument("--version", help=f"the model's version (default {MODEL_VERSION}); with --fine-stage-of "
+                        "also the first stage's (the pair's outputs are new), which keeps its own without it")
     parser.add_argument("--for-cases-without", choices=MODALITIES, default=None,
                         help="export a model for cases without this modality and name it in --primary's card")
     parser.add_argument("--primary", default=None, help="with --for-cases-without: the model (in --out) that "
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     model = GliomaSegNet(NetworkConfig.from_dict(config["network"]))
     model.load_state_dict(load_file(args.weights or str(run / "final.safetensors")))
-    card = base_card(config, log, args.version)
+    card = base_card(config, log, args.version or MODEL_VERSION)
     if args.cv_report:
         report = json.loads(Path(args.cv_report).read_text())
         card["cross_validation"] = cross_validation_section(report)
