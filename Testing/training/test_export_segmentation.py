@@ -203,9 +203,10 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
     weights = (out / "glioma_seg.safetensors").read_bytes()
     assert main([str(_tiny_run(tmp_path / "fine", 1.25, 16)), "--out", str(out), "--name", "glioma_seg_fine",
                  "--fine-stage-of", "glioma_seg", "--cv-report", str(report), "--window-max", "24",
-                 "--fine-passes", "1", "--version", "0.4.0"]) == 0
+                 "--fine-passes", "1", "--version", "0.4.0", "--cv-caveat", "folds 1-2 of 5"]) == 0
     coarse = json.loads((out / "glioma_seg.json").read_text())
     assert coarse["version"] == "0.4.0"  # the pair's version
+    assert coarse["cross_validation"]["caveat"] == "folds 1-2 of 5"  # on the card users read, too
     assert (out / "glioma_seg.safetensors").read_bytes() == weights  # its weights untouched
     fine = json.loads((out / "glioma_seg_fine.json").read_text())
     assert fine["window_voxels"] == 16 and fine["window_max_voxels"] == 24 and fine["fine_stage_of"] == "glioma_seg"
@@ -219,6 +220,7 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
     text = (out / "glioma_seg.md").read_text()
     assert "- Second stage: `glioma_seg_fine` re-segments the tumor's box + 10 mm" in text
     assert "this network alone: WT 0.700, TC 0.700, ET 0.700" in text
+    assert "**Caveat:** folds 1-2 of 5" in text
     assert "- Second stage of `glioma_seg`: runs over the region around the tumor it found, by windows of 16 voxels " \
            "(an axis up to 24 in one)" in (out / "glioma_seg_fine.md").read_text()
     assert kept_model_links(out, "glioma_seg") == {}

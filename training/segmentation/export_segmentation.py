@@ -278,9 +278,9 @@ def dropped_fine_stage(out: Path, name: str) -> Optional[str]:
 
 
 def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin_mm: float,
-                        passes: Optional[int], version: Optional[str]) -> Path:
+                        passes: Optional[int], version: Optional[str], caveat: Optional[str] = None) -> Path:
     """Name model ``name`` (in ``out``) as the ``fine_stage`` of ``primary``'s card, which takes the post-processing
-    and the cross-validation of the two stages' ``report`` (its own cross-validation kept as
+    and the cross-validation of the two stages' ``report`` (with its ``caveat``; its own cross-validation kept as
     ``cross_validation_without_fine_stage``) and the pair's ``version`` when given (its outputs change; its weights
     and their sha256 do not); write that card and its Markdown again and return the card's path."""
     _, card_path = model_paths(primary, out)
@@ -292,6 +292,8 @@ def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin
     if card.get("cross_validation") and "cross_validation_without_fine_stage" not in card:
         card["cross_validation_without_fine_stage"] = card["cross_validation"]
     card["cross_validation"] = cross_validation_section(report)
+    if caveat:
+        card["cross_validation"]["caveat"] = caveat
     card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
     write_card(card, card_path)
     card_path.with_suffix(".md").write_text(card_markdown(card))
@@ -559,7 +561,8 @@ def main(argv=None) -> int:
         register_in_primary(out, args.fast_model_of, args.name)
     if args.fine_stage_of:
         register_fine_stage(out, args.fine_stage_of, args.name, json.loads(Path(args.cv_report).read_text()),
-                            MARGIN_MM if args.margin_mm is None else args.margin_mm, args.fine_passes, args.version)
+                            MARGIN_MM if args.margin_mm is None else args.margin_mm, args.fine_passes, args.version,
+                            args.cv_caveat)
     print(json.dumps({k: v["mean"] for k, v in validation.items()}, indent=2))
     print(f"exported {out / args.name}.safetensors + .json in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
