@@ -18,7 +18,8 @@ from GliomaAnalysisLib.io.atomic import staged_folder
 from GliomaAnalysisLib.reporting.writers import CONTRACT_FILES, LOG_FILE
 
 CHILD = textwrap.dedent("""
-    import sys, time, pathlib
+    import signal, sys, time, pathlib
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal: a job started with & ignores it
     import GliomaAnalysisLib.pipeline.analysis as analysis
     import GliomaAnalysisLib.reporting.writers as writers
     flag, moment = pathlib.Path(sys.argv[1]), sys.argv[2]
