@@ -33,10 +33,11 @@ def _run(case, out, cache):
 def test_a_cached_analysis_never_imports_torch_and_gives_the_same_results(phantom_dir, tmp_path):
     first = _run(phantom_dir, tmp_path / "first", tmp_path / "cache")  # exports every graph (imports torch)
     graphs = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "onnx").glob("*.onnx"))
-    assert set(graphs) == {"glioma_seg", "glioma_multitask", "mgmt_fusion", "slice_grade"}
+    assert set(graphs) == {"glioma_seg", "glioma_seg_fine", "glioma_multitask", "mgmt_fusion", "slice_grade"}
     second = _run(phantom_dir, tmp_path / "second", tmp_path / "cache")
     assert first["torch"] is True and second["torch"] is False and second["scipy"] is False
-    assert first["models"] == second["models"] == ["glioma_seg", "glioma_multitask", "mgmt_fusion", "slice_grade"]
+    assert first["models"] == second["models"] == ["glioma_seg", "glioma_seg_fine", "glioma_multitask", "mgmt_fusion",
+                                                   "slice_grade"]
     assert not any("ONNX Runtime not used" in w for w in second["warnings"])
     for key in ("wt", "grade", "mgmt", "slice_grade"):
         assert second[key] == first[key]  # the same graphs, the same seeded masks: bit-identical

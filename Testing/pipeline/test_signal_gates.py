@@ -93,7 +93,7 @@ def test_the_cards_signal_gates_apply_in_the_analysis(small_phantom, tmp_path):
     settings say which gates ran."""
     from GliomaAnalysisLib.models.model_store import RESOURCES as MODELS_DIR
 
-    for name in ("glioma_seg.json", "glioma_seg.safetensors"):
+    for name in ("glioma_seg.json", "glioma_seg.safetensors", "glioma_seg_fine.json", "glioma_seg_fine.safetensors"):
         shutil.copy(MODELS_DIR / name, tmp_path / name)
     card_path = tmp_path / "glioma_seg.json"
     card = json.loads(card_path.read_text())

@@ -203,7 +203,7 @@ def test_3d_view_shows_the_segment_surfaces(scene):
     assert (_chroma(corners[None]) == 0).all()  # plain background
     red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     assert ((green > red + 40) & (green > blue + 40)).sum() > 1000  # ED surface
-    assert ((red > green + 40) & (red > blue + 40)).sum() > 200  # NCR seen through the edema opening
+    assert ((red > blue + 40) & (green < red + 40)).sum() > 200  # the core (NCR red, ET yellow) through the opening
 
 
 def test_committed_screenshot_is_this_rendering(scene):

@@ -53,7 +53,9 @@ def test_the_shipped_card_leads_with_its_cross_validation():
     card = json.loads((RESOURCES / "glioma_seg.json").read_text())
     text = card_markdown(card)
     assert text.startswith(f"# Model card: glioma_seg {card['version']}") and "Validation split" not in text
-    assert text.index("## Cross-validation: 31 real cases") < text.index("- Network:")
+    cv = card["cross_validation"]  # the pair's: every real case, or its folds so far with a caveat saying so
+    assert text.index(f"## Cross-validation: {cv['cases']} real cases") < text.index("- Network:")
+    assert cv["cases"] == 31 or text.index("**Caveat:** Folds") < text.index("- Network:")
     assert f"| WT | {card['cross_validation']['dice']['wt']['mean']:.3f} |" in text
     assert (RESOURCES / "glioma_seg.md").read_text() == text  # the shipped Markdown is the card's
 
