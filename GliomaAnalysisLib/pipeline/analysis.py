@@ -183,12 +183,14 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
             model_dir: Optional[Union[str, "os.PathLike[str]"]] = None, device: str = "auto", fast: bool = False,
             uncertainty: bool = True, postprocess: bool = True, progress: Progress = None,
             preprocessing: str = "auto", clinical_backend: str = "auto", classify: bool = True,
-            single_model: bool = False, wait: bool = True) -> AnalysisResult:
+            single_model: bool = False, wait: bool = True, fine_stage: Optional[bool] = None) -> AnalysisResult:
     """Segment a case (a Case, a folder, or a modality -> path/image mapping) with a stored model.
 
-    fast: one plain network pass, by the model's ``fast_model`` when its card names one. Otherwise
-    ``QUALITY_PASSES`` passes with flip test-time augmentation, and with ``uncertainty`` MC-dropout on in every
-    pass. Outputs lie exactly on the case's reference geometry.
+    fast: one plain network pass, by the model's ``fast_model`` when its card names one, and without the card's fine
+    stage. Otherwise ``QUALITY_PASSES`` passes with flip test-time augmentation, and with ``uncertainty`` MC-dropout
+    on in every pass, then the fine stage. fine_stage: run the card's fine stage (None: unless ``fast``; True with
+    ``fast``: one pass of each network, as the cross-validation of a pair without a modality runs it). Outputs lie
+    exactly on the case's reference geometry.
     preprocessing: ``auto`` | ``none`` | ``brats``, clinical_backend: ``auto`` | ``brainles`` | ``simpleitk``
     (native-space, skull-on input; see :mod:`GliomaAnalysisLib.preprocessing.clinical`). single_model: ``model``
     segments every case, also one without a modality or a fast run for which its card names another model
@@ -205,13 +207,14 @@ def analyze(case: Union[Case, str, "os.PathLike[str]", Mapping], model: str = DE
         # classifiers after them; classify_case, submitted later, runs after all
         preloaded = fast_model_name(model, model_folder) if fast and not single_model else model
         passes = network_passes(fast)
+        run_fine_stage_too = not fast if fine_stage is None else fine_stage
         segmentation_ready = pool.submit(_load_models, preloaded, model_folder, device_type, False, passes)
-        fine_ready = pool.submit(_load_fine_stage, preloaded, model_folder, device_type)
+        fine_ready = pool.submit(_load_fine_stage, preloaded, model_folder, device_type) if run_fine_stage_too else None
         if classify:
             pool.submit(_load_models, None, model_folder, device_type, True)
         result = _analyze(case, model, model_folder, device_type, device_warnings, fast, uncertainty, postprocess,
                           progress, preprocessing, clinical_backend, classify, pool,
-                          Preloading(preloaded, segmentation_ready, fine_ready), single_model)
+                          Preloading(preloaded, segmentation_ready, fine_ready), single_model, run_fine_stage_too)
         if wait:
             result.finish()
         done = True
@@ -226,8 +229,8 @@ class Preloading(NamedTuple):
     model: str
     """the segmentation model being loaded"""
     segmentation: Future
-    fine_stage: Future
-    """its fine stage's network, where its card names one"""
+    fine_stage: Optional[Future]
+    """its fine stage's network, where its card names one (None: the fine stage does not run)"""
 
 
 def _load_fine_stage(model: str, model_folder: Optional[str], device_type: str) -> None:
@@ -265,9 +268,10 @@ def _load_models(model: Optional[str], model_folder: Optional[str], device_type:
 def _analyze(case, model: str, model_folder: Optional[str], device_type: str, device_warnings: List[str],
              fast: bool, uncertainty: bool, postprocess: bool, progress: Progress, preprocessing: str,
              clinical_backend: str, classify: bool, pool: ThreadPoolExecutor, preloading: Preloading,
-             single_model: bool = False) -> AnalysisResult:
+             single_model: bool = False, run_fine_stage_too: bool = True) -> AnalysisResult:
     """analyze() with the device resolved and the models loading in ``pool`` (``preloading``: the segmentation
-    model being loaded and the futures of its network's and its fine stage's loads)."""
+    model being loaded and the futures of its network's and its fine stage's loads); ``run_fine_stage_too``: run the
+    card's fine stage, if it names one."""
     timings: Dict[str, float] = {}
     log: List[str] = []
     clock = time.perf_counter()
@@ -332,10 +336,11 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
                         "and no ET volume is measured")
     lap("network")
     fine = None
-    if card.get("fine_stage"):
+    if card.get("fine_stage") and run_fine_stage_too:
         fine = run_fine_stage(model_case, pre, probabilities, card["fine_stage"], model_folder, device_type, passes,
                               uncertainty and not fast, say,
-                              network_ready=preloading.fine_stage.result if model == preloading.model else None)
+                              network_ready=preloading.fine_stage.result
+                              if model == preloading.model and preloading.fine_stage else None)
         if fine is not None:
             warnings += fine.warnings
             if not et_assessable:

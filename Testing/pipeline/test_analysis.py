@@ -21,12 +21,12 @@ SCHEMA = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/repor
 PHANTOM_WT_DICE_BOUND = 0.75
 REAL_BOUNDS = {"wt": 0.86, "tc": 0.83, "et": 0.75}
 """The shipped pair (glioma_seg + its fine stage glioma_seg_fine, 0.4.0) on Brats18_CBICA_AQN_1, a training case of
-both (trained on all 31): bounds set high, a little under what it scores in one pass (0.884 / 0.861 / 0.775; 0.3.2,
-the coarse network alone, 0.866 / 0.777 / 0.755; a training case says nothing about unseen cases; the card's CV
-does)."""
+both (trained on all 31), at default settings (--fast runs the coarse network alone): bounds set high, a little under
+what it scores (0.893 / 0.862 / 0.776; 0.3.2, the coarse network alone, in one pass 0.866 / 0.777 / 0.755; a training
+case says nothing about unseen cases; the card's CV does)."""
 REAL_BOUNDS_WITHOUT_FLAIR = {"wt": 0.71, "tc": 0.73, "et": 0.73}
-"""The same case without FLAIR, one pass: the pair scores 0.737 / 0.759 / 0.764, below glioma_seg 0.3.2 alone on
-this case (0.807 / 0.840 / 0.753) though above it over the 12 cross-validated cases without FLAIR (WT +0.023, SE
+"""The same case without FLAIR, default settings: the pair scores 0.737 / 0.759 / 0.764, below glioma_seg 0.3.2 alone on
+this case (one pass: 0.807 / 0.840 / 0.753) though above it over the 12 cross-validated cases without FLAIR (WT +0.023, SE
 0.017; the card); 0.2.0 found almost nothing, WT 0.075, and handed such cases to a second model,
 glioma_seg_without_flair, which scored 0.666 / 0.623 / 0.478."""
 
@@ -156,7 +156,7 @@ def test_shipped_model_claims_no_enhancement_in_a_tumor_without_it(modalities):
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data not present at {REAL_DATA}")
 def test_shipped_model_on_a_real_training_case():
     case = load_case(REAL_DATA / "Brats18_CBICA_AQN_1")  # a training case of the shipped model (all 31 train it)
-    result = analyze(case, fast=True)
+    result = analyze(case)
     assert [model["name"] for model in result.models][:2] == ["glioma_seg", "glioma_seg_fine"]
     assert result.settings["fine_stage"]["model"] == "glioma_seg_fine" and result.settings["fine_stage"]["passes"] == 1
     scores = _dice(sitk.GetArrayFromImage(result.labels), to_contiguous(sitk.GetArrayFromImage(case.segmentation)))
@@ -170,7 +170,7 @@ def test_shipped_model_for_cases_without_flair_on_a_real_training_case():
     high)."""
     case = load_case(REAL_DATA / "Brats18_CBICA_AQN_1")
     truth = to_contiguous(sitk.GetArrayFromImage(case.segmentation))
-    without_flair = analyze(load_case({m: case.images[m] for m in ("t1", "t1ce", "t2")}), fast=True, classify=False)
+    without_flair = analyze(load_case({m: case.images[m] for m in ("t1", "t1ce", "t2")}), classify=False)
     assert without_flair.models[0]["name"] == "glioma_seg"
     scores = _dice(sitk.GetArrayFromImage(without_flair.labels), truth)
     for region, bound in REAL_BOUNDS_WITHOUT_FLAIR.items():

@@ -57,8 +57,7 @@ def test_the_classifiers_sessions_run_on_one_thread_beside_the_main_path(classif
 def test_a_result_returned_before_the_classifiers_gets_their_fields_when_written(phantom_dir, classified, tmp_path):
     result = analyze(phantom_dir, fast=True, wait=False)  # as the CLI and batch call it
     assert result.pending is not None and all(p is None for p in result.predictions.values())
-    assert result.mgmt_late_fusion is None and [m["task"] for m in result.models] == [
-        "segmentation", "segmentation (fine stage)"]
+    assert result.mgmt_late_fusion is None and [m["task"] for m in result.models] == ["segmentation"]
     write_outputs(result, tmp_path / "out")  # the maps first, then finish(), then the report
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     expected = json.loads(json.dumps(classified.report()))
@@ -116,7 +115,7 @@ def test_no_classify_leaves_predictions_null(phantom_dir):
     report = result.report()
     assert all(report["predictions"][t] is None for t in PREDICTION_TASKS)
     assert report["mgmt_late_fusion"] is None and report["slice_grade"] is None
-    assert [m["name"] for m in report["models"]] == ["glioma_seg", "glioma_seg_fine"] and "classify" not in report["timings_s"]
+    assert [m["name"] for m in report["models"]] == ["glioma_seg"] and "classify" not in report["timings_s"]
 
 
 def test_missing_classifier_models_are_skipped_with_a_warning(phantom_dir, tiny_model_dir):

@@ -220,6 +220,15 @@ def test_no_fine_stage_without_a_coarse_tumor(ras_case, two_stage_dir, monkeypat
     assert [m["name"] for m in result.models] == ["glioma_seg"]
 
 
+def test_fast_skips_the_fine_stage_unless_asked_for(ras_case, two_stage_dir, monkeypatch):
+    """--fast is the first stage alone (about 1 s less a case); fine_stage=True runs it in one pass anyway, as the
+    pair's cross-validation without a modality does."""
+    _coarse_finds(ras_case, monkeypatch, _truth_on(ras_case, 2.0))
+    monkeypatch.setattr(fine_stage, "segment", lambda *a, **k: pytest.fail("the fine network ran"))
+    result = analyze(ras_case, model_dir=two_stage_dir, classify=False, fast=True)
+    assert result.settings["fine_stage"] is None and [m["name"] for m in result.models] == ["glioma_seg"]
+
+
 def test_fast_without_t1ce_the_fine_stage_runs_one_plain_pass_and_merges_enhancement_into_the_core(
         ras_case, two_stage_dir, monkeypatch):
     without_t1ce = Case("ras", {m: i for m, i in ras_case.images.items() if m != "t1ce"}, "t1", ras_case.geometry,
@@ -235,7 +244,7 @@ def test_fast_without_t1ce_the_fine_stage_runs_one_plain_pass_and_merges_enhance
 
     monkeypatch.setattr(fine_stage, "segment", fine)
     result = analyze(without_t1ce, model_dir=two_stage_dir, classify=False, postprocess=False, fast=True,
-                     single_model=True)
+                     single_model=True, fine_stage=True)
     assert calls == [(1, False, [1.0, 0.0, 1.0, 1.0])]
     ncr = sitk.GetArrayFromImage(result.probabilities["ncr"])
     assert np.isclose(ncr, 0.6, atol=1e-3).any() and sitk.GetArrayFromImage(result.probabilities["et"]).max() == 0

@@ -221,6 +221,7 @@ def test_a_fine_stage_is_exported_with_its_window_and_named_in_the_first_stage_c
     assert (stage.crop, stage.longest) == (16, 24)
     text = (out / "glioma_seg.md").read_text()
     assert "- Second stage: `glioma_seg_fine` re-segments the tumor's box + 10 mm" in text
+    assert "(1 pass); `analyze --fast` runs this network alone;" in text  # --fast skips the fine stage
     assert "this network alone: WT 0.700, TC 0.700, ET 0.700" in text
     assert "**Caveat:** folds 1-2 of 5" in text
     assert "- Second stage of `glioma_seg`: runs over the region around the tumor it found, by windows of 16 voxels " \

@@ -125,9 +125,10 @@ def store_fold_model(run: Path, fold: int, folder: Optional[Path] = None, name: 
 
 def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missing: bool,
                      model_dir: Optional[Path] = None, out: Optional[Path] = None, fast: bool = False) -> None:
-    """Analyse every held-out case of ``fold`` (default settings, no post-processing; ``fast``: as ``analyze --fast``,
-    which the predictions without a modality always are) into ``out``/oof/ (default RUN): by the fold's model
-    glioma_seg_fold{k}, from ``model_dir`` when given (else the fold's own)."""
+    """Analyse every held-out case of ``fold`` (default settings, no post-processing; ``fast``: one network pass,
+    which the predictions without a modality always are; a fine stage its card names runs in every mode) into
+    ``out``/oof/ (default RUN): by the fold's model glioma_seg_fold{k}, from ``model_dir`` when given (else the fold's
+    own)."""
     from GliomaAnalysisLib.models.model_store import load_model_cached
     from GliomaAnalysisLib.models.onnx_engine import load_parts
     from GliomaAnalysisLib.pipeline.analysis import analyze
@@ -150,7 +151,7 @@ def predict_held_out(run: Path, fold: int, folders: Dict[str, CaseFolder], missi
             case = load_case(files, segmentation=found.segmentation, case_id=case_id)
             started = time.perf_counter()
             result = analyze(case, model=f"glioma_seg_fold{fold}", model_dir=model_dir, classify=False,
-                             postprocess=False, fast=fast or drop is not None)
+                             postprocess=False, fast=fast or drop is not None, fine_stage=True)
             seconds = time.perf_counter() - started
             save_prediction(target, case, result, fold, seconds)
             print(f"fold {fold} {case_id} {drop or 'all'}: {seconds:.1f} s", file=sys.stderr, flush=True)

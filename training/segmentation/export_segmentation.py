@@ -447,12 +447,12 @@ def _fine_stage_lines(card: Dict) -> List[str]:
     stage = card.get("fine_stage")
     if stage:
         alone = (card.get("cross_validation_without_fine_stage") or {}).get("dice")
+        passes = f" ({stage['passes']} pass{'es' if stage['passes'] > 1 else ''})" if stage.get("passes") else ""
+        alone_text = (", this network alone: " + ", ".join(f"{r.upper()} {alone[r]['mean']:.3f}"
+                                                           for r in ("wt", "tc", "et"))) if alone else ""
         return [f"- Second stage: `{stage['model']}` re-segments the tumor's box + {stage['margin_mm']:g} mm at its "
-                f"finer spacing" + (f" ({stage['passes']} pass{'es' if stage['passes'] > 1 else ''})"
-                                    if stage.get("passes") else "")
-                + "; the cross-validation above is of the two stages together"
-                + (", this network alone: " + ", ".join(f"{r.upper()} {alone[r]['mean']:.3f}" for r in
-                                                        ("wt", "tc", "et")) if alone else "")]
+                f"finer spacing{passes}; `analyze --fast` runs this network alone; the cross-validation above is of "
+                f"the two stages together{alone_text}"]
     if card.get("fine_stage_of"):
         return [f"- Second stage of `{card['fine_stage_of']}`: runs over the region around the tumor it found, by "
                 f"windows of {card['window_voxels']} voxels (an axis up to {card['window_max_voxels']} in one); the "

@@ -13,7 +13,7 @@ holds the two as a shipped pair: ``glioma_seg_fold<k>`` (the coarse weights, its
 ``glioma_seg_fine_fold<k>`` as its ``fine_stage`` with ``--margin-mm``, default ``MARGIN_MM``, and ``--fine-passes``)
 and ``glioma_seg_fine_fold<k>`` (the fine weights, its card giving its training crop as ``window_voxels``, and
 ``--window-max``). Each held-out case of the fold is then analysed by ``analyze`` with that pair at default settings
-or as ``--fast`` runs it (pipeline/fine_stage.py: the fine network over the coarse whole tumor's box + the margin,
+or in one pass of each network (``--fast``; pipeline/fine_stage.py: the fine network over the coarse whole tumor's box + the margin,
 by a sliding window of its crop, replacing the coarse probabilities there) into
 ``OUT/oof`` in the cross-validation's format, with each single modality missing too when the coarse run predicted
 those (``--missing``). ``cross_validate --report-only`` scores every post-processing variant on it; ``compare_runs``
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--margin-mm", type=float, default=MARGIN_MM,
                         help=f"mm around the coarse whole tumor's box the fine stage covers (default {MARGIN_MM:g})")
     parser.add_argument("--fast", action="store_true",
-                        help="analyse as analyze --fast (one pass of each network; the default runs the coarse one's "
-                             "passes and the fine one's up to --fine-passes)")
+                        help="one pass of each network (analyze --fast itself skips the fine stage); the default runs "
+                             "the coarse one's passes and the fine one's up to --fine-passes")
     parser.add_argument("--all-modalities-only", action="store_true",
                         help="predict with all four modalities only, not also each one missing")
     args = parser.parse_args(argv)
