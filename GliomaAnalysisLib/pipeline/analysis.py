@@ -4,7 +4,8 @@ case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation mod
 (pipeline/model_choice.py: the requested one, or one its card names for a missing modality or for --fast) ->
 network (TTA / MC-dropout passes) -> the card's fine stage, if it names one (pipeline/fine_stage.py: a finer network
 over the tumor region, whose maps replace the coarse ones there) -> probabilities back to the reference grid
-(linear) -> labels there (argmax or the card's region thresholds) -> lesion filter + small-component removal ->
+(linear) -> labels there (argmax, widened to the card's whole-tumor threshold for a missing modality, or the card's
+region thresholds) -> lesion filter + small-component removal ->
 volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers read the coarse network's working-grid
 labels and encoder maps (what they were trained on), the volumes the refined labels.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
@@ -40,7 +41,8 @@ from ..models.model_store import DEFAULT_SEGMENTATION_MODEL, load_card, load_ver
 from .fine_stage import FineStage, run_fine_stage
 from .signal_gates import SignalMaps, apply_gates, signal_maps
 from .postprocess import (decode_regions, lesion_filter, merge_enhancement_into_core, nonzero_box,
-                          region_thresholds_for, remove_small_components, suppress_small_enhancement)
+                          region_thresholds_for, remove_small_components, suppress_small_enhancement,
+                          whole_tumor_threshold_for, widen_whole_tumor)
 from ..preprocessing.prepared import PreparedInput
 from ..preprocessing.preprocess import PreprocessedCase, preprocess
 from .result import AnalysisResult
@@ -370,6 +372,9 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
               else _argmax_labels(prepared, pre, probabilities[0], reference_probs))
     if refined is not None and not thresholds:
         _relabel(labels, reference_probs, refined)
+    widening = whole_tumor_threshold_for(card.get("postprocessing", {}), unseen) if postprocess else None
+    if widening is not None and not thresholds:
+        labels = widen_whole_tumor(labels, *reference_probs, widening)
     lap("resample")
 
     voxel_ml = case.geometry.voxel_volume_ml
@@ -426,6 +431,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
                   "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
+                  "missing_wt_threshold": widening if not thresholds else None,
                   "fine_stage": None if fine is None else {"model": fine.card["name"], "engine": fine.engine,
                                                            "precision": fine.precision,
                                                            "working_spacing_mm": list(fine.pre.working.spacing),

@@ -6,6 +6,9 @@
   picks them: a card may set other thresholds for a case without a given modality
   (``postprocessing.missing_region_thresholds``, e.g. ``{"flair": [0.3, 0.5, 0.2]}``: without FLAIR the networks
   under-call edema, P(WT) stays below 0.5 over much of it; chosen in cross-validation on predictions without it).
+* ``widen_whole_tumor``: the same finding for an argmax card: without a modality its ``missing_wt_thresholds``
+  (``whole_tumor_threshold_for``, e.g. ``{"flair": 0.4}``) label edema where the argmax left background but
+  P(WT) reaches the threshold.
 
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
   hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors), and
@@ -158,6 +161,29 @@ def region_thresholds_for(settings: Mapping, missing: Sequence[str]) -> Optional
     by_missing = settings.get("missing_region_thresholds") or {}
     entries = [[float(t) for t in by_missing[m]] for m in missing if m in by_missing]
     return min(entries, key=lambda t: t[0]) if entries else [float(t) for t in settings["region_thresholds"]]
+
+
+def whole_tumor_threshold_for(settings: Mapping, missing: Sequence[str]) -> Optional[float]:
+    """t_wt of a model card's ``postprocessing`` ``settings`` that widens an argmax reading for a case without the
+    ``missing`` modalities (``missing_wt_thresholds``, e.g. ``{"flair": 0.4}``): the lowest of the missing modalities'
+    entries (each chosen in cross-validation with that modality missing alone), None when none applies."""
+    by_missing = settings.get("missing_wt_thresholds") or {}
+    entries = [float(by_missing[m]) for m in missing if m in by_missing]
+    return min(entries) if entries else None
+
+
+def widen_whole_tumor(labels: np.ndarray, ncr: np.ndarray, ed: np.ndarray, et: np.ndarray,
+                      t_wt: float) -> np.ndarray:
+    """Argmax ``labels`` (Z, Y, X uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with each background voxel where
+    P(NCR) + P(ED) + P(ET) >= ``t_wt`` labelled edema: a new array (``labels`` is not changed). Without FLAIR the
+    networks under-call edema: the argmax leaves background where P(WT) is 0.3-0.5 around the tumor. Edema, not the
+    likeliest tumor label: the core and ET stay the argmax's (on the pair's out-of-fold predictions without FLAIR the
+    likeliest label took TC -0.007, edema none, for the same WT)."""
+    whole = ncr + ed
+    whole += et
+    out = labels.copy()
+    out[(whole >= t_wt) & (labels == 0)] = 2
+    return out
 
 
 def decode_regions(ncr: np.ndarray, ed: np.ndarray, et: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

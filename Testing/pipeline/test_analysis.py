@@ -231,3 +231,37 @@ def test_a_missing_modality_reads_its_own_region_thresholds(small_phantom, tiny_
                                                       spacing), case.geometry.voxel_volume_ml)
         labels = sitk.GetArrayFromImage(result.labels)
         assert np.array_equal(labels, expected) and not np.array_equal(labels, other), modalities
+
+
+def test_a_missing_modality_widens_an_argmax_reading_to_its_whole_tumor_threshold(small_phantom, tiny_model_dir,
+                                                                                    tmp_path):
+    """``postprocessing.missing_wt_thresholds`` on an argmax card apply to a case without that modality only: without
+    FLAIR the labels are the argmax widened at the FLAIR entry's t_WT (``widen_whole_tumor``) then post-processed,
+    which differs from the plain argmax; with all four, the plain argmax; report.json's settings say which ran."""
+    import json
+    import shutil
+
+    from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components, widen_whole_tumor
+
+    for path in tiny_model_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    card_path = tmp_path / "glioma_seg.json"
+    card = json.loads(card_path.read_text())
+    card["postprocessing"] = {"min_et_ml": 0.0, "missing_wt_thresholds": {"flair": 0.05}}
+    card_path.write_text(json.dumps(card))
+    for modalities, t_wt in ((("t1", "t1ce", "t2"), 0.05), (("t1", "t1ce", "t2", "flair"), None)):
+        case = load_case({m: small_phantom.image(m) for m in modalities})
+        result = analyze(case, model_dir=tmp_path, fast=True, classify=False)
+        raw = analyze(case, model_dir=tmp_path, fast=True, classify=False, postprocess=False)
+        argmax = sitk.GetArrayFromImage(raw.labels)
+        maps = [sitk.GetArrayFromImage(result.probabilities[k]) for k in ("ncr", "ed", "et")]
+        spacing = tuple(reversed(case.geometry.spacing))
+
+        def cleaned(labels):
+            return remove_small_components(lesion_filter(labels, spacing), case.geometry.voxel_volume_ml)
+
+        widened = cleaned(widen_whole_tumor(argmax, *maps, 0.05))
+        assert not np.array_equal(widened, cleaned(argmax)), modalities  # the threshold matters on this case
+        labels = sitk.GetArrayFromImage(result.labels)
+        assert np.array_equal(labels, widened if t_wt else cleaned(argmax)), modalities
+        assert result.settings["missing_wt_threshold"] == t_wt

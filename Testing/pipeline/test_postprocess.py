@@ -177,6 +177,32 @@ def test_region_thresholds_follow_the_missing_modality():
                                  ["flair"]) is None
 
 
+def test_an_argmax_reading_is_widened_only_where_the_whole_tumor_probability_reaches_the_threshold():
+    """``widen_whole_tumor``: background voxels with P(NCR) + P(ED) + P(ET) >= t_WT become edema; every other voxel keeps the argmax label, and the input is not changed. ``whole_tumor_threshold_for`` reads the
+    card's ``missing_wt_thresholds`` for the modalities missing (the lowest applies), None otherwise."""
+    from GliomaAnalysisLib.pipeline.analysis import argmax_uint8
+    from GliomaAnalysisLib.pipeline.postprocess import whole_tumor_threshold_for, widen_whole_tumor
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(4) * 0.7, size=(16, 18, 20)).astype(np.float32)  # (Z, Y, X, bg/NCR/ED/ET)
+    maps = [np.ascontiguousarray(p[..., k]) for k in range(4)]
+    labels = argmax_uint8(maps)
+    before = labels.copy()
+    widened = widen_whole_tumor(labels, *maps[1:], 0.4)
+    whole = p[..., 1:].sum(-1)
+    added = (labels == 0) & (whole >= 0.4)
+    assert added.sum() > 50 and np.array_equal(labels, before)
+    assert np.array_equal(widened[~added], labels[~added])
+    assert np.all(widened[added] == 2)
+    assert np.array_equal(widen_whole_tumor(labels, *maps[1:], 1.01), labels)  # nothing reaches it: unchanged
+    settings = {"missing_wt_thresholds": {"flair": 0.4, "t2": 0.3}}
+    assert whole_tumor_threshold_for(settings, []) is None
+    assert whole_tumor_threshold_for(settings, ["t1"]) is None
+    assert whole_tumor_threshold_for(settings, ["flair"]) == 0.4
+    assert whole_tumor_threshold_for(settings, ["t2", "flair"]) == 0.3
+    assert whole_tumor_threshold_for({"min_et_ml": 0.5}, ["flair"]) is None
+
+
 def test_components_sums_and_boxes_match_scipy_ndimage():
     """The lesion filter's SimpleITK components are scipy.ndimage's (26-connected, the same raster-order labels,
     so ties between equal sizes break the same way), and so are the per-component sums and bounding boxes."""

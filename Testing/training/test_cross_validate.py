@@ -223,12 +223,9 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
 
 
-def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipped_when_it_pays(tmp_path):
-    """Without FLAIR the edema probability stays low (0.3): the study scores each t_WT, a lower one recovers the
-    edema, on every fold chosen on the other fold; the card then reads WT at that threshold without FLAIR only."""
-    from training.segmentation.cross_validate import missing_wt_threshold
-    from training.segmentation.export_segmentation import postprocessing_of
-
+def _faint_edema_predictions(tmp_path) -> list:
+    """Two folds' out-of-fold predictions without FLAIR (one case each): a 12^3 tumor with a sure 4^3 core and its
+    edema at P = 0.3 only."""
     truth = np.zeros((24, 24, 24), dtype=np.uint8)
     truth[6:18, 6:18, 6:18] = 2
     truth[10:14, 10:14, 10:14] = 1
@@ -240,7 +237,17 @@ def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipp
         np.savez(paths[-1], probabilities=faint.astype(np.float16), truth=truth, fold=fold,
                  uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 24]] * 3),
                  spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
-    study = missing_wt_threshold(paths, (0.5, 0.5, 0.2))
+    return paths
+
+
+def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipped_when_it_pays(tmp_path):
+    """Without FLAIR the edema probability stays low (0.3): the study scores each t_WT, a lower one recovers the
+    edema, on every fold chosen on the other fold; the card then reads WT at that threshold without FLAIR only."""
+    from training.segmentation.cross_validate import missing_wt_threshold, region_variant
+    from training.segmentation.export_segmentation import postprocessing_of
+
+    paths = _faint_edema_predictions(tmp_path)
+    study = missing_wt_threshold(paths, region_variant((0.5, 0.5, 0.2)))
     assert abs(study["dice"]["0.5"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4  # only the core is left (4 d.p.)
     assert study["dice"]["0.3"]["wt"] == study["dice"]["0.2"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0
     assert study["best"] == 0.3  # float16 0.3 is 0.30005; of equals, the higher threshold (calls less)
@@ -248,11 +255,33 @@ def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipp
     missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["0.5"]}}}
     settings = postprocessing_of("regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml", missing)
     assert settings["missing_region_thresholds"] == {"flair": [study["best"], 0.5, 0.2]}  # t2: no gain, not kept
-    assert "missing_region_thresholds" not in postprocessing_of("lesion_filter+min_et_0.5ml", missing)
-    high = missing_wt_threshold(paths, (0.7, 0.5, 0.2))  # an all-four t_WT outside the candidates is scored too
+    assert "missing_wt_thresholds" not in settings
+    high = missing_wt_threshold(paths, region_variant((0.7, 0.5, 0.2)))  # a t_WT outside the candidates: scored
     assert "0.7" in high["dice"] and high["best"] == 0.3
     assert postprocessing_of("regions_0.7_0.5_0.2+lesion_filter+min_et_0.5ml", {"flair": {"wt_threshold": high}}
                              )["missing_region_thresholds"] == {"flair": [0.3, 0.5, 0.2]}
+
+
+def test_an_argmax_reading_without_a_modality_is_widened_where_the_study_pays(tmp_path):
+    """The same faint edema under an argmax card: the argmax calls it background (P(bg) 0.7), so the study's own
+    reading keeps only the core; widening (edema) at t_WT <= 0.3 recovers the whole tumor, chosen nested, and the card's
+    ``missing_wt_thresholds`` ship it; a modality where the argmax does as well is not kept."""
+    from training.segmentation.cross_validate import missing_wt_threshold
+    from training.segmentation.export_segmentation import postprocessing_of, postprocessing_text
+
+    paths = _faint_edema_predictions(tmp_path)
+    study = missing_wt_threshold(paths, "lesion_filter")
+    assert study["own"] == "argmax" and list(study["dice"])[0] == "argmax"
+    assert abs(study["dice"]["argmax"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4
+    assert study["dice"]["0.3"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0 and study["dice"]["0.4"]["wt"] < 0.3
+    assert study["dice"]["0.3"]["tc"] == 1.0  # the widened voxels are edema: the core stays
+    assert study["best"] == 0.3 and study["nested"]["wt"] == 1.0 and set(study["nested_choices"].values()) == {0.3}
+    missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["argmax"]}}}
+    settings = postprocessing_of("lesion_filter", missing)
+    assert settings["missing_wt_thresholds"] == {"flair": 0.3} and "region_thresholds" not in settings
+    assert "without FLAIR also edema where P(WT) >= 0.3" in postprocessing_text(settings)
+    assert "missing_wt_thresholds" not in postprocessing_of(
+        "lesion_filter", {"flair": {"wt_threshold": {**study, "best": None}}})  # the argmax won: nothing to ship
 
 
 def test_signal_gate_variants_are_named_parsed_and_exported_to_the_card():

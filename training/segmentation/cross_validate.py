@@ -36,8 +36,9 @@ from GliomaAnalysisLib.io.labels import regions, to_contiguous
 from GliomaAnalysisLib.pipeline.measures import dice
 from GliomaAnalysisLib.pipeline.analysis import QUALITY_PASSES, argmax_uint8
 from GliomaAnalysisLib.pipeline.signal_gates import SignalMaps, apply_gates, signal_maps
-from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter, remove_small_components,
-                                                    suppress_small_enhancement)
+from GliomaAnalysisLib.pipeline.postprocess import (decode_regions, lesion_filter,
+                                                    remove_small_components, suppress_small_enhancement,
+                                                    widen_whole_tumor)
 
 from ..common.config import parse_args
 from ..common.datasets import CaseFolder, case_folders
@@ -348,11 +349,10 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
 
 def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str,
                      folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict]:
-    """Mean WT/TC/ET Dice without each modality (fast pass) against the same cases with all (fast pass not stored:
-    the comparison uses the default prediction), on the cases where both exist; with region thresholds chosen, also
-    the WT-threshold study of ``missing_wt_threshold``."""
+    """Mean WT/TC/ET Dice without each modality against the same cases with all, on the cases where both exist, and
+    the WT-threshold study of ``missing_wt_threshold`` for the chosen decoding (``folders``: the cases' images, for
+    a chosen variant with signal gates)."""
     out = {}
-    chosen_thresholds = region_thresholds_of(chosen)
     for modality in MODALITIES:
         paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
         if not paths:
@@ -363,8 +363,7 @@ def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str,
                                                    for r in REGIONS},
                          **{f"{r}_with_all": round(float(np.mean([rows[c][chosen][r] for c in common])), 4)
                             for r in REGIONS}}
-        if chosen_thresholds:
-            out[modality]["wt_threshold"] = missing_wt_threshold(paths, chosen_thresholds)
+        out[modality]["wt_threshold"] = missing_wt_threshold(paths, chosen, folders)
     return out
 
 
@@ -375,13 +374,41 @@ def region_thresholds_of(variant: str) -> Optional[List[float]]:
     return [float(t) for t in variant.split("+")[0].split("_")[1:]]
 
 
-def missing_wt_threshold(paths: Sequence[Path], chosen_thresholds: Sequence[float]) -> Dict:
-    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``, one
-    fast pass each, whereas ``analyze`` averages its default passes): mean Dice at each ``MISSING_WT_THRESHOLDS``
-    candidate and the all-four t_WT (t_TC, t_ET as chosen), the best over all cases (``best``, what a card ships) and
-    the nested choice (each fold's t_WT chosen on the other folds' cases, scored on its own: the honest estimate of
-    ``best``). Ties go to the all-four t_WT, then to the higher threshold (the one that calls less)."""
-    candidates = sorted(set(MISSING_WT_THRESHOLDS) | {float(chosen_thresholds[0])})
+def _threshold_text(t_wt: Optional[float]) -> str:
+    """A study's best t_WT as the tables print it (None: the argmax alone)."""
+    return "argmax" if t_wt is None else f"{t_wt:g}"
+
+
+def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[float],
+                          maps: Optional[SignalMaps] = None) -> np.ndarray:
+    """The post-processing of an argmax ``variant`` (``none``, ``lesion_filter``, ``...+et_gate_0.5sd``,
+    ``...+min_et_0.25ml``) on ``labels`` (Z, Y, X), as ``score_variants`` scores it and ``analyze`` runs it;
+    ``maps``: the case's signal maps, needed by a variant with gates (spacing in mm, z-y-x)."""
+    if variant == "none":
+        return labels
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out = remove_small_components(lesion_filter(labels, spacing), voxel_ml)
+    gates = gate_thresholds_of(variant)
+    if any(g is not None for g in gates):
+        if maps is None:
+            raise ValueError(f"variant {variant} gates on the images: signal maps needed")
+        out = apply_gates(out, maps, *gates)
+    match = re.search(r"min_et_([0-9.]+)ml", variant)
+    return suppress_small_enhancement(out, voxel_ml, float(match.group(1))) if match else out
+
+
+def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
+    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
+    the ``chosen`` decoding: mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate and at the chosen variant's own
+    reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: ``argmax``, the candidates then
+    widening it, ``postprocess.widen_whole_tumor``, before its post-processing), the best over all cases (``best``,
+    what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the other folds' cases,
+    scored on its own: the honest estimate of ``best``). Ties go to the chosen variant's own reading, then to the
+    higher threshold (the one that calls less). ``folders``: the cases' images, for a variant with signal gates."""
+    thresholds = region_thresholds_of(chosen)
+    own = f"{thresholds[0]:g}" if thresholds else "argmax"
+    candidates = sorted(set(MISSING_WT_THRESHOLDS) | ({float(thresholds[0])} if thresholds else set()))
+    gated = any(g is not None for g in gate_thresholds_of(chosen))
     rows = {}
     for path in paths:
         data = np.load(path)
@@ -389,15 +416,25 @@ def missing_wt_threshold(paths: Sequence[Path], chosen_thresholds: Sequence[floa
         spacing = tuple(float(s) for s in data["spacing_zyx"])
         truth = regions(data["truth"])
         rows[path.name] = {"fold": int(data["fold"])}
-        for t_wt in candidates:
-            predicted = regions(decode_region_variant(probabilities, (t_wt, *chosen_thresholds[1:]), spacing))
-            rows[path.name][f"{t_wt:g}"] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
-    by_threshold = {f"{t:g}": summarise(rows, f"{t:g}") for t in candidates}
-    preferred = [f"{t:g}" for t in sorted(candidates, key=lambda t: (t != float(chosen_thresholds[0]), -t))]
-    best = max(preferred, key=lambda t: sum(by_threshold[t][r]["mean"] for r in REGIONS))  # first of equals
-    nested = nested_choice(rows, preferred)
-    return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_threshold.items()}, "best": float(best),
-            "nested_choices": {fold: float(t) for fold, t in nested["choices"].items()},
+        if thresholds:
+            readings = {f"{t:g}": decode_region_variant(probabilities, (t, *thresholds[1:]), spacing)
+                        for t in candidates}
+        else:
+            maps = signal_maps_of(path, folders) if gated else None
+            argmax = decode(probabilities)
+            readings = {"argmax": argmax_variant_labels(argmax, chosen, spacing, maps)}
+            readings.update({f"{t:g}": argmax_variant_labels(widen_whole_tumor(argmax, *probabilities, t), chosen,
+                                                             spacing, maps) for t in candidates})
+        for name, labels in readings.items():
+            predicted = regions(labels)
+            rows[path.name][name] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
+    names = [own] + [f"{t:g}" for t in sorted(candidates, reverse=True) if f"{t:g}" != own]
+    by_name = {name: summarise(rows, name) for name in names}
+    best = max(names, key=lambda t: sum(by_name[t][r]["mean"] for r in REGIONS))  # first of equals
+    nested = nested_choice(rows, names)
+    return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_name.items()}, "own": own,
+            "best": None if best == "argmax" else float(best),
+            "nested_choices": {fold: (None if t == "argmax" else float(t)) for fold, t in nested["choices"].items()},
             "nested": {r: v["mean"] for r, v in nested["dice"].items()} if nested["dice"] else None}
 
 
@@ -473,14 +510,16 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
         studies = {k: m["wt_threshold"] for k, m in result["missing_modality"].items() if m.get("wt_threshold")}
         if studies:
             names = list(next(iter(studies.values()))["dice"])
-            lines += ["Whole-tumor threshold without each modality: mean WT Dice by t_WT (t_TC, t_ET as chosen); "
-                      "nested: t_WT chosen for each fold on the other folds.", "",
-                      "| without | " + " | ".join(f"t_WT {t}" for t in names) + " | best | nested WT |",
+            lines += ["Whole-tumor threshold without each modality: mean WT Dice by t_WT (t_TC, t_ET as chosen; after "
+                      "an argmax, background where P(WT) >= t_WT becomes edema); nested: t_WT "
+                      "chosen for each fold on the other folds.", "",
+                      "| without | " + " | ".join(t if t == "argmax" else f"t_WT {t}" for t in names)
+                      + " | best | nested WT |",
                       "| --- |" + " --- |" * (len(names) + 2)]
             for modality, study in studies.items():
                 nested_wt = f"{study['nested']['wt']:.3f}" if study["nested"] else "-"
                 lines.append(f"| {modality} | " + " | ".join(f"{study['dice'][t]['wt']:.3f}" for t in names)
-                             + f" | {study['best']:g} | {nested_wt} |")
+                             + f" | {_threshold_text(study['best'])} | {nested_wt} |")
             lines.append("")
     lines += ["| case | fold | WT | TC | ET | WT mL (true) | TC mL (true) | ET mL (true) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -164,24 +164,27 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
     thresholds = region_thresholds_of(variant)
     if thresholds:
         settings["region_thresholds"] = thresholds
-        by_missing = missing_region_thresholds(settings["region_thresholds"], missing_modality or {})
-        if by_missing:
-            settings["missing_region_thresholds"] = by_missing
+    by_missing = missing_wt_thresholds(missing_modality or {}, "argmax" if not thresholds else f"{thresholds[0]:g}")
+    if by_missing and thresholds:
+        settings["missing_region_thresholds"] = {m: [t, *(float(x) for x in thresholds[1:])]
+                                                 for m, t in by_missing.items()}
+    elif by_missing:
+        settings["missing_wt_thresholds"] = by_missing
     return settings
 
 
-def missing_region_thresholds(thresholds: Sequence[float], missing_modality: Dict) -> Dict[str, List[float]]:
-    """{modality: (t_WT, t_TC, t_ET)} for cases without a modality whose whole-tumor threshold study
+def missing_wt_thresholds(missing_modality: Dict, own: str) -> Dict[str, float]:
+    """{modality: t_WT} for cases without a modality whose whole-tumor threshold study
     (``cross_validate.missing_wt_threshold``) pays: its best t_WT, kept only when choosing t_WT in cross-validation
-    (nested) beat the all-modality t_WT on the same cases (WT + TC + ET)."""
+    (nested) beat the chosen decoding's ``own`` reading (its t_WT, or ``argmax``) on the same cases (WT + TC + ET)."""
     out = {}
     for modality, summary in missing_modality.items():
         study = summary.get("wt_threshold") or {}
-        fixed = study.get("dice", {}).get(f"{thresholds[0]:g}")
-        if not study.get("nested") or fixed is None or float(study["best"]) == float(thresholds[0]):
+        fixed = study.get("dice", {}).get(own)
+        if not study.get("nested") or fixed is None or study.get("best") is None or f"{study['best']:g}" == own:
             continue
         if sum(study["nested"].values()) > sum(fixed.values()):
-            out[modality] = [float(study["best"]), *(float(t) for t in thresholds[1:])]
+            out[modality] = float(study["best"])
     return out
 
 
@@ -357,6 +360,8 @@ def postprocessing_text(settings: Dict) -> str:
                 else "labels by argmax")
     decoding += "".join(f"; without {m.upper()} WT where P(WT) > {t[0]:g}"
                         for m, t in (settings.get("missing_region_thresholds") or {}).items())
+    decoding += "".join(f"; without {m.upper()} also edema where P(WT) >= {t:g}"
+                        for m, t in (settings.get("missing_wt_thresholds") or {}).items())
     small_et = (f"; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR"
                 if settings.get("min_et_ml") else "")
     gate = (f"; enhancing voxels less than {settings['min_enhancement_sd']:g} SD brighter on T1CE than on T1 (T1CE "
@@ -396,7 +401,8 @@ def _missing_modality_lines(missing_modality: Dict) -> List[str]:
              "| --- | --- | --- | --- |" + (" --- |" if studied else "")]
     for modality, v in missing_modality.items():
         study = v.get("wt_threshold") or {}
-        extra = (f" {study['nested']['wt']:.3f} ({study['best']:g}) |" if study.get("nested") else " - |") \
+        best = "argmax" if study.get("best") is None else f"{study['best']:g}"
+        extra = (f" {study['nested']['wt']:.3f} ({best}) |" if study.get("nested") else " - |") \
             if studied else ""
         lines.append(f"| {modality} | {v['wt']:.3f} | {v['tc']:.3f} | {v['et']:.3f} |" + extra)
     return lines
