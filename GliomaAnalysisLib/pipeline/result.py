@@ -10,7 +10,7 @@ from .._version import __version__
 from ..io.labels import from_contiguous
 from .location import tumor_location
 
-SCHEMA_VERSION = "1.3"  # minor: fields added (readers of 1.0 keep working); major: fields removed or changed
+SCHEMA_VERSION = "1.4"  # minor: fields added (readers of 1.0 keep working); major: fields removed or changed
 RESEARCH_USE = "Research use only; not a medical device. Results must not be used for clinical decisions."
 PREDICTION_TASKS = ("grade", "idh", "codeletion_1p19q", "mgmt")
 

@@ -133,7 +133,7 @@ def test_shipped_cards_put_their_evidence_beside_every_prediction(classified):
     report = json.loads(json.dumps(classified.report()))
     schema = json.loads(resources.files("GliomaAnalysisLib").joinpath("schemas/report.schema.json").read_text())
     jsonschema.validate(report, schema)
-    assert report["schema_version"] == "1.3"
+    assert report["schema_version"] == "1.4"
     card = load_card("glioma_multitask")
     grade = report["predictions"]["grade"]
     assert grade["basis"].startswith("segmentation volumes")  # the shipped card holds grade_from_volumes
