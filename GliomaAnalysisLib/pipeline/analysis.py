@@ -4,8 +4,8 @@ case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation mod
 (pipeline/model_choice.py: the requested one, or one its card names for a missing modality or for --fast) ->
 network (TTA / MC-dropout passes) -> the card's fine stage, if it names one (pipeline/fine_stage.py: a finer network
 over the tumor region, whose maps replace the coarse ones there) -> probabilities back to the reference grid
-(linear) -> labels there (argmax, widened to the card's whole-tumor threshold for a missing modality, or the card's
-region thresholds) -> lesion filter + small-component removal ->
+(linear) -> labels there (argmax or the card's region thresholds) -> lesion filter + small-component removal (for a
+missing modality, an argmax card's whole-tumor threshold may then add edema, filtered again) ->
 volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers read the coarse network's working-grid
 labels and encoder maps (what they were trained on), the volumes the refined labels.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the
@@ -372,13 +372,11 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
               else _argmax_labels(prepared, pre, probabilities[0], reference_probs))
     if refined is not None and not thresholds:
         _relabel(labels, reference_probs, refined)
-    widening = whole_tumor_threshold_for(card.get("postprocessing", {}), unseen) if postprocess else None
-    if widening is not None and not thresholds:
-        labels = widen_whole_tumor(labels, *reference_probs, widening)
     lap("resample")
 
     voxel_ml = case.geometry.voxel_volume_ml
     post_settings = card.get("postprocessing", {})
+    widening = whole_tumor_threshold_for(post_settings, unseen) if postprocess and not thresholds else None
     enhancement_gate = (float(post_settings["min_enhancement_sd"]) if postprocess and et_assessable
                         and post_settings.get("min_enhancement_sd") is not None else None)
     edema_gate = (float(post_settings["min_flair_sd"]) if postprocess and "flair" in model_case.images
@@ -386,6 +384,9 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
     if postprocess:
         spacing_zyx = tuple(reversed(case.geometry.spacing))
         labels = remove_small_components(lesion_filter(labels, spacing_zyx), voxel_ml)
+        if widening is not None:  # edema only, around the lesions kept: filtered again, so no removed core returns
+            labels = remove_small_components(lesion_filter(widen_whole_tumor(labels, *reference_probs, widening),
+                                                           spacing_zyx), voxel_ml)
         if enhancement_gate is not None or edema_gate is not None:
             labels = _signal_gates(labels, prepared, model_case, pre.input_brain_mask, enhancement_gate, edema_gate)
         labels = suppress_small_enhancement(labels, voxel_ml, float(post_settings.get("min_et_ml", 0.0)))
@@ -431,7 +432,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
                   "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
-                  "missing_wt_threshold": widening if not thresholds else None,
+                  "missing_wt_threshold": widening,
                   "fine_stage": None if fine is None else {"model": fine.card["name"], "engine": fine.engine,
                                                            "precision": fine.precision,
                                                            "working_spacing_mm": list(fine.pre.working.spacing),

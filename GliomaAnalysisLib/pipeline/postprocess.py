@@ -8,7 +8,8 @@
   under-call edema, P(WT) stays below 0.5 over much of it; chosen in cross-validation on predictions without it).
 * ``widen_whole_tumor``: the same finding for an argmax card: without a modality its ``missing_wt_thresholds``
   (``whole_tumor_threshold_for``, e.g. ``{"flair": 0.4}``) label edema where the argmax left background but
-  P(WT) reaches the threshold.
+  P(WT) reaches the threshold; ``analyze`` does it after the lesion filter and filters again (widened first, a false
+  ET speck's component could grow past the filter).
 
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
   hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors), and

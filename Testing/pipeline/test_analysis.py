@@ -236,8 +236,8 @@ def test_a_missing_modality_reads_its_own_region_thresholds(small_phantom, tiny_
 def test_a_missing_modality_widens_an_argmax_reading_to_its_whole_tumor_threshold(small_phantom, tiny_model_dir,
                                                                                     tmp_path):
     """``postprocessing.missing_wt_thresholds`` on an argmax card apply to a case without that modality only: without
-    FLAIR the labels are the argmax widened at the FLAIR entry's t_WT (``widen_whole_tumor``) then post-processed,
-    which differs from the plain argmax; with all four, the plain argmax; report.json's settings say which ran."""
+    FLAIR the post-processed argmax gets edema where P(WT) reaches the FLAIR entry's t_WT (``widen_whole_tumor``)
+    and is filtered again, which differs from the plain argmax; with all four, the plain argmax; report.json's settings say which ran."""
     import json
     import shutil
 
@@ -260,7 +260,7 @@ def test_a_missing_modality_widens_an_argmax_reading_to_its_whole_tumor_threshol
         def cleaned(labels):
             return remove_small_components(lesion_filter(labels, spacing), case.geometry.voxel_volume_ml)
 
-        widened = cleaned(widen_whole_tumor(argmax, *maps, 0.05))
+        widened = cleaned(widen_whole_tumor(cleaned(argmax), *maps, 0.05))
         assert not np.array_equal(widened, cleaned(argmax)), modalities  # the threshold matters on this case
         labels = sitk.GetArrayFromImage(result.labels)
         assert np.array_equal(labels, widened if t_wt else cleaned(argmax)), modalities

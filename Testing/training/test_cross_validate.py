@@ -357,3 +357,25 @@ def test_the_gate_variants_are_scored_from_the_cases_images(tmp_path):
     names = [k for k, v in scores.items() if isinstance(v, dict)]
     assert names.index(gate_variant(0.25)) < names.index(gate_variant(1.0, 0.5)) < names.index(
         f"{gate_variant(0.25)}+min_et_0.25ml")  # every gate alone before any floor: ties go to the simpler
+
+
+def test_the_edema_added_without_a_modality_never_brings_back_a_filtered_enhancing_speck():
+    """``argmax_variant_labels`` with ``t_wt`` adds edema after the lesion filter and filters again (as ``analyze``):
+    a 0.027 mL ET speck 10 mm from the lesion, which the filter drops, stays dropped although P(WT) 0.45 around it
+    would grow its component past the filter if the edema were added first (the premise, checked)."""
+    from GliomaAnalysisLib.pipeline.postprocess import lesion_filter, remove_small_components, widen_whole_tumor
+    from training.segmentation.cross_validate import argmax_variant_labels, decode
+
+    probabilities = np.zeros((3, 40, 40, 60), np.float32)
+    probabilities[0, 10:30, 10:30, 5:25] = 0.9  # the lesion: NCR
+    probabilities[2, 19:22, 19:22, 35:38] = 0.9  # a 27-voxel ET speck, 10 mm beyond it
+    probabilities[1, 15:26, 15:26, 31:42] += 0.45  # a faint halo around the speck
+    probabilities[1, 19:22, 19:22, 35:38] = 0.0
+    argmax = decode(probabilities)
+    spacing = (1.0, 1.0, 1.0)
+    assert (argmax == 3).sum() == 27 and not (lesion_filter(argmax, spacing) == 3).any()  # the filter drops it
+    first = remove_small_components(lesion_filter(widen_whole_tumor(argmax, *probabilities, 0.4), spacing), 0.001)
+    assert (first == 3).sum() == 27  # the premise: added first, the edema carries the speck past the filter
+    labels = argmax_variant_labels(argmax, "lesion_filter", spacing, probabilities=probabilities, t_wt=0.4)
+    assert not (labels == 3).any() and (labels[15:26, 15:26, 31:42] == 2).sum() > 1000  # the edema only
+    assert np.array_equal(labels[:, :, :28] > 0, argmax[:, :, :28] > 0)

@@ -380,14 +380,19 @@ def _threshold_text(t_wt: Optional[float]) -> str:
 
 
 def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[float],
-                          maps: Optional[SignalMaps] = None) -> np.ndarray:
+                          maps: Optional[SignalMaps] = None, probabilities: Optional[np.ndarray] = None,
+                          t_wt: Optional[float] = None) -> np.ndarray:
     """The post-processing of an argmax ``variant`` (``none``, ``lesion_filter``, ``...+et_gate_0.5sd``,
     ``...+min_et_0.25ml``) on ``labels`` (Z, Y, X), as ``score_variants`` scores it and ``analyze`` runs it;
-    ``maps``: the case's signal maps, needed by a variant with gates (spacing in mm, z-y-x)."""
+    ``maps``: the case's signal maps, needed by a variant with gates (spacing in mm, z-y-x). With ``t_wt`` (and the
+    (3, Z, Y, X) ``probabilities``) edema is added after the lesion filter (``widen_whole_tumor``), filtered again,
+    as ``analyze`` does for a card's ``missing_wt_thresholds``."""
     if variant == "none":
         return labels
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = remove_small_components(lesion_filter(labels, spacing), voxel_ml)
+    if t_wt is not None:
+        out = remove_small_components(lesion_filter(widen_whole_tumor(out, *probabilities, t_wt), spacing), voxel_ml)
     gates = gate_thresholds_of(variant)
     if any(g is not None for g in gates):
         if maps is None:
@@ -401,7 +406,7 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
     """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
     the ``chosen`` decoding: mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate and at the chosen variant's own
     reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: ``argmax``, the candidates then
-    widening it, ``postprocess.widen_whole_tumor``, before its post-processing), the best over all cases (``best``,
+    adding edema after its lesion filter, ``argmax_variant_labels``), the best over all cases (``best``,
     what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the other folds' cases,
     scored on its own: the honest estimate of ``best``). Ties go to the chosen variant's own reading, then to the
     higher threshold (the one that calls less). ``folders``: the cases' images, for a variant with signal gates."""
@@ -423,8 +428,8 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
             maps = signal_maps_of(path, folders) if gated else None
             argmax = decode(probabilities)
             readings = {"argmax": argmax_variant_labels(argmax, chosen, spacing, maps)}
-            readings.update({f"{t:g}": argmax_variant_labels(widen_whole_tumor(argmax, *probabilities, t), chosen,
-                                                             spacing, maps) for t in candidates})
+            readings.update({f"{t:g}": argmax_variant_labels(argmax, chosen, spacing, maps, probabilities, t)
+                             for t in candidates})
         for name, labels in readings.items():
             predicted = regions(labels)
             rows[path.name][name] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
