@@ -279,7 +279,7 @@ def test_an_argmax_reading_without_a_modality_is_widened_where_the_study_pays(tm
     missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["argmax"]}}}
     settings = postprocessing_of("lesion_filter", missing)
     assert settings["missing_wt_thresholds"] == {"flair": 0.3} and "region_thresholds" not in settings
-    assert "without FLAIR also edema where P(WT) >= 0.3" in postprocessing_text(settings)
+    assert "lesion filter; without FLAIR also edema where P(WT) >= 0.3 (filtered again)" in postprocessing_text(settings)
     assert "missing_wt_thresholds" not in postprocessing_of(
         "lesion_filter", {"flair": {"wt_threshold": {**study, "best": None}}})  # the argmax won: nothing to ship
 

@@ -360,15 +360,15 @@ def postprocessing_text(settings: Dict) -> str:
                 else "labels by argmax")
     decoding += "".join(f"; without {m.upper()} WT where P(WT) > {t[0]:g}"
                         for m, t in (settings.get("missing_region_thresholds") or {}).items())
-    decoding += "".join(f"; without {m.upper()} also edema where P(WT) >= {t:g}"
-                        for m, t in (settings.get("missing_wt_thresholds") or {}).items())
     small_et = (f"; a total enhancing volume under {settings['min_et_ml']:g} mL relabelled NCR"
                 if settings.get("min_et_ml") else "")
     gate = (f"; enhancing voxels less than {settings['min_enhancement_sd']:g} SD brighter on T1CE than on T1 (T1CE "
             f"z-score without T1) relabelled NCR" if settings.get("min_enhancement_sd") is not None else "")
     gate += (f"; edema voxels below {settings['min_flair_sd']:g} SD on FLAIR relabelled background (not without FLAIR)"
              if settings.get("min_flair_sd") is not None else "")
-    return f"{decoding}; lesion filter{gate}{small_et}"
+    widening = "".join(f"; without {m.upper()} also edema where P(WT) >= {t:g} (filtered again)"
+                       for m, t in (settings.get("missing_wt_thresholds") or {}).items())
+    return f"{decoding}; lesion filter{widening}{gate}{small_et}"
 
 
 def _cross_validation_lines(cv: Dict) -> List[str]:
