@@ -432,7 +432,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
                   "fast": fast, "passes": passes, "classify": classify,
                   "mc_dropout": bool(uncertainty and not fast), "postprocess": postprocess,
                   "et_assessable": et_assessable, "min_enhancement_sd": enhancement_gate, "min_flair_sd": edema_gate,
-                  "missing_wt_threshold": widening,
+                  "wt_threshold": widening,
                   "fine_stage": None if fine is None else {"model": fine.card["name"], "engine": fine.engine,
                                                            "precision": fine.precision,
                                                            "working_spacing_mm": list(fine.pre.working.spacing),

@@ -6,9 +6,9 @@
   picks them: a card may set other thresholds for a case without a given modality
   (``postprocessing.missing_region_thresholds``, e.g. ``{"flair": [0.3, 0.5, 0.2]}``: without FLAIR the networks
   under-call edema, P(WT) stays below 0.5 over much of it; chosen in cross-validation on predictions without it).
-* ``widen_whole_tumor``: the same finding for an argmax card: without a modality its ``missing_wt_thresholds``
-  (``whole_tumor_threshold_for``, e.g. ``{"flair": 0.4}``) label edema where the argmax left background but
-  P(WT) reaches the threshold; ``analyze`` does it after the lesion filter and filters again (widened first, a false
+* ``widen_whole_tumor``: the same finding for an argmax card: its ``wt_threshold``, or without a modality its
+  ``missing_wt_thresholds`` (``whole_tumor_threshold_for``, e.g. ``{"flair": 0.4}``), label edema where the argmax
+  left background but P(WT) reaches the threshold; ``analyze`` does it after the lesion filter and filters again (widened first, a false
   ET speck's component could grow past the filter).
 
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
@@ -165,12 +165,15 @@ def region_thresholds_for(settings: Mapping, missing: Sequence[str]) -> Optional
 
 
 def whole_tumor_threshold_for(settings: Mapping, missing: Sequence[str]) -> Optional[float]:
-    """t_wt of a model card's ``postprocessing`` ``settings`` that widens an argmax reading for a case without the
-    ``missing`` modalities (``missing_wt_thresholds``, e.g. ``{"flair": 0.4}``): the lowest of the missing modalities'
-    entries (each chosen in cross-validation with that modality missing alone), None when none applies."""
+    """The P(WT) at or above which an argmax card's labels get edema where they have background, for a case without
+    the ``missing`` modalities: of the card's ``missing_wt_thresholds`` entries of the missing modalities (e.g.
+    ``{"flair": 0.4}``, each chosen in cross-validation with that modality missing alone) the lowest, else its
+    ``wt_threshold`` (chosen with all four), else None (the argmax alone)."""
     by_missing = settings.get("missing_wt_thresholds") or {}
     entries = [float(by_missing[m]) for m in missing if m in by_missing]
-    return min(entries) if entries else None
+    if entries:
+        return min(entries)
+    return float(settings["wt_threshold"]) if settings.get("wt_threshold") is not None else None
 
 
 def widen_whole_tumor(labels: np.ndarray, ncr: np.ndarray, ed: np.ndarray, et: np.ndarray,

@@ -179,7 +179,8 @@ def test_region_thresholds_follow_the_missing_modality():
 
 def test_an_argmax_reading_is_widened_only_where_the_whole_tumor_probability_reaches_the_threshold():
     """``widen_whole_tumor``: background voxels with P(NCR) + P(ED) + P(ET) >= t_WT become edema; every other voxel keeps the argmax label, and the input is not changed. ``whole_tumor_threshold_for`` reads the
-    card's ``missing_wt_thresholds`` for the modalities missing (the lowest applies), None otherwise."""
+    card's ``missing_wt_thresholds`` for the modalities missing (the lowest applies), else its ``wt_threshold``, else
+    None."""
     from GliomaAnalysisLib.pipeline.analysis import argmax_uint8
     from GliomaAnalysisLib.pipeline.postprocess import whole_tumor_threshold_for, widen_whole_tumor
 
@@ -201,6 +202,9 @@ def test_an_argmax_reading_is_widened_only_where_the_whole_tumor_probability_rea
     assert whole_tumor_threshold_for(settings, ["flair"]) == 0.4
     assert whole_tumor_threshold_for(settings, ["t2", "flair"]) == 0.3
     assert whole_tumor_threshold_for({"min_et_ml": 0.5}, ["flair"]) is None
+    every_case = {"wt_threshold": 0.45, "missing_wt_thresholds": {"flair": 0.3}}  # a missing entry replaces it
+    assert whole_tumor_threshold_for(every_case, []) == 0.45 and whole_tumor_threshold_for(every_case, ["t1"]) == 0.45
+    assert whole_tumor_threshold_for(every_case, ["flair"]) == 0.3
 
 
 def test_components_sums_and_boxes_match_scipy_ndimage():

@@ -279,7 +279,7 @@ def test_an_argmax_reading_without_a_modality_is_widened_where_the_study_pays(tm
     missing = {"flair": {"wt_threshold": study}, "t2": {"wt_threshold": {**study, "nested": study["dice"]["argmax"]}}}
     settings = postprocessing_of("lesion_filter", missing)
     assert settings["missing_wt_thresholds"] == {"flair": 0.3} and "region_thresholds" not in settings
-    assert "lesion filter; without FLAIR also edema where P(WT) >= 0.3 (filtered again)" in postprocessing_text(settings)
+    assert "lesion filter; without FLAIR edema where P(WT) >= 0.3 (filtered again)" in postprocessing_text(settings)
     assert "missing_wt_thresholds" not in postprocessing_of(
         "lesion_filter", {"flair": {"wt_threshold": {**study, "best": None}}})  # the argmax won: nothing to ship
 
@@ -379,3 +379,43 @@ def test_the_edema_added_without_a_modality_never_brings_back_a_filtered_enhanci
     labels = argmax_variant_labels(argmax, "lesion_filter", spacing, probabilities=probabilities, t_wt=0.4)
     assert not (labels == 3).any() and (labels[15:26, 15:26, 31:42] == 2).sum() > 1000  # the edema only
     assert np.array_equal(labels[:, :, :28] > 0, argmax[:, :, :28] > 0)
+
+
+def test_a_whole_tumor_threshold_for_every_case_is_a_scored_variant_parsed_and_exported(tmp_path):
+    """With all four modalities the faint edema is scored under ``lesion_filter+wt_T`` too (edema where P(WT) >= T,
+    T in ``WT_THRESHOLD_CHOICES``): 0.3 recovers it, 0.4 does not. The name parses (gates and floors after it) and
+    exports as the card's ``wt_threshold``; a study without a modality then reads that threshold as its own."""
+    from training.segmentation.cross_validate import (WT_THRESHOLD_CHOICES, gate_thresholds_of, missing_wt_threshold,
+                                                      score_variants, widened_variant, wt_threshold_of)
+    from training.segmentation.export_segmentation import postprocessing_of, postprocessing_text
+
+    paths = _faint_edema_predictions(tmp_path)
+    scores = score_variants(paths[0])
+    assert {widened_variant(t) for t in WT_THRESHOLD_CHOICES} <= set(scores) and 0.3 in WT_THRESHOLD_CHOICES
+    assert scores["lesion_filter+wt_0.3"]["wt"] == 1.0 and scores["lesion_filter+wt_0.4"]["wt"] < 0.3
+    assert scores["lesion_filter+wt_0.3"]["tc"] == scores["lesion_filter"]["tc"] == 1.0
+    name = "lesion_filter+wt_0.4+et_gate_0.5sd+min_et_0.25ml"
+    assert wt_threshold_of(name) == 0.4 and gate_thresholds_of(name) == (0.5, None)
+    assert wt_threshold_of("lesion_filter+min_et_0.25ml") is None and wt_threshold_of("lesion_filter") is None
+    settings = postprocessing_of(name)
+    assert (settings["wt_threshold"], settings["min_enhancement_sd"], settings["min_et_ml"]) == (0.4, 0.5, 0.25)
+    assert "lesion filter; edema where P(WT) >= 0.4 (filtered again)" in postprocessing_text(settings)
+    study = missing_wt_threshold(paths, "lesion_filter+wt_0.4")
+    assert study["own"] == "0.4" and "argmax" not in study["dice"] and study["best"] == 0.3
+    assert postprocessing_of("lesion_filter+wt_0.4", {"flair": {"wt_threshold": study}}) == {
+        "min_et_ml": 0.0, "chosen_in_cross_validation": "lesion_filter+wt_0.4", "wt_threshold": 0.4,
+        "missing_wt_thresholds": {"flair": 0.3}}
+
+
+def test_a_variant_must_beat_the_simpler_ones_by_the_tolerance_to_be_chosen():
+    """``first_of_near_best``: the first (simplest) name within ``CHOICE_TOLERANCE`` of the best score wins, so a
+    variant that adds a gate for +0.0001 is not chosen, one that adds +0.01 is; the nested choice follows the rule."""
+    from training.segmentation.cross_validate import CHOICE_TOLERANCE, first_of_near_best, nested_choice
+
+    scores = {"simple": 2.3601, "with_gate": 2.3602, "other": 2.0}
+    assert first_of_near_best(list(scores), scores.__getitem__) == "simple"
+    scores["with_gate"] = 2.3601 + CHOICE_TOLERANCE + 0.008
+    assert first_of_near_best(list(scores), scores.__getitem__) == "with_gate"
+    rows = {f"{fold}{k}": {"fold": fold, "simple": {"wt": 0.9, "tc": 0.8, "et": 0.7},
+                           "with_gate": {"wt": 0.9001, "tc": 0.8, "et": 0.7}} for fold in (0, 1) for k in "ab"}
+    assert set(nested_choice(rows, ["simple", "with_gate"])["choices"].values()) == {"simple"}

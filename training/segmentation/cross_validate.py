@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -70,6 +70,14 @@ MIN_ET_WITH_GATES = (0.25, 0.5)
 gates first, then the floor). The gates keep a false 0.08 mL fragment of ET in an ET-free LGG, which the floor
 removes; the floor alone keeps an over-called ET (2.25 mL for a true 0.22) that the gates trim to 0.36 mL (thirty-third
 session, folds 0-1)."""
+WT_THRESHOLD_CHOICES = (0.45, 0.4, 0.3)
+"""P(WT) candidates of the argmax variants that add edema after the lesion filter where the argmax left background
+(``lesion_filter+wt_0.4...``; ``postprocess.widen_whole_tumor``, then filtered again; the gates and floors after it):
+the two-stage pair under-calls the whole tumor outside CBICA's tight edema (folds 0-2, thirty-sixth session)."""
+CHOICE_TOLERANCE = 0.002
+"""Summed mean Dice (WT + TC + ET) by which a variant must beat every variant listed before it (the simpler ones) to be
+chosen: among the 100-odd variants a gate added for +0.0001 WT is noise (on folds 0-2 of the pair, an edema gate at
+0.25 SD), and choosing it is how a search over many variants overfits its cases."""
 MISSING_WT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 """t_WT candidates for a case without one modality (with the chosen t_TC, t_ET; the all-four t_WT is always one),
 scored on the predictions without it: without FLAIR the networks under-call edema (P(WT) stays below 0.5 over much
@@ -238,12 +246,18 @@ def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) 
     variants = {"none": raw, "lesion_filter": filtered}
     for min_et in MIN_ET_CHOICES[1:]:
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
+    bases = {"lesion_filter": filtered}
+    for t_wt in WT_THRESHOLD_CHOICES:
+        bases[widened_variant(t_wt)] = argmax_variant_labels(raw, widened_variant(t_wt), spacing,
+                                                             probabilities=probabilities)
+    variants.update(bases)
     if folders is not None:  # a gate without its modality leaves the labels as they are
         maps = signal_maps_of(path, folders)
         gated = {}
-        for et_gate in ET_GATE_CHOICES:
-            for ed_gate in (None,) + ED_GATE_CHOICES:
-                gated[gate_variant(et_gate, ed_gate)] = apply_gates(filtered, maps, et_gate, ed_gate)
+        for base, labels in bases.items():
+            for et_gate in ET_GATE_CHOICES:
+                for ed_gate in (None,) + ED_GATE_CHOICES:
+                    gated[gate_variant(et_gate, ed_gate, base)] = apply_gates(labels, maps, et_gate, ed_gate)
         variants.update(gated)  # the gates alone first: a tie goes to the simpler variant
         for name, labels in gated.items():
             for min_et in MIN_ET_WITH_GATES:
@@ -274,9 +288,21 @@ def decode_region_variant(probabilities: np.ndarray, thresholds: Sequence[float]
     return suppress_small_enhancement(decoded, voxel_ml, REGION_MIN_ET)
 
 
-def gate_variant(et_gate: float, ed_gate: Optional[float] = None) -> str:
-    """The report's name of a signal-gate variant, e.g. ``lesion_filter+et_gate_0.5sd+ed_gate_0.25sd``."""
-    return f"lesion_filter+et_gate_{et_gate:g}sd" + ("" if ed_gate is None else f"+ed_gate_{ed_gate:g}sd")
+def gate_variant(et_gate: float, ed_gate: Optional[float] = None, base: str = "lesion_filter") -> str:
+    """The report's name of a signal-gate variant, e.g. ``lesion_filter+et_gate_0.5sd+ed_gate_0.25sd`` (after
+    ``base``, e.g. ``lesion_filter+wt_0.4``)."""
+    return f"{base}+et_gate_{et_gate:g}sd" + ("" if ed_gate is None else f"+ed_gate_{ed_gate:g}sd")
+
+
+def widened_variant(t_wt: float) -> str:
+    """The report's name of the argmax variant with edema added where P(WT) >= ``t_wt``: ``lesion_filter+wt_0.4``."""
+    return f"lesion_filter+wt_{t_wt:g}"
+
+
+def wt_threshold_of(variant: str) -> Optional[float]:
+    """The P(WT) threshold of a variant that adds edema after the lesion filter (``...+wt_0.4...``), else None."""
+    match = re.search(r"\+wt_([0-9.]+)(?:\+|$)", variant)
+    return float(match.group(1)) if match else None
 
 
 def gate_thresholds_of(variant: str) -> Tuple[Optional[float], Optional[float]]:
@@ -290,9 +316,16 @@ def region_variant(thresholds: Sequence[float]) -> str:
     return "regions_" + "_".join(f"{t:g}" for t in thresholds) + f"+lesion_filter+min_et_{REGION_MIN_ET:g}ml"
 
 
+def first_of_near_best(names: Sequence[str], score: Callable[[str], float]) -> str:
+    """The first of ``names`` (simplest first) whose ``score`` is within ``CHOICE_TOLERANCE`` of the best."""
+    best = max(score(n) for n in names)
+    return next(n for n in names if score(n) >= best - CHOICE_TOLERANCE)
+
+
 def nested_choice(rows: Dict[str, Dict], variant_names: Sequence[str]) -> Dict:
-    """The choice of post-processing validated honestly: for each fold, the variant with the best WT + TC + ET on
-    the other folds' cases, scored on the fold's cases. Returns {choices: {fold: variant}, dice: summary}."""
+    """The choice of post-processing validated honestly: for each fold, the variant with the best WT + TC + ET (within
+    ``CHOICE_TOLERANCE``, the simplest) on the other folds' cases, scored on the fold's cases. Returns {choices: {fold:
+    variant}, dice: summary}."""
     folds = sorted({row["fold"] for row in rows.values()})
     choices, scored = {}, {}
     for fold in folds:
@@ -300,7 +333,7 @@ def nested_choice(rows: Dict[str, Dict], variant_names: Sequence[str]) -> Dict:
         if not others:
             continue
         means = {v: sum(summarise(others, v)[r]["mean"] for r in REGIONS) for v in variant_names}
-        choices[fold] = max(variant_names, key=lambda v: means[v])
+        choices[fold] = first_of_near_best(variant_names, means.__getitem__)
         scored.update({c: {"nested": r[choices[fold]]} for c, r in rows.items() if r["fold"] == fold})
     return {"choices": choices, "dice": summarise(scored, "nested") if scored else None}
 
@@ -325,7 +358,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
     rows = {p.stem[:len(p.stem) - len(suffix)]: score_variants(p, folders) for p in files}
     variant_names = [k for k, v in next(iter(rows.values())).items() if isinstance(v, dict)]
     summaries = {v: summarise(rows, v) for v in variant_names}
-    chosen = max(variant_names, key=lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
+    chosen = first_of_near_best(variant_names, lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, variant_names)
     gated = any(t is not None for t in gate_thresholds_of(chosen))
     missing = {} if without else _missing_summary(run, rows, chosen, folders if gated else None)  # images: gates
@@ -384,13 +417,15 @@ def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[fl
                           t_wt: Optional[float] = None) -> np.ndarray:
     """The post-processing of an argmax ``variant`` (``none``, ``lesion_filter``, ``...+et_gate_0.5sd``,
     ``...+min_et_0.25ml``) on ``labels`` (Z, Y, X), as ``score_variants`` scores it and ``analyze`` runs it;
-    ``maps``: the case's signal maps, needed by a variant with gates (spacing in mm, z-y-x). With ``t_wt`` (and the
-    (3, Z, Y, X) ``probabilities``) edema is added after the lesion filter (``widen_whole_tumor``), filtered again,
-    as ``analyze`` does for a card's ``missing_wt_thresholds``."""
+    ``maps``: the case's signal maps, needed by a variant with gates (spacing in mm, z-y-x). With a P(WT) threshold,
+    ``t_wt`` or else the variant's own (``+wt_0.4``), and the (3, Z, Y, X) ``probabilities``, edema is added after the
+    lesion filter (``widen_whole_tumor``), filtered again, as ``analyze`` does for a card's ``wt_threshold`` and
+    ``missing_wt_thresholds``."""
     if variant == "none":
         return labels
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = remove_small_components(lesion_filter(labels, spacing), voxel_ml)
+    t_wt = t_wt if t_wt is not None else wt_threshold_of(variant)
     if t_wt is not None:
         out = remove_small_components(lesion_filter(widen_whole_tumor(out, *probabilities, t_wt), spacing), voxel_ml)
     gates = gate_thresholds_of(variant)
@@ -405,14 +440,15 @@ def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[fl
 def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
     """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
     the ``chosen`` decoding: mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate and at the chosen variant's own
-    reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: ``argmax``, the candidates then
-    adding edema after its lesion filter, ``argmax_variant_labels``), the best over all cases (``best``,
+    reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: its ``+wt_`` threshold or else
+    ``argmax``, the candidates then adding edema after its lesion filter, ``argmax_variant_labels``), the best over all cases (``best``,
     what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the other folds' cases,
-    scored on its own: the honest estimate of ``best``). Ties go to the chosen variant's own reading, then to the
-    higher threshold (the one that calls less). ``folders``: the cases' images, for a variant with signal gates."""
+    scored on its own: the honest estimate of ``best``). Near-ties (``CHOICE_TOLERANCE``) go to the chosen variant's
+    own reading, then to the higher threshold (the one that calls less). ``folders``: the cases' images, for a variant with signal gates."""
     thresholds = region_thresholds_of(chosen)
-    own = f"{thresholds[0]:g}" if thresholds else "argmax"
-    candidates = sorted(set(MISSING_WT_THRESHOLDS) | ({float(thresholds[0])} if thresholds else set()))
+    t_own = float(thresholds[0]) if thresholds else wt_threshold_of(chosen)
+    own = "argmax" if t_own is None else f"{t_own:g}"
+    candidates = sorted(set(MISSING_WT_THRESHOLDS) | ({t_own} if t_own is not None else set()))
     gated = any(g is not None for g in gate_thresholds_of(chosen))
     rows = {}
     for path in paths:
@@ -427,7 +463,7 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
         else:
             maps = signal_maps_of(path, folders) if gated else None
             argmax = decode(probabilities)
-            readings = {"argmax": argmax_variant_labels(argmax, chosen, spacing, maps)}
+            readings = {} if t_own is not None else {"argmax": argmax_variant_labels(argmax, chosen, spacing, maps)}
             readings.update({f"{t:g}": argmax_variant_labels(argmax, chosen, spacing, maps, probabilities, t)
                              for t in candidates})
         for name, labels in readings.items():
@@ -435,7 +471,7 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
             rows[path.name][name] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
     names = [own] + [f"{t:g}" for t in sorted(candidates, reverse=True) if f"{t:g}" != own]
     by_name = {name: summarise(rows, name) for name in names}
-    best = max(names, key=lambda t: sum(by_name[t][r]["mean"] for r in REGIONS))  # first of equals
+    best = first_of_near_best(names, lambda t: sum(by_name[t][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, names)
     return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_name.items()}, "own": own,
             "best": None if best == "argmax" else float(best),

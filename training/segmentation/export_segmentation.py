@@ -51,7 +51,7 @@ from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
 from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
-from .cross_validate import gate_thresholds_of, region_thresholds_of
+from .cross_validate import gate_thresholds_of, region_thresholds_of, wt_threshold_of
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -164,7 +164,11 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
     thresholds = region_thresholds_of(variant)
     if thresholds:
         settings["region_thresholds"] = thresholds
-    by_missing = missing_wt_thresholds(missing_modality or {}, "argmax" if not thresholds else f"{thresholds[0]:g}")
+    t_wt = wt_threshold_of(variant)
+    if t_wt is not None:
+        settings["wt_threshold"] = t_wt
+    own = f"{thresholds[0]:g}" if thresholds else ("argmax" if t_wt is None else f"{t_wt:g}")
+    by_missing = missing_wt_thresholds(missing_modality or {}, own)
     if by_missing and thresholds:
         settings["missing_region_thresholds"] = {m: [t, *(float(x) for x in thresholds[1:])]
                                                  for m, t in by_missing.items()}
@@ -366,8 +370,10 @@ def postprocessing_text(settings: Dict) -> str:
             f"z-score without T1) relabelled NCR" if settings.get("min_enhancement_sd") is not None else "")
     gate += (f"; edema voxels below {settings['min_flair_sd']:g} SD on FLAIR relabelled background (not without FLAIR)"
              if settings.get("min_flair_sd") is not None else "")
-    widening = "".join(f"; without {m.upper()} also edema where P(WT) >= {t:g} (filtered again)"
-                       for m, t in (settings.get("missing_wt_thresholds") or {}).items())
+    widening = (f"; edema where P(WT) >= {settings['wt_threshold']:g} (filtered again)"
+                if settings.get("wt_threshold") is not None else "")
+    widening += "".join(f"; without {m.upper()} edema where P(WT) >= {t:g} (filtered again)"
+                        for m, t in (settings.get("missing_wt_thresholds") or {}).items())
     return f"{decoding}; lesion filter{widening}{gate}{small_et}"
 
 
