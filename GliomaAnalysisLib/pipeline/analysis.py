@@ -4,8 +4,8 @@ case -> preprocess (card's spacing, brain crop, z-score) -> the segmentation mod
 (pipeline/model_choice.py: the requested one, or one its card names for a missing modality or for --fast) ->
 network (TTA / MC-dropout passes) -> the card's fine stage, if it names one (pipeline/fine_stage.py: a finer network
 over the tumor region, whose maps replace the coarse ones there) -> probabilities back to the reference grid
-(linear) -> labels there (argmax or the card's region thresholds) -> lesion filter + small-component removal (for a
-missing modality, an argmax card's whole-tumor threshold may then add edema, filtered again) ->
+(linear) -> labels there (argmax or the card's region thresholds) -> lesion filter + small-component removal (an argmax
+card's whole-tumor threshold, or its threshold for a missing modality, may then add edema, filtered again) ->
 volumes, ratios, uncertainty summary -> AnalysisResult. The classifiers read the coarse network's working-grid
 labels and encoder maps (what they were trained on), the volumes the refined labels.
 The classifiers (pipeline/classify.py) read the working-grid arrays and run in a worker thread while the

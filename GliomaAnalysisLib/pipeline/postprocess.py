@@ -8,8 +8,8 @@
   under-call edema, P(WT) stays below 0.5 over much of it; chosen in cross-validation on predictions without it).
 * ``widen_whole_tumor``: the same finding for an argmax card: its ``wt_threshold``, or without a modality its
   ``missing_wt_thresholds`` (``whole_tumor_threshold_for``, e.g. ``{"flair": 0.4}``), label edema where the argmax
-  left background but P(WT) reaches the threshold; ``analyze`` does it after the lesion filter and filters again (widened first, a false
-  ET speck's component could grow past the filter).
+  left background but P(WT) reaches the threshold; ``analyze`` does it after the lesion filter and filters again
+  (widened first, a false ET speck's component could grow past the filter).
 
 * ``lesion_filter``: keeps the lesion and drops false-positive blobs. Whole-tumor components (26-connected) that
   hold a tumor core (NCR or ET) of at least ``min_core_ml`` are lesions and are all kept (multifocal tumors), and
@@ -179,10 +179,10 @@ def whole_tumor_threshold_for(settings: Mapping, missing: Sequence[str]) -> Opti
 def widen_whole_tumor(labels: np.ndarray, ncr: np.ndarray, ed: np.ndarray, et: np.ndarray,
                       t_wt: float) -> np.ndarray:
     """Argmax ``labels`` (Z, Y, X uint8, 0 bg, 1 NCR, 2 ED, 3 ET) with each background voxel where
-    P(NCR) + P(ED) + P(ET) >= ``t_wt`` labelled edema: a new array (``labels`` is not changed). Without FLAIR the
-    networks under-call edema: the argmax leaves background where P(WT) is 0.3-0.5 around the tumor. Edema, not the
-    likeliest tumor label: the core and ET stay the argmax's (on the pair's out-of-fold predictions without FLAIR the
-    likeliest label took TC -0.007, edema none, for the same WT)."""
+    P(NCR) + P(ED) + P(ET) >= ``t_wt`` labelled edema: a new array (``labels`` is not changed). The two-stage pair
+    under-calls edema, most without FLAIR: the argmax leaves background where P(WT) is 0.3-0.5 around the tumor.
+    Edema, not the likeliest tumor label: the core and ET stay the argmax's (on the pair's out-of-fold predictions
+    without FLAIR the likeliest label took TC -0.007, edema none, for the same WT)."""
     whole = ncr + ed
     whole += et
     out = labels.copy()

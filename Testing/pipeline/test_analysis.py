@@ -251,8 +251,9 @@ def test_a_missing_modality_widens_an_argmax_reading_to_its_whole_tumor_threshol
         shutil.copy(path, tmp_path / path.name)
     card_path = tmp_path / "glioma_seg.json"
     card = json.loads(card_path.read_text())
-    for modalities, t_wt, settings in ((("t1", "t1ce", "t2"), 0.05, {"missing_wt_thresholds": {"flair": 0.05}}),
-                                       (("t1", "t1ce", "t2", "flair"), None, {"missing_wt_thresholds": {"flair": 0.05}}),
+    by_flair = {"missing_wt_thresholds": {"flair": 0.05}}
+    for modalities, t_wt, settings in ((("t1", "t1ce", "t2"), 0.05, by_flair),
+                                       (("t1", "t1ce", "t2", "flair"), None, by_flair),
                                        (("t1", "t1ce", "t2", "flair"), 0.05, {"wt_threshold": 0.05})):
         card["postprocessing"] = {"min_et_ml": 0.0, **settings}
         card_path.write_text(json.dumps(card))

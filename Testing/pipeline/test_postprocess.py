@@ -178,9 +178,9 @@ def test_region_thresholds_follow_the_missing_modality():
 
 
 def test_an_argmax_reading_is_widened_only_where_the_whole_tumor_probability_reaches_the_threshold():
-    """``widen_whole_tumor``: background voxels with P(NCR) + P(ED) + P(ET) >= t_WT become edema; every other voxel keeps the argmax label, and the input is not changed. ``whole_tumor_threshold_for`` reads the
-    card's ``missing_wt_thresholds`` for the modalities missing (the lowest applies), else its ``wt_threshold``, else
-    None."""
+    """``widen_whole_tumor``: background voxels with P(NCR) + P(ED) + P(ET) >= t_WT become edema; every other voxel
+    keeps the argmax label, and the input is not changed. ``whole_tumor_threshold_for`` reads the card's
+    ``missing_wt_thresholds`` for the modalities missing (the lowest applies), else its ``wt_threshold``, else None."""
     from GliomaAnalysisLib.pipeline.analysis import argmax_uint8
     from GliomaAnalysisLib.pipeline.postprocess import whole_tumor_threshold_for, widen_whole_tumor
 

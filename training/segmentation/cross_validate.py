@@ -441,10 +441,11 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
     """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
     the ``chosen`` decoding: mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate and at the chosen variant's own
     reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: its ``+wt_`` threshold or else
-    ``argmax``, the candidates then adding edema after its lesion filter, ``argmax_variant_labels``), the best over all cases (``best``,
-    what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the other folds' cases,
-    scored on its own: the honest estimate of ``best``). Near-ties (``CHOICE_TOLERANCE``) go to the chosen variant's
-    own reading, then to the higher threshold (the one that calls less). ``folders``: the cases' images, for a variant with signal gates."""
+    ``argmax``, the candidates then adding edema after its lesion filter, ``argmax_variant_labels``), the best over
+    all cases (``best``, what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the
+    other folds' cases, scored on its own: the honest estimate of ``best``). Near-ties (``CHOICE_TOLERANCE``) go to
+    the chosen variant's own reading, then to the higher threshold (the one that calls less). ``folders``: the cases'
+    images, for a variant with signal gates."""
     thresholds = region_thresholds_of(chosen)
     t_own = float(thresholds[0]) if thresholds else wt_threshold_of(chosen)
     own = "argmax" if t_own is None else f"{t_own:g}"
