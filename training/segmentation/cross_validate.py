@@ -248,8 +248,7 @@ def score_variants(path: Path, folders: Optional[Dict[str, CaseFolder]] = None) 
         variants[f"lesion_filter+min_et_{min_et:g}ml"] = suppress_small_enhancement(filtered, voxel_ml, min_et)
     bases = {"lesion_filter": filtered}
     for t_wt in WT_THRESHOLD_CHOICES:
-        bases[widened_variant(t_wt)] = argmax_variant_labels(raw, widened_variant(t_wt), spacing,
-                                                             probabilities=probabilities)
+        bases[widened_variant(t_wt)] = with_edema_added(filtered, probabilities, t_wt, spacing)
     variants.update(bases)
     if folders is not None:  # a gate without its modality leaves the labels as they are
         maps = signal_maps_of(path, folders)
@@ -412,6 +411,22 @@ def _threshold_text(t_wt: Optional[float]) -> str:
     return "argmax" if t_wt is None else f"{t_wt:g}"
 
 
+def with_edema_added(filtered: np.ndarray, probabilities: np.ndarray, t_wt: float,
+                     spacing: Sequence[float]) -> np.ndarray:
+    """Lesion-filtered labels (Z, Y, X) with edema where P(WT) >= ``t_wt`` (``widen_whole_tumor``; probabilities
+    (3, Z, Y, X) NCR, ED, ET), filtered again, as ``analyze`` does (spacing in mm, z-y-x)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return remove_small_components(lesion_filter(widen_whole_tumor(filtered, *probabilities, t_wt), spacing), voxel_ml)
+
+
+def own_reading(variant: str) -> str:
+    """The name of a chosen variant's own whole-tumor reading in the missing-modality study: its t_WT (a regions
+    variant's, or an argmax variant's ``+wt_``), else ``argmax``."""
+    thresholds = region_thresholds_of(variant)
+    t_wt = float(thresholds[0]) if thresholds else wt_threshold_of(variant)
+    return "argmax" if t_wt is None else f"{t_wt:g}"
+
+
 def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[float],
                           maps: Optional[SignalMaps] = None, probabilities: Optional[np.ndarray] = None,
                           t_wt: Optional[float] = None) -> np.ndarray:
@@ -427,7 +442,7 @@ def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[fl
     out = remove_small_components(lesion_filter(labels, spacing), voxel_ml)
     t_wt = t_wt if t_wt is not None else wt_threshold_of(variant)
     if t_wt is not None:
-        out = remove_small_components(lesion_filter(widen_whole_tumor(out, *probabilities, t_wt), spacing), voxel_ml)
+        out = with_edema_added(out, probabilities, t_wt, spacing)
     gates = gate_thresholds_of(variant)
     if any(g is not None for g in gates):
         if maps is None:
@@ -447,8 +462,8 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
     the chosen variant's own reading, then to the higher threshold (the one that calls less). ``folders``: the cases'
     images, for a variant with signal gates."""
     thresholds = region_thresholds_of(chosen)
-    t_own = float(thresholds[0]) if thresholds else wt_threshold_of(chosen)
-    own = "argmax" if t_own is None else f"{t_own:g}"
+    own = own_reading(chosen)
+    t_own = None if own == "argmax" else float(own)
     candidates = sorted(set(MISSING_WT_THRESHOLDS) | ({t_own} if t_own is not None else set()))
     gated = any(g is not None for g in gate_thresholds_of(chosen))
     rows = {}

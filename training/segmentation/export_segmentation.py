@@ -51,7 +51,7 @@ from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
 from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
-from .cross_validate import gate_thresholds_of, region_thresholds_of, wt_threshold_of
+from .cross_validate import gate_thresholds_of, own_reading, region_thresholds_of, wt_threshold_of
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -167,8 +167,7 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
     t_wt = wt_threshold_of(variant)
     if t_wt is not None:
         settings["wt_threshold"] = t_wt
-    own = f"{thresholds[0]:g}" if thresholds else ("argmax" if t_wt is None else f"{t_wt:g}")
-    by_missing = missing_wt_thresholds(missing_modality or {}, own)
+    by_missing = missing_wt_thresholds(missing_modality or {}, own_reading(variant))
     if by_missing and thresholds:
         settings["missing_region_thresholds"] = {m: [t, *(float(x) for x in thresholds[1:])]
                                                  for m, t in by_missing.items()}
