@@ -16,6 +16,9 @@ def test_cross_validation_predicts_every_case_out_of_fold(tmp_path):
     args = ["--data", str(data), "--run-dir", str(run), "--cache", str(tmp_path / "cache"), "--crop", "16",
             "--batch", "1", "--steps", "2", "--n-folds", "2", "--spacing", "4", "--val-every", "100",
             "--network", network, "--table", str(tmp_path / "cv.md")]
+    assert main(args + ["--no-report"]) == 0  # trained and predicted, not reported
+    assert len(list((run / "oof").glob("*.npz"))) == 4
+    assert not (run / "cv_report.json").exists() and not (tmp_path / "cv.md").exists()
     assert main(args) == 0
     report = json.loads((run / "cv_report.json").read_text())
     assert report["cases"] == 4 and report["folds_done"] == [0, 1]

@@ -3,6 +3,7 @@
     python -m training.segmentation.cross_validate --config training/configs/segmentation.yaml --run-dir runs/cv1
     python -m training.segmentation.cross_validate ... --folds 0,1     # some folds only (screening)
     python -m training.segmentation.cross_validate ... --report-only   # tables from what is predicted so far
+    python -m training.segmentation.cross_validate ... --no-report     # train and predict only (a queue of folds)
 
 For each fold (stratified by grade and source, ``training/common/folds.py``): train on the other folds
 (``train_segmentation``, resumed from its checkpoint), store the fold model as a model card + weights, then analyse
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = __doc__
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all)")
     parser.add_argument("--report-only", action="store_true", help="no training or prediction: report only")
+    parser.add_argument("--no-report", action="store_true",
+                        help="train and predict only (the report over every variant takes minutes a fold: run it "
+                             "once with --report-only when the folds are in)")
     parser.add_argument("--missing", action="store_true", help="also predict with each single modality missing")
     parser.add_argument("--table", default=None, help="write the Markdown report here as well")
     return parser
@@ -594,7 +598,10 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if args.report_only and args.no_report:
+        parser.error("--report-only and --no-report exclude each other: give one")
     run = Path(args.run_dir)
     packs = [root for root in args.data if is_pack(root)]
     if packs:
@@ -614,6 +621,8 @@ def main(argv=None) -> int:
                 if train_segmentation.train(fold_args(args, fold)) is None:
                     return 2
             predict_held_out(run, fold, folders, args.missing)
+    if args.no_report:
+        return 0
     without = absent_modality(args.absent_modalities) if args.absent_modalities else None
     result = report(run, Path(args.table) if args.table else None, folders, without)
     if without:
