@@ -40,6 +40,8 @@ def setup_files(tmp_path):
      "pack: not a training pack of format"),
     (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--data", "{tmp}/pack"),
      "pack is a training pack"),
+    (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--report-only", "--no-report"),
+     "--report-only and --no-report exclude each other"),
 ])
 def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, message):
     result = _run(*(a.format(tmp=setup_files) for a in args))
