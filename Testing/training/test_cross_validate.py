@@ -422,3 +422,78 @@ def test_a_variant_must_beat_the_simpler_ones_by_the_tolerance_to_be_chosen():
     rows = {f"{fold}{k}": {"fold": fold, "simple": {"wt": 0.9, "tc": 0.8, "et": 0.7},
                            "with_gate": {"wt": 0.9001, "tc": 0.8, "et": 0.7}} for fold in (0, 1) for k in "ab"}
     assert set(nested_choice(rows, ["simple", "with_gate"])["choices"].values()) == {"simple"}
+
+
+def _fold_predictions(oof, fold: int, cases: str, seed: int) -> None:
+    """Out-of-fold predictions of ``cases`` (one letter each) in ``fold``: with all modalities the truth (a 12^3 tumor
+    with a 4^3 core) and a far speck of edema that the lesion filter removes; without FLAIR its edema at a random P
+    (0.2-0.9) and a random halo of false edema, so that the whole-tumor readings differ by case."""
+    rng = np.random.default_rng(seed)
+    oof.mkdir(parents=True, exist_ok=True)
+    truth = np.zeros((24, 24, 24), dtype=np.uint8)
+    truth[6:18, 6:18, 6:18] = 2
+    truth[10:14, 10:14, 10:14] = 1
+    for name in cases:
+        for suffix in ("", "-without_flair"):
+            probabilities = np.stack([(truth == k).astype(np.float32) for k in (1, 2, 3)])
+            if suffix:
+                probabilities[1] *= rng.uniform(0.2, 0.9)
+                halo = np.zeros(truth.shape, dtype=bool)
+                halo[tuple(slice(6 - rng.integers(0, 3), 18 + rng.integers(0, 3)) for _ in range(3))] = True
+                probabilities[1][halo & (truth == 0)] = rng.uniform(0.3, 0.7)
+            else:
+                probabilities[1][20:22, 20:22, 20:22] = 1.0
+            np.savez(oof / f"{name}{suffix}.npz", probabilities=probabilities.astype(np.float16), truth=truth,
+                     fold=fold, uncertainty=np.full(truth.shape, rng.uniform(), np.float16),
+                     box=np.array([[0, 24]] * 3), spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0)
+
+
+def test_a_published_report_stands_in_for_the_folds_whose_predictions_are_gone(tmp_path):
+    """Folds 0-1 reported and published, then their predictions lost: a run of fold 2 reported with ``--published``
+    gives the report of all three folds (per-case rows, choice, means, the study without FLAIR), as one run holding
+    every prediction does; from an older report with the study's means only, its means join weighted by its cases."""
+    from training.segmentation.cross_validate import report
+
+    for fold, cases, seed in ((0, "ab", 1), (1, "cd", 2), (2, "ef", 3)):
+        _fold_predictions(tmp_path / "all" / "oof", fold, cases, seed)
+        _fold_predictions(tmp_path / ("early" if fold < 2 else "late") / "oof", fold, cases, seed)
+    whole = report(tmp_path / "all")
+    published = tmp_path / "published" / "cv_report.json"
+    published.parent.mkdir()
+    published.write_text(json.dumps(report(tmp_path / "early")))
+    merged = report(tmp_path / "late", published=published)
+    assert merged["cases"] == whole["cases"] == 6 and merged["published_folds"] == [0, 1]
+    assert merged["folds_done"] == [0, 1, 2] and merged["per_case"] == whole["per_case"]
+    assert merged["chosen"] == whole["chosen"] and merged["variants"] == whole["variants"]
+    assert merged["nested_choice"] == whole["nested_choice"] and merged["worst_cases"] == whole["worst_cases"]
+    assert merged["missing_modality"] == whole["missing_modality"]
+    assert merged["missing_per_case"] == whole["missing_per_case"]
+    assert whole["missing_modality"]["flair"]["wt_threshold"]["dice"]["0.2"]["wt"] > 0  # the study was made
+
+    older = json.loads(published.read_text())
+    del older["missing_per_case"]  # a report written before the per-case rows of the study
+    published.write_text(json.dumps(older))
+    legacy = report(tmp_path / "late", published=published)
+    flair, full = legacy["missing_modality"]["flair"], whole["missing_modality"]["flair"]
+    assert flair["cases"] == 6 and legacy["per_case"] == whole["per_case"]
+    for region in ("wt", "tc", "et", "wt_with_all"):
+        assert abs(flair[region] - full[region]) < 2e-4  # means of means, weighted by cases (4 d.p. each)
+    for reading, scores in full["wt_threshold"]["dice"].items():
+        assert abs(flair["wt_threshold"]["dice"][reading]["wt"] - scores["wt"]) < 2e-4
+    early = older["missing_modality"]["flair"]["wt_threshold"]["nested_choices"]
+    assert {str(f): t for f, t in flair["wt_threshold"]["nested_choices"].items() if f in (0, 1)} == early
+    assert flair["wt_threshold"]["nested_choices"][2] == full["wt_threshold"]["nested_choices"][2]
+
+    _fold_predictions(tmp_path / "late" / "oof", 2, "a", 4)  # another fold assignment: not one cross-validation
+    with pytest.raises(SystemExit, match="a is in fold 0 there, in fold 2 here"):
+        report(tmp_path / "late", published=published)
+    (tmp_path / "late" / "oof" / "a.npz").unlink()
+    (tmp_path / "late" / "oof" / "a-without_flair.npz").unlink()
+    other = json.loads(published.read_text())
+    del other["per_case"]["a"]["none"]  # scored with other variants
+    published.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="scoring changed"):
+        report(tmp_path / "late", published=published)
+    published.write_text("{}")
+    with pytest.raises(SystemExit, match="not a segmentation cross-validation report"):
+        report(tmp_path / "late", published=published)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from ..common.config import parse_args
 from ..common.datasets import CaseFolder, case_folders
 from . import train_segmentation
 from .pack_arrays import is_pack
+from .published_report import load_published, published_missing, published_rows
 
 MIN_ET_CHOICES = (0.0, 0.25, 0.5, 1.0, 2.0)
 """mL: candidate thresholds below which a predicted enhancement is relabelled NCR (scored in CV)."""
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "once with --report-only when the folds are in)")
     parser.add_argument("--missing", action="store_true", help="also predict with each single modality missing")
     parser.add_argument("--table", default=None, help="write the Markdown report here as well")
+    parser.add_argument("--published", default=None,
+                        help="a published cv_report.json whose per-case rows stand in for the folds this run did not "
+                             "predict (their predictions are gone with the machine that made them)")
     return parser
 
 
@@ -349,58 +354,81 @@ def summarise(rows: Dict[str, Dict], variant: str) -> Dict[str, Dict[str, float]
 
 
 def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, CaseFolder]] = None,
-           without: Optional[str] = None) -> Dict:
+           without: Optional[str] = None, published: Optional[Path] = None) -> Dict:
     """Score every stored out-of-fold prediction, choose the post-processing, write cv_report.json (+ table). With
     the cases' ``folders`` the signal-gate variants are scored (every case must then be under them) and the worst
     cases pictured. ``without``: a run of models for cases without that modality, scored on its predictions
-    without it (``<case>-without_<modality>.npz``)."""
+    without it (``<case>-without_<modality>.npz``). ``published``: a report whose per-case rows stand in for the
+    folds not predicted in ``run`` (``published_report``)."""
     suffix = f"-without_{without}" if without else ""
     files = sorted(p for p in (run / "oof").glob(f"*{suffix}.npz") if ("-without_" in p.name) == bool(without))
     if not files:
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
+    earlier = load_published(published, without) if published else None
     rows = {p.stem[:len(p.stem) - len(suffix)]: score_variants(p, folders) for p in files}
     variant_names = [k for k, v in next(iter(rows.values())).items() if isinstance(v, dict)]
+    if earlier:
+        rows = dict(sorted({**rows, **published_rows(earlier, rows, variant_names, published)}.items()))
     summaries = {v: summarise(rows, v) for v in variant_names}
     chosen = first_of_near_best(variant_names, lambda v: sum(summaries[v][r]["mean"] for r in REGIONS))
     nested = nested_choice(rows, variant_names)
+    if earlier and earlier["chosen"] != chosen:
+        print(f"{published}: chose {earlier['chosen']}, this report {chosen}: the study without each modality "
+              f"covers the folds predicted here only (its readings were of the other variant)", file=sys.stderr)
     gated = any(t is not None for t in gate_thresholds_of(chosen))
-    missing = {} if without else _missing_summary(run, rows, chosen, folders if gated else None)  # images: gates
+    missing, missing_rows = ({}, {}) if without else _missing_summary(run, rows, chosen, folders if gated else None,
+                                                                      earlier)
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "without": without, "folds_done": sorted({row["fold"] for row in rows.values()}),
               "passes": sorted({row["passes"] for row in rows.values()}),
               "precisions": sorted({row["precision"] for row in rows.values()}),
+              "published_folds": sorted({row["fold"] for c, row in rows.items()
+                                         if not (run / "oof" / f"{c}{suffix}.npz").is_file()}),
               "variants": summaries, "chosen": chosen, "nested_choice": nested, "worst_cases": worst,
               "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
-              "missing_modality": missing, "per_case": rows,
+              "missing_modality": missing, "missing_per_case": missing_rows, "per_case": rows,
               "uncertainty_vs_wt_dice_spearman": _spearman([rows[c]["uncertainty_in_tumor"] for c in rows],
                                                            [rows[c][chosen]["wt"] for c in rows])}
     (run / "cv_report.json").write_text(json.dumps(result, indent=2))
     if table:
         table.parent.mkdir(parents=True, exist_ok=True)
-        pictures = _pictures(run, worst, table.parent, folders, suffix) if folders else {}
+        pictures = _pictures(run, worst, table.parent, folders, suffix, published) if folders else {}
         table.write_text(markdown(result, pictures))
     return result
 
 
-def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str,
-                     folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict]:
+def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None,
+                     published: Optional[Dict] = None) -> Tuple[Dict[str, Dict], Dict[str, Dict]]:
     """Mean WT/TC/ET Dice without each modality against the same cases with all, on the cases where both exist, and
-    the WT-threshold study of ``missing_wt_threshold`` for the chosen decoding (``folders``: the cases' images, for
-    a chosen variant with signal gates)."""
-    out = {}
+    the WT-threshold study (``threshold_study``) for the chosen decoding, with the per-case rows they come from
+    ({modality: {case: {fold, chosen: {r: Dice}, readings: {reading: {r: Dice}}}}}). ``folders``: the cases' images,
+    for a chosen variant with signal gates; ``published``: a report standing in for the folds not predicted here."""
+    predicted_folds = {row["fold"] for case_id, row in rows.items() if (run / "oof" / f"{case_id}.npz").is_file()}
+    summary, per_case = {}, {}
     for modality in MODALITIES:
         paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
-        if not paths:
+        cases, group = published_missing(published, modality, chosen, predicted_folds)
+        readings = missing_threshold_rows(paths, chosen, folders)
+        for path in paths:
+            case_id = path.name.split("-without_")[0]
+            scores = score_variants(path, folders)[chosen]
+            cases[case_id] = {"fold": readings[case_id]["fold"], "chosen": {r: scores[r] for r in REGIONS},
+                              "readings": {k: v for k, v in readings[case_id].items() if k != "fold"}}
+        common = [c for c in cases if c in rows]
+        if not common and group is None:
             continue
-        scores = {p.name.split("-without_")[0]: score_variants(p, folders)[chosen] for p in paths}
-        common = [c for c in scores if c in rows]
-        out[modality] = {"cases": len(common), **{r: round(float(np.mean([scores[c][r] for c in common])), 4)
-                                                   for r in REGIONS},
-                         **{f"{r}_with_all": round(float(np.mean([rows[c][chosen][r] for c in common])), 4)
-                            for r in REGIONS}}
-        out[modality]["wt_threshold"] = missing_wt_threshold(paths, chosen, folders)
-    return out
+        per_case[modality] = {c: cases[c] for c in common}
+        groups = [case_group({"fold": cases[c]["fold"], **cases[c]["readings"]}) for c in common]
+        old = group["summary"] if group else {"cases": 0}
+        n = len(common) + old["cases"]
+        summary[modality] = {"cases": n, **{r: round((sum(cases[c]["chosen"][r] for c in common)
+                                                      + old["cases"] * old.get(r, 0.0)) / n, 4) for r in REGIONS},
+                             **{f"{r}_with_all": round((sum(rows[c][chosen][r] for c in common)
+                                                        + old["cases"] * old.get(f"{r}_with_all", 0.0)) / n, 4)
+                                for r in REGIONS}}
+        summary[modality]["wt_threshold"] = threshold_study(groups + ([group] if group else []), own_reading(chosen))
+    return summary, per_case
 
 
 def region_thresholds_of(variant: str) -> Optional[List[float]]:
@@ -458,13 +486,18 @@ def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[fl
 
 def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
     """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
-    the ``chosen`` decoding: mean Dice at each ``MISSING_WT_THRESHOLDS`` candidate and at the chosen variant's own
-    reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: its ``+wt_`` threshold or else
-    ``argmax``, the candidates then adding edema after its lesion filter, ``argmax_variant_labels``), the best over
-    all cases (``best``, what a card ships; None: the argmax alone) and the nested choice (each fold's chosen on the
-    other folds' cases, scored on its own: the honest estimate of ``best``). Near-ties (``CHOICE_TOLERANCE``) go to
-    the chosen variant's own reading, then to the higher threshold (the one that calls less). ``folders``: the cases'
-    images, for a variant with signal gates."""
+    the ``chosen`` decoding: ``threshold_study`` of ``missing_threshold_rows``."""
+    return threshold_study([case_group(row) for row in missing_threshold_rows(paths, chosen, folders).values()],
+                           own_reading(chosen))
+
+
+def missing_threshold_rows(paths: Sequence[Path], chosen: str,
+                           folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict]:
+    """{case: {fold, reading: {wt, tc, et}}}: the Dice of each whole-tumor reading of the ``chosen`` decoding on
+    predictions without one modality (``<case>-without_<modality>.npz``): each ``MISSING_WT_THRESHOLDS`` candidate and
+    the chosen variant's own reading (a regions variant: its t_WT, with its t_TC, t_ET; an argmax variant: its ``+wt_``
+    threshold or else ``argmax``, the candidates then adding edema after its lesion filter,
+    ``argmax_variant_labels``). ``folders``: the cases' images, for a variant with signal gates."""
     thresholds = region_thresholds_of(chosen)
     own = own_reading(chosen)
     t_own = None if own == "argmax" else float(own)
@@ -476,7 +509,8 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
         probabilities = data["probabilities"].astype(np.float32)
         spacing = tuple(float(s) for s in data["spacing_zyx"])
         truth = regions(data["truth"])
-        rows[path.name] = {"fold": int(data["fold"])}
+        case_id = path.name.split("-without_")[0]
+        rows[case_id] = {"fold": int(data["fold"])}
         if thresholds:
             readings = {f"{t:g}": decode_region_variant(probabilities, (t, *thresholds[1:]), spacing)
                         for t in candidates}
@@ -488,34 +522,75 @@ def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[D
                              for t in candidates})
         for name, labels in readings.items():
             predicted = regions(labels)
-            rows[path.name][name] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
-    names = [own] + [f"{t:g}" for t in sorted(candidates, reverse=True) if f"{t:g}" != own]
-    by_name = {name: summarise(rows, name) for name in names}
-    best = first_of_near_best(names, lambda t: sum(by_name[t][r]["mean"] for r in REGIONS))
-    nested = nested_choice(rows, names)
-    return {"dice": {t: {r: v[r]["mean"] for r in REGIONS} for t, v in by_name.items()}, "own": own,
-            "best": None if best == "argmax" else float(best),
-            "nested_choices": {fold: (None if t == "argmax" else float(t)) for fold, t in nested["choices"].items()},
-            "nested": {r: v["mean"] for r, v in nested["dice"].items()} if nested["dice"] else None}
+            rows[case_id][name] = {r: dice(predicted[r], truth[r]) for r in REGIONS}
+    return rows
+
+
+def case_group(row: Dict) -> Dict:
+    """One case's row of readings as a group of ``threshold_study``: {folds: [fold], n: 1, dice: {reading: {r: Dice}}}."""
+    return {"folds": [row["fold"]], "n": 1, "dice": {k: v for k, v in row.items() if k != "fold"}}
+
+
+def weighted_means(groups: Sequence[Dict], name: str) -> Dict[str, float]:
+    """Mean Dice per region of reading ``name`` over the cases of ``groups`` (each group's means weighted by its n)."""
+    n = sum(g["n"] for g in groups)
+    return {r: round(sum(g["n"] * g["dice"][name][r] for g in groups) / n, 4) for r in REGIONS}
+
+
+def threshold_study(groups: Sequence[Dict], own: str) -> Dict:
+    """Mean Dice of each whole-tumor reading over ``groups`` of cases ({folds, n, dice: {reading: {r: mean}}}; one
+    case each, or a published report's folds with their ``nested`` means and ``nested_choices`` already made), the
+    best over all cases (``best``, what a card ships; None: the argmax alone) and the nested choice (each fold's
+    chosen on the other folds' cases, scored on its own: the honest estimate of ``best``). Readings are ranked
+    ``own`` first, then by falling threshold: near-ties (``CHOICE_TOLERANCE``) go to the chosen variant's own
+    reading, then to the higher threshold (the one that calls less)."""
+    readings = set(groups[0]["dice"])
+    names = [own] + sorted((t for t in readings if t != own), key=float, reverse=True)
+    by_name = {name: weighted_means(groups, name) for name in names}
+    best = first_of_near_best(names, lambda t: sum(by_name[t].values()))
+    choices, parts = {}, []
+    for group in groups:
+        if group.get("nested") is not None:
+            choices.update({int(f): (None if t is None else f"{t:g}") for f, t in group["nested_choices"].items()})
+            parts.append((group["n"], group["nested"]))
+    for fold in sorted({f for g in groups if g.get("nested") is None for f in g["folds"]}):
+        others = [g for g in groups if fold not in g["folds"]]
+        if not others:
+            continue
+        choices[fold] = first_of_near_best(names, lambda t: sum(weighted_means(others, t).values()))
+        parts += [(g["n"], g["dice"][choices[fold]]) for g in groups if g.get("nested") is None and fold in g["folds"]]
+    nested = ({r: round(sum(n * d[r] for n, d in parts) / sum(n for n, _ in parts), 4) for r in REGIONS}
+              if parts else None)
+    return {"dice": by_name, "own": own, "best": None if best == "argmax" else float(best),
+            "nested_choices": {fold: (None if t in (None, "argmax") else float(t)) for fold, t in sorted(choices.items())},
+            "nested": nested}
 
 
 def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
-    if len(a) < 3:
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:  # no rank correlation of a constant
         return None
     from scipy.stats import spearmanr
     return round(float(spearmanr(a, b).statistic), 3)
 
 
 def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, CaseFolder],
-              suffix: str = "") -> Dict[str, str]:
+              suffix: str = "", published: Optional[Path] = None) -> Dict[str, str]:
     """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid, from
-    ``<case><suffix>.npz``."""
+    ``<case><suffix>.npz``; a case of the ``published`` report's folds: its picture there, copied (none if absent)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pictures = {}
     for case_id in cases:
+        path = out_dir / f"cv_worst_{case_id}.png"
+        if not (run / "oof" / f"{case_id}{suffix}.npz").is_file():
+            earlier = published.parent / path.name if published else None
+            if earlier is not None and earlier.is_file():
+                if earlier.resolve() != path.resolve():
+                    shutil.copyfile(earlier, path)
+                pictures[case_id] = path.name
+            continue
         data = np.load(run / "oof" / f"{case_id}{suffix}.npz")
         box = tuple(slice(int(a), int(b)) for a, b in data["box"])
         case = load_case(folders[case_id].files, case_id=case_id)  # the reference grid of the stored arrays
@@ -530,7 +605,6 @@ def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str,
             ax.imshow(np.ma.masked_equal(labels[z], 0), cmap="brg", vmin=1, vmax=3, alpha=0.45)
             ax.set_title(f"{case_id} {title}", fontsize=7)
             ax.axis("off")
-        path = out_dir / f"cv_worst_{case_id}.png"
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         pictures[case_id] = path.name
@@ -546,7 +620,13 @@ def markdown(result: Dict, pictures: Dict[str, str]) -> str:
              f"({' and '.join(map(str, result.get('passes', [QUALITY_PASSES])))} network passes), full "
              "resolution, against the expert labels. Produced by `python -m training.segmentation.cross_validate "
              "--config training/configs/segmentation.yaml --run-dir RUN --table training/results/segmentation_cv.md`.",
-             "", "| post-processing | WT mean (SD) | TC mean (SD) | ET mean (SD) | worst WT |", "| --- | --- | --- | --- | --- |"]
+             ""]
+    if result.get("published_folds"):
+        lines += [f"Folds {result['published_folds']}: each case's scores are read from the published report given "
+                  "with `--published` (their predictions were made, and scored the same way, on an earlier machine); "
+                  "the other folds are scored here.", ""]
+    lines += ["| post-processing | WT mean (SD) | TC mean (SD) | ET mean (SD) | worst WT |",
+              "| --- | --- | --- | --- | --- |"]
     for name, summary in result["variants"].items():
         mark = " **(chosen)**" if name == chosen else ""
         lines.append(f"| {name}{mark} | " + " | ".join(
@@ -624,7 +704,8 @@ def main(argv=None) -> int:
     if args.no_report:
         return 0
     without = absent_modality(args.absent_modalities) if args.absent_modalities else None
-    result = report(run, Path(args.table) if args.table else None, folders, without)
+    result = report(run, Path(args.table) if args.table else None, folders, without,
+                    Path(args.published) if args.published else None)
     if without:
         print(f"{run}: models for cases without {without}, predicted and scored without it; paired with another "
               f"run's predictions without it by python -m training.segmentation.compare_runs {run} BASE_RUN",
