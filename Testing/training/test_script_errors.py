@@ -42,6 +42,10 @@ def setup_files(tmp_path):
      "pack is a training pack"),
     (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--report-only", "--no-report"),
      "--report-only and --no-report exclude each other"),
+    (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--published", "{tmp}/none.json"),
+     "none.json: cannot read the published report (No such file or directory)"),
+    (("training.segmentation.cross_validate", "--run-dir", "{tmp}/run", "--published", "{tmp}/bad.yaml"),
+     "bad.yaml: not a segmentation cross-validation report (not JSON)"),
 ])
 def test_training_scripts_end_user_mistakes_in_one_line(setup_files, args, message):
     result = _run(*(a.format(tmp=setup_files) for a in args))

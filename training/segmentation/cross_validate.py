@@ -527,7 +527,7 @@ def missing_threshold_rows(paths: Sequence[Path], chosen: str,
 
 
 def case_group(row: Dict) -> Dict:
-    """One case's row of readings as a group of ``threshold_study``: {folds: [fold], n: 1, dice: {reading: {r: Dice}}}."""
+    """One case's row of readings as a group of ``threshold_study``: {folds: [fold], n: 1, dice: {reading: Dice}}."""
     return {"folds": [row["fold"]], "n": 1, "dice": {k: v for k, v in row.items() if k != "fold"}}
 
 
@@ -562,7 +562,8 @@ def threshold_study(groups: Sequence[Dict], own: str) -> Dict:
     nested = ({r: round(sum(n * d[r] for n, d in parts) / sum(n for n, _ in parts), 4) for r in REGIONS}
               if parts else None)
     return {"dice": by_name, "own": own, "best": None if best == "argmax" else float(best),
-            "nested_choices": {fold: (None if t in (None, "argmax") else float(t)) for fold, t in sorted(choices.items())},
+            "nested_choices": {fold: (None if t in (None, "argmax") else float(t))
+                               for fold, t in sorted(choices.items())},
             "nested": nested}
 
 
@@ -682,6 +683,9 @@ def main(argv=None) -> int:
     args = parse_args(parser, argv)
     if args.report_only and args.no_report:
         parser.error("--report-only and --no-report exclude each other: give one")
+    without = absent_modality(args.absent_modalities) if args.absent_modalities else None  # before any training
+    if args.published:
+        load_published(Path(args.published), without)
     run = Path(args.run_dir)
     packs = [root for root in args.data if is_pack(root)]
     if packs:
@@ -693,8 +697,6 @@ def main(argv=None) -> int:
         print(f"error: no labelled cases found under {', '.join(args.data)}", file=sys.stderr)
         return 2
     folds = range(args.n_folds) if args.folds is None else [int(f) for f in args.folds.split(",")]
-    if args.absent_modalities:
-        absent_modality(args.absent_modalities)  # before any training
     if not args.report_only:
         for fold in folds:
             if not (run / f"fold{fold}" / "final.safetensors").is_file():
@@ -703,7 +705,6 @@ def main(argv=None) -> int:
             predict_held_out(run, fold, folders, args.missing)
     if args.no_report:
         return 0
-    without = absent_modality(args.absent_modalities) if args.absent_modalities else None
     result = report(run, Path(args.table) if args.table else None, folders, without,
                     Path(args.published) if args.published else None)
     if without:

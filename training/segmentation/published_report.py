@@ -22,9 +22,13 @@ def load_published(path: Path, without: Optional[str] = None) -> Dict:
     """The report at ``path``; a file that is not a segmentation ``cv_report.json`` of the same inputs (``without``)
     is a one-line error."""
     try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: {path}: not a readable cross-validation report ({error.__class__.__name__})")
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SystemExit(f"error: {path}: cannot read the published report ({error.strerror})")
+    try:
+        report = json.loads(text)
+    except ValueError:
+        raise SystemExit(f"error: {path}: not a segmentation cross-validation report (not JSON)")
     if not isinstance(report, dict) or not isinstance(report.get("per_case"), dict) or "chosen" not in report:
         raise SystemExit(f"error: {path}: not a segmentation cross-validation report (no per_case rows)")
     if report.get("without") != without:
