@@ -226,6 +226,35 @@ def test_ensemble_oof_averages_two_runs_over_the_union_of_their_boxes(tmp_path):
     assert ensemble([str(tmp_path / "mean2"), str(tmp_path / "r1"), str(tmp_path / "none")]) == 2
 
 
+def test_the_whole_tumor_floor_keeps_the_first_runs_core_and_the_others_edema(tmp_path):
+    """A fine stage that lost half the edema (r1: NCR core, edema on one side only) floored by the coarse network's
+    whole tumor (r2: P(WT) 0.8 everywhere in the tumor): the lost side comes back as edema at 0.8, the core and the
+    kept edema stay the first run's, and no voxel's probabilities sum above 1."""
+    from training.segmentation.ensemble_oof import main as ensemble
+
+    truth = np.zeros((20, 20, 20), dtype=np.uint8)
+    truth[5:15, 5:15, 5:15] = 2
+    truth[8:12, 8:12, 8:12] = 1
+    fine = np.zeros((3, 20, 20, 20), np.float32)
+    fine[0][truth == 1] = 1.0
+    fine[1][:, :, :10][truth[:, :, :10] == 2] = 1.0  # the edema of the half x < 10 only
+    coarse = np.zeros((3, 20, 20, 20), np.float32)
+    coarse[1][truth > 0] = 0.8
+    for run, probabilities, passes in (("r1", fine, 1), ("r2", coarse, 2)):
+        (tmp_path / run / "oof").mkdir(parents=True)
+        np.savez(tmp_path / run / "oof" / "c.npz", probabilities=probabilities.astype(np.float16), truth=truth,
+                 uncertainty=np.zeros(truth.shape, np.float16), box=np.array([[0, 20]] * 3), fold=0,
+                 spacing_zyx=np.array([1.0, 1.0, 1.0]), seconds=0.0, passes=passes)
+    assert ensemble([str(tmp_path / "floor"), str(tmp_path / "r1"), str(tmp_path / "r2"), "--whole-tumor-floor"]) == 0
+    floored = np.load(tmp_path / "floor" / "oof" / "c.npz")
+    result = floored["probabilities"].astype(np.float32)
+    assert int(floored["passes"]) == 1  # the coarse network ran inside the pair already
+    assert np.allclose(result[1][5:15, 5:15, 10:15][truth[5:15, 5:15, 10:15] == 2], 0.8, atol=1e-3)  # lost half back
+    assert np.allclose(result[1][:, :, :10][truth[:, :, :10] == 2], 1.0) and np.allclose(result[0][truth == 1], 1.0)
+    assert result[1][truth == 1].max() == 0.0 and result.sum(axis=0).max() <= 1.0 + 1e-3
+    assert result[:, truth == 0].max() == 0.0  # nothing outside the tumor: neither run called it
+
+
 def _faint_edema_predictions(tmp_path) -> list:
     """Two folds' out-of-fold predictions without FLAIR (one case each): a 12^3 tumor with a sure 4^3 core and its
     edema at P = 0.3 only."""
