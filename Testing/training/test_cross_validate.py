@@ -272,14 +272,23 @@ def _faint_edema_predictions(tmp_path) -> list:
     return paths
 
 
+def _study(paths, chosen: str) -> dict:
+    """The whole-tumor threshold study of predictions without a modality (``paths``), one group per case, as
+    ``cross_validate``'s report makes it for the ``chosen`` decoding."""
+    from training.segmentation.cross_validate import case_group, missing_threshold_rows, own_reading, threshold_study
+
+    return threshold_study([case_group(row) for row in missing_threshold_rows(paths, chosen).values()],
+                           own_reading(chosen))
+
+
 def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipped_when_it_pays(tmp_path):
     """Without FLAIR the edema probability stays low (0.3): the study scores each t_WT, a lower one recovers the
     edema, on every fold chosen on the other fold; the card then reads WT at that threshold without FLAIR only."""
-    from training.segmentation.cross_validate import missing_wt_threshold, region_variant
+    from training.segmentation.cross_validate import region_variant
     from training.segmentation.export_segmentation import postprocessing_of
 
     paths = _faint_edema_predictions(tmp_path)
-    study = missing_wt_threshold(paths, region_variant((0.5, 0.5, 0.2)))
+    study = _study(paths, region_variant((0.5, 0.5, 0.2)))
     assert abs(study["dice"]["0.5"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4  # only the core is left (4 d.p.)
     assert study["dice"]["0.3"]["wt"] == study["dice"]["0.2"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0
     assert study["best"] == 0.3  # float16 0.3 is 0.30005; of equals, the higher threshold (calls less)
@@ -288,7 +297,7 @@ def test_the_whole_tumor_threshold_without_a_modality_is_chosen_nested_and_shipp
     settings = postprocessing_of("regions_0.5_0.5_0.2+lesion_filter+min_et_0.5ml", missing)
     assert settings["missing_region_thresholds"] == {"flair": [study["best"], 0.5, 0.2]}  # t2: no gain, not kept
     assert "missing_wt_thresholds" not in settings
-    high = missing_wt_threshold(paths, region_variant((0.7, 0.5, 0.2)))  # a t_WT outside the candidates: scored
+    high = _study(paths, region_variant((0.7, 0.5, 0.2)))  # a t_WT outside the candidates: scored
     assert "0.7" in high["dice"] and high["best"] == 0.3
     assert postprocessing_of("regions_0.7_0.5_0.2+lesion_filter+min_et_0.5ml", {"flair": {"wt_threshold": high}}
                              )["missing_region_thresholds"] == {"flair": [0.3, 0.5, 0.2]}
@@ -298,11 +307,10 @@ def test_an_argmax_reading_without_a_modality_is_widened_where_the_study_pays(tm
     """The same faint edema under an argmax card: the argmax calls it background (P(bg) 0.7), so the study's own
     reading keeps only the core; widening (edema) at t_WT <= 0.3 recovers the whole tumor, chosen nested, and the card's
     ``missing_wt_thresholds`` ship it; a modality where the argmax does as well is not kept."""
-    from training.segmentation.cross_validate import missing_wt_threshold
     from training.segmentation.export_segmentation import postprocessing_of, postprocessing_text
 
     paths = _faint_edema_predictions(tmp_path)
-    study = missing_wt_threshold(paths, "lesion_filter")
+    study = _study(paths, "lesion_filter")
     assert study["own"] == "argmax" and list(study["dice"])[0] == "argmax"
     assert abs(study["dice"]["argmax"]["wt"] - 2 * 4 ** 3 / (4 ** 3 + 12 ** 3)) < 1e-4
     assert study["dice"]["0.3"]["wt"] == study["dice"]["0.1"]["wt"] == 1.0 and study["dice"]["0.4"]["wt"] < 0.3
@@ -417,7 +425,7 @@ def test_a_whole_tumor_threshold_for_every_case_is_a_scored_variant_parsed_and_e
     """With all four modalities the faint edema is scored under ``lesion_filter+wt_T`` too (edema where P(WT) >= T,
     T in ``WT_THRESHOLD_CHOICES``): 0.3 recovers it, 0.4 does not. The name parses (gates and floors after it) and
     exports as the card's ``wt_threshold``; a study without a modality then reads that threshold as its own."""
-    from training.segmentation.cross_validate import (WT_THRESHOLD_CHOICES, gate_thresholds_of, missing_wt_threshold,
+    from training.segmentation.cross_validate import (WT_THRESHOLD_CHOICES, gate_thresholds_of,
                                                       score_variants, widened_variant, wt_threshold_of)
     from training.segmentation.export_segmentation import postprocessing_of, postprocessing_text
 
@@ -432,7 +440,7 @@ def test_a_whole_tumor_threshold_for_every_case_is_a_scored_variant_parsed_and_e
     settings = postprocessing_of(name)
     assert (settings["wt_threshold"], settings["min_enhancement_sd"], settings["min_et_ml"]) == (0.4, 0.5, 0.25)
     assert "lesion filter; edema where P(WT) >= 0.4 (filtered again)" in postprocessing_text(settings)
-    study = missing_wt_threshold(paths, "lesion_filter+wt_0.4")
+    study = _study(paths, "lesion_filter+wt_0.4")
     assert study["own"] == "0.4" and "argmax" not in study["dice"] and study["best"] == 0.3
     assert postprocessing_of("lesion_filter+wt_0.4", {"flair": {"wt_threshold": study}}) == {
         "min_et_ml": 0.0, "chosen_in_cross_validation": "lesion_filter+wt_0.4", "wt_threshold": 0.4,
@@ -526,3 +534,39 @@ def test_a_published_report_stands_in_for_the_folds_whose_predictions_are_gone(t
     published.write_text("{}")
     with pytest.raises(SystemExit, match="not a segmentation cross-validation report"):
         report(tmp_path / "late", published=published)
+
+
+def test_a_report_made_with_a_published_one_stands_in_for_both_in_turn(tmp_path):
+    """Folds 0-1 published by an older report (the study without FLAIR as its means only); fold 2 reported with it
+    and published in turn, then fold 2's predictions lost too: fold 3 reported with that second report gives what
+    folds 2-3 reported with the first give, the older means carried on (``missing_published_means``), not lost."""
+    from training.segmentation.cross_validate import report
+
+    for fold, cases, seed in ((0, "ab", 1), (1, "cd", 2), (2, "ef", 3), (3, "gh", 5)):
+        _fold_predictions(tmp_path / ("early" if fold < 2 else "late") / "oof", fold, cases, seed)
+        if fold >= 2:
+            _fold_predictions(tmp_path / ("mid" if fold == 2 else "last") / "oof", fold, cases, seed)
+    older = report(tmp_path / "early")
+    del older["missing_per_case"], older["missing_published_means"]  # as reports were written before either
+    first = tmp_path / "first" / "cv_report.json"
+    first.parent.mkdir()
+    first.write_text(json.dumps(older))
+    direct = report(tmp_path / "late", published=first)
+    second = tmp_path / "second" / "cv_report.json"
+    second.parent.mkdir()
+    second.write_text(json.dumps(report(tmp_path / "mid", published=first)))
+    chained = report(tmp_path / "last", published=second)
+    assert chained["cases"] == 8 and chained["published_folds"] == [0, 1, 2] and direct["published_folds"] == [0, 1]
+    for key in ("per_case", "chosen", "variants", "nested_choice", "worst_cases", "missing_per_case"):
+        assert chained[key] == direct[key], key
+    flair, expected = chained["missing_modality"]["flair"], direct["missing_modality"]["flair"]
+    assert flair["cases"] == expected["cases"] == 8
+    assert json.loads(json.dumps(chained["missing_published_means"])) == json.loads(
+        json.dumps(direct["missing_published_means"]))
+    assert chained["missing_published_means"]["flair"]["folds"] == [0, 1]
+    for region in ("wt", "tc", "et", "wt_with_all", "tc_with_all", "et_with_all"):
+        assert abs(flair[region] - expected[region]) < 1e-4
+    for reading, scores in expected["wt_threshold"]["dice"].items():
+        assert abs(flair["wt_threshold"]["dice"][reading]["wt"] - scores["wt"]) < 1e-4
+    assert flair["wt_threshold"]["nested_choices"] == expected["wt_threshold"]["nested_choices"]
+    assert flair["wt_threshold"]["nested"] == pytest.approx(expected["wt_threshold"]["nested"], abs=1e-4)

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -366,6 +366,7 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
         raise SystemExit(f"error: {run / 'oof'}: no out-of-fold predictions yet")
     earlier = load_published(published, without) if published else None
     rows = {p.stem[:len(p.stem) - len(suffix)]: score_variants(p, folders) for p in files}
+    scored = set(rows)  # the cases predicted in this run (the rest: the published report's)
     variant_names = [k for k, v in next(iter(rows.values())).items() if isinstance(v, dict)]
     if earlier:
         rows = dict(sorted({**rows, **published_rows(earlier, rows, variant_names, published)}.items()))
@@ -376,36 +377,40 @@ def report(run: Path, table: Optional[Path] = None, folders: Optional[Dict[str, 
         print(f"{published}: chose {earlier['chosen']}, this report {chosen}: the study without each modality "
               f"covers the folds predicted here only (its readings were of the other variant)", file=sys.stderr)
     gated = any(t is not None for t in gate_thresholds_of(chosen))
-    missing, missing_rows = ({}, {}) if without else _missing_summary(run, rows, chosen, folders if gated else None,
-                                                                      earlier)
+    predicted_folds = {rows[c]["fold"] for c in scored}
+    missing, missing_rows, carried = (({}, {}, {}) if without else
+                                      _missing_summary(run, rows, chosen, predicted_folds, folders if gated else None,
+                                                       earlier))
     worst = sorted(rows, key=lambda c: rows[c][chosen]["wt"] + rows[c][chosen]["tc"] + rows[c][chosen]["et"])[:3]
     et_free = [c for c, row in rows.items() if row[chosen]["et_ml_true"] < 0.01]
     result = {"cases": len(rows), "without": without, "folds_done": sorted({row["fold"] for row in rows.values()}),
               "passes": sorted({row["passes"] for row in rows.values()}),
               "precisions": sorted({row["precision"] for row in rows.values()}),
-              "published_folds": sorted({row["fold"] for c, row in rows.items()
-                                         if not (run / "oof" / f"{c}{suffix}.npz").is_file()}),
+              "published_folds": sorted({row["fold"] for c, row in rows.items() if c not in scored}),
               "variants": summaries, "chosen": chosen, "nested_choice": nested, "worst_cases": worst,
               "et_free_cases": {c: round(rows[c][chosen]["et_ml_pred"], 3) for c in et_free},
-              "missing_modality": missing, "missing_per_case": missing_rows, "per_case": rows,
+              "missing_modality": missing, "missing_per_case": missing_rows, "missing_published_means": carried,
+              "per_case": rows,
               "uncertainty_vs_wt_dice_spearman": _spearman([rows[c]["uncertainty_in_tumor"] for c in rows],
                                                            [rows[c][chosen]["wt"] for c in rows])}
     (run / "cv_report.json").write_text(json.dumps(result, indent=2))
     if table:
         table.parent.mkdir(parents=True, exist_ok=True)
-        pictures = _pictures(run, worst, table.parent, folders, suffix, published) if folders else {}
+        pictures = _pictures(run, worst, scored, table.parent, folders, suffix, published) if folders else {}
         table.write_text(markdown(result, pictures))
     return result
 
 
-def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None,
-                     published: Optional[Dict] = None) -> Tuple[Dict[str, Dict], Dict[str, Dict]]:
+def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str, predicted_folds: Set[int],
+                     folders: Optional[Dict[str, CaseFolder]] = None, published: Optional[Dict] = None
+                     ) -> Tuple[Dict[str, Dict], Dict[str, Dict], Dict[str, Dict]]:
     """Mean WT/TC/ET Dice without each modality against the same cases with all, on the cases where both exist, and
     the WT-threshold study (``threshold_study``) for the chosen decoding, with the per-case rows they come from
-    ({modality: {case: {fold, chosen: {r: Dice}, readings: {reading: {r: Dice}}}}}). ``folders``: the cases' images,
-    for a chosen variant with signal gates; ``published``: a report standing in for the folds not predicted here."""
-    predicted_folds = {row["fold"] for case_id, row in rows.items() if (run / "oof" / f"{case_id}.npz").is_file()}
-    summary, per_case = {}, {}
+    ({modality: {case: {fold, chosen: {r: Dice}, readings: {reading: {r: Dice}}}}}) and the older published means
+    they include ({modality: group}, carried into this report so that it can stand in for them in turn).
+    ``predicted_folds``: the folds predicted in ``run``; ``folders``: the cases' images, for a chosen variant with
+    signal gates; ``published``: a report standing in for the other folds."""
+    summary, per_case, carried = {}, {}, {}
     for modality in MODALITIES:
         paths = sorted((run / "oof").glob(f"*-without_{modality}.npz"))
         cases, group = published_missing(published, modality, chosen, predicted_folds)
@@ -419,6 +424,8 @@ def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str, folders: Opt
         if not common and group is None:
             continue
         per_case[modality] = {c: cases[c] for c in common}
+        if group:
+            carried[modality] = group
         groups = [case_group({"fold": cases[c]["fold"], **cases[c]["readings"]}) for c in common]
         old = group["summary"] if group else {"cases": 0}
         n = len(common) + old["cases"]
@@ -428,7 +435,7 @@ def _missing_summary(run: Path, rows: Dict[str, Dict], chosen: str, folders: Opt
                                                         + old["cases"] * old.get(f"{r}_with_all", 0.0)) / n, 4)
                                 for r in REGIONS}}
         summary[modality]["wt_threshold"] = threshold_study(groups + ([group] if group else []), own_reading(chosen))
-    return summary, per_case
+    return summary, per_case, carried
 
 
 def region_thresholds_of(variant: str) -> Optional[List[float]]:
@@ -451,12 +458,17 @@ def with_edema_added(filtered: np.ndarray, probabilities: np.ndarray, t_wt: floa
     return remove_small_components(lesion_filter(widen_whole_tumor(filtered, *probabilities, t_wt), spacing), voxel_ml)
 
 
-def own_reading(variant: str) -> str:
-    """The name of a chosen variant's own whole-tumor reading in the missing-modality study: its t_WT (a regions
-    variant's, or an argmax variant's ``+wt_``), else ``argmax``."""
+def own_threshold(variant: str) -> Optional[float]:
+    """A chosen variant's own whole-tumor threshold: a regions variant's t_WT, an argmax variant's ``+wt_``, else
+    None (the argmax alone)."""
     thresholds = region_thresholds_of(variant)
-    t_wt = float(thresholds[0]) if thresholds else wt_threshold_of(variant)
-    return "argmax" if t_wt is None else f"{t_wt:g}"
+    return thresholds[0] if thresholds else wt_threshold_of(variant)
+
+
+def own_reading(variant: str) -> str:
+    """The name of a chosen variant's own whole-tumor reading in the missing-modality study (``own_threshold`` as the
+    tables print it)."""
+    return _threshold_text(own_threshold(variant))
 
 
 def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[float],
@@ -484,13 +496,6 @@ def argmax_variant_labels(labels: np.ndarray, variant: str, spacing: Sequence[fl
     return suppress_small_enhancement(out, voxel_ml, float(match.group(1))) if match else out
 
 
-def missing_wt_threshold(paths: Sequence[Path], chosen: str, folders: Optional[Dict[str, CaseFolder]] = None) -> Dict:
-    """The whole-tumor threshold for cases without one modality, from their out-of-fold predictions (``paths``), for
-    the ``chosen`` decoding: ``threshold_study`` of ``missing_threshold_rows``."""
-    return threshold_study([case_group(row) for row in missing_threshold_rows(paths, chosen, folders).values()],
-                           own_reading(chosen))
-
-
 def missing_threshold_rows(paths: Sequence[Path], chosen: str,
                            folders: Optional[Dict[str, CaseFolder]] = None) -> Dict[str, Dict]:
     """{case: {fold, reading: {wt, tc, et}}}: the Dice of each whole-tumor reading of the ``chosen`` decoding on
@@ -499,8 +504,7 @@ def missing_threshold_rows(paths: Sequence[Path], chosen: str,
     threshold or else ``argmax``, the candidates then adding edema after its lesion filter,
     ``argmax_variant_labels``). ``folders``: the cases' images, for a variant with signal gates."""
     thresholds = region_thresholds_of(chosen)
-    own = own_reading(chosen)
-    t_own = None if own == "argmax" else float(own)
+    t_own = own_threshold(chosen)
     candidates = sorted(set(MISSING_WT_THRESHOLDS) | ({t_own} if t_own is not None else set()))
     gated = any(g is not None for g in gate_thresholds_of(chosen))
     rows = {}
@@ -574,10 +578,11 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     return round(float(spearmanr(a, b).statistic), 3)
 
 
-def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str, CaseFolder],
+def _pictures(run: Path, cases: Sequence[str], scored: Set[str], out_dir: Path, folders: Dict[str, CaseFolder],
               suffix: str = "", published: Optional[Path] = None) -> Dict[str, str]:
     """One PNG per case: the axial FLAIR slice with most tumor, truth (left) and prediction (right) overlaid, from
-    ``<case><suffix>.npz``; a case of the ``published`` report's folds: its picture there, copied (none if absent)."""
+    ``<case><suffix>.npz`` for a case ``scored`` in ``run``; a case of the ``published`` report's folds: its picture
+    there, copied (none if absent)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -585,7 +590,7 @@ def _pictures(run: Path, cases: Sequence[str], out_dir: Path, folders: Dict[str,
     pictures = {}
     for case_id in cases:
         path = out_dir / f"cv_worst_{case_id}.png"
-        if not (run / "oof" / f"{case_id}{suffix}.npz").is_file():
+        if case_id not in scored:
             earlier = published.parent / path.name if published else None
             if earlier is not None and earlier.is_file():
                 if earlier.resolve() != path.resolve():

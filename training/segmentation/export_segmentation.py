@@ -178,7 +178,7 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
 
 def missing_wt_thresholds(missing_modality: Dict, own: str) -> Dict[str, float]:
     """{modality: t_WT} for cases without a modality whose whole-tumor threshold study
-    (``cross_validate.missing_wt_threshold``) pays: its best t_WT, kept only when choosing t_WT in cross-validation
+    (``cross_validate.threshold_study``) pays: its best t_WT, kept only when choosing t_WT in cross-validation
     (nested) beat the chosen decoding's ``own`` reading (its t_WT, or ``argmax``) on the same cases (WT + TC + ET)."""
     out = {}
     for modality, summary in missing_modality.items():

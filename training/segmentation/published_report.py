@@ -9,7 +9,9 @@ Its per-case rows (the Dice of every post-processing variant, the fold, the pass
 are computed over all of them, as if every fold had been predicted in ``RUN``. Both must have scored the same
 variants (the same scoring code). The study without each modality joins per case where the report holds its rows
 (``missing_per_case``, written since this module); an older report holds only its means, which join as one group of
-its cases, weighted by their count, with the nested choices it made (``cross_validate.threshold_study``).
+its cases, weighted by their count, with the nested choices it made (``cross_validate.threshold_study``); a report
+made with ``--published`` keeps those means (``missing_published_means``), so that it can stand in for all its folds
+in turn, a fold at a time across machines.
 """
 from __future__ import annotations
 
@@ -59,12 +61,17 @@ def published_missing(report: Optional[Dict], modality: str, chosen: str,
                       predicted_folds: Collection[int]) -> Tuple[Dict[str, Dict], Optional[Dict]]:
     """The report's study without ``modality`` for the folds not in ``predicted_folds``: (per-case rows {case:
     {fold, chosen, readings}}, an older report's means as one group of ``threshold_study`` with its summary, or
-    None). Nothing when the report chose another variant than ``chosen`` (its readings were of that one) or, for the
-    means, when one of its folds is predicted again (they cannot be taken apart)."""
+    None). The means are an older report's own, or those a report made with ``--published`` carried from the older
+    report it merged (``missing_published_means``). Nothing when the report chose another variant than ``chosen``
+    (its readings were of that one) or, for the means, when one of their folds is predicted again (they cannot be
+    taken apart)."""
     if not report or report.get("chosen") != chosen:
         return {}, None
     rows = {c: r for c, r in (report.get("missing_per_case") or {}).get(modality, {}).items()
             if r["fold"] not in predicted_folds}
+    carried = (report.get("missing_published_means") or {}).get(modality)
+    if carried:
+        return rows, None if set(carried["folds"]) & set(predicted_folds) else carried
     summary = (report.get("missing_modality") or {}).get(modality)
     if report.get("missing_per_case") or not summary or set(report["folds_done"]) & set(predicted_folds):
         return rows, None
