@@ -296,3 +296,99 @@ def test_a_fine_stage_export_is_checked_before_anything_is_written(tmp_path, cap
         main([str(fine), "--out", str(out), "--name", "glioma_seg_fine", "--window-max", "24"])
     assert "--window-max goes with --fine-stage-of" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def _exported_pair(tmp_path):
+    """A coarse + fine pair exported into tmp_path/models from tiny runs, with REPORT as the two stages' (lesion_filter,
+    folds 0-1)."""
+    from training.segmentation.export_segmentation import main
+
+    out, report = tmp_path / "models", str(_report(tmp_path, "lesion_filter"))
+    assert main([str(_tiny_run(tmp_path / "coarse", 2.0, 32)), "--out", str(out), "--name", "glioma_seg",
+                 "--cv-report", report, "--version", "0.4.2"]) == 0
+    assert main([str(_tiny_run(tmp_path / "fine", 1.25, 16)), "--out", str(out), "--name", "glioma_seg_fine",
+                 "--fine-stage-of", "glioma_seg", "--cv-report", report, "--fine-passes", "1", "--margin-mm", "8",
+                 "--cv-caveat", "folds 0-1 of 5"]) == 0
+    return out
+
+
+def _five_fold_report(tmp_path, chosen):
+    """REPORT over folds 0-4, its chosen variant scoring 0.85 / 0.8 / 0.75."""
+    scores = {r: {"mean": m, "sd": 0.1, "se": 0.02, "min": 0.6} for r, m in (("wt", 0.85), ("tc", 0.8), ("et", 0.75))}
+    report = dict(REPORT, folds_done=[0, 1, 2, 3, 4], chosen=chosen, variants={chosen: scores},
+                  missing_modality={"t1ce": {"cases": 3, "wt": 0.8, "tc": 0.6, "et": 0.1, "wt_threshold": {
+                      "dice": {"argmax": {"wt": 0.8, "tc": 0.6, "et": 0.1}, "0.5": {"wt": 0.84, "tc": 0.6, "et": 0.1}},
+                      "best": 0.5, "nested": {"wt": 0.84, "tc": 0.6, "et": 0.1}}}},
+                  per_case={case: dict(row, **{chosen: row["lesion_filter"]})
+                            for case, row in REPORT["per_case"].items()})
+    path = tmp_path / f"five_{chosen}.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_a_new_cross_validation_of_the_pair_goes_into_both_cards_with_the_weights_untouched(tmp_path, capsys):
+    """recard_pair: both cards take the five-fold report (the caveat of the old one gone), the first stage its chosen
+    post-processing and its thresholds without T1CE, both the new version; the fine stage's margin and passes and every
+    weight byte stay, and the Markdown is each card's."""
+    from training.segmentation.recard_pair import main
+
+    out = _exported_pair(tmp_path)
+    weights = {name: (out / f"{name}.safetensors").read_bytes() for name in ("glioma_seg", "glioma_seg_fine")}
+    without_fine = json.loads((out / "glioma_seg.json").read_text())["cross_validation_without_fine_stage"]
+    report = _five_fold_report(tmp_path, "lesion_filter+min_et_0.5ml")
+    assert main(["--cv-report", str(report), "--models", str(out), "--version", "0.5.0"]) == 0
+    assert "glioma_seg + glioma_seg_fine 0.5.0: 3 cases, folds [0, 1, 2, 3, 4], lesion_filter+min_et_0.5ml: " \
+           "WT 0.850 / TC 0.800 / ET 0.750" in capsys.readouterr().out
+    coarse, fine = (json.loads((out / f"{n}.json").read_text()) for n in ("glioma_seg", "glioma_seg_fine"))
+    assert coarse["version"] == fine["version"] == "0.5.0"
+    for card in (coarse, fine):
+        assert card["cross_validation"]["folds"] == [0, 1, 2, 3, 4] and "caveat" not in card["cross_validation"]
+        assert card["cross_validation"]["dice"]["et"]["mean"] == 0.75
+        assert (out / f"{card['name']}.md").read_text() == card_markdown(card)
+    assert coarse["postprocessing"]["min_et_ml"] == 0.5 and coarse["postprocessing"]["missing_wt_thresholds"] == {
+        "t1ce": 0.5}
+    assert coarse["fine_stage"] == {"model": "glioma_seg_fine", "margin_mm": 8.0, "passes": 1}
+    assert coarse["cross_validation_without_fine_stage"] == without_fine
+    assert "postprocessing" not in fine and fine["window_voxels"] == 16
+    assert all((out / f"{n}.safetensors").read_bytes() == w for n, w in weights.items())
+    from GliomaAnalysisLib.models.model_store import load_verified_card
+    assert load_verified_card("glioma_seg_fine", out)["sha256"] == fine["sha256"]
+
+    same = _five_fold_report(tmp_path, "lesion_filter+min_et_0.5ml")  # same choice: the version may stay
+    assert main(["--cv-report", str(same), "--models", str(out), "--cv-caveat", "one draw"]) == 0
+    assert json.loads((out / "glioma_seg.json").read_text())["cross_validation"]["caveat"] == "one draw"
+
+
+def test_a_pair_card_update_is_checked_before_anything_is_written(tmp_path, capsys):
+    """A report that is not one, new post-processing (chosen variant or thresholds) without a new version, a folder
+    without a pair or with weights that do not match their card: one line naming the file, exit 2, both cards as they
+    were."""
+    from training.segmentation.recard_pair import main
+
+    out = _exported_pair(tmp_path)
+    capsys.readouterr()
+    cards = {p.name: p.read_bytes() for p in out.iterdir()}
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("{")
+    no_scores = tmp_path / "no_scores.json"
+    no_scores.write_text(json.dumps(dict(REPORT, chosen="absent_variant")))
+    changed = _five_fold_report(tmp_path, "lesion_filter+min_et_0.5ml")
+    same_choice = _five_fold_report(tmp_path, "lesion_filter")  # with a threshold of its own without T1CE
+    for argv, message in [(["--cv-report", str(tmp_path / "absent.json")], "absent.json: cannot read"),
+                          (["--cv-report", str(not_json)], "broken.json: not JSON"),
+                          (["--cv-report", str(tmp_path / "coarse" / "config.json")],
+                           "config.json: not a cross_validate report (no cases, folds_done"),
+                          (["--cv-report", str(no_scores)], "'absent_variant' has no scores"),
+                          (["--cv-report", str(changed)], "changes (chosen_in_cross_validation lesion_filter -> "
+                           "lesion_filter+min_et_0.5ml, min_et_ml 0.0 -> 0.5, missing_wt_thresholds None -> "),
+                          (["--cv-report", str(same_choice)], "changes (missing_wt_thresholds None -> {'t1ce': 0.5})"),
+                          (["--cv-report", str(changed), "--version", "0.4.2"], "give a new --version"),
+                          (["--cv-report", str(changed), "--primary", "glioma_seg_fine"], "names no fine stage")]:
+        assert main(argv + ["--models", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    (out / "glioma_seg_fine.safetensors").write_bytes(b"replaced")
+    assert main(["--cv-report", str(changed), "--models", str(out), "--version", "0.5.0"]) == 2
+    assert "glioma_seg_fine.safetensors: sha256" in capsys.readouterr().err
+    cards["glioma_seg_fine.safetensors"] = b"replaced"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == cards
