@@ -132,8 +132,9 @@ def evaluate_model(model_dir: Path, name: str, gt_root: Path, cases: List[str],
     return {"mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}, "cases": rows}
 
 
-def cross_validation_section(report: Dict) -> Dict:
-    """The card's ``cross_validation`` entry from a ``cross_validate`` report (cv_report.json)."""
+def cross_validation_section(report: Dict, caveat: Optional[str] = None) -> Dict:
+    """The card's ``cross_validation`` entry from a ``cross_validate`` report (cv_report.json), with ``caveat`` (a
+    sentence on how far its figures can be trusted) where one is given."""
     chosen = report["chosen"]
     rows = [{"case": case, "fold": row["fold"], **{r: round(row[chosen][r], 4) for r in ("wt", "tc", "et")},
              **{f"{r}_ml": round(row[chosen][f"{r}_ml_pred"], 2) for r in ("wt", "tc", "et")},
@@ -147,7 +148,8 @@ def cross_validation_section(report: Dict) -> Dict:
             "missing_modality": report["missing_modality"], "per_case": rows,
             "how": "out-of-fold predictions of GliomaAnalysisLib.analyze (default settings, full resolution) "
                    "of the fold models of this recipe, folds stratified by grade and source "
-                   "(training/segmentation/cross_validate.py)"}
+                   "(training/segmentation/cross_validate.py)",
+            **({"caveat": caveat} if caveat else {})}
 
 
 def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> Dict:
@@ -297,9 +299,7 @@ def register_fine_stage(out: Path, primary: str, name: str, report: Dict, margin
     card["fine_stage"] = {"model": name, "margin_mm": margin_mm, **({"passes": passes} if passes else {})}
     if card.get("cross_validation") and "cross_validation_without_fine_stage" not in card:
         card["cross_validation_without_fine_stage"] = card["cross_validation"]
-    card["cross_validation"] = cross_validation_section(report)
-    if caveat:
-        card["cross_validation"]["caveat"] = caveat
+    card["cross_validation"] = cross_validation_section(report, caveat)
     card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
     write_card(card, card_path)
     card_path.with_suffix(".md").write_text(card_markdown(card))
@@ -521,10 +521,8 @@ def main(argv=None) -> int:
     card = base_card(config, log, args.version or MODEL_VERSION)
     if args.cv_report:
         report = json.loads(Path(args.cv_report).read_text())
-        card["cross_validation"] = cross_validation_section(report)
+        card["cross_validation"] = cross_validation_section(report, args.cv_caveat)
         card["postprocessing"] = postprocessing_of(report["chosen"], report.get("missing_modality"))
-        if args.cv_caveat:
-            card["cross_validation"]["caveat"] = args.cv_caveat
     if args.for_cases_without:
         card.update(for_cases_without=args.for_cases_without, primary_model=args.primary)
     if args.fast_model_of:

@@ -74,9 +74,7 @@ def recard(models: Path, primary: str, report: Dict, version: Optional[str], cav
     ``models``; returns the first stage's new card."""
     card, fine = pair_cards(models, primary)
     fine["version"] = version or fine["version"]
-    fine["cross_validation"] = cross_validation_section(report)
-    if caveat:
-        fine["cross_validation"]["caveat"] = caveat
+    fine["cross_validation"] = cross_validation_section(report, caveat)
     fine_path = model_paths(fine["name"], models)[1]
     write_card(fine, fine_path)
     fine_path.with_suffix(".md").write_text(card_markdown(fine))
