@@ -322,6 +322,11 @@ def test_an_argmax_reading_without_a_modality_is_widened_where_the_study_pays(tm
     assert "lesion filter; without FLAIR edema where P(WT) >= 0.3 (filtered again)" in postprocessing_text(settings)
     assert "missing_wt_thresholds" not in postprocessing_of(
         "lesion_filter", {"flair": {"wt_threshold": {**study, "best": None}}})  # the argmax won: nothing to ship
+    argmax = study["dice"]["argmax"]
+    for gain, kept in ((0.001, False), (0.003, True)):  # a nested gain within CHOICE_TOLERANCE (0.002) is a near tie
+        near = {**study, "nested": {**argmax, "wt": argmax["wt"] + gain}}
+        settings = postprocessing_of("lesion_filter", {"flair": {"wt_threshold": near}})
+        assert ("missing_wt_thresholds" in settings) == kept, gain
 
 
 def test_signal_gate_variants_are_named_parsed_and_exported_to_the_card():

@@ -51,7 +51,7 @@ from GliomaAnalysisLib.pipeline.fine_stage import MARGIN_MM
 from GliomaAnalysisLib.pipeline.model_choice import working_grid
 
 from ..common.datasets import BRATS18, discover_cases
-from .cross_validate import gate_thresholds_of, own_reading, region_thresholds_of, wt_threshold_of
+from .cross_validate import CHOICE_TOLERANCE, gate_thresholds_of, own_reading, region_thresholds_of, wt_threshold_of
 from .evaluate import evaluate_pair
 from ..common.run_record import git_commit
 
@@ -181,14 +181,15 @@ def postprocessing_of(variant: str, missing_modality: Optional[Dict] = None) -> 
 def missing_wt_thresholds(missing_modality: Dict, own: str) -> Dict[str, float]:
     """{modality: t_WT} for cases without a modality whose whole-tumor threshold study
     (``cross_validate.threshold_study``) pays: its best t_WT, kept only when choosing t_WT in cross-validation
-    (nested) beat the chosen decoding's ``own`` reading (its t_WT, or ``argmax``) on the same cases (WT + TC + ET)."""
+    (nested) beats the chosen decoding's ``own`` reading (its t_WT, or ``argmax``) on the same cases by more than a
+    near tie (WT + TC + ET, ``CHOICE_TOLERANCE``, the margin the variant choice itself ignores)."""
     out = {}
     for modality, summary in missing_modality.items():
         study = summary.get("wt_threshold") or {}
         fixed = study.get("dice", {}).get(own)
         if not study.get("nested") or fixed is None or study.get("best") is None or f"{study['best']:g}" == own:
             continue
-        if sum(study["nested"].values()) > sum(fixed.values()):
+        if sum(study["nested"].values()) > sum(fixed.values()) + CHOICE_TOLERANCE:
             out[modality] = float(study["best"])
     return out
 
