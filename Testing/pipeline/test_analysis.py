@@ -23,14 +23,15 @@ REAL_BOUNDS = {"wt": 0.84, "tc": 0.83, "et": 0.75}
 """The shipped pair (glioma_seg + its fine stage glioma_seg_fine, 0.4.2) on Brats18_CBICA_AQN_1, a training case of
 both (trained on all 31), at default settings (--fast runs the coarse network alone): bounds set high, a little under
 what it scores (0.865 / 0.862 / 0.776; 0.4.1, without the card's edema threshold P(WT) >= 0.4, WT 0.893: CBICA's
-experts draw a tight edema, and over the 19 cases cross-validated so far the threshold gains WT +0.010; 0.3.2, the
+experts draw a tight edema, and over the 31 cross-validated cases the threshold gains WT +0.012; 0.3.2, the
 coarse network alone, in one pass 0.866 / 0.777 / 0.755; a training case says nothing about unseen cases; the card's
 CV does)."""
 REAL_BOUNDS_WITHOUT_FLAIR = {"wt": 0.68, "tc": 0.73, "et": 0.73}
 """The same case without FLAIR, default settings: the pair (0.4.1 and 0.4.2 add edema where P(WT) >= 0.4)
-scores 0.711 / 0.759 / 0.764 (0.4.0, the argmax alone: 0.737; over the 19 cases cross-validated so far the threshold
-gains WT +0.015 nested, the card), below glioma_seg 0.3.2 alone on this case (one pass: 0.807 / 0.840 / 0.753) though
-above it over the cross-validated cases without FLAIR (the card); 0.2.0 found almost nothing, WT 0.075, and handed such
+scores 0.711 / 0.759 / 0.764 (0.4.0, the argmax alone: 0.737; over the 31 cross-validated cases without FLAIR 0.4
+scores WT 0.729 and 0.3, which would score this case 0.675, only a near tie above it, 0.0008 nested: the card), below
+glioma_seg 0.3.2 alone on this case (one pass: 0.807 / 0.840 / 0.753) and about level with the coarse network alone
+over the cross-validated cases without FLAIR (0.729 against about 0.724); 0.2.0 found almost nothing, WT 0.075, and handed such
 cases to a second model, glioma_seg_without_flair, which scored 0.666 / 0.623 / 0.478."""
 
 
