@@ -9,6 +9,9 @@
       -> the backbone's transformer over the whole deep map
       -> GAP + GMP of: the level map and the transformed deep map inside the tumor-centred box (128 mm); the whole
          transformed deep map; the fine and level maps over the tumor itself (its voxels on each map)
+      -> with ``composition`` (cards since 0.5.0): the segmentation's composition appended (``COMPOSITION``:
+         log(1 + enhancing mL) and the enhancing share of the whole tumor of the final volumes, and whether
+         enhancement was assessable, i.e. T1CE present)
       -> channel-attention fusion of the vectors (sigmoid gates, then a linear map back to 256)
       -> "Summarize and Separate": a shared summary layer, then one branch per task
       -> logits (B, 2) per task: grade (LGG/HGG), IDH (wildtype/mutant), 1p/19q (intact/codeleted),
@@ -28,6 +31,7 @@ import numpy as np
 
 from ..preprocessing.cropping import pad_to_multiple, tumor_box
 from .model_store import ModelError
+from .volume_grade import FEATURES as VOLUME_FEATURES, volume_features
 from .network_config import NetworkConfig
 from .onnx_engine import Part, PartSpec, dropout_mask, torch_parts
 
@@ -44,6 +48,8 @@ MAP_NAMES = ("fine", "level", "deep")
 """The encoder maps the heads read, in the order the segmentation pass and the ``encoder`` part output them."""
 MASK_NAMES = ("level_box", "deep_box", "fine_tumor", "level_tumor")
 """The ``features`` part's masks (:func:`feature_masks`)."""
+COMPOSITION = (*VOLUME_FEATURES, "et_assessable")
+"""What heads with ``composition`` read besides the encoder maps (:func:`composition_from_volumes`)."""
 
 
 @dataclass
@@ -56,6 +62,9 @@ class MultiTaskConfig:
     dropout: float = 0.3
     backbone: Dict = field(default_factory=lambda: NetworkConfig().to_dict())
     features: str = FEATURES
+    composition: bool = False
+    """The heads also read the segmentation's composition (:func:`composition_features`); cards before 0.5.0 lack
+    the field and read the encoder maps alone."""
 
     def __post_init__(self) -> None:
         self.local_crop = tuple(int(n) for n in self.local_crop)
@@ -74,11 +83,45 @@ class MultiTaskConfig:
         return cls(**data)
 
 
-def pooled_dim(config: "MultiTaskConfig") -> int:
-    """Length of the pooled feature vector: GAP + GMP of the level and transformed deep maps in the box, of the
+def encoder_pooled_dim(config: "MultiTaskConfig") -> int:
+    """Length of the ``features`` part's vector: GAP + GMP of the level and transformed deep maps in the box, of the
     whole transformed deep map, and of the fine and level maps over the tumor."""
     widths = NetworkConfig.from_dict(config.backbone).widths
     return 2 * (widths[-2] + widths[-1]) + 2 * widths[-1] + 2 * (widths[-3] + widths[-2])
+
+
+def pooled_dim(config: "MultiTaskConfig") -> int:
+    """Length of the vector the heads read: the encoder's pooled features, then the composition when the layout
+    has it."""
+    return encoder_pooled_dim(config) + (len(COMPOSITION) if config.composition else 0)
+
+
+def composition_from_volumes(volumes_ml: Mapping[str, Any], et_assessable: bool = True) -> np.ndarray:
+    """(1, 3) float32 ``COMPOSITION`` of volumes in mL (keys ``et``, ``wt``): log(1 + enhancing volume) and the
+    enhancing share of the whole tumor (0 without tumor), the two numbers the grade-from-volumes model reads, then 1.
+    Without T1CE (``et_assessable`` False) the pipeline calls no voxel enhancing: (0, 0, 0), so the heads can tell
+    an unknown enhancing volume from an absent one."""
+    if not et_assessable:
+        return np.zeros((1, len(COMPOSITION)), np.float32)
+    features = volume_features({"et": float(volumes_ml["et"] or 0.0), "wt": float(volumes_ml["wt"])})
+    return np.append(features, 1.0).astype(np.float32)[None]
+
+
+def composition_features(labels: np.ndarray, voxel_ml: float, et_assessable: bool = True) -> np.ndarray:
+    """:func:`composition_from_volumes` of a label map (Z, Y, X) (contiguous: 3 is enhancing) whose voxels hold
+    ``voxel_ml`` mL each."""
+    volumes = {"et": float((labels == 3).sum()) * voxel_ml, "wt": float((labels > 0).sum()) * voxel_ml}
+    return composition_from_volumes(volumes, et_assessable)
+
+
+def with_composition(pooled: np.ndarray, config: "MultiTaskConfig", composition: Optional[np.ndarray]) -> np.ndarray:
+    """The heads' input (B, ``pooled_dim``): the encoder's pooled features (B, F), then ``composition`` (B, 3) when
+    the layout reads it."""
+    if not config.composition:
+        return pooled
+    if composition is None:
+        raise ValueError("this multi-task layout reads the segmentation's composition: none was given")
+    return np.concatenate([pooled, composition], axis=1)
 
 
 def feature_masks(labels: np.ndarray, config: MultiTaskConfig, shapes: Sequence[Sequence[int]],
@@ -139,20 +182,12 @@ def head_masks(config: MultiTaskConfig, samples: int, rng: Optional[np.random.Ge
     return [dropout_mask(rng, shape, config.dropout) for shape in shapes]
 
 
-def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
-                    mc_samples: int = MC_SAMPLES, seed: int = 0,
+def marker_features(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
                     maps: Optional[Tuple[np.ndarray, ...]] = None,
-                    encoder: Optional[Callable[[], Part]] = None) -> Dict[str, Dict]:
-    """Predictions per task: ``{label, probability (of that label), uncertainty, probability_positive}``.
-
-    model_or_parts: a MultiTaskNet, or its parts (``MULTITASK_PARTS``, e.g. from ``onnx_engine.load_parts``; the
-    layout then comes from ``card["network"]``). image float32 (4, Z, Y, X) working grid; presence (4,); labels
-    uint8 (Z, Y, X) (the predicted segmentation, which places the tumor box and masks). maps: the backbone's
-    (fine, level, deep) maps of this image (``MAP_NAMES``), from the segmentation pass; without them ``encoder()`` (the ``encoder`` part; for a
-    MultiTaskNet its own backbone) computes them. probability is the mean of ``mc_samples`` MC-dropout passes of the
-    heads over one feature pass (masks from NumPy's generator seeded with ``seed``: reruns are identical);
-    uncertainty is their standard deviation (eq. 6).
-    """
+                    encoder: Optional[Callable[[], Part]] = None) -> Tuple[Mapping[str, Part], MultiTaskConfig,
+                                                                           np.ndarray]:
+    """(parts, layout, the encoder's pooled features (1, ``encoder_pooled_dim``)) of one case, for
+    :func:`markers_from_features`; the arguments are :func:`predict_markers`'."""
     parts: Mapping[str, Part]
     if isinstance(model_or_parts, Mapping):
         parts, config = model_or_parts, MultiTaskConfig.from_dict(card["network"])
@@ -167,9 +202,17 @@ def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence
         maps = tuple(encoder()(x=np.ascontiguousarray(image[None], np.float32),
                                presence=np.asarray(presence, np.float32)[None]))
     masks = feature_masks(labels, config, [m.shape[2:] for m in maps])
+    return parts, config, parts["features"](**dict(zip(MAP_NAMES, maps)), **masks)[0]
+
+
+def markers_from_features(parts: Mapping[str, Part], config: MultiTaskConfig, card: Dict, pooled: np.ndarray,
+                          composition: Optional[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0,
+                          ) -> Dict[str, Dict]:
+    """:func:`predict_markers`' predictions from the pooled features (1, F) of :func:`marker_features` and the
+    composition (1, 3) (read only by a layout with ``composition``, which needs it)."""
     temperatures = np.array([float(card.get("calibration", {}).get(task, {}).get("temperature", 1.0))
                              for task in TASKS])
-    pooled = parts["features"](**dict(zip(MAP_NAMES, maps)), **masks)[0]
+    pooled = with_composition(pooled, config, composition)
     samples = max(1, mc_samples)
     rng = np.random.default_rng(seed) if mc_samples > 1 else None
     dropout = head_masks(config, samples, rng)
@@ -183,3 +226,26 @@ def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence
         out[task] = {"label": label, "probability": round(positive if positive >= 0.5 else 1 - positive, 4),
                      "uncertainty": round(float(values[:, t].std()), 4), "probability_positive": round(positive, 4)}
     return out
+
+
+def predict_markers(model_or_parts: Any, card: Dict, image: np.ndarray, presence: np.ndarray, labels: np.ndarray,
+                    mc_samples: int = MC_SAMPLES, seed: int = 0,
+                    maps: Optional[Tuple[np.ndarray, ...]] = None,
+                    encoder: Optional[Callable[[], Part]] = None,
+                    composition: Optional[np.ndarray] = None, voxel_ml: float = 8e-3) -> Dict[str, Dict]:
+    """Predictions per task: ``{label, probability (of that label), uncertainty, probability_positive}``.
+
+    model_or_parts: a MultiTaskNet, or its parts (``MULTITASK_PARTS``, e.g. from ``onnx_engine.load_parts``; the
+    layout then comes from ``card["network"]``). image float32 (4, Z, Y, X) working grid; presence (4,); labels
+    uint8 (Z, Y, X) (the predicted segmentation, which places the tumor box and masks). maps: the backbone's
+    (fine, level, deep) maps of this image (``MAP_NAMES``), from the segmentation pass; without them ``encoder()`` (the
+    ``encoder`` part; for a MultiTaskNet its own backbone) computes them. probability is the mean of ``mc_samples``
+    MC-dropout passes of the heads over one feature pass (masks from NumPy's generator seeded with ``seed``: reruns
+    are identical); uncertainty is their standard deviation (eq. 6). composition (1, 3): what the heads of a layout
+    with ``composition`` read (:func:`composition_from_volumes` of the final volumes, as ``analyze`` passes it);
+    default: that of ``labels``, whose voxels hold ``voxel_ml`` mL (2 mm: 0.008).
+    """
+    parts, config, pooled = marker_features(model_or_parts, card, image, presence, labels, maps, encoder)
+    if composition is None:
+        composition = composition_features(labels, voxel_ml)
+    return markers_from_features(parts, config, card, pooled, composition, mc_samples, seed)

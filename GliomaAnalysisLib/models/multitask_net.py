@@ -93,7 +93,7 @@ class MultiTaskNet(nn.Module):
 
     def pooled_features(self, fine: torch.Tensor, level: torch.Tensor, deep: torch.Tensor, level_box: torch.Tensor,
                         deep_box: torch.Tensor, fine_tumor: torch.Tensor, level_tumor: torch.Tensor) -> torch.Tensor:
-        """One vector per case (B, ``pooled_dim``): GAP + GMP of ``level`` and of the transformed ``deep`` map
+        """One vector per case (B, ``encoder_pooled_dim``): GAP + GMP of ``level`` and of the transformed ``deep`` map
         inside the tumor box, of the whole transformed deep map, and of ``fine`` and ``level`` over the tumor (masks
         (B, 1, ...) of 0 and 1, ``multitask.feature_masks``). The transformer is the backbone's (without dropout in
         eval mode, as at inference)."""
@@ -103,12 +103,20 @@ class MultiTaskNet(nn.Module):
 
     def classify(self, pooled: torch.Tensor,
                  masks: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
-        """Heads on pooled features (B, F) -> {task: logits (B, 2)}; ``masks``: see ``SummarizeSeparate.forward``."""
+        """Heads on pooled features (B, ``pooled_dim``: the composition appended when the layout reads it) ->
+        {task: logits (B, 2)}; ``masks``: see ``SummarizeSeparate.forward``."""
         return self.heads(self.fusion(pooled), masks)
 
-    def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """{task: logits (B, 2)} of x (B, 4, Z, Y, X), presence (B, 4) and the masks (``MASK_NAMES`` order)."""
-        return self.classify(self.pooled_features(*self.encoder_maps(x, presence), *masks))
+    def forward(self, x: torch.Tensor, presence: torch.Tensor, *masks: torch.Tensor,
+                composition: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """{task: logits (B, 2)} of x (B, 4, Z, Y, X), presence (B, 4), the masks (``MASK_NAMES`` order) and, when
+        the layout reads it, the segmentation's composition (B, 3) (``multitask.composition_from_volumes``)."""
+        pooled = self.pooled_features(*self.encoder_maps(x, presence), *masks)
+        if self.config.composition:
+            if composition is None:
+                raise ValueError("this multi-task layout reads the segmentation's composition: pass composition")
+            pooled = torch.cat([pooled, composition], dim=1)
+        return self.classify(pooled)
 
     def freeze_backbone(self) -> None:
         for parameter in self.backbone.parameters():

@@ -406,7 +406,7 @@ def _analyze(case, model: str, model_folder: Optional[str], device_type: str, de
             waited = time.perf_counter()
             classification, timings["classify"] = pending.result()
             timings["classify_wait"] = time.perf_counter() - waited
-        result.warnings += classification.warnings + classification.grade_from_volumes(volumes, et_assessable)
+        result.warnings += classification.warnings + classification.apply_final_volumes(volumes, et_assessable)
         result.models += classification.models
         result.predictions = classification.predictions
         result.mgmt_late_fusion = classification.mgmt_late_fusion

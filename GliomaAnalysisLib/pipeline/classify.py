@@ -3,9 +3,11 @@
     image (4, Z, Y, X) z-scored, presence (4,), labels (Z, Y, X) = argmax of the network's mean probabilities,
     the segmentation pass's encoder maps
       -> multi-task heads       grade, IDH, 1p/19q, MGMT with MC-dropout uncertainty   (report "predictions"),
-                                on the encoder maps when the segmenting network is their backbone
+                                on the encoder maps when the segmenting network is their backbone; heads that
+                                also read the segmentation's composition run once the final volumes are known
+                                (``Classification.apply_final_volumes``)
          grade from volumes     when the multi-task card holds ``grade_from_volumes``, the grade is replaced once
-                                the final volumes are known (``Classification.grade_from_volumes``)
+                                the final volumes are known (``Classification.apply_final_volumes``)
       -> MGMT late fusion       per-modality CNN + LSTM, fused                           ("mgmt_late_fusion")
       -> slice-grade classifier majority / soft / attention over tumor slices           ("slice_grade")
 
@@ -26,8 +28,8 @@ from ..models.mgmt_fusion import DEFAULT_MODEL_NAME as MGMT_FUSION_MODEL
 from ..models.mgmt_fusion import build_from_card as build_mgmt_fusion
 from ..models.mgmt_fusion import mgmt_parts, mgmt_parts_of, predict_mgmt_fusion
 from ..models.model_store import ModelError
-from ..models.multitask import (ENCODER_PART, MC_SAMPLES, MULTITASK_PARTS, build_multitask, multitask_parts_of,
-                                predict_markers)
+from ..models.multitask import (ENCODER_PART, MC_SAMPLES, MULTITASK_PARTS, build_multitask, composition_from_volumes,
+                                marker_features, markers_from_features, multitask_parts_of)
 from ..models.onnx_engine import load_parts
 from ..models.slice_grade import (SLICE_GRADE_MODEL, SLICE_GRADE_PARTS, build_slice_grade, predict_slice_grade,
                                   slice_grade_parts_of)
@@ -49,12 +51,19 @@ class Classification:
     warnings: List[str] = field(default_factory=list)
     volume_grade: Optional[Dict[str, Any]] = None
     """The multi-task card's ``grade_from_volumes`` block (and the grade evidence), applied by
-    :meth:`grade_from_volumes` once the final volumes are known."""
+    :meth:`apply_final_volumes` once the final volumes are known."""
+    pending_markers: Optional[Callable[[np.ndarray], None]] = None
+    """The multi-task heads of a layout that reads the segmentation's composition: called by
+    :meth:`apply_final_volumes` with the composition (1, 3) of the final volumes, it fills ``predictions``."""
 
-    def grade_from_volumes(self, volumes_ml: Dict[str, float], et_assessable: bool = True) -> List[str]:
-        """Replace the heads' grade by the card's grade-from-volumes model read on the final volumes (mL). Without
-        T1CE (``et_assessable`` False) the enhancing volume is unknown: the heads' grade stays, marked not
-        assessable. Returns the warnings to add to the report."""
+    def apply_final_volumes(self, volumes_ml: Dict[str, Any], et_assessable: bool = True) -> List[str]:
+        """Run the multi-task heads that read the composition of the final volumes (mL), then replace the heads'
+        grade by the card's grade-from-volumes model read on the same volumes. Without T1CE (``et_assessable``
+        False) the enhancing volume is unknown: the heads read it as 0 (as they were trained to when T1CE was
+        dropped) and their grade stays, marked not assessable. Returns the warnings to add to the report."""
+        if self.pending_markers is not None:
+            self.pending_markers(composition_from_volumes(volumes_ml, et_assessable))
+            self.pending_markers = None
         grade = self.predictions.get("grade")
         if self.volume_grade is None or grade is None:
             return []
@@ -107,9 +116,18 @@ def _multitask(parts, card: Dict, out: Classification, case: CaseArrays, uncerta
         out.warnings.extend(w for w in warnings if w not in out.warnings)
         return parts[ENCODER_PART]
 
-    predictions = predict_markers(parts, card, case.image, case.presence, case.labels,
-                                  mc_samples=MC_SAMPLES if uncertainty else 1, maps=maps, encoder=encoder)
-    out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
+    parts, config, pooled = marker_features(parts, card, case.image, case.presence, case.labels, maps=maps,
+                                            encoder=encoder)
+
+    def heads(composition: Optional[np.ndarray]) -> None:
+        predictions = markers_from_features(parts, config, card, pooled, composition,
+                                            mc_samples=MC_SAMPLES if uncertainty else 1)
+        out.predictions.update({task: {**p, **task_evidence(card, task)} for task, p in predictions.items()})
+
+    if config.composition:
+        out.pending_markers = heads
+    else:
+        heads(None)
     if card.get("grade_from_volumes"):
         out.volume_grade = {"block": card["grade_from_volumes"], "evidence": task_evidence(card, "grade")}
 

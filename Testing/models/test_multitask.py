@@ -235,13 +235,14 @@ def test_onnx_parts_equal_torch_and_masks_replace_the_dropout_layers():
     np.testing.assert_allclose(plain[0], np.stack([expected[t][0].numpy() for t in TASKS]), atol=1e-4)
 
 
-def test_predictions_through_onnx_parts_equal_the_torch_model():
+@pytest.mark.parametrize("composition", [False, True])
+def test_predictions_through_onnx_parts_equal_the_torch_model(composition):
     pytest.importorskip("onnxruntime")
     from GliomaAnalysisLib.models.multitask import multitask_parts_of
     from GliomaAnalysisLib.models.onnx_engine import OnnxPart, export_part
 
     torch.manual_seed(0)
-    model = MultiTaskNet(tiny_config()).eval()
+    model = MultiTaskNet(tiny_config(composition=composition)).eval()
     parts = {name: OnnxPart(export_part(spec), 1) for name, spec in multitask_parts_of(model).items()}
     rng = np.random.default_rng(1)
     image = rng.normal(size=(4, 24, 32, 32)).astype(np.float32)
@@ -261,6 +262,76 @@ def test_predictions_through_onnx_parts_equal_the_torch_model():
         for key in ("probability", "uncertainty", "probability_positive"):
             assert abs(through_onnx[task][key] - through_torch[task][key]) <= 2e-4
             assert abs(given_maps[task][key] - through_torch[task][key]) <= 2e-4
+
+
+def test_composition_is_the_volume_grade_features_of_the_labels_and_whether_t1ce_was_there():
+    from GliomaAnalysisLib.models.multitask import composition_features
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:5, :4] = 2  # 200 voxels of edema
+    labels[5:, :2] = 3  # 100 enhancing
+    labels[5:, 2:4] = 1  # 100 necrotic
+    np.testing.assert_allclose(composition_features(labels, 0.008), [[np.log1p(0.8), 0.25, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(composition_features(np.zeros_like(labels), 0.008), [[0.0, 0.0, 1.0]])
+    # without T1CE the enhancing volume is unknown, which the heads read apart from an absent one
+    np.testing.assert_array_equal(composition_features(labels, 0.008, et_assessable=False), [[0.0, 0.0, 0.0]])
+
+
+def test_heads_of_a_composition_layout_read_the_enhancing_share():
+    """Same tumor, so the same boxes, masks and pooled encoder features: enhancing relabelled as necrosis changes
+    nothing for heads without ``composition``; heads with it read the composition of the labels unless one is given,
+    and their logits follow it. Old cards read as without it."""
+    from GliomaAnalysisLib.models.multitask import composition_features
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(4, 24, 32, 32)).astype(np.float32)
+    enhancing = np.zeros((24, 32, 32), dtype=np.uint8)
+    enhancing[8:14, 10:20, 10:20] = 3
+    necrotic = np.where(enhancing == 3, 1, 0).astype(np.uint8)
+    torch.manual_seed(0)
+    plain = MultiTaskNet(tiny_config()).eval()
+    card = {"network": plain.config.to_dict()}
+    assert (predict_markers(plain, card, image, np.ones(4, np.float32), enhancing, mc_samples=1)
+            == predict_markers(plain, card, image, np.ones(4, np.float32), necrotic, mc_samples=1))
+    model = MultiTaskNet(tiny_config(composition=True)).eval()
+    card = {"network": model.config.to_dict()}
+    with torch.no_grad():  # a larger weight on the composition, so its effect shows after rounding
+        model.fusion.project[0].weight[:, -3:] *= 100
+    implicit = predict_markers(model, card, image, np.ones(4, np.float32), enhancing, mc_samples=1)
+    explicit = predict_markers(model, card, image, np.ones(4, np.float32), necrotic, mc_samples=1,
+                               composition=composition_features(enhancing, 8e-3))
+    relabelled = predict_markers(model, card, image, np.ones(4, np.float32), necrotic, mc_samples=1)
+    assert implicit == explicit
+    assert implicit["grade"]["probability_positive"] != relabelled["grade"]["probability_positive"]
+    old = tiny_config().to_dict()
+    del old["composition"]
+    assert MultiTaskConfig.from_dict(old).composition is False
+    x, presence = torch.zeros(1, 4, 16, 16, 16), torch.ones(1, 4)
+    masks = [torch.ones(1, 1, n, n, n) for n in (4, 2, 8, 4)]  # MASK_NAMES: level and deep box, fine and level tumor
+    with pytest.raises(ValueError, match="composition"):
+        model(x, presence, *masks)
+    with torch.no_grad():
+        logits = [model(x, presence, *masks, composition=torch.tensor([c]))["grade"]
+                  for c in ([0.0, 0.0, 1.0], [2.0, 0.5, 1.0])]
+    assert logits[0].shape == (1, 2) and not torch.allclose(logits[0], logits[1])
+
+
+def test_training_examples_read_the_composition_as_analyze_does():
+    """A training view with T1CE dropped reads the composition analyze reads without T1CE: unknown, (0, 0, 0)."""
+    from training.multitask.train_multitask import WORKING_VOXEL_ML, example_features
+
+    torch.manual_seed(0)
+    model = MultiTaskNet(tiny_config(composition=True)).eval()
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[4:8, 4:8, 4:8] = 3
+    labels[8:10, 4:8, 4:8] = 2
+    example = {"image": np.zeros((4, 16, 16, 16), np.float32), "labels": labels,
+               "box": (slice(0, 16),) * 3, "presence": np.ones(4, np.float32)}
+    with torch.no_grad():
+        full = example_features(model, example)[0, -3:].numpy()
+        without_t1ce = example_features(model, {**example, "presence": np.array([1, 0, 1, 1], np.float32)})
+    np.testing.assert_allclose(full, [np.log1p(64 * WORKING_VOXEL_ML), 64 / 96, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(without_t1ce[0, -3:].numpy(), [0.0, 0.0, 0.0])
 
 
 def test_a_card_whose_heads_encode_image_crops_is_refused():

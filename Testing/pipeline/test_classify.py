@@ -78,10 +78,10 @@ def test_the_multitask_heads_read_the_segmentation_pass_maps(phantom_dir, monkey
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
-        return predict_markers(*args, **kwargs)
+        return marker_features(*args, **kwargs)
 
-    predict_markers = classify.predict_markers
-    monkeypatch.setattr(classify, "predict_markers", spy)
+    marker_features = classify.marker_features
+    monkeypatch.setattr(classify, "marker_features", spy)
     monkeypatch.setenv("GLIOMA_ANALYSIS_PRECISION", "f32")  # bfloat16 maps would differ by its rounding, ~0.4 %
     result = analyze(phantom_dir, device="cpu")  # quality mode: the maps come from an MC-dropout pass
     (parts, card, image, presence, labels), kwargs = calls[0]
@@ -93,6 +93,7 @@ def test_the_multitask_heads_read_the_segmentation_pass_maps(phantom_dir, monkey
         # the segmentation pass ran on OpenVINO, the encoder part on ONNX Runtime: other kernels, ~1e-3 apart
         np.testing.assert_allclose(given, computed, atol=1e-3 + 2e-3 * np.abs(computed).max())
     other = classify_case(image, presence, labels, encoder_maps=EncoderMaps("0" * 64, (fine * 0, level * 0, deep * 0)))
+    other.apply_final_volumes(result.volumes_ml)  # heads reading the composition run on the same final volumes
     assert calls[-1][1]["maps"] is None  # not the backbone's weights: the encoder part ran
     for task, p in result.predictions.items():
         if task != "grade":  # the reported grade comes from the volumes

@@ -84,6 +84,44 @@ def test_one_stored_backbone_for_every_fold_with_the_folds_of_a_segmentation_rep
     assert cv.report(tmp_path / "mt")["backbones"] == ["glioma_seg"]
 
 
+def test_held_out_cases_read_the_composition_of_their_out_of_fold_segmentation(tmp_path):
+    """--composition: the training cases' composition comes from their labels, the held-out cases' from the
+    segmentation report's out-of-fold volumes (what analyze would have read), not from the expert labels."""
+    from training.multitask import cross_validate as cv
+    from training.multitask.train_multitask import WORKING_VOXEL_ML
+
+    samples = small_phantom_samples(6, seed=7)
+    for s in samples:
+        s.source = "real"
+    ids = [s.case_id for s in samples]
+    volumes = {case: {"et_ml_pred": 2.0 * k, "wt_ml_pred": 40.0} for k, case in enumerate(ids)}
+    seg_report = tmp_path / "seg_cv_report.json"
+    seg_report.write_text(json.dumps({"chosen": "final", "per_case": {
+        case: {"fold": k % 2, "final": volumes[case]} for k, case in enumerate(ids)}}))
+    args = cv.build_parser().parse_args(["--backbone", "glioma_seg", "--folds-from", str(seg_report),
+                                         "--run-dir", str(tmp_path / "mt"), "--local-crop", "32", "--views", "1",
+                                         "--steps", "2", "--eval-every", "1", "--batch", "4", "--composition"])
+    assigned = cv.report_folds(seg_report)
+    model = cv.build_multitask(cv.fold_backbone(args, 0, assigned)[0], args)
+    assert model.config.composition
+    held_out = [s for s in samples if assigned[s.case_id] == 0]
+    pooled = cv.held_out_features(model, held_out, seg_report)
+    expected = [[np.log1p(volumes[s.case_id]["et_ml_pred"]), volumes[s.case_id]["et_ml_pred"] / 40.0, 1.0]
+                for s in held_out]
+    np.testing.assert_allclose(pooled[:, -3:].numpy(), expected, rtol=1e-6)
+    from_labels = cv.pooled_features(model, held_out)
+    truth = [(s.labels == 3).sum() * WORKING_VOXEL_ML for s in held_out]
+    np.testing.assert_allclose(from_labels[:, -3].numpy(), np.log1p(truth), rtol=1e-5)
+    np.testing.assert_array_equal(pooled[:, :-3].numpy(), from_labels[:, :-3].numpy())
+    cv.run_fold(args, 0, samples, ([], [], []), assigned)
+    assert sorted(json.loads((tmp_path / "mt" / "oof" / "fold0.json").read_text())["cases"]) == sorted(
+        s.case_id for s in held_out)
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"chosen": "final", "per_case": {}}))
+    with pytest.raises(SystemExit, match="no out-of-fold volumes"):
+        cv.held_out_features(model, held_out, missing)
+
+
 @pytest.mark.parametrize("flags", [[], ["--backbone", "glioma_seg"], ["--seg-cv", "x", "--backbone", "glioma_seg",
                                                                        "--folds-from", "r.json"]])
 def test_the_backbone_options_are_checked(tmp_path, flags, capsys):

@@ -28,7 +28,7 @@ import torch
 
 from GliomaAnalysisLib.models.calibration import apply_temperature, fit_temperature
 from GliomaAnalysisLib.models.model_store import load_model
-from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS
+from GliomaAnalysisLib.models.multitask import MC_SAMPLES, TASKS, composition_from_volumes
 
 from ..common.classification_data import ClassificationSample, ClassificationSplit, load_real_samples, phantom_split
 from ..common.config import cross_validation_parser, parse_args
@@ -110,7 +110,7 @@ def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSampl
         logits = mc_probabilities(model, pooled_features(model, split.validation), MC_SAMPLES)
         temperatures = {task: fit_temperature(*_task_arrays(split.validation, logits, task)) for task in TASKS}
     validation = [s for s in real if s.case_id in held_out]
-    logits = mc_probabilities(model, pooled_features(model, validation), MC_SAMPLES)
+    logits = mc_probabilities(model, held_out_features(model, validation, seg_report(args)), MC_SAMPLES)
     cases = {s.case_id: {"targets": s.targets,
                          "logit": {task: float(logits[task][i]) for task in TASKS},
                          "probability": {task: float(apply_temperature(logits[task][i:i + 1], temperatures[task])[0])
@@ -122,6 +122,26 @@ def run_fold(args: argparse.Namespace, fold: int, real: List[ClassificationSampl
                                "train_real": sorted(s.case_id for s in train if s.source == "real"),
                                "cases": cases}, indent=1))
     return out
+
+
+def seg_report(args: argparse.Namespace) -> Path:
+    """The segmentation cross-validation report of this run: ``--folds-from``, else ``SEG_CV/cv_report.json``."""
+    return args.folds_from or (args.seg_cv / "cv_report.json")
+
+
+def held_out_features(model, validation: List[ClassificationSample], seg_cv_report: Path) -> torch.Tensor:
+    """The heads' input (N, ``pooled_dim``) of held-out real cases. Their composition, when the layout reads it,
+    is that of their out-of-fold segmentation (``seg_cv_report``'s predicted volumes), as ``analyze`` reads it from a
+    segmentation of a case the networks never saw, not that of the expert labels."""
+    pooled = pooled_features(model, validation)
+    if model.config.composition:
+        predicted = volume_grade.case_volumes(seg_cv_report)
+        missing = [s.case_id for s in validation if s.case_id not in predicted]
+        if missing:
+            raise SystemExit(f"error: {seg_cv_report}: no out-of-fold volumes of {', '.join(missing)}")
+        composition = np.concatenate([composition_from_volumes(predicted[s.case_id][0]) for s in validation])
+        pooled[:, -composition.shape[1]:] = torch.from_numpy(composition)
+    return pooled
 
 
 def report(run: Path, seg_report: Optional[Path] = None) -> Dict:
@@ -197,7 +217,7 @@ def main(argv=None) -> int:
         phantoms = phantom_split(args.cache, args.n_phantoms) if args.n_phantoms else ([], [], [])
         for fold in fold_numbers(args.seg_cv, args.folds, assigned):
             run_fold(args, fold, real, phantoms, assigned)
-    result = report(args.run_dir, args.folds_from or (args.seg_cv / "cv_report.json"))
+    result = report(args.run_dir, seg_report(args))
     (args.run_dir / "cv_report.json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
     if args.table:

@@ -22,11 +22,12 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from GliomaAnalysisLib.io.modalities import MODALITIES
 from GliomaAnalysisLib.models.model_store import load_model
-from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, feature_masks
+from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, composition_features, feature_masks
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
-from ..common.classification_data import (ClassificationSample, ClassificationSplit, class_weights,
+from ..common.classification_data import (WORKING_SPACING, ClassificationSample, ClassificationSplit, class_weights,
                                           load_classification_split)
 from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.config import parse_args as parse_with_config
@@ -37,14 +38,22 @@ from ..common.run_record import classification_split_ids, finish_run_record, sta
 from ..segmentation.segmentation_data import sample_crop
 from ..common.run_record import git_commit
 
-
+WORKING_VOXEL_ML = float(np.prod(WORKING_SPACING)) / 1000.0
+"""The volume of one voxel of the training cases' 2 mm grid in mL."""
 
 def example_features(model: MultiTaskNet, example: Dict[str, np.ndarray]) -> torch.Tensor:
-    """Pooled features (1, F) of one example (``multitask_data``): the backbone's encoder maps of the whole image,
-    the tumor box as masks; gradients flow where the model's parameters require them."""
+    """The heads' input (1, ``pooled_dim``) of one example (``multitask_data``): the backbone's encoder maps of the
+    whole image pooled with the tumor box as masks, then (when the layout reads it) the composition of the example's
+    labels (read as ``analyze`` reads it: without T1CE no voxel is enhancing); gradients flow where the model's
+    parameters require them."""
     maps = model.encoder_maps(torch.from_numpy(example["image"][None]), torch.from_numpy(example["presence"][None]))
     masks = feature_masks(example["labels"], model.config, [m.shape[2:] for m in maps], box=example["box"])
-    return model.pooled_features(*maps, *(torch.from_numpy(m) for m in masks.values()))
+    pooled = model.pooled_features(*maps, *(torch.from_numpy(m) for m in masks.values()))
+    if not model.config.composition:
+        return pooled
+    composition = composition_features(example["labels"], WORKING_VOXEL_ML,
+                                       et_assessable=bool(example["presence"][MODALITIES.index("t1ce")] > 0))
+    return torch.cat([pooled, torch.from_numpy(composition)], dim=1)
 
 
 def stacked_targets(examples: Sequence[Dict[str, np.ndarray]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cutmix", type=float, default=0.5, help="probability of Tumor-CutMix per example")
     parser.add_argument("--modality-dropout", type=float, default=0.3)
     parser.add_argument("--finetune", action="store_true", help="train the backbone too, segmentation as a task")
+    parser.add_argument("--composition", action="store_true",
+                        help="the heads also read the segmentation's composition (log enhancing mL, enhancing share)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
@@ -200,7 +211,8 @@ def main(argv=None) -> int:
 
 def build_multitask(seg: torch.nn.Module, args: argparse.Namespace) -> MultiTaskNet:
     """A multi-task network on ``seg``'s weights (frozen unless ``args.finetune``), heads seeded by ``args.seed``."""
-    config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, backbone=seg.config.to_dict())
+    config = MultiTaskConfig(local_crop=(args.local_crop,) * 3, backbone=seg.config.to_dict(),
+                             composition=bool(getattr(args, "composition", False)))
     torch.manual_seed(args.seed)
     model = MultiTaskNet(config)
     model.backbone.load_state_dict(seg.state_dict())

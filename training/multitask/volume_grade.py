@@ -65,15 +65,18 @@ def fit_on_report(seg_cv_report: Path, grades: Mapping[str, Optional[int]]) -> D
     return block
 
 
-def case_features(seg_cv_report: Path) -> Dict[str, Tuple[np.ndarray, int]]:
-    """case id -> (features (2,), fold) from the out-of-fold volumes of the chosen post-processing."""
+def case_volumes(seg_cv_report: Path) -> Dict[str, Tuple[Dict[str, float], int]]:
+    """case id -> (out-of-fold volumes {"et", "wt"} in mL of the chosen post-processing, fold)."""
     report = json.loads(Path(seg_cv_report).read_text())
     chosen = report["chosen"]
-    out = {}
-    for case_id, row in report["per_case"].items():
-        volumes = {"et": row[chosen]["et_ml_pred"], "wt": row[chosen]["wt_ml_pred"]}
-        out[case_id] = (volume_features(volumes), int(row["fold"]))
-    return out
+    return {case_id: ({"et": row[chosen]["et_ml_pred"], "wt": row[chosen]["wt_ml_pred"]}, int(row["fold"]))
+            for case_id, row in report["per_case"].items()}
+
+
+def case_features(seg_cv_report: Path) -> Dict[str, Tuple[np.ndarray, int]]:
+    """case id -> (features (2,), fold) from the out-of-fold volumes of the chosen post-processing."""
+    return {case_id: (volume_features(volumes), fold)
+            for case_id, (volumes, fold) in case_volumes(seg_cv_report).items()}
 
 
 def cross_validated_probabilities(features: Mapping[str, Tuple[np.ndarray, int]],
