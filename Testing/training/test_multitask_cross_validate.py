@@ -161,7 +161,7 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     from training.multitask.export_multitask import cv_evidence, cv_summary, model_card_markdown
 
     metric = {"n": 28, "positives": 23, "accuracy": 0.86, "brier": 0.1}
-    report = {"folds": [0, 1, 2, 3, 4], "n_cases": 31,
+    report = {"folds": [0, 1, 2, 3, 4], "n_cases": 31, "backbones": ["glioma_seg"],
               "tasks": {"grade": {**metric, "auc": 0.45, "auc_95": [0.2, 0.7]},
                         "idh": {**metric, "n": 7, "positives": 4, "auc": 0.5, "auc_95": [0.0, 1.0]}},
               "volume_grade": {**metric, "auc": 0.9, "auc_95": [0.76, 0.99]}}
@@ -171,7 +171,7 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     assert evidence["idh"]["value"] == 0.5 and evidence["idh"]["ci95"] == {"lower": 0.0, "upper": 1.0}
     assert evidence["mgmt"]["value"] is None and evidence["codeletion_1p19q"]["n"] == 0
     card = {"name": "glioma_multitask", "evidence": evidence, "real_cross_validation": cv_summary(report, "cv.json"),
-            "backbone": {"model": "glioma_seg", "sha256": "0" * 64},
+            "backbone": {"model": "glioma_seg", "sha256": "0" * 64}, "network": {"composition": True},
             "training_data": {"real_label_source": "labels.csv", "phantoms": {"label_source": "simulated"}},
             "grade_from_volumes": {"n": 28, "hgg": 23, "lgg": 5, "l2": 1.0, "weights": [1.5, 0.8], "intercept": 2.0,
                                    "bootstrap": [[1, 1, 1]] * 4},
@@ -183,6 +183,8 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     assert evidence_table(card) in text
     assert text.index("Evidence on real cases") < text.index("Heads for grade")
     assert "| grade from volumes (reported) | 28 | 23 | 0.900 | 0.76-0.99 |" in text
+    assert "every fold's heads on the stored network glioma_seg" in text  # how the heads met their backbone
+    assert "composition from its out-of-fold segmentation" in text and "whether T1CE was there" in text
 
 
 def test_refit_volume_grade_rescores_and_refits_on_a_new_segmentation_cv(tmp_path):

@@ -188,7 +188,7 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
 def cv_summary(report: Dict, path: Path) -> Dict:
     """The card's ``real_cross_validation``: per task n, positives, AUC and its bootstrap interval, Brier."""
     keys = ("n", "positives", "auc", "auc_95", "accuracy", "brier")
-    out = {"source": str(path), "folds": report["folds"], "n_cases": report["n_cases"],
+    out = {"source": str(path), "folds": report["folds"], "n_cases": report["n_cases"], "heads": heads_backbone(report),
            "tasks": {task: {k: m[k] for k in keys} for task, m in report["tasks"].items()}}
     if report.get("volume_grade"):
         out["grade_from_volumes"] = {k: report["volume_grade"][k] for k in keys}
@@ -238,7 +238,10 @@ def model_card_markdown(card: Dict) -> str:
     lines += [f"Heads for grade, IDH, 1p/19q and MGMT on {where}: "
               "GAP+GMP of its level-2 map (8 mm) and of its transformed deepest map (16 mm) inside a "
               "tumor-centred 128 mm box, of the whole transformed deepest map, and of its level-1 (4 mm) and level-2 "
-              "maps over the tumor's voxels; channel-attention fusion, "
+              "maps over the tumor's voxels"
+              + ("; then the segmentation's composition: log(1 + enhancing volume in mL) and the enhancing share of "
+                 "the whole tumor of the final volumes, and whether T1CE was there (without it all three read 0)"
+                 if card.get("network", {}).get("composition") else "") + "; channel-attention fusion, "
               "\"Summarize and Separate\" heads (seed 001, Fig. A12). Class-weighted cross-entropy per task, labels "
               "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix. Uncertainty: "
               "standard deviation over 20 MC-dropout passes of the heads (eq. 6). Temperatures per task fitted on "
@@ -265,8 +268,11 @@ def model_card_markdown(card: Dict) -> str:
         if cv.get("grade_from_volumes"):
             rows["grade from volumes (reported)"] = cv["grade_from_volumes"]
         lines += [f"## Real cases: {len(cv['folds'])}-fold cross-validation ({cv['n_cases']} cases)", "",
-                  "What to expect on real scans. Each fold's heads sit on that fold's segmentation network and never "
-                  f"saw the fold's cases (`{cv['source']}`). Positive class: HGG, IDH mutant.", "",
+                  "What to expect on real scans. Fold k's heads never saw fold k's cases "
+                  + cv.get("heads", "(each fold's heads on that fold's segmentation network)")
+                  + (", and read each held-out case's composition from its out-of-fold segmentation"
+                     if card.get("network", {}).get("composition") else "")
+                  + f" (`{cv['source']}`). Positive class: HGG, IDH mutant.", "",
                   *auc_table("task", "positives", rows)]
         lines += ["", "With so few cases of the minority class the interval is wide: read the AUC as a range, not a "
                   "number. 1p/19q and MGMT have no real label here.", ""]
