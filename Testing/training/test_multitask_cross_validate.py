@@ -164,7 +164,11 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     report = {"folds": [0, 1, 2, 3, 4], "n_cases": 31, "backbones": ["glioma_seg"],
               "tasks": {"grade": {**metric, "auc": 0.45, "auc_95": [0.2, 0.7]},
                         "idh": {**metric, "n": 7, "positives": 4, "auc": 0.5, "auc_95": [0.0, 1.0]}},
-              "volume_grade": {**metric, "auc": 0.9, "auc_95": [0.76, 0.99]}}
+              "volume_grade": {**metric, "auc": 0.9, "auc_95": [0.76, 0.99]},
+              "cases": {"a": {"targets": {"grade": 0}, "probability": {"grade": 0.9}, "volume_grade": 0.3},
+                        "b": {"targets": {"grade": 1}, "probability": {"grade": 0.8}, "volume_grade": 0.95},
+                        "c": {"targets": {"grade": 1}, "probability": {"grade": 0.4}},
+                        "d": {"targets": {"grade": None}, "probability": {"grade": 0.0}}}}
     evidence = cv_evidence(report, "runs/mtcv/cv_report.json")
     assert evidence["grade"]["value"] == 0.9 and evidence["grade"]["negatives"] == 5  # the reported grade's model
     assert "volumes" in evidence["grade"]["kind"]
@@ -184,6 +188,8 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     assert text.index("Evidence on real cases") < text.index("Heads for grade")
     assert "| grade from volumes (reported) | 28 | 23 | 0.900 | 0.76-0.99 |" in text
     assert "every fold's heads on the stored network glioma_seg" in text  # how the heads met their backbone
+    assert [w["case"] for w in card["real_cross_validation"]["worst_grade"]] == ["a", "c", "b"]  # ungraded left out
+    assert "| a | LGG | 0.90 | 0.300 |" in text and "| c | HGG | 0.40 | n/a |" in text
     assert "composition from its out-of-fold segmentation" in text and "whether T1CE was there" in text
 
 

@@ -192,7 +192,18 @@ def cv_summary(report: Dict, path: Path) -> Dict:
            "tasks": {task: {k: m[k] for k in keys} for task, m in report["tasks"].items()}}
     if report.get("volume_grade"):
         out["grade_from_volumes"] = {k: report["volume_grade"][k] for k in keys}
+    out["worst_grade"] = worst_grade_cases(report)
     return out
+
+
+def worst_grade_cases(report: Dict, n: int = 5) -> List[Dict]:
+    """The ``n`` graded cases whose heads' out-of-fold P(HGG) lies furthest from their grade: {case, grade (1 HGG),
+    p_hgg, p_hgg_volumes}, worst first."""
+    graded = [(case, row) for case, row in report.get("cases", {}).items() if row["targets"].get("grade") is not None]
+    graded.sort(key=lambda item: -abs(item[1]["targets"]["grade"] - item[1]["probability"]["grade"]))
+    return [{"case": case, "grade": row["targets"]["grade"], "p_hgg": round(row["probability"]["grade"], 3),
+             "p_hgg_volumes": None if row.get("volume_grade") is None else round(row["volume_grade"], 3)}
+            for case, row in graded[:n]]
 
 
 def cv_evidence(report: Dict, path: Path) -> Dict[str, Dict]:
@@ -276,6 +287,12 @@ def model_card_markdown(card: Dict) -> str:
                   *auc_table("task", "positives", rows)]
         lines += ["", "With so few cases of the minority class the interval is wide: read the AUC as a range, not a "
                   "number. 1p/19q and MGMT have no real label here.", ""]
+        if cv.get("worst_grade"):
+            lines += [f"The heads' worst grade calls out of fold (every case: `{cv['source']}` and its Markdown):", "",
+                      "| case | grade | P(HGG) heads | P(HGG) volumes (reported) |", "| --- | --- | --- | --- |"]
+            lines += [f"| {w['case']} | {('LGG', 'HGG')[w['grade']]} | {w['p_hgg']:.2f} | {_fmt(w['p_hgg_volumes'])} |"
+                      for w in cv["worst_grade"]]
+            lines.append("")
     lines += ["## Measured (calibrated probabilities, as at inference)", ""]
     for group, tasks in card["metrics"].items():
         lines += [f"### {group.replace('_', ' ')}", "",
