@@ -41,6 +41,7 @@ from ..common.run_record import git_commit
 WORKING_VOXEL_ML = float(np.prod(WORKING_SPACING)) / 1000.0
 """The volume of one voxel of the training cases' 2 mm grid in mL."""
 
+
 def example_features(model: MultiTaskNet, example: Dict[str, np.ndarray]) -> torch.Tensor:
     """The heads' input (1, ``pooled_dim``) of one example (``multitask_data``): the backbone's encoder maps of the
     whole image pooled with the tumor box as masks, then (when the layout reads it) the composition of the example's
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modality-dropout", type=float, default=0.3)
     parser.add_argument("--finetune", action="store_true", help="train the backbone too, segmentation as a task")
     parser.add_argument("--composition", action="store_true",
-                        help="the heads also read the segmentation's composition (log enhancing mL, enhancing share)")
+                        help="the heads also read the segmentation's composition (log enhancing mL, enhancing share, "
+                             "T1CE present)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
