@@ -45,6 +45,42 @@ def test_class_weights_scale_the_loss():
     assert float(weighted) == pytest.approx(float(plain) * 2.0)  # (3 + 1) / 2
 
 
+def _graded(source: str, grade: int):
+    from training.common.classification_data import ClassificationSample
+
+    return ClassificationSample(f"{source}{grade}", source, np.zeros(1), np.zeros(1), {"grade": grade})
+
+
+def test_real_share_sets_the_draws_and_the_class_weights_follow_them():
+    """2 real cases (1 LGG, 1 HGG) among 8 phantoms (1 LGG, 7 HGG): with half the draws real each real case is drawn
+    with 0.25, each phantom with 0.0625; LGG then makes 0.25 + 0.0625 = 0.3125 of the draws, so its weight is
+    1 / (2 * 0.3125) = 1.6 and HGG's 1 / (2 * 0.6875)."""
+    from training.common.classification_data import class_weights, draw_probabilities
+
+    samples = [_graded("real", 0), _graded("real", 1), _graded("phantom", 0)] + [_graded("phantom", 1)] * 7
+    draw = draw_probabilities(samples, 0.5)
+    assert draw.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(draw, [0.25, 0.25] + [0.0625] * 8)
+    assert class_weights(samples, "grade", draw) == pytest.approx((1.6, 1 / 1.375))
+    assert class_weights(samples, "grade") == pytest.approx((10 / 4, 10 / 16))  # every case alike: 2 LGG, 8 HGG
+    assert draw_probabilities(samples, None) is None
+    assert draw_probabilities(samples[2:], 0.5) is None  # phantoms only: every case alike
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        draw_probabilities(samples, 1.0)
+
+
+def test_drawn_rows_follow_each_case_share_over_its_views():
+    """Cached views sit ``views`` rows per case: a case with draw probability p gives p of the rows drawn, spread
+    over its views; without draw probabilities the rows are drawn as before the option existed."""
+    from training.multitask.train_multitask import draw_rows
+
+    rows = draw_rows(np.random.default_rng(0), 6, 60000, np.array([0.6, 0.3, 0.1]), views=2)
+    share = np.bincount(rows, minlength=6) / len(rows)
+    np.testing.assert_allclose(share, [0.3, 0.3, 0.15, 0.15, 0.05, 0.05], atol=0.01)
+    np.testing.assert_array_equal(draw_rows(np.random.default_rng(4), 6, 5, None, views=2),
+                                  np.random.default_rng(4).integers(6, size=5))
+
+
 def test_uncertainty_weighting_follows_eq7():
     weighting = UncertaintyWeighting(("seg", "grade"))
     with torch.no_grad():

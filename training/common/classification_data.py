@@ -124,11 +124,31 @@ def phantom_split(cache: Path, n_phantoms: int, phantom_seed: int = 500,
     return parts
 
 
-def class_weights(samples: Sequence[ClassificationSample], task: str) -> Tuple[float, float]:
-    """Inverse-frequency weights (w0, w1) of a task over the samples that know it, normalised to mean 1."""
-    values = np.array([s.targets[task] for s in samples if s.known(task)])
+def class_weights(samples: Sequence[ClassificationSample], task: str,
+                  draw: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """Inverse-frequency weights (w0, w1) of a task over the samples that know it, normalised to mean 1; with
+    ``draw`` (N,), each sample's probability of being drawn (:func:`draw_probabilities`), the frequencies are those
+    of the draws."""
+    draw = np.ones(len(samples)) if draw is None else np.asarray(draw, dtype=float)
+    known = [(s.targets[task], p) for s, p in zip(samples, draw) if s.known(task)]
+    values = np.array([v for v, _ in known])
     if len(values) == 0 or values.min() == values.max():
         return 1.0, 1.0
-    counts = np.array([(values == 0).sum(), (values == 1).sum()], dtype=float)
+    mass = np.array([p for _, p in known])
+    counts = np.array([mass[values == 0].sum(), mass[values == 1].sum()], dtype=float)
     weights = counts.sum() / (2 * counts)
     return float(weights[0]), float(weights[1])
+
+
+def draw_probabilities(samples: Sequence[ClassificationSample], real_share: Optional[float]) -> Optional[np.ndarray]:
+    """Each sample's probability (N,) of being drawn for a training example when the real cases together make
+    ``real_share`` of the draws and the phantoms the rest, each case alike within its source; ``None`` (every
+    sample alike) when ``real_share`` is ``None`` or one source is absent."""
+    if real_share is None:
+        return None
+    if not 0.0 < real_share < 1.0:
+        raise ValueError(f"real_share must lie between 0 and 1, got {real_share}")
+    real = np.array([s.source == "real" for s in samples])
+    if real.all() or not real.any():
+        return None
+    return np.where(real, real_share / real.sum(), (1.0 - real_share) / (~real).sum())

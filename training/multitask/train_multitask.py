@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from GliomaAnalysisLib.models.multitask import TASKS, MultiTaskConfig, compositi
 from GliomaAnalysisLib.models.multitask_net import MultiTaskNet
 
 from ..common.classification_data import (WORKING_SPACING, ClassificationSample, ClassificationSplit, class_weights,
-                                          load_classification_split)
+                                          draw_probabilities, load_classification_split)
 from ..segmentation.segmentation_data import VALIDATION_CASES
 from ..common.config import parse_args as parse_with_config
 from ..common.datasets import DEFAULT_CACHE
@@ -153,6 +153,16 @@ def mc_probabilities(model: MultiTaskNet, pooled: torch.Tensor, samples: int = 2
     return {task: (total[task] / samples).numpy() for task in TASKS}
 
 
+def draw_rows(rng: np.random.Generator, rows: int, batch: int, draw: Optional[np.ndarray], views: int = 1,
+              ) -> np.ndarray:
+    """``batch`` row indices drawn with replacement from ``rows`` rows that hold ``views`` consecutive rows per
+    training case: every row alike without ``draw``, else case i's rows with probability ``draw[i]`` (N,) shared
+    among its views."""
+    if draw is None:
+        return rng.integers(rows, size=batch)
+    return rng.choice(rows, size=batch, p=np.repeat(draw / views, views))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of a training run (the cross-validation adds its own)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -177,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--composition", action="store_true",
                         help="the heads also read the segmentation's composition (log enhancing mL, enhancing share, "
                              "T1CE present)")
+    parser.add_argument("--real-share", type=float, default=None,
+                        help="share of the training draws that come from the real cases (each alike; the phantoms "
+                             "share the rest; class weights follow the draws); default: every case alike")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
@@ -235,7 +248,8 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
     if args.finetune:
         groups.append({"params": model.backbone.parameters(), "lr": args.lr / 10})
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-3)
-    weights = {task: torch.tensor(class_weights(split.train, task), dtype=torch.float32) for task in TASKS}
+    draw = draw_probabilities(split.train, getattr(args, "real_share", None))
+    weights = {task: torch.tensor(class_weights(split.train, task, draw), dtype=torch.float32) for task in TASKS}
     rng = np.random.default_rng(args.seed)
     step, best, stale, elapsed = 0, float("inf"), 0, 0.0
     checkpoint = args.out / "checkpoint.pt"
@@ -271,12 +285,12 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
     while step < args.steps and stale < args.patience:
         if cached is not None:  # frozen backbone: heads on cached features of augmented views
             model.heads_dropout(True)
-            pick = torch.from_numpy(rng.integers(len(cached["pooled"]), size=args.batch))
+            pick = torch.from_numpy(draw_rows(rng, len(cached["pooled"]), args.batch, draw, args.views))
             pooled, targets, known = cached["pooled"][pick], cached["targets"][pick], cached["known"][pick]
         else:  # fine-tuning: augmented views computed on the fly, gradients through the backbone
             examples = []
             for _ in range(args.batch):
-                sample = split.train[int(rng.integers(len(split.train)))]
+                sample = split.train[int(draw_rows(rng, len(split.train), 1, draw)[0])]
                 partner = split.train[int(rng.integers(len(split.train)))] if rng.random() < args.cutmix else None
                 examples.append(training_example(sample, config, rng, partner, args.modality_dropout))
             model.train()
