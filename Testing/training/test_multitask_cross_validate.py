@@ -191,6 +191,45 @@ def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
     assert [w["case"] for w in card["real_cross_validation"]["worst_grade"]] == ["a", "c", "b"]  # ungraded left out
     assert "| a | LGG | 0.90 | 0.300 |" in text and "| c | HGG | 0.40 | n/a |" in text
     assert "composition from its out-of-fold segmentation" in text and "whether T1CE was there" in text
+    assert "training draws" not in text  # every case drawn alike
+    card["training_data"]["real_share_of_draws"] = 0.5
+    assert "the real cases made 50% of the training draws" in model_card_markdown(card)
+
+
+def test_compare_cv_pairs_the_cases_both_reports_predicted(tmp_path, capsys):
+    """The difference is that of the AUCs on the shared graded cases; resampling the same cases for both reports
+    gives identical reports a difference of exactly 0 with SE 0, and a case moved across the threshold is listed."""
+    from training.common.metrics import roc_auc
+    from training.multitask import compare_cv
+
+    labels = [1, 1, 1, 1, 0, 0, 0]
+    base_p = [0.9, 0.8, 0.4, 0.7, 0.6, 0.3, 0.2]
+    new_p = [0.9, 0.8, 0.75, 0.7, 0.6, 0.3, 0.2]
+
+    def report(path, probabilities, extra=None):
+        cases = {f"c{i}": {"targets": {"grade": y}, "probability": {t: p for t in ("grade", "idh",
+                                                                                  "codeletion_1p19q", "mgmt")}}
+                 for i, (p, y) in enumerate(zip(probabilities, labels))}
+        cases.update(extra or {})
+        path.write_text(json.dumps({"cases": cases}))
+        return path
+
+    unshared = {"only_new": {"targets": {"grade": 0}, "probability": {"grade": 0.99, "idh": 0.5,
+                                                                        "codeletion_1p19q": 0.5, "mgmt": 0.5}}}
+    new, base = report(tmp_path / "new.json", new_p, unshared), report(tmp_path / "base.json", base_p)
+    row = compare_cv.compare(compare_cv.load_cases(new), compare_cv.load_cases(base))["grade"]
+    assert row["cases"] == 7 and row["positives"] == 4  # the case only one report predicted is left out
+    assert row["new"] == roc_auc(np.array(new_p), np.array(labels)) == 1.0
+    assert row["base"] == pytest.approx(11 / 12)  # 0.4 ranks below the negative 0.6
+    assert row["difference"] == pytest.approx(1 / 12)
+    assert row["low"] <= row["difference"] <= row["high"] and row["se"] > 0
+    same = compare_cv.compare(compare_cv.load_cases(base), compare_cv.load_cases(base))["grade"]
+    assert same["difference"] == same["se"] == same["low"] == same["high"] == 0.0
+    assert compare_cv.main([str(new), str(base)]) == 0
+    assert "c2 (truth 1): 0.40 -> 0.75" in capsys.readouterr().out
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(SystemExit, match="broken.json: not a multi-task cross-validation report"):
+        compare_cv.load_cases(tmp_path / "broken.json")
 
 
 def test_refit_volume_grade_rescores_and_refits_on_a_new_segmentation_cv(tmp_path):

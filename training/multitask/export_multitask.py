@@ -154,6 +154,8 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
     """The model card (before ``save_model`` adds the weights' name and hash)."""
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
     done = [r for r in log if r.get("event") == "done"]
+    started = [r for r in log if r.get("event") == "start"]
+    real_share = started[-1].get("args", {}).get("real_share", "None") if started else "None"
     cross_validation = json.loads(args.cv_report.read_text()) if args.cv_report else None
     return {
         "version": args.version,
@@ -171,6 +173,7 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
                          "validation": sum(s.source == "phantom" for s in split.validation),
                          "test": len(split.test),
                          "label_source": "simulated markers of GliomaAnalysis phantoms (not real biology)"},
+            "real_share_of_draws": None if real_share == "None" else float(real_share),
         },
         "validation_split": [s.case_id for s in split.validation],
         "metrics": metrics,
@@ -254,7 +257,10 @@ def model_card_markdown(card: Dict) -> str:
                  "the whole tumor of the final volumes, and whether T1CE was there (without it all three read 0)"
                  if card.get("network", {}).get("composition") else "") + "; channel-attention fusion, "
               "\"Summarize and Separate\" heads (seed 001, Fig. A12). Class-weighted cross-entropy per task, labels "
-              "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix. Uncertainty: "
+              "masked where unknown, aleatoric-uncertainty task weighting (eq. 7), Tumor-CutMix"
+              + (f"; the real cases made {card['training_data']['real_share_of_draws']:.0%} of the training draws, "
+                 "the phantoms the rest, and the class weights follow the draws"
+                 if card["training_data"].get("real_share_of_draws") else "") + ". Uncertainty: "
               "standard deviation over 20 MC-dropout passes of the heads (eq. 6). Temperatures per task fitted on "
               "the validation split.", "",
               "## Where the labels come from", "",

@@ -1,0 +1,90 @@
+"""Paired comparison of two multi-task cross-validations on the real cases both predicted out of fold.
+
+    python -m training.multitask.compare_cv runs/mtcv_new/cv_report.json training/results/multitask_cv/cv_report.json
+
+Prints, per task with labelled cases in both reports, each report's AUC on those cases and the difference (new
+minus base) with its standard error and 95 % percentile interval over 2,000 bootstrap resamples of the cases (both
+classes kept in every resample, the same resample for both reports), then the cases whose probability moved by more
+than 0.1. Meaningful only when both runs used the same folds (and, for a recipe screen, the same seeds and views).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from GliomaAnalysisLib.models.multitask import TASKS
+
+from ..common.metrics import BOOTSTRAP, roc_auc
+
+
+def load_cases(report: Path) -> Dict[str, Dict]:
+    """case -> {targets, probability, ...} of a ``cross_validate`` report; a clear exit when it is not one."""
+    try:
+        return json.loads(report.read_text())["cases"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"error: {report}: not a multi-task cross-validation report ({error})")
+
+
+def paired_auc(new: np.ndarray, base: np.ndarray, labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0,
+               ) -> Optional[Dict[str, float]]:
+    """AUCs of two sets of P(positive) (N,) for the same cases and their difference with its bootstrap SE and 95 %
+    interval (cases resampled within each class); None when a class is missing."""
+    if roc_auc(new, labels) is None:
+        return None
+    rng = np.random.default_rng(seed)
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    differences = []
+    for _ in range(n):
+        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
+        differences.append(roc_auc(new[pick], labels[pick]) - roc_auc(base[pick], labels[pick]))
+    new_auc, base_auc = roc_auc(new, labels), roc_auc(base, labels)
+    return {"cases": int(len(labels)), "positives": int(labels.sum()), "new": new_auc, "base": base_auc,
+            "difference": new_auc - base_auc, "se": float(np.std(differences, ddof=1)),
+            "low": float(np.percentile(differences, 2.5)), "high": float(np.percentile(differences, 97.5))}
+
+
+def compare(new: Dict[str, Dict], base: Dict[str, Dict]) -> Dict[str, Dict]:
+    """task -> :func:`paired_auc` over the cases both reports predicted with the task's label known."""
+    result = {}
+    for task in TASKS:
+        cases = sorted(c for c in set(new) & set(base) if new[c]["targets"].get(task) is not None)
+        labels = np.array([new[c]["targets"][task] for c in cases], dtype=float)
+        if cases:
+            row = paired_auc(np.array([new[c]["probability"][task] for c in cases]),
+                             np.array([base[c]["probability"][task] for c in cases]), labels)
+            if row is not None:
+                result[task] = row
+    return result
+
+
+def moved_cases(new: Dict[str, Dict], base: Dict[str, Dict], task: str, by: float = 0.1) -> List[str]:
+    """One line per case whose P(positive) of ``task`` moved by more than ``by`` between the reports."""
+    lines = []
+    for case in sorted(set(new) & set(base)):
+        before, after = base[case]["probability"][task], new[case]["probability"][task]
+        if abs(after - before) > by:
+            truth = new[case]["targets"].get(task)
+            lines.append(f"  {case} (truth {'?' if truth is None else truth}): {before:.2f} -> {after:.2f}")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("new", type=Path, help="cv_report.json of the candidate")
+    parser.add_argument("base", type=Path, help="cv_report.json it is compared with")
+    args = parser.parse_args(argv)
+    new, base = load_cases(args.new), load_cases(args.base)
+    for task, row in compare(new, base).items():
+        print(f"{task}: {row['cases']} cases ({row['positives']} positive): AUC {row['new']:.3f} against "
+              f"{row['base']:.3f}, difference {row['difference']:+.3f} (SE {row['se']:.3f}, 95 % "
+              f"{row['low']:+.3f} to {row['high']:+.3f})")
+        print("\n".join(moved_cases(new, base, task)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
