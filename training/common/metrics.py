@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from scipy.stats import rankdata
@@ -51,17 +51,21 @@ def binary_report(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, Op
 BOOTSTRAP = 2000
 
 
+def class_kept_resamples(labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` bootstrap resamples of the cases (index arrays), the positives and the negatives each resampled with
+    replacement to their own count, so both classes are in every resample."""
+    rng = np.random.default_rng(seed)
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    for _ in range(n):
+        yield np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
+
+
 def bootstrap_auc(probabilities: np.ndarray, labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0,
                   ) -> Optional[List[float]]:
     """95 % percentile interval of the AUC over ``n`` case resamples (both classes kept in every resample)."""
-    rng = np.random.default_rng(seed)
-    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    if len(positive) == 0 or len(negative) == 0:
+    if roc_auc(probabilities, labels) is None:
         return None
-    values = []
-    for _ in range(n):
-        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
-        values.append(roc_auc(probabilities[pick], labels[pick]))
+    values = [roc_auc(probabilities[pick], labels[pick]) for pick in class_kept_resamples(labels, n, seed)]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 

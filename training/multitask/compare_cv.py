@@ -18,7 +18,7 @@ import numpy as np
 
 from GliomaAnalysisLib.models.multitask import TASKS
 
-from ..common.metrics import BOOTSTRAP, roc_auc
+from ..common.metrics import BOOTSTRAP, class_kept_resamples, roc_auc
 
 
 def load_cases(report: Path) -> Dict[str, Dict]:
@@ -35,12 +35,8 @@ def paired_auc(new: np.ndarray, base: np.ndarray, labels: np.ndarray, n: int = B
     interval (cases resampled within each class); None when a class is missing."""
     if roc_auc(new, labels) is None:
         return None
-    rng = np.random.default_rng(seed)
-    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    differences = []
-    for _ in range(n):
-        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
-        differences.append(roc_auc(new[pick], labels[pick]) - roc_auc(base[pick], labels[pick]))
+    differences = [roc_auc(new[pick], labels[pick]) - roc_auc(base[pick], labels[pick])
+                   for pick in class_kept_resamples(labels, n, seed)]
     new_auc, base_auc = roc_auc(new, labels), roc_auc(base, labels)
     return {"cases": int(len(labels)), "positives": int(labels.sum()), "new": new_auc, "base": base_auc,
             "difference": new_auc - base_auc, "se": float(np.std(differences, ddof=1)),

@@ -16,6 +16,8 @@ import numpy as np
 
 from GliomaAnalysisLib.models.volume_grade import FEATURES, hgg_probability, volume_features
 
+from ..common.metrics import class_kept_resamples
+
 L2 = 1.0
 """Penalty on the standardised weights (not the intercept): with 5 LGG among 28 cases the unpenalised fit separates."""
 BOOTSTRAP = 200
@@ -43,12 +45,7 @@ def fit_block(x: np.ndarray, y: np.ndarray, bootstrap: int = BOOTSTRAP, seed: in
     scale[scale == 0] = 1.0
     z = (x - mean) / scale
     beta = fit_logistic(z, y)
-    rng = np.random.default_rng(seed)
-    positive, negative = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    refits = []
-    for _ in range(bootstrap):
-        pick = np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
-        refits.append(fit_logistic(z[pick], y[pick]))
+    refits = [fit_logistic(z[pick], y[pick]) for pick in class_kept_resamples(y, bootstrap, seed)]
     return {"features": list(FEATURES), "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),
             "weights": beta[:2].round(6).tolist(), "intercept": round(float(beta[2]), 6),
             "bootstrap": np.round(refits, 5).tolist(), "l2": L2, "n": int(len(y)), "hgg": int(y.sum()),
