@@ -77,8 +77,36 @@ def test_drawn_rows_follow_each_case_share_over_its_views():
     rows = draw_rows(np.random.default_rng(0), 6, 60000, np.array([0.6, 0.3, 0.1]), views=2)
     share = np.bincount(rows, minlength=6) / len(rows)
     np.testing.assert_allclose(share, [0.3, 0.3, 0.15, 0.15, 0.05, 0.05], atol=0.01)
-    np.testing.assert_array_equal(draw_rows(np.random.default_rng(4), 6, 5, None, views=2),
-                                  np.random.default_rng(4).integers(6, size=5))
+    fine_tuning, before = np.random.default_rng(4), np.random.default_rng(4)  # one case at a time, as fine-tuning draws
+    assert [int(draw_rows(fine_tuning, 169, 1, None)[0]) for _ in range(200)] == [int(before.integers(169))
+                                                                                  for _ in range(200)]
+
+
+def test_real_share_option_takes_a_share_or_none_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    """'none' turns a config's share off; 0 and 1 are refused before any data loads; a run resumed with another
+    share than its checkpoint's stops with one line instead of mixing two recipes."""
+    import argparse
+    import dataclasses
+
+    import training.multitask.train_multitask as train
+    from training.common.classification_data import ClassificationSplit
+
+    assert train.real_share_value("none") is None and train.real_share_value(0.5) == 0.5
+    for bad in ("0", "1.0", "half"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train.real_share_value(bad)
+    samples = small_phantom_samples(6, seed=3)
+    samples[:2] = [dataclasses.replace(s, source="real") for s in samples[:2]]
+    monkeypatch.setattr(train, "load_classification_split",
+                        lambda *args, **kwargs: ClassificationSplit(samples[:4], samples[4:], []))
+    flags = ["--out", str(tmp_path), "--no-real", "--local-crop", "32", "--views", "1", "--steps", "2",
+             "--eval-every", "1", "--batch", "4", "--threads", "1"]
+    train.main(flags + ["--real-share", "0.5"])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["real_share"] == 0.5
+    start = [__import__("json").loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][0]
+    assert start["real_share_applied"] == 0.5
+    with pytest.raises(SystemExit, match="trained with real share 0.5, asked to go on with 0.3"):
+        train.main(flags + ["--real-share", "0.3", "--resume"])
 
 
 def test_uncertainty_weighting_follows_eq7():

@@ -154,6 +154,12 @@ def test_report_auc_and_its_bootstrap_interval(tmp_path):
     assert grade["accuracy"] == pytest.approx(((probabilities >= 0.5) == (labels == 1)).mean())
     text = cv.markdown(result)
     assert f"| grade (heads) | 25 | 20 | {grade['auc']:.3f} |" in text
+    from training.common.metrics import class_kept_resamples
+
+    picks = list(class_kept_resamples(labels, n=50))
+    assert all(labels[p].sum() == 20 and len(p) == 25 for p in picks)  # each class resampled to its own count
+    with pytest.raises(ValueError, match="needs both classes"):
+        next(class_kept_resamples(np.ones(4)))
 
 
 def test_cross_validation_leads_the_exported_card_and_sets_its_evidence():
@@ -227,6 +233,16 @@ def test_compare_cv_pairs_the_cases_both_reports_predicted(tmp_path, capsys):
     assert same["difference"] == same["se"] == same["low"] == same["high"] == 0.0
     assert compare_cv.main([str(new), str(base)]) == 0
     assert "c2 (truth 1): 0.40 -> 0.75" in capsys.readouterr().out
+    moved_fold = json.loads(new.read_text())
+    moved_fold["cases"]["c0"]["fold"] = 3
+    (tmp_path / "moved.json").write_text(json.dumps(moved_fold))
+    assert compare_cv.main([str(tmp_path / "moved.json"), str(base)]) == 0
+    assert "another fold in the two reports: c0" in capsys.readouterr().err
+    relabelled = json.loads(new.read_text())
+    relabelled["cases"]["c1"]["targets"]["grade"] = 0
+    (tmp_path / "relabelled.json").write_text(json.dumps(relabelled))
+    with pytest.raises(SystemExit, match="c1: the reports disagree on its grade label"):
+        compare_cv.main([str(tmp_path / "relabelled.json"), str(base)])
     (tmp_path / "broken.json").write_text("{}")
     with pytest.raises(SystemExit, match="broken.json: not a multi-task cross-validation report"):
         compare_cv.load_cases(tmp_path / "broken.json")

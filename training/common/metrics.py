@@ -52,10 +52,14 @@ BOOTSTRAP = 2000
 
 
 def class_kept_resamples(labels: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n`` bootstrap resamples of the cases (index arrays), the positives and the negatives each resampled with
-    replacement to their own count, so both classes are in every resample."""
+    """``n`` bootstrap resamples of the cases (index arrays), the positives and the negatives of ``labels`` (0/1,
+    (N,)) each resampled with replacement to their own count, so both classes are in every resample; a
+    ``ValueError`` when one class is absent."""
     rng = np.random.default_rng(seed)
     positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError(f"a class-kept bootstrap needs both classes, got {len(positive)} positive and "
+                         f"{len(negative)} negative cases")
     for _ in range(n):
         yield np.concatenate([rng.choice(positive, len(positive)), rng.choice(negative, len(negative))])
 

@@ -5,12 +5,14 @@
 Prints, per task with labelled cases in both reports, each report's AUC on those cases and the difference (new
 minus base) with its standard error and 95 % percentile interval over 2,000 bootstrap resamples of the cases (both
 classes kept in every resample, the same resample for both reports), then the cases whose probability moved by more
-than 0.1. Meaningful only when both runs used the same folds (and, for a recipe screen, the same seeds and views).
+than 0.1. Meaningful only when both runs used the same folds (and, for a recipe screen, the same seeds and views):
+a case held out in another fold is named on stderr; reports that disagree on a case's label are refused.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -25,7 +27,7 @@ def load_cases(report: Path) -> Dict[str, Dict]:
     """case -> {targets, probability, ...} of a ``cross_validate`` report; a clear exit when it is not one."""
     try:
         return json.loads(report.read_text())["cases"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"error: {report}: not a multi-task cross-validation report ({error})")
 
 
@@ -33,21 +35,26 @@ def paired_auc(new: np.ndarray, base: np.ndarray, labels: np.ndarray, n: int = B
                ) -> Optional[Dict[str, float]]:
     """AUCs of two sets of P(positive) (N,) for the same cases and their difference with its bootstrap SE and 95 %
     interval (cases resampled within each class); None when a class is missing."""
-    if roc_auc(new, labels) is None:
+    new_auc, base_auc = roc_auc(new, labels), roc_auc(base, labels)
+    if new_auc is None:
         return None
     differences = [roc_auc(new[pick], labels[pick]) - roc_auc(base[pick], labels[pick])
                    for pick in class_kept_resamples(labels, n, seed)]
-    new_auc, base_auc = roc_auc(new, labels), roc_auc(base, labels)
     return {"cases": int(len(labels)), "positives": int(labels.sum()), "new": new_auc, "base": base_auc,
             "difference": new_auc - base_auc, "se": float(np.std(differences, ddof=1)),
             "low": float(np.percentile(differences, 2.5)), "high": float(np.percentile(differences, 97.5))}
 
 
 def compare(new: Dict[str, Dict], base: Dict[str, Dict]) -> Dict[str, Dict]:
-    """task -> :func:`paired_auc` over the cases both reports predicted with the task's label known."""
+    """task -> :func:`paired_auc` over the cases both reports predicted with the task's label known; a
+    ``ValueError`` naming the first case whose label the reports disagree on."""
     result = {}
     for task in TASKS:
-        cases = sorted(c for c in set(new) & set(base) if new[c]["targets"].get(task) is not None)
+        shared = sorted(set(new) & set(base))
+        for case in shared:
+            if new[case]["targets"].get(task) != base[case]["targets"].get(task):
+                raise ValueError(f"{case}: the reports disagree on its {task} label")
+        cases = [c for c in shared if new[c]["targets"].get(task) is not None]
         labels = np.array([new[c]["targets"][task] for c in cases], dtype=float)
         if cases:
             row = paired_auc(np.array([new[c]["probability"][task] for c in cases]),
@@ -74,11 +81,21 @@ def main(argv=None) -> int:
     parser.add_argument("base", type=Path, help="cv_report.json it is compared with")
     args = parser.parse_args(argv)
     new, base = load_cases(args.new), load_cases(args.base)
-    for task, row in compare(new, base).items():
+    other_fold = sorted(c for c in set(new) & set(base) if new[c].get("fold") != base[c].get("fold"))
+    if other_fold:
+        print(f"warning: held out in another fold in the two reports: {', '.join(other_fold)}", file=sys.stderr)
+    try:
+        rows = compare(new, base)
+    except ValueError as error:
+        raise SystemExit(f"error: {args.new} against {args.base}: {error}") from None
+    if not rows:
+        raise SystemExit(f"error: {args.new} against {args.base}: no task has labelled cases of both classes in both")
+    for task, row in rows.items():
         print(f"{task}: {row['cases']} cases ({row['positives']} positive): AUC {row['new']:.3f} against "
               f"{row['base']:.3f}, difference {row['difference']:+.3f} (SE {row['se']:.3f}, 95 % "
               f"{row['low']:+.3f} to {row['high']:+.3f})")
-        print("\n".join(moved_cases(new, base, task)))
+        for line in moved_cases(new, base, task):
+            print(line)
     return 0
 
 

@@ -155,7 +155,7 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
     done = [r for r in log if r.get("event") == "done"]
     started = [r for r in log if r.get("event") == "start"]
-    real_share = started[-1].get("args", {}).get("real_share", "None") if started else "None"
+    real_share = started[-1].get("real_share_applied") if started else None
     cross_validation = json.loads(args.cv_report.read_text()) if args.cv_report else None
     return {
         "version": args.version,
@@ -173,7 +173,7 @@ def build_card(args: argparse.Namespace, split, seg_card: Dict, temperatures: Di
                          "validation": sum(s.source == "phantom" for s in split.validation),
                          "test": len(split.test),
                          "label_source": "simulated markers of GliomaAnalysis phantoms (not real biology)"},
-            "real_share_of_draws": None if real_share == "None" else float(real_share),
+            "real_share_of_draws": real_share,
         },
         "validation_split": [s.case_id for s in split.validation],
         "metrics": metrics,

@@ -163,6 +163,20 @@ def draw_rows(rng: np.random.Generator, rows: int, batch: int, draw: Optional[np
     return rng.choice(rows, size=batch, p=np.repeat(draw / views, views))
 
 
+def real_share_value(text) -> Optional[float]:
+    """``--real-share``'s value (flag text or config number): a share strictly between 0 and 1, or None for
+    'none'."""
+    if str(text).strip().lower() == "none":
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'none'") from None
+    if not 0.0 < share < 1.0:
+        raise argparse.ArgumentTypeError(f"{share} does not lie between 0 and 1")
+    return share
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of a training run (the cross-validation adds its own)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--composition", action="store_true",
                         help="the heads also read the segmentation's composition (log enhancing mL, enhancing share, "
                              "T1CE present)")
-    parser.add_argument("--real-share", type=float, default=None,
-                        help="share of the training draws that come from the real cases (each alike; the phantoms "
-                             "share the rest; class weights follow the draws); default: every case alike")
+    parser.add_argument("--real-share", type=real_share_value, default=None,
+                        help="share (between 0 and 1) of the heads' training draws that come from the real cases, "
+                             "each alike, the phantoms sharing the rest; the class weights follow the draws; "
+                             "Tumor-CutMix partners are still drawn alike; ignored when the training cases are of "
+                             "one source; 'none' (the default): every case alike")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
@@ -249,12 +265,16 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
         groups.append({"params": model.backbone.parameters(), "lr": args.lr / 10})
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-3)
     draw = draw_probabilities(split.train, getattr(args, "real_share", None))
+    real_share = None if draw is None else args.real_share  # as applied: None when one source is absent
     weights = {task: torch.tensor(class_weights(split.train, task, draw), dtype=torch.float32) for task in TASKS}
     rng = np.random.default_rng(args.seed)
     step, best, stale, elapsed = 0, float("inf"), 0, 0.0
     checkpoint = args.out / "checkpoint.pt"
     if args.resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        if state.get("real_share") != real_share:
+            raise SystemExit(f"error: {checkpoint}: trained with real share {state.get('real_share')}, asked to go "
+                             f"on with {real_share}; give the same --real-share or another --out")
         model.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
@@ -263,9 +283,8 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
         log(event="resumed", step=step)
     else:
         log(event="start", train=len(split.train), validation=len(split.validation), test=len(split.test),
-            class_weights={t: list(map(float, w)) for t, w in weights.items()}, args={k: str(v) for k, v in
-                                                                                        vars(args).items()},
-            git_commit=git_commit())
+            class_weights={t: list(map(float, w)) for t, w in weights.items()}, real_share_applied=real_share,
+            args={k: str(v) for k, v in vars(args).items()}, git_commit=git_commit())
     validation_pooled = pooled_features(model, split.validation) if split.validation else None
     validation_targets = known_targets(split.validation)
 
@@ -319,7 +338,7 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
                 seconds=round(elapsed, 1))
             torch.save({"model": model.state_dict(), "weighting": weighting.state_dict(),
                         "optimizer": optimizer.state_dict(), "step": step, "best": best, "stale": stale,
-                        "elapsed": elapsed, "sigmas": weighting.sigmas()}, checkpoint)
+                        "elapsed": elapsed, "sigmas": weighting.sigmas(), "real_share": real_share}, checkpoint)
     log(event="done", step=step, best_validation_loss=round(best, 4), seconds=round(elapsed, 1),
         sigmas=weighting.sigmas(), early_stopped=stale >= args.patience)
     return {"step": step, "best": best, "seconds": elapsed, "sigmas": weighting.sigmas(),
