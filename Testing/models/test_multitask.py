@@ -501,3 +501,23 @@ def test_views_file_is_reused_only_for_the_same_backbone_cases_and_settings(tmp_
     other = cache(model, samples[1:])
     assert len(made) == 10 and events.count("views_stale") == 4
     assert not torch.equal(other["pooled"], moved["pooled"])  # the same cases: only the backbone differs
+
+
+def test_views_seed_sets_the_views_and_seed_the_heads(tmp_path, monkeypatch):
+    """--views-seed encodes the views with its own seed, so heads of other seeds can train on the same views; without
+    it the views take --seed, as before."""
+    import training.multitask.train_multitask as train
+    from training.common.classification_data import ClassificationSplit
+
+    samples = small_phantom_samples(5, seed=4)
+    monkeypatch.setattr(train, "load_classification_split",
+                        lambda *args, **kwargs: ClassificationSplit(samples[:3], samples[3:], []))
+    seeds = []
+    cache = train.cache_training_views
+    monkeypatch.setattr(train, "cache_training_views",
+                        lambda *args: seeds.append(args[5]) or cache(*args))
+    flags = ["--no-real", "--local-crop", "32", "--views", "1", "--steps", "1", "--eval-every", "1", "--batch", "2",
+             "--threads", "1", "--seed", "3"]
+    train.main(flags + ["--out", str(tmp_path / "same_views"), "--views-seed", "0"])
+    train.main(flags + ["--out", str(tmp_path / "own_views")])
+    assert seeds == [0, 3]

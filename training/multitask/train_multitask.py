@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, default=8, help="evaluations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views-seed", type=int, default=None,
+                        help="seed of the augmented views (default: --seed); another --seed on the same views seed "
+                             "draws new heads on the same views, to measure the heads' seed noise")
     parser.add_argument("--resume", action="store_true")
     return parser
 
@@ -297,8 +300,9 @@ def fit_heads(model: MultiTaskNet, split: ClassificationSplit, args: argparse.Na
                                  validation_targets["known"], weights)
         return float(sum(losses.values()) / len(losses))
 
+    views_seed = args.seed if getattr(args, "views_seed", None) is None else args.views_seed
     cached = None if args.finetune else cache_training_views(
-        model, split.train, args.views, args.cutmix, args.modality_dropout, args.seed,
+        model, split.train, args.views, args.cutmix, args.modality_dropout, views_seed,
         args.out / f"views-{args.views}.npz", log)
     clock = time.perf_counter()
     while step < args.steps and stale < args.patience:
