@@ -129,12 +129,11 @@ def class_weights(samples: Sequence[ClassificationSample], task: str,
     """Inverse-frequency weights (w0, w1) of a task over the samples that know it, normalised to mean 1; with
     ``draw`` (N,), each sample's probability of being drawn (:func:`draw_probabilities`), the frequencies are those
     of the draws."""
-    draw = np.ones(len(samples)) if draw is None else np.asarray(draw, dtype=float)
-    known = [(s.targets[task], p) for s, p in zip(samples, draw) if s.known(task)]
-    values = np.array([v for v, _ in known])
+    known = [i for i, s in enumerate(samples) if s.known(task)]
+    values = np.array([samples[i].targets[task] for i in known])
     if len(values) == 0 or values.min() == values.max():
         return 1.0, 1.0
-    mass = np.array([p for _, p in known])
+    mass = np.ones(len(known)) if draw is None else np.asarray(draw, dtype=float)[known]
     counts = np.array([mass[values == 0].sum(), mass[values == 1].sum()], dtype=float)
     weights = counts.sum() / (2 * counts)
     return float(weights[0]), float(weights[1])
